@@ -1,0 +1,1 @@
+"""Key material: loading, hygiene, lookup by kid, and the public JWKS."""

@@ -1,0 +1,1 @@
+"""Token state: refresh families and revocations, behind one `TokenStore` protocol."""

@@ -1,0 +1,1 @@
+"""The token engine: strict JWS, claim rules, issue / verify / refresh / introspect / revoke."""

@@ -1,0 +1,82 @@
+"""The token engine's values: what a token is, what verifying one yields, what Issue returns."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TokenKind(enum.Enum):
+    """The two kinds of token, told apart by the JOSE `typ` header (RFC 8725 section 3.11)."""
+
+    ACCESS = "at+jwt"  # RFC 9068
+    REFRESH = "rt+jwt"  # ours: never accepted where an access token is expected
+
+    @property
+    def typ(self) -> str:
+        return self.value
+
+
+# Claims the sidecar sets itself; a caller's extra claims may not name them (RFC 7519 section
+# 4.1 plus the ones RFC 9068 / RFC 8693 / RFC 7800 give meaning to).
+RESERVED_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id", "sid", "typ", "cnf", "act"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """A verified claim set: registered claims typed, every claim (registered too) in `all`."""
+
+    iss: str
+    sub: str
+    aud: tuple[str, ...]
+    exp: int
+    iat: int
+    nbf: int
+    jti: str
+    scope: str
+    client_id: str
+    # The refresh family an access token descends from ("" when issued without one).
+    sid: str
+    all: dict[str, Any] = field(repr=False)
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return frozenset(self.scope.split())
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    kind: TokenKind
+    kid: str
+    claims: Claims
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """RFC 6749 section 5.1: what Issue and Refresh return."""
+
+    access_token: str
+    expires_in: int
+    scope: str
+    refresh_token: str = ""
+    token_type: str = "Bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """RFC 7662 section 2.2. `claims` is None when inactive: nothing leaks about why."""
+
+    active: bool
+    kind: TokenKind | None = None
+    claims: Claims | None = None
+
+    @property
+    def token_type(self) -> str:
+        if self.kind is TokenKind.ACCESS:
+            return "Bearer"
+        if self.kind is TokenKind.REFRESH:
+            return "refresh_token"
+        return ""
