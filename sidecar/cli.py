@@ -1,0 +1,190 @@
+"""`authsidecar`: serve, generate keys, and issue / verify / inspect tokens from a shell.
+
+Every failure an operator can cause (bad config, bad key file, sidecar not running, token
+refused) ends in one line on stderr and a non-zero exit status, never a traceback:
+exit 1 = the token was refused or a call failed, exit 2 = usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from authsidecar.v1 import auth_pb2, auth_pb2_grpc
+from sidecar import app
+from sidecar.config import Settings, load_settings
+from sidecar.errors import AuthSidecarError, StartupError
+from sidecar.keys.generate import generate_key, write_key_file
+from sidecar.keys.material import SUPPORTED_ALGS
+from sidecar.tokens.jws import peek
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authsidecar", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML or TOML settings file (or $AUTHSIDECAR_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="run the sidecar until SIGTERM")
+
+    keys = commands.add_parser("keys", help="key files").add_subparsers(dest="keys_command", required=True)
+    gen = keys.add_parser("generate", help="write a new private JWK file with a fresh kid")
+    gen.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
+    gen.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
+    gen.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
+
+    token = commands.add_parser("token", help="debug tokens").add_subparsers(dest="token_command", required=True)
+    issue = token.add_parser("issue", help="mint a token through the admin socket")
+    issue.add_argument("--sub", required=True, help="subject")
+    issue.add_argument("--aud", action="append", default=[], help="audience (repeatable)")
+    issue.add_argument("--scope", default="", help="space-delimited scope")
+    issue.add_argument("--claims", default="{}", help="extra claims as a JSON object")
+    issue.add_argument("--client-id", default="")
+    issue.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (0: default)")
+    issue.add_argument("--refresh", action="store_true", help="also issue a refresh token")
+    issue.add_argument("--target", help="admin address (default: the configured admin socket)")
+
+    verify = token.add_parser("verify", help="ask the sidecar to verify an access token")
+    verify.add_argument("token", help="the token, or - to read it from stdin")
+    verify.add_argument("--audience", default="")
+    verify.add_argument("--scope", action="append", default=[], help="required scope (repeatable)")
+    verify.add_argument("--target", help="sidecar address (default: the configured socket)")
+
+    inspect = token.add_parser("inspect", help="decode a token locally WITHOUT verifying it")
+    inspect.add_argument("token", help="the token, or - to read it from stdin")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "keys":
+            return _keys_generate(args)
+        if args.command == "token" and args.token_command == "inspect":
+            return _inspect(_read_token(args.token))
+        settings = load_settings(args.config)
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        if args.command == "serve":
+            asyncio.run(app.serve(settings))
+            return 0
+        if args.token_command == "issue":
+            return _issue(args, settings)
+        return _verify(args, settings)
+    except StartupError as error:
+        print(f"authsidecar: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except AuthSidecarError as error:
+        print(f"authsidecar: {error.reason}: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        print(f"authsidecar: {args.out} exists; refusing to overwrite a key", file=sys.stderr)
+        return EXIT_USAGE
+    key, jwk = generate_key(args.alg, args.kid)
+    write_key_file(args.out, jwk)
+    print(json.dumps({"kid": key.kid, "alg": key.alg, "path": str(args.out)}))
+    return 0
+
+
+def _read_token(value: str) -> str:
+    return sys.stdin.read().strip() if value == "-" else value.strip()
+
+
+def _inspect(token: str) -> int:
+    try:
+        header, claims = peek(token, max_bytes=65536)
+    except AuthSidecarError as error:
+        print(f"authsidecar: {error.reason}: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    print("# UNVERIFIED: decoded locally; says nothing about the signature or validity")
+    print(json.dumps({"header": header, "claims": claims}, indent=2, sort_keys=True))
+    return 0
+
+
+def _target(explicit: str | None, path: Path | None, settings: Settings) -> str:
+    if explicit:
+        return explicit
+    if path is not None:
+        return f"unix:{path.resolve()}"
+    return settings.listen.tcp
+
+
+def _issue(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        extra = json.loads(args.claims)
+    except ValueError:
+        print("authsidecar: --claims is not valid JSON", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(extra, dict):
+        print("authsidecar: --claims must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    claims = struct_pb2.Struct()
+    claims.update(extra)
+    request = auth_pb2.IssueRequest(
+        subject=args.sub,
+        audience=args.aud,
+        scope=args.scope,
+        claims=claims,
+        client_id=args.client_id,
+        expires_in=args.ttl,
+        refresh_token=args.refresh,
+    )
+    target = _target(args.target, settings.admin_socket, settings)
+    return _call(target, lambda stub: stub.Issue(request, timeout=10))
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    request = auth_pb2.VerifyRequest(
+        token=_read_token(args.token), audience=args.audience, required_scopes=args.scope
+    )
+    target = _target(args.target, settings.public_socket, settings)
+    return _call(target, lambda stub: stub.Verify(request, timeout=10))
+
+
+def _call(target: str, rpc: Any) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        try:
+            response = rpc(stub)
+        except grpc.RpcError as error:
+            print(f"authsidecar: {describe_rpc_error(error)}", file=sys.stderr)
+            return EXIT_REFUSED
+    print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    """`UNAUTHENTICATED TOKEN_EXPIRED: token expired`, from the status and its ErrorInfo."""
+    code = error.code() if isinstance(error, grpc.Call) else None
+    reason = ""
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason = info.reason
+    name = code.name if code is not None else "ERROR"
+    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    return f"{name} {reason}: {message}".replace(" :", ":")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

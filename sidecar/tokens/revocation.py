@@ -1,0 +1,51 @@
+"""The local mirror of live revocations: what lets Verify check revocation with no I/O.
+
+Verify runs on every internal call, so it must not wait on a store. Each sidecar keeps the
+revocations still in force in a dict, loaded from the store at start, updated on its own
+writes, and (with a shared store) by the store's change feed. An entry outlives the token it
+revokes (`expires_at` is the token's or family's end), so dropping expired entries never
+un-revokes a token that could still verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sidecar.store.base import Revocation, RevocationKind
+
+_Key = tuple[RevocationKind, str, str]
+
+
+class RevocationMirror:
+    def __init__(self) -> None:
+        self._entries: dict[_Key, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, revocation: Revocation) -> None:
+        key = (revocation.kind, revocation.issuer, revocation.key)
+        # Keep the longest horizon if the same thing is revoked twice.
+        if self._entries.get(key, 0) < revocation.expires_at:
+            self._entries[key] = revocation.expires_at
+
+    def replace(self, revocations: Iterable[Revocation]) -> None:
+        """Swap in the store's full view (start-up and reconciliation)."""
+        fresh: dict[_Key, int] = {}
+        for r in revocations:
+            key = (r.kind, r.issuer, r.key)
+            fresh[key] = max(fresh.get(key, 0), r.expires_at)
+        self._entries = fresh
+
+    def is_revoked(self, issuer: str, jti: str, family_id: str) -> bool:
+        entries = self._entries
+        if ("jti", issuer, jti) in entries:
+            return True
+        return bool(family_id) and ("family", issuer, family_id) in entries
+
+    def purge(self, now: int) -> int:
+        """Forget entries whose tokens have expired anyway; returns how many were dropped."""
+        expired = [key for key, until in self._entries.items() if until <= now]
+        for key in expired:
+            del self._entries[key]
+        return len(expired)

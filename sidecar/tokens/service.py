@@ -1,0 +1,307 @@
+"""TokenService: issue, verify, refresh, introspect and revoke, knowing nothing of gRPC.
+
+Verify is the hot path and is synchronous on purpose: strict parsing, one signature check
+with a pre-built key, claim rules, and a dict lookup in the revocation mirror. It never
+touches the store, so a slow or absent store cannot slow or stop it. Everything that changes
+state is async and goes through the `TokenStore`, which owns atomicity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from sidecar.clock import Clock
+from sidecar.config import TokenSettings
+from sidecar.errors import (
+    ClaimError,
+    InvalidRequestError,
+    KeyMaterialError,
+    RefreshReuseError,
+    RevokedTokenError,
+    ScopeMissingError,
+    TokenError,
+)
+from sidecar.keys.material import KeyMaterial
+from sidecar.keys.ring import KeyRing
+from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, TokenStore
+from sidecar.tokens import minting
+from sidecar.tokens.claims import ClaimsPolicy
+from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
+from sidecar.tokens.revocation import RevocationMirror
+
+log = logging.getLogger(__name__)
+_KIND_BY_TYP = {kind.typ: kind for kind in TokenKind}
+
+
+class TokenService:
+    def __init__(
+        self, *, ring: KeyRing, store: TokenStore, settings: TokenSettings, clock: Clock
+    ) -> None:
+        self._ring = ring
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._mirror = RevocationMirror()
+        max_lifetime = max(settings.max_access_ttl_s, settings.refresh_ttl_s)
+        self._policies = {
+            TokenKind.ACCESS: ClaimsPolicy(
+                issuer=settings.issuer,
+                audiences=settings.audiences,
+                leeway_s=settings.leeway_s,
+                max_lifetime_s=max_lifetime,
+            ),
+            # Refresh tokens are addressed to the issuer itself (see minting.refresh_claims).
+            TokenKind.REFRESH: ClaimsPolicy(
+                issuer=settings.issuer,
+                audiences=(settings.issuer,),
+                leeway_s=settings.leeway_s,
+                max_lifetime_s=max_lifetime,
+                required=frozenset({"iss", "sub", "aud", "exp", "iat", "jti", "sid"}),
+            ),
+        }
+
+    @property
+    def ring(self) -> KeyRing:
+        return self._ring
+
+    @property
+    def revocations(self) -> RevocationMirror:
+        return self._mirror
+
+    def replace_ring(self, ring: KeyRing) -> None:
+        """Swap the key set atomically (one attribute store); calls in flight keep the old."""
+        self._ring = ring
+
+    async def start(self) -> None:
+        """Check the store answers and load the live revocations into the mirror."""
+        await self._store.ping()
+        await self.sync_revocations()
+
+    async def sync_revocations(self) -> None:
+        now = self._now()
+        self._mirror.replace(await self._store.revocations(now))
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def verify(
+        self, token: str, *, audience: str | None = None, required_scopes: Collection[str] = ()
+    ) -> VerifiedToken:
+        if not token:
+            raise InvalidRequestError("token required")
+        verified = self._decode(token, TokenKind.ACCESS, self._clock.now(), audience)
+        claims = verified.claims
+        if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
+            raise RevokedTokenError()
+        if required_scopes and not claims.scopes.issuperset(required_scopes):
+            raise ScopeMissingError()
+        return verified
+
+    def _decode(
+        self, token: str, kind: TokenKind, now: float, audience: str | None = None
+    ) -> VerifiedToken:
+        jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
+        claims = self._policies[kind].validate(
+            jws.header, jws.claims, kind=kind, now=now, audience=audience
+        )
+        return VerifiedToken(kind, jws.key.kid, claims)
+
+    # -- minting --------------------------------------------------------------------------
+
+    async def issue(
+        self,
+        *,
+        subject: str,
+        audience: Sequence[str] = (),
+        scope: str = "",
+        claims: Mapping[str, Any] | None = None,
+        client_id: str = "",
+        expires_in: int = 0,
+        refresh_token: bool = False,
+    ) -> TokenGrant:
+        s = self._settings
+        request = minting.checked_request(
+            subject=subject,
+            audience=audience,
+            scope=scope,
+            claims=claims or {},
+            client_id=client_id,
+            expires_in=expires_in,
+            refresh=refresh_token,
+            default_audience=s.default_audience,
+            default_ttl_s=s.access_ttl_s,
+            max_ttl_s=s.max_access_ttl_s,
+        )
+        now = self._now()
+        family_id = rt = ""
+        if request.refresh:
+            family_id, rt_jti = minting.new_id(), minting.new_id()
+            family = FamilyRecord(
+                family_id=family_id,
+                issuer=s.issuer,
+                subject=request.subject,
+                audience=request.audience,
+                scope=request.scope,
+                client_id=request.client_id,
+                claims_json=request.claims_json,
+                created_at=now,
+                expires_at=now + s.family_ttl_s,
+                current_jti=rt_jti,
+            )
+            # Recorded before any token leaves: a refresh token the store does not know
+            # would be refused at its first use.
+            await self._store.create_family(family)
+            rt = self._refresh_token(family, rt_jti, now)
+        at = self._access_token(request, request.extra_claims, now, request.expires_in, family_id)
+        return TokenGrant(at, request.expires_in, request.scope, rt)
+
+    async def refresh(self, refresh_token: str, *, scope: str = "") -> TokenGrant:
+        if not refresh_token:
+            raise InvalidRequestError("refresh_token required")
+        now = self._now()
+        claims = self._decode(refresh_token, TokenKind.REFRESH, now).claims
+        if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
+            raise RevokedTokenError()
+        narrowed = minting.normalise_scope(scope) if scope else ""
+        if narrowed:
+            # Checked before rotating, so a bad request does not cost the caller its token.
+            known = await self._store.get_family(claims.sid)
+            if known is not None and not set(narrowed.split()) <= set(known.scope.split()):
+                raise InvalidRequestError("scope may only narrow the family's scope")
+        next_jti = minting.new_id()
+        result = await self._store.rotate(claims.sid, claims.jti, next_jti, now)
+        family = result.family
+        if result.outcome is RotateOutcome.REUSED and family is not None:
+            # The store revoked the family in the rotate transaction; this widens the
+            # horizon to cover access tokens that outlive the family's last refresh.
+            revocation = self._family_revocation(family.issuer, family.family_id, family)
+            self._mirror.add(revocation)
+            await self._store.revoke(revocation)
+            log.warning("refresh token reuse: family revoked sub=%s sid=%s", family.subject, family.family_id)
+            raise RefreshReuseError()
+        if result.outcome is not RotateOutcome.ROTATED or family is None:
+            raise RevokedTokenError()
+        if family.subject != claims.sub or family.issuer != claims.iss:
+            raise ClaimError("sub", "refresh token does not match its family")
+        request = minting.IssueRequest(
+            subject=family.subject,
+            audience=family.audience,
+            scope=narrowed or family.scope,
+            client_id=family.client_id,
+            claims_json=family.claims_json,
+            expires_in=self._settings.access_ttl_s,
+            refresh=True,
+        )
+        at = self._access_token(request, request.extra_claims, now, request.expires_in, family.family_id)
+        rt = self._refresh_token(family, next_jti, now)
+        return TokenGrant(at, request.expires_in, request.scope, rt)
+
+    def _access_token(
+        self, request: minting.IssueRequest, extra: Mapping[str, Any], now: int, ttl: int, family_id: str
+    ) -> str:
+        claims = minting.access_claims(
+            issuer=self._settings.issuer,
+            request=request,
+            extra=extra,
+            jti=minting.new_id(),
+            now=now,
+            ttl_s=ttl,
+            family_id=family_id,
+        )
+        return encode_jws(claims, self._signing_key(), typ=TokenKind.ACCESS.typ)
+
+    def _refresh_token(self, family: FamilyRecord, jti: str, now: int) -> str:
+        exp = min(now + self._settings.refresh_ttl_s, family.expires_at)
+        claims = minting.refresh_claims(
+            issuer=family.issuer,
+            subject=family.subject,
+            client_id=family.client_id,
+            jti=jti,
+            family_id=family.family_id,
+            now=now,
+            exp=exp,
+        )
+        return encode_jws(claims, self._signing_key(), typ=TokenKind.REFRESH.typ)
+
+    def _signing_key(self) -> KeyMaterial:
+        key = self._ring.signing_key
+        if key is None:
+            raise KeyMaterialError("no signing key is configured")
+        return key
+
+    # -- introspection and revocation --------------------------------------------------------
+
+    async def introspect(self, token: str) -> Introspection:
+        """RFC 7662: any reason a token is not good is just `active: false`."""
+        if not token:
+            raise InvalidRequestError("token required")
+        now = self._clock.now()
+        claims, kind = self._try_decode(token, now)
+        if claims is None or kind is None:
+            return Introspection(active=False)
+        if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
+            return Introspection(active=False)
+        if kind is TokenKind.REFRESH:
+            family = await self._store.get_family(claims.sid)
+            if family is None or family.revoked or family.current_jti != claims.jti:
+                return Introspection(active=False)
+            if now >= family.expires_at:
+                return Introspection(active=False)
+        return Introspection(active=True, kind=kind, claims=claims)
+
+    def _try_decode(self, token: str, now: float) -> tuple[Claims | None, TokenKind | None]:
+        try:
+            jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
+            kind = _KIND_BY_TYP.get(jws.header.get("typ"))  # type: ignore[arg-type]
+            if kind is None:
+                return None, None
+            claims = self._policies[kind].validate(jws.header, jws.claims, kind=kind, now=now)
+        except TokenError:
+            return None, None
+        return claims, kind
+
+    async def revoke(self, token: str) -> None:
+        """RFC 7009: revoking an invalid, foreign or already revoked token succeeds quietly.
+
+        Only the signature is required: an expired token may still be revoked (it is a
+        no-op in effect), but a token we did not sign revokes nothing.
+        """
+        if not token:
+            raise InvalidRequestError("token required")
+        try:
+            jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
+        except TokenError:
+            return
+        claims = jws.claims
+        iss, jti, exp = claims.get("iss"), claims.get("jti"), claims.get("exp")
+        if iss != self._settings.issuer or not isinstance(jti, str) or not jti:
+            return
+        until = self._now() + self._settings.family_ttl_s
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            until = int(exp) + self._settings.leeway_s
+        typ = jws.header.get("typ")
+        if typ == TokenKind.ACCESS.typ:
+            revocation = Revocation("jti", iss, jti, until)
+        elif typ == TokenKind.REFRESH.typ and isinstance(claims.get("sid"), str):
+            family = await self._store.get_family(claims["sid"])
+            revocation = self._family_revocation(iss, claims["sid"], family, until)
+        else:
+            return
+        await self._store.revoke(revocation)
+        self._mirror.add(revocation)
+
+    def _family_revocation(
+        self, issuer: str, family_id: str, family: FamilyRecord | None, fallback: int = 0
+    ) -> Revocation:
+        """A family's access tokens may outlive its last refresh by one access lifetime."""
+        end = family.expires_at if family is not None else fallback
+        until = end + self._settings.max_access_ttl_s + self._settings.leeway_s
+        return Revocation("family", issuer, family_id, until)
+
+    def jwks(self) -> dict[str, Any]:
+        return self._ring.jwks()
+
+    def _now(self) -> int:
+        return int(self._clock.now())

@@ -1,0 +1,1 @@
+"""gRPC transport: listeners, the AuthService servicer, and the error-to-status table."""

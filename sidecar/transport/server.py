@@ -1,0 +1,180 @@
+"""The listeners: a public server (Unix socket and/or loopback TCP) and an admin server.
+
+Two grpc.aio servers share one TokenService. The admin server listens only on a Unix socket
+inside an owner-only (0700) directory and is the only one whose servicer serves Issue: the
+file system, not a password, decides who may mint. Both serve grpc.health.v1 and reflection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authsidecar.v1 import auth_pb2, auth_pb2_grpc
+from sidecar.config import ListenSettings
+from sidecar.errors import ConfigError
+from sidecar.tokens.service import TokenService
+from sidecar.transport.interceptors import MetadataLimitInterceptor
+from sidecar.transport.servicer import AuthServicer
+
+log = logging.getLogger(__name__)
+
+AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Listeners:
+    """What is listening where, for the start-up banner and for tests."""
+
+    public: grpc.aio.Server
+    admin: grpc.aio.Server | None
+    health: HealthServicer
+    unix_socket: Path | None = None
+    admin_socket: Path | None = None
+    tcp_address: str | None = None
+    addresses: list[str] = field(default_factory=list)
+
+    async def set_health(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", AUTH_SERVICE):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self.public.start()
+        if self.admin is not None:
+            await self.admin.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting calls; let in-flight calls finish for up to `grace_s` seconds."""
+        await self.health.enter_graceful_shutdown()
+        servers = [self.public] + ([self.admin] if self.admin is not None else [])
+        for server in servers:
+            await server.stop(grace_s)
+        for path in (self.unix_socket, self.admin_socket):
+            if path is not None:
+                _unlink_socket(path)
+
+
+def build_listeners(
+    service: TokenService,
+    listen: ListenSettings,
+    *,
+    unix_socket: Path | None,
+    admin_socket: Path | None,
+) -> Listeners:
+    """Bind every configured address; a bind failure is a ConfigError naming the address."""
+    health = HealthServicer()
+    options = [
+        ("grpc.max_receive_message_length", listen.max_message_bytes),
+        # The transport's own hard cap; the interceptor's softer one gives the clear reason.
+        ("grpc.max_metadata_size", listen.max_metadata_bytes * 2),
+        ("grpc.so_reuseport", 0),
+    ]
+    public = _server(service, health, listen, options, allow_issue=False)
+    listeners = Listeners(public=public, admin=None, health=health)
+    if unix_socket is not None:
+        _prepare_socket_dir(unix_socket.parent, 0o755)
+        _clear_stale_socket(unix_socket, "listen.unix_socket")
+        _bind(public, f"unix:{unix_socket}", "listen.unix_socket")
+        os.chmod(unix_socket, listen.unix_socket_mode)
+        listeners.unix_socket = unix_socket
+        listeners.addresses.append(f"unix:{unix_socket}")
+    if listen.tcp:
+        port = _bind(public, listen.tcp, "listen.tcp")
+        host = listen.tcp.rpartition(":")[0]
+        listeners.tcp_address = f"{host}:{port}"
+        listeners.addresses.append(listeners.tcp_address)
+    if not listeners.addresses:
+        raise ConfigError("setting listen: neither unix_socket nor tcp is configured")
+    if admin_socket is not None:
+        admin = _server(service, health, listen, options, allow_issue=True)
+        _prepare_socket_dir(admin_socket.parent, 0o700)
+        _clear_stale_socket(admin_socket, "listen.admin_socket")
+        _bind(admin, f"unix:{admin_socket}", "listen.admin_socket")
+        os.chmod(admin_socket, 0o600)
+        listeners.admin = admin
+        listeners.admin_socket = admin_socket
+    return listeners
+
+
+def _server(
+    service: TokenService,
+    health: HealthServicer,
+    listen: ListenSettings,
+    options: list[tuple[str, int]],
+    *,
+    allow_issue: bool,
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[MetadataLimitInterceptor(listen.max_metadata_bytes)], options=options
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(service, allow_issue=allow_issue), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
+    return server
+
+
+def _bind(server: grpc.aio.Server, address: str, setting: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"setting {setting}: cannot listen on {address!r}: {exc}") from None
+    if port == 0 and not address.startswith("unix:"):
+        raise ConfigError(f"setting {setting}: cannot listen on {address!r}")
+    return port
+
+
+def _prepare_socket_dir(directory: Path, mode: int) -> None:
+    """Create the socket's directory; an admin directory must be ours and private."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=mode)
+        info = directory.stat()
+        if mode == 0o700:
+            if info.st_uid != os.getuid():
+                raise ConfigError(f"admin socket directory {str(directory)!r} is not owned by us")
+            os.chmod(directory, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot prepare socket directory {str(directory)!r}: {exc.strerror}") from None
+
+
+def _clear_stale_socket(path: Path, setting: str) -> None:
+    """A socket file left by a killed sidecar is removed; a live one stops start-up."""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigError(f"setting {setting}: {str(path)!r} exists and is not a socket")
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"setting {setting}: another process is listening on {str(path)!r}")
+
+
+def _unlink_socket(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
