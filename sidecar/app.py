@@ -144,4 +144,3 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: draining in-flight calls for up to %ss", settings.listen.grace_period_s)
     await app.stop()
     log.info("stopped")
-

@@ -40,13 +40,17 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the sidecar until SIGTERM")
 
-    keys = commands.add_parser("keys", help="key files").add_subparsers(dest="keys_command", required=True)
+    keys = commands.add_parser("keys", help="key files").add_subparsers(
+        dest="keys_command", required=True
+    )
     gen = keys.add_parser("generate", help="write a new private JWK file with a fresh kid")
     gen.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
     gen.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     gen.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
 
-    token = commands.add_parser("token", help="debug tokens").add_subparsers(dest="token_command", required=True)
+    token = commands.add_parser("token", help="debug tokens").add_subparsers(
+        dest="debug_action", required=True
+    )
     issue = token.add_parser("issue", help="mint a token through the admin socket")
     issue.add_argument("--sub", required=True, help="subject")
     issue.add_argument("--aud", action="append", default=[], help="audience (repeatable)")
@@ -73,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys_generate(args)
-        if args.command == "token" and args.token_command == "inspect":
+        if args.command == "token" and args.debug_action == "inspect":
             return _inspect(_read_token(args.token))
         settings = load_settings(args.config)
         logging.basicConfig(
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(app.serve(settings))
             return 0
-        if args.token_command == "issue":
+        if args.debug_action == "issue":
             return _issue(args, settings)
         return _verify(args, settings)
     except StartupError as error:
@@ -168,7 +172,9 @@ def _call(target: str, rpc: Any) -> int:
         except grpc.RpcError as error:
             print(f"authsidecar: {describe_rpc_error(error)}", file=sys.stderr)
             return EXIT_REFUSED
-    print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+    print(
+        json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2)
+    )
     return 0
 
 
@@ -177,7 +183,8 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
     code = error.code() if isinstance(error, grpc.Call) else None
     reason = ""
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    for detail in status.details if status is not None else ():
+    details: list[Any] = list(status.details) if status is not None else []
+    for detail in details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             reason = info.reason

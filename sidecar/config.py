@@ -29,7 +29,9 @@ from sidecar.errors import ConfigError
 
 CONFIG_ENV = "AUTHSIDECAR_CONFIG"
 # The file load_settings was asked to read; falls back to $AUTHSIDECAR_CONFIG.
-_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_file", default=None)
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "config_file", default=None
+)
 SIGNING_ALGS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 

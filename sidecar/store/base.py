@@ -2,11 +2,21 @@
 
 State is keyed by family id and by `iss` + `jti`, never by token text: one token has several
 accepted spellings elsewhere, and a store keyed by text would let a respelled token dodge a
-revocation. Every method may raise `StoreUnavailableError` when the backend cannot be reached;
-nothing else escapes.
+revocation. Every method may raise `StoreUnavailableError` when the backend cannot be reached
+(or after `close`); nothing else escapes, except `ValueError` from `create_family` for a family
+id already taken, which is a caller bug (ids are random), never a backend condition.
 
 Atomicity is the store's job: `rotate` is one transaction (SQLite) or one script (Redis), so two
 sidecars presenting the same refresh token at the same instant see exactly one ROTATED.
+
+Racing presenters: when N callers present the same current token at once, one gets ROTATED,
+the next one to run presents a now-retired token and gets REUSED (revoking the family, as
+RFC 9700 section 4.14.2 reuse detection requires), and the rest find the family revoked and get
+REVOKED. A grace window for honest retries is a later, explicit change, not an accident of timing.
+
+Forgetting: nothing is kept past its `expires_at`. `revocations(now)` purges expired
+revocations and ended families, so `rotate`/`get_family` on an ended family may answer
+UNKNOWN/None instead of REVOKED; both refuse, and the refresh token has expired by then anyway.
 """
 
 from __future__ import annotations
@@ -71,7 +81,11 @@ class TokenStore(Protocol):
         ...
 
     async def create_family(self, family: FamilyRecord) -> None:
-        """Record a new family whose first refresh token is `family.current_jti`."""
+        """Record a new family whose first refresh token is `family.current_jti`.
+
+        Raises ValueError when `family.family_id` is already taken: never overwrite, since
+        that would resurrect a revoked family or swap a live one's owner.
+        """
         ...
 
     async def get_family(self, family_id: str) -> FamilyRecord | None: ...
@@ -81,20 +95,36 @@ class TokenStore(Protocol):
     ) -> RotateResult:
         """Atomically retire `presented_jti` in favour of `next_jti`.
 
-        ROTATED when `presented_jti` is the family's current token and the family is live
-        (not revoked, `now < expires_at`); REUSED when it is not current, in which case the
-        family is marked revoked and a family revocation is recorded (until `expires_at`)
-        in the same transaction; REVOKED when the family is revoked or ended; UNKNOWN when
-        there is no such family.
+        Checked in this order, all in one atomic step:
+
+        1. UNKNOWN when there is no such family (`family` is None);
+        2. REVOKED when the family is already revoked or has ended (`now >= expires_at`),
+           whatever jti was presented; nothing changes;
+        3. ROTATED when `presented_jti` is the current token: `next_jti` becomes current;
+        4. REUSED otherwise: the family is marked revoked and a family revocation
+           (`issuer` = the family's, `key` = `family_id`, until `expires_at`) is recorded in
+           the same transaction, so the revocation is never lost between the two writes.
+
+        `family` in the result is the record after the step.
         """
         ...
 
     async def revoke(self, revocation: Revocation) -> None:
-        """Record a revocation (idempotent). A family revocation also marks the family."""
+        """Record a revocation (idempotent; a repeat keeps the later `expires_at`).
+
+        A family revocation also marks the family with that id revoked, in the same step,
+        whatever the revocation's `issuer`: failing closed beats a mismatch leaving it live.
+        """
         ...
 
     async def revocations(self, now: int) -> list[Revocation]:
-        """Every revocation still in force at `now`; expired ones may be purged."""
+        """Every revocation still in force at `now` (`expires_at > now`), in no set order.
+
+        Expired revocations and ended families (`expires_at <= now`) are purged on the way
+        (the contract suite checks it), so state stays bounded by what is still live.
+        """
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the backend (idempotent); every later call raises StoreUnavailableError."""
+        ...

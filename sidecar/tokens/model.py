@@ -21,7 +21,21 @@ class TokenKind(enum.Enum):
 # Claims the sidecar sets itself; a caller's extra claims may not name them (RFC 7519 section
 # 4.1 plus the ones RFC 9068 / RFC 8693 / RFC 7800 give meaning to).
 RESERVED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id", "sid", "typ", "cnf", "act"}
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "scope",
+        "client_id",
+        "sid",
+        "typ",
+        "cnf",
+        "act",
+    }
 )
 
 
@@ -62,7 +76,7 @@ class TokenGrant:
     expires_in: int
     scope: str
     refresh_token: str = ""
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - RFC 6750 token type name, not a secret
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,11 @@ class TokenService:
             revocation = self._family_revocation(family.issuer, family.family_id, family)
             self._mirror.add(revocation)
             await self._store.revoke(revocation)
-            log.warning("refresh token reuse: family revoked sub=%s sid=%s", family.subject, family.family_id)
+            log.warning(
+                "refresh token reuse: family revoked sub=%s sid=%s",
+                family.subject,
+                family.family_id,
+            )
             raise RefreshReuseError()
         if result.outcome is not RotateOutcome.ROTATED or family is None:
             raise RevokedTokenError()
@@ -194,12 +198,19 @@ class TokenService:
             expires_in=self._settings.access_ttl_s,
             refresh=True,
         )
-        at = self._access_token(request, request.extra_claims, now, request.expires_in, family.family_id)
+        at = self._access_token(
+            request, request.extra_claims, now, request.expires_in, family.family_id
+        )
         rt = self._refresh_token(family, next_jti, now)
         return TokenGrant(at, request.expires_in, request.scope, rt)
 
     def _access_token(
-        self, request: minting.IssueRequest, extra: Mapping[str, Any], now: int, ttl: int, family_id: str
+        self,
+        request: minting.IssueRequest,
+        extra: Mapping[str, Any],
+        now: int,
+        ttl: int,
+        family_id: str,
     ) -> str:
         claims = minting.access_claims(
             issuer=self._settings.issuer,

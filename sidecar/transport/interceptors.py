@@ -15,7 +15,9 @@ import grpc
 from sidecar.errors import MetadataTooLargeError
 from sidecar.transport.status import to_status
 
-_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+_Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
+]
 
 
 def metadata_size(metadata: Any) -> int:
@@ -32,7 +34,7 @@ class MetadataLimitInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -41,7 +43,9 @@ class MetadataLimitInterceptor(grpc.aio.ServerInterceptor):
         return _refusing(handler, MetadataTooLargeError())
 
 
-def _refusing(handler: grpc.RpcMethodHandler, error: MetadataTooLargeError) -> grpc.RpcMethodHandler:
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], error: MetadataTooLargeError
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as `handler` that aborts with `error`'s status."""
     status = to_status(error)
 

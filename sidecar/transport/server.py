@@ -150,7 +150,9 @@ def _prepare_socket_dir(directory: Path, mode: int) -> None:
                 raise ConfigError(f"admin socket directory {str(directory)!r} is not owned by us")
             os.chmod(directory, 0o700)
     except OSError as exc:
-        raise ConfigError(f"cannot prepare socket directory {str(directory)!r}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot prepare socket directory {str(directory)!r}: {exc.strerror}"
+        ) from None
 
 
 def _clear_stale_socket(path: Path, setting: str) -> None:

@@ -32,7 +32,9 @@ def _mapped(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
         try:
             return await method(self, request, context)
         except AuthSidecarError as error:
@@ -54,7 +56,10 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def _grant(cls: type[Resp], grant: TokenGrant) -> Resp:
+_GrantResponse = TypeVar("_GrantResponse", auth_pb2.IssueResponse, auth_pb2.RefreshResponse)
+
+
+def _grant(cls: type[_GrantResponse], grant: TokenGrant) -> _GrantResponse:
     return cls(
         access_token=grant.access_token,
         token_type=grant.token_type,

@@ -25,7 +25,7 @@ async def issue(
     aud: tuple[str, ...] = ("svc-a",),
     scope: str = "read write",
     refresh: bool = False,
-    **claims: object,
+    **claims: str | int | bool,
 ) -> auth_pb2.IssueResponse:
     extra = struct_pb2.Struct()
     extra.update(claims)
@@ -92,7 +92,9 @@ async def test_requested_lifetime_is_capped_at_the_maximum(sidecar: RunningSidec
 async def test_verify_refuses_expired_token(sidecar: RunningSidecar) -> None:
     grant = await issue(sidecar)
     sidecar.clock.advance(900 + sidecar.settings.tokens.leeway_s)
-    code, reason = await refused(sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token)))
+    code, reason = await refused(
+        sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token))
+    )
     assert (code, reason) == (U, "TOKEN_EXPIRED")
 
 
@@ -105,13 +107,17 @@ async def test_verify_accepts_token_within_leeway_after_expiry(sidecar: RunningS
 async def test_verify_refuses_token_not_yet_valid(sidecar: RunningSidecar) -> None:
     grant = await issue(sidecar)
     sidecar.clock.advance(-(sidecar.settings.tokens.leeway_s + 5))
-    code, reason = await refused(sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token)))
+    code, reason = await refused(
+        sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token))
+    )
     assert (code, reason) == (U, "TOKEN_NOT_YET_VALID")
 
 
 async def test_verify_refuses_refresh_token_as_access_token(sidecar: RunningSidecar) -> None:
     grant = await issue(sidecar, refresh=True)
-    code, reason = await refused(sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.refresh_token)))
+    code, reason = await refused(
+        sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.refresh_token))
+    )
     assert (code, reason) == (U, "WRONG_TOKEN_TYPE")
 
 
@@ -172,7 +178,9 @@ async def test_verify_refuses_token_signed_by_an_unknown_key(sidecar: RunningSid
 
 async def test_refresh_rotates_and_reuse_revokes_the_family(sidecar: RunningSidecar) -> None:
     first = await issue(sidecar, refresh=True, scope="read write")
-    second = await sidecar.public.Refresh(auth_pb2.RefreshRequest(refresh_token=first.refresh_token))
+    second = await sidecar.public.Refresh(
+        auth_pb2.RefreshRequest(refresh_token=first.refresh_token)
+    )
     assert second.refresh_token and second.refresh_token != first.refresh_token
     assert second.scope == "read write"
     await sidecar.public.Verify(auth_pb2.VerifyRequest(token=second.access_token))
@@ -225,7 +233,9 @@ async def test_revoking_a_refresh_token_revokes_its_family(sidecar: RunningSidec
     assert await refused(refresh) == (U, "TOKEN_REVOKED")
 
 
-async def test_introspect_reports_active_tokens_with_rfc7662_fields(sidecar: RunningSidecar) -> None:
+async def test_introspect_reports_active_tokens_with_rfc7662_fields(
+    sidecar: RunningSidecar,
+) -> None:
     grant = await issue(sidecar, refresh=True, username="alice@example.com")
     access = await sidecar.public.Introspect(auth_pb2.IntrospectRequest(token=grant.access_token))
     assert access.active and access.token_type == "Bearer"
@@ -237,7 +247,9 @@ async def test_introspect_reports_active_tokens_with_rfc7662_fields(sidecar: Run
 
 async def test_introspect_says_only_inactive_never_why(sidecar: RunningSidecar) -> None:
     grant = await issue(sidecar, refresh=True)
-    rotated = await sidecar.public.Refresh(auth_pb2.RefreshRequest(refresh_token=grant.refresh_token))
+    rotated = await sidecar.public.Refresh(
+        auth_pb2.RefreshRequest(refresh_token=grant.refresh_token)
+    )
     inactive_tokens = ["garbage", grant.refresh_token]  # retired by the rotation
     sidecar.clock.advance(10_000)
     inactive_tokens.append(rotated.access_token)  # expired now

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -22,6 +22,9 @@ from authsidecar.v1 import auth_pb2_grpc
 from sidecar.app import App, start_app
 from sidecar.clock import FixedClock
 from sidecar.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from authsidecar.v1.auth_pb2_grpc import AuthServiceAsyncStub
 
 __all__ = ["RunningSidecar", "reason_of", "running_sidecar", "short_tmpdir"]
 
@@ -33,9 +36,9 @@ class RunningSidecar:
     unix_target: str
     tcp_target: str
     admin_target: str
-    public: auth_pb2_grpc.AuthServiceStub
-    tcp: auth_pb2_grpc.AuthServiceStub
-    admin: auth_pb2_grpc.AuthServiceStub
+    public: AuthServiceAsyncStub
+    tcp: AuthServiceAsyncStub
+    admin: AuthServiceAsyncStub
     channels: list[grpc.aio.Channel]
 
     @property
@@ -75,9 +78,9 @@ async def running_sidecar(
         f"unix:{listeners.admin_socket}",
     )
     channels = [grpc.aio.insecure_channel(t) for t in targets]
-    stubs = [auth_pb2_grpc.AuthServiceStub(c) for c in channels]
+    public, tcp, admin = (auth_pb2_grpc.AuthServiceStub(c) for c in channels)
     try:
-        yield RunningSidecar(app, clock, *targets, *stubs, channels)
+        yield RunningSidecar(app, clock, *targets, public, tcp, admin, channels)
     finally:
         for channel in channels:
             await channel.close()
@@ -86,7 +89,8 @@ async def running_sidecar(
 
 def reason_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     """The status code and the ErrorInfo reason of a failed call."""
-    assert isinstance(error, grpc.aio.AioRpcError | grpc.Call)
+    assert isinstance(error, grpc.aio.AioRpcError)
+    # AioRpcError has the Call methods from_call reads (code, trailing_metadata).
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     reason = ""
     if status is not None:

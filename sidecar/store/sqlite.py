@@ -1,0 +1,321 @@
+"""A `TokenStore` in one SQLite file, shareable by several sidecar processes on one host.
+
+Usage: `store = SqliteTokenStore(path)` touches nothing; `await store.open()` creates the
+directory, file and schema (start-up, where failures stop the process); `await store.close()`.
+
+Threading: the stdlib driver blocks, and the gRPC server is one event loop, so every call runs on
+one dedicated worker thread that owns the connection (a single-thread executor). Calls are
+serialised in submission order and the connection never crosses threads. A cancelled caller
+cannot cut a transaction short: a queued call is dropped, a running one finishes.
+
+Durability choices:
+
+* WAL, so the many readers (`revocations`, `get_family`) never wait for a writer.
+* `synchronous=FULL`: with WAL, NORMAL survives a process crash but may lose the last commits
+  on power loss. Here a lost commit is a lost revocation (a revoked token works again) or a lost
+  rotation (the client's next honest refresh looks like reuse and kills its login). One fsync
+  per write is a fair price for neither; reads do not pay it.
+* `busy_timeout`: a second process holding the write lock makes us wait, not fail, up to the
+  timeout; beyond it the call raises StoreUnavailableError.
+* Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before the read, so
+  two processes rotating the same token serialise and exactly one sees it current; a SIGKILL
+  mid-transaction leaves the old state (SQLite's journal guarantees all or nothing).
+
+Every sqlite3 or OS error becomes StoreUnavailableError with a generic message (the original is
+chained as `__cause__` for operators; SQL text carries no values, all of them are bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from sidecar.errors import StoreUnavailableError
+from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, RotateResult
+
+SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
+
+# STRICT tables (SQLite >= 3.37) refuse a value of the wrong type instead of storing it.
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS families (
+    family_id   TEXT PRIMARY KEY,
+    issuer      TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    audience    TEXT NOT NULL,  -- JSON array of strings
+    scope       TEXT NOT NULL,
+    client_id   TEXT NOT NULL,
+    claims_json TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    current_jti TEXT NOT NULL,
+    revoked     INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS families_expires_at ON families (expires_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    kind       TEXT NOT NULL CHECK (kind IN ('jti', 'family')),
+    issuer     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, issuer, key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revocations_expires_at ON revocations (expires_at);
+"""
+
+# Literal SQL, no string building: every value is a bound parameter.
+_INSERT_FAMILY = (
+    "INSERT INTO families (family_id, issuer, subject, audience, scope, client_id, claims_json,"
+    " created_at, expires_at, current_jti, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_FAMILY = (
+    "SELECT family_id, issuer, subject, audience, scope, client_id, claims_json,"
+    " created_at, expires_at, current_jti, revoked FROM families WHERE family_id = ?"
+)
+_UPSERT_REVOCATION = (
+    "INSERT INTO revocations (kind, issuer, key, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (kind, issuer, key) DO UPDATE"
+    " SET expires_at = max(expires_at, excluded.expires_at)"
+)
+
+
+class SqliteTokenStore:
+    """A `TokenStore` in the SQLite file at `path` (":memory:" for a private in-memory one)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self._path = str(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        """Create the parent directory (0700), file (0600) and schema; no-op when open.
+
+        Raises StoreUnavailableError when the file cannot be created or opened, or holds a
+        schema newer than this code knows.
+        """
+        if self._executor is not None:
+            return
+        if self._closed:
+            raise StoreUnavailableError()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            await self._run(self._open_sync, need_conn=False)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db().execute("SELECT 1").fetchone())
+
+    async def create_family(self, family: FamilyRecord) -> None:
+        row = (
+            family.family_id,
+            family.issuer,
+            family.subject,
+            json.dumps(list(family.audience)),
+            family.scope,
+            family.client_id,
+            family.claims_json,
+            family.created_at,
+            family.expires_at,
+            family.current_jti,
+            int(family.revoked),
+        )
+
+        def insert() -> None:
+            try:
+                with self._transaction() as db:
+                    db.execute(_INSERT_FAMILY, row)
+            except sqlite3.IntegrityError:
+                raise ValueError("family id already exists") from None
+
+        await self._run(insert)
+
+    async def get_family(self, family_id: str) -> FamilyRecord | None:
+        return await self._run(lambda: self._select_family(self._db(), family_id))
+
+    async def rotate(
+        self, family_id: str, presented_jti: str, next_jti: str, now: int
+    ) -> RotateResult:
+        def rotate_sync() -> RotateResult:
+            with self._transaction() as db:
+                family = self._select_family(db, family_id)
+                if family is None:
+                    return RotateResult(RotateOutcome.UNKNOWN, None)
+                if family.revoked or now >= family.expires_at:
+                    return RotateResult(RotateOutcome.REVOKED, family)
+                if presented_jti == family.current_jti:
+                    db.execute(
+                        "UPDATE families SET current_jti = ? WHERE family_id = ?",
+                        (next_jti, family_id),
+                    )
+                    return RotateResult(
+                        RotateOutcome.ROTATED, dataclasses.replace(family, current_jti=next_jti)
+                    )
+                # A retired token came back: RFC 9700 section 4.14.2, revoke the whole family.
+                db.execute("UPDATE families SET revoked = 1 WHERE family_id = ?", (family_id,))
+                db.execute(
+                    _UPSERT_REVOCATION, ("family", family.issuer, family_id, family.expires_at)
+                )
+                return RotateResult(RotateOutcome.REUSED, dataclasses.replace(family, revoked=True))
+
+        return await self._run(rotate_sync)
+
+    async def revoke(self, revocation: Revocation) -> None:
+        def revoke_sync() -> None:
+            with self._transaction() as db:
+                db.execute(
+                    _UPSERT_REVOCATION,
+                    (revocation.kind, revocation.issuer, revocation.key, revocation.expires_at),
+                )
+                if revocation.kind == "family":
+                    db.execute(
+                        "UPDATE families SET revoked = 1 WHERE family_id = ?", (revocation.key,)
+                    )
+
+        await self._run(revoke_sync)
+
+    async def revocations(self, now: int) -> list[Revocation]:
+        def revocations_sync() -> list[Revocation]:
+            db = self._db()
+            # Purge only when something has expired: this is polled by every sidecar, and an
+            # unconditional DELETE would take the write lock (and an fsync) on every poll.
+            expired = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE expires_at <= ?)"
+                " OR EXISTS (SELECT 1 FROM families WHERE expires_at <= ?)",
+                (now, now),
+            ).fetchone()[0]
+            if expired:
+                with self._transaction() as tx:
+                    tx.execute("DELETE FROM revocations WHERE expires_at <= ?", (now,))
+                    tx.execute("DELETE FROM families WHERE expires_at <= ?", (now,))
+            rows = db.execute(
+                "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?",
+                (now,),
+            ).fetchall()
+            return [
+                Revocation(kind, issuer, key, expires_at) for kind, issuer, key, expires_at in rows
+            ]
+
+        return await self._run(revocations_sync)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Queued behind every call already submitted, so those finish first.
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=False)
+
+    # --- worker-thread side ------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], _T], *, need_conn: bool = True) -> _T:
+        """Run `fn` on the worker thread; every driver or OS failure becomes unavailable."""
+        executor = self._executor
+        if executor is None or self._closed or (need_conn and self._conn is None):
+            raise StoreUnavailableError()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, fn)
+        except RuntimeError as exc:  # the executor was shut down by a racing `close`
+            raise StoreUnavailableError() from exc
+        try:
+            return await future
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailableError() from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("store closed")
+        return self._conn
+
+    def _open_sync(self) -> None:
+        if self._path != ":memory:":
+            path = Path(self._path)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Create it 0600 ourselves: sqlite would honour the umask. Its -wal and -shm files
+            # copy the main file's mode. An existing file keeps the mode its owner gave it.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(
+            self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+        try:
+            # `timeout` above is sqlite3_busy_timeout; WAL persists in the file once set.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._conn = conn
+            self._migrate()
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION (PRAGMA user_version); refuse a newer one."""
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailableError(
+                    f"token store schema version {version} is newer than {SCHEMA_VERSION}"
+                )
+            if version < 1:
+                for statement in _SCHEMA_V1.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db())
+
+    @staticmethod
+    def _select_family(db: sqlite3.Connection, family_id: str) -> FamilyRecord | None:
+        row = db.execute(_SELECT_FAMILY, (family_id,)).fetchone()
+        if row is None:
+            return None
+        fid, iss, sub, aud, scope, client_id, claims, created_at, expires_at, jti, revoked = row
+        return FamilyRecord(
+            fid, iss, sub, tuple(json.loads(aud)), scope, client_id, claims,
+            created_at, expires_at, jti, bool(revoked),
+        )  # fmt: skip
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception (then re-raised)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            return
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # The original error says more; sqlite rolls back on close anyway.

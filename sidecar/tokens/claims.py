@@ -1,0 +1,173 @@
+"""Claim rules for a signature-verified token (RFC 7519 section 4.1, RFC 9068, RFC 8725).
+
+Our own rules, not python-jose's: its `int()` coercion lets `"1700000000"` and `true` pass as
+times, `exp == now` is accepted, a future `iat` is accepted and nothing is required
+(../shared/SECURITY.md). Here every time is a real finite number, every string claim a
+string, and the order of checks is fixed so a token always gets the same reason code:
+
+typ -> required -> time types -> exp -> nbf / iat -> lifetime -> iss -> aud -> sub, jti ->
+scope, client_id, sid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.errors import (
+    AudienceMismatchError,
+    ClaimError,
+    ConfigError,
+    ExpiredTokenError,
+    IssuerMismatchError,
+    NotYetValidError,
+    WrongTokenTypeError,
+)
+from sidecar.tokens.model import Claims, TokenKind
+
+__all__ = ["DEFAULT_REQUIRED_CLAIMS", "MAX_NUMERIC_DATE", "ClaimsPolicy"]
+
+DEFAULT_REQUIRED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
+# 9999-12-31T23:59:59Z. NumericDate (RFC 7519 section 2) has no upper bound, but ours go into
+# int64 proto fields and float arithmetic: anything outside [0, this] is refused, not wrapped.
+MAX_NUMERIC_DATE = 253_402_300_799
+# Without these a policy could not enforce what SECURITY.md makes mandatory.
+_ALWAYS_REQUIRED = frozenset({"iss", "exp"})
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
+    """A NumericDate or None if absent; bool, str, null and non-finite values are refused."""
+    value = claims.get(name)
+    if value is None:
+        if name in claims:  # present as JSON null
+            raise ClaimError(name)
+        return None
+    kind = type(value)
+    if kind is int:
+        if not 0 <= value <= MAX_NUMERIC_DATE:
+            raise ClaimError(name)
+        return value  # type: ignore[no-any-return]
+    if kind is float:
+        if not (math.isfinite(value) and 0.0 <= value <= MAX_NUMERIC_DATE):
+            raise ClaimError(name)
+        return value  # type: ignore[no-any-return]
+    raise ClaimError(name)  # bool is not int here (type() is exact), nor are str, list...
+
+
+def _optional_str(claims: Mapping[str, Any], name: str, *, non_empty: bool = False) -> str:
+    value = claims.get(name, "")
+    if type(value) is not str or (non_empty and name in claims and not value):
+        raise ClaimError(name)
+    return value
+
+
+def _audiences(value: object) -> tuple[str, ...]:
+    """RFC 7519 section 4.1.3: a string or an array of strings (non-empty ones, here)."""
+    if type(value) is str:
+        if value:
+            return (value,)
+    elif type(value) is list and value:
+        if all(type(item) is str and item for item in value):
+            return tuple(value)
+    raise ClaimError("aud")
+
+
+@dataclass(frozen=True)
+class ClaimsPolicy:
+    """What a verifier accepts. Built once from configuration; `validate` is the hot path.
+
+    `audiences`: when non-empty, a token's `aud` must contain at least one of them.
+    `max_lifetime_s`: `exp - iat` may not exceed it, so a leaked signing key or a buggy issuer
+    cannot mint tokens that live for years.
+    """
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    leeway_s: int = 30
+    max_lifetime_s: int = 86400
+    required: frozenset[str] = field(default=DEFAULT_REQUIRED_CLAIMS)
+
+    def __post_init__(self) -> None:
+        if type(self.issuer) is not str or not self.issuer:
+            raise ConfigError("claims policy: issuer must be a non-empty string")
+        if not all(type(a) is str and a for a in self.audiences):
+            raise ConfigError("claims policy: audiences must be non-empty strings")
+        if type(self.leeway_s) is not int or not 0 <= self.leeway_s <= 3600:
+            raise ConfigError("claims policy: leeway_s must be an integer in [0, 3600]")
+        if type(self.max_lifetime_s) is not int or self.max_lifetime_s <= 0:
+            raise ConfigError("claims policy: max_lifetime_s must be a positive integer")
+        if not _ALWAYS_REQUIRED <= self.required:
+            raise ConfigError("claims policy: required claims must include iss and exp")
+
+    def validate(
+        self,
+        header: Mapping[str, Any],
+        claims: Mapping[str, Any],
+        *,
+        kind: TokenKind,
+        now: float,
+        audience: str | None = None,
+    ) -> Claims:
+        """Check a verified token's header `typ` and claims; return them typed.
+
+        `audience`, when given, must be one of the token's `aud` values (per-call check on
+        top of the policy's `audiences`). Raises only `TokenError` subclasses for any
+        `claims` that came out of `decode_jws`.
+        """
+        # RFC 8725 section 3.11 / RFC 9068 section 4: explicit typing keeps a refresh token
+        # out of places that expect an access token. A missing typ is a wrong typ.
+        typ = header.get("typ")
+        if type(typ) is not str or typ != kind.typ:
+            raise WrongTokenTypeError
+
+        missing = [name for name in self.required if name not in claims]
+        if missing:
+            raise ClaimError(min(missing), missing=True)  # min: same code whatever the hash seed
+
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf")
+        leeway = self.leeway_s
+        # RFC 7519 section 4.1.4: the token must not be accepted "on or after" exp.
+        if exp is not None and now >= exp + leeway:
+            raise ExpiredTokenError
+        if nbf is not None and nbf > now + leeway:
+            raise NotYetValidError
+        if iat is not None and iat > now + leeway:  # issued in the future: clock skew or forgery
+            raise NotYetValidError
+        if exp is not None and iat is not None and exp - iat > self.max_lifetime_s:
+            raise ClaimError("exp")
+
+        iss = claims.get("iss")
+        if type(iss) is not str or iss != self.issuer:  # exact: no normalisation, no prefix
+            raise IssuerMismatchError
+
+        aud: tuple[str, ...] = ()
+        if "aud" in claims:
+            aud = _audiences(claims["aud"])
+        if self.audiences and not any(a in aud for a in self.audiences):
+            raise AudienceMismatchError  # an absent aud matches nothing
+        if audience is not None and audience not in aud:
+            raise AudienceMismatchError
+
+        sub = _optional_str(claims, "sub", non_empty=True)
+        jti = _optional_str(claims, "jti", non_empty=True)
+        scope = _optional_str(claims, "scope")  # space-delimited (RFC 8693 section 4.2)
+        client_id = _optional_str(claims, "client_id")
+        sid = _optional_str(claims, "sid")
+
+        return Claims(
+            iss=iss,
+            sub=sub,
+            aud=aud,
+            exp=math.floor(exp) if exp is not None else 0,
+            iat=math.floor(iat) if iat is not None else 0,
+            nbf=math.floor(nbf) if nbf is not None else 0,
+            jti=jti,
+            scope=scope,
+            client_id=client_id,
+            sid=sid,
+            all=dict(claims),
+        )

@@ -1,0 +1,312 @@
+"""Strict compact JWS (RFC 7515 section 7.1): the only parser an unauthenticated token meets.
+
+python-jose 3.5.0 parses tokens leniently (../shared/SECURITY.md), so the sidecar owns the
+token format and uses python-jose only through `KeyMaterial`'s pre-built key objects to
+compute and check signatures. `verify_compact` makes the checks of SECURITY.md in order, and
+each failure has one reason code:
+
+1. size cap, before any other work                                   TOKEN_TOO_LARGE
+2. exactly three non-empty segments of [A-Za-z0-9_-], each canonical
+   base64url (re-encoding gives the segment back, RFC 7515 section 2;
+   one token has exactly one spelling)                               TOKEN_MALFORMED
+3. header: strict UTF-8 JSON (no duplicate names, RFC 8725 section
+   3.1 / RFC 7515 section 5.2 step 4; no NaN/Infinity; bounded size
+   and depth), an object with members from {alg, kid, typ} only      TOKEN_MALFORMED
+4. `alg` one of ours (never "none", RFC 8725 section 2.1)             ALGORITHM_NOT_ALLOWED
+5. `kid` a string naming a loaded key                                KEY_UNKNOWN
+6. `alg` equal to the key's algorithm: the key, not the token,
+   chooses the algorithm (RFC 8725 section 3.1)                      ALGORITHM_NOT_ALLOWED
+7. signature over the segments as received                           SIGNATURE_INVALID
+
+`decode_jws` then parses the payload as a strict JSON object (RFC 7519 section 7.2 step 10).
+Everything else that goes wrong, Python exceptions included, becomes `MalformedTokenError`
+at one boundary, with a generic message: no exception text, token text or key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sidecar.errors import (
+    BadSignatureError,
+    InvalidRequestError,
+    MalformedTokenError,
+    TokenError,
+    TokenTooLargeError,
+    UnknownKeyError,
+    UnsupportedAlgorithmError,
+)
+from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+
+__all__ = [
+    "DEFAULT_MAX_TOKEN_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_DEPTH",
+    "KeyLookup",
+    "VerifiedCompact",
+    "VerifiedJws",
+    "decode_jws",
+    "encode_jws",
+    "peek",
+    "verify_compact",
+]
+
+DEFAULT_MAX_TOKEN_BYTES = 8192
+# Our headers are ~60 bytes; anything near this limit is hostile. Bounding the header before
+# parsing it means an unauthenticated sender cannot make us parse much.
+MAX_HEADER_BYTES = 1024
+# Nesting allowed in header and claims (RFC 8693 `act` chains nest a few levels). The json C
+# scanner recurses per level, so an unbounded depth is a RecursionError on a few KiB.
+MAX_JSON_DEPTH = 16
+
+# Members a header may carry. Everything else is refused rather than ignored: `crit` (RFC 7515
+# section 4.1.11: unknown critical members must be refused), `b64` (RFC 7797 changes what is
+# signed), `zip` (JWE only), `jku`/`x5u` (would make us fetch keys named by the attacker),
+# `jwk`/`x5c` (an attacker-supplied key, RFC 8725 section 3.10), and `cty`: its only use in a
+# JWT is "JWT" for a nested token (RFC 7519 section 5.2), and we never accept nested JWTs.
+_HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
+
+# Three non-empty segments from the base64url alphabet only (no padding, no '+', '/', spaces).
+# The classes exclude '.', so matching is linear.
+_COMPACT = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+# A JSON string or a bracket; used only when a document has many brackets, to measure depth.
+_JSON_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# A \u escape of a UTF-16 surrogate: json.loads turns a lone one into a str that cannot be
+# encoded as UTF-8 again (RFC 8259 section 8.2), which would fail far away, e.g. in protobuf.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+class KeyLookup(Protocol):
+    """Exact lookup by `kid` (a `KeyRing`); None when no loaded key has that id."""
+
+    def get(self, kid: str) -> KeyMaterial | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCompact:
+    """A signature-verified JWS whose payload is still bytes (JWT or not)."""
+
+    header: dict[str, Any]
+    payload: bytes
+    key: KeyMaterial
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedJws:
+    """A signature-verified JWS whose payload is a JSON object; claims are not yet checked."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    key: KeyMaterial
+
+
+class _Refused(ValueError):
+    """Internal: a strictness rule failed; the boundary turns it into MalformedTokenError."""
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last duplicate, other parsers the first: refuse rather than guess
+    # (RFC 7515 section 5.2 step 4, RFC 8259 section 4).
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Refused
+    return obj
+
+
+def _refuse_constant(_name: str) -> Any:
+    raise _Refused  # NaN, Infinity, -Infinity are not JSON (RFC 8259 section 6)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf
+        raise _Refused
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+)
+
+
+def _check_depth(document: bytes) -> None:
+    # Bracket count bounds depth, so the exact (slower) scan runs only for unusual documents.
+    if document.count(b"[") + document.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for match in _JSON_STRUCTURE.finditer(document):
+        char = match.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise _Refused
+        elif char in (b"]", b"}"):
+            depth -= 1
+
+
+def _check_strings(value: Any) -> None:
+    """Refuse lone surrogates anywhere in a parsed document (keys and values)."""
+    if isinstance(value, str):
+        value.encode("utf-8")  # UnicodeEncodeError for a lone surrogate
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            name.encode("utf-8")
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
+def _parse_json(document: bytes) -> Any:
+    """Strict JSON: UTF-8 only (RFC 8259 section 8.1), no duplicates, finite, bounded depth."""
+    _check_depth(document)
+    value = _DECODER.decode(document.decode("utf-8"))
+    if _SURROGATE_ESCAPE.search(document) is not None:
+        _check_strings(value)
+    return value
+
+
+def _b64decode(segment: bytes) -> bytes:
+    """Canonical base64url without padding (RFC 7515 section 2): one spelling per value."""
+    raw = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment:
+        raise _Refused  # non-zero trailing bits
+    return raw
+
+
+def _b64encode(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+def _split(token: str | bytes, max_bytes: int) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """Steps 1-4: (header, signing input as received, payload, signature); no key needed."""
+    if len(token) > max_bytes:
+        raise TokenTooLargeError
+    data = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+    if len(data) > max_bytes:
+        raise TokenTooLargeError
+    match = _COMPACT.fullmatch(data)
+    if match is None:
+        raise MalformedTokenError
+    header_raw = _b64decode(match.group(1))
+    payload = _b64decode(match.group(2))
+    signature = _b64decode(match.group(3))
+    if len(header_raw) > MAX_HEADER_BYTES:
+        raise MalformedTokenError
+    header = _parse_json(header_raw)
+    if type(header) is not dict or not header.keys() <= _HEADER_MEMBERS:
+        raise MalformedTokenError
+    if "typ" in header and type(header["typ"]) is not str:
+        raise MalformedTokenError
+    alg = header.get("alg")
+    if type(alg) is not str or alg not in SUPPORTED_ALGS:
+        raise UnsupportedAlgorithmError  # includes "none" and every alg we do not implement
+    return header, data[: match.end(2)], payload, signature
+
+
+def _verify_compact(token: str | bytes, keys: KeyLookup, max_bytes: int) -> VerifiedCompact:
+    header, signing_input, payload, signature = _split(token, max_bytes)
+    kid = header.get("kid")
+    if type(kid) is not str:
+        raise UnknownKeyError  # required: trying every key is what RFC 8725 section 3.1 warns of
+    key = keys.get(kid)
+    if key is None:
+        raise UnknownKeyError
+    if header["alg"] != key.alg:
+        # An RSA key never verifies an HS256 MAC (CVE-2024-33663 and its older cousins).
+        raise UnsupportedAlgorithmError
+    if not key.verify(signing_input, signature):
+        raise BadSignatureError
+    return VerifiedCompact(header, payload, key)
+
+
+def _claims_object(payload: bytes) -> dict[str, Any]:
+    claims = _parse_json(payload)
+    if type(claims) is not dict:  # RFC 7519 section 7.2 step 10: a JSON object
+        raise MalformedTokenError
+    return claims
+
+
+def verify_compact(
+    token: str | bytes, keys: KeyLookup, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+) -> VerifiedCompact:
+    """Steps 1-7 above; the payload is returned as bytes, whatever it is (JWS conformance)."""
+    try:
+        return _verify_compact(token, keys, max_bytes)
+    except TokenError:
+        raise
+    except Exception:  # noqa: BLE001 - the single error boundary: hostile input is "malformed"
+        raise MalformedTokenError from None
+
+
+def decode_jws(
+    token: str | bytes, keys: KeyLookup, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+) -> VerifiedJws:
+    """Verify a compact JWS whose payload is a JSON object (a JWT claim set).
+
+    Raises only `TokenError` subclasses. The payload is parsed after the signature is
+    checked, so an unauthenticated sender can make us parse only a bounded header.
+    """
+    try:
+        verified = _verify_compact(token, keys, max_bytes)
+        return VerifiedJws(verified.header, _claims_object(verified.payload), verified.key)
+    except TokenError:
+        raise
+    except Exception:  # noqa: BLE001 - the single error boundary: hostile input is "malformed"
+        raise MalformedTokenError from None
+
+
+def peek(
+    token: str | bytes, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims parsed as strictly as `decode_jws` does, WITHOUT any signature check.
+
+    For the operator CLI (`token inspect`) only: the result proves nothing about who made the
+    token, so it must never feed an authorisation decision.
+    """
+    try:
+        header, _signing_input, payload, _signature = _split(token, max_bytes)
+        if type(header.get("kid")) is not str:
+            raise UnknownKeyError
+        return header, _claims_object(payload)
+    except TokenError:
+        raise
+    except Exception:  # noqa: BLE001 - the single error boundary: hostile input is "malformed"
+        raise MalformedTokenError from None
+
+
+def _compact_json(value: Mapping[str, Any]) -> bytes:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
+
+
+def encode_jws(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> str:
+    """Sign `claims` as a compact JWS.
+
+    The header is always exactly {"alg", "kid", "typ"} from the key and the caller's `typ`:
+    no caller-supplied header members, so nothing can override `alg` (unlike
+    `jose.jwt.encode(headers=...)`). Claims that are not strict JSON (NaN, lone surrogates,
+    duplicate names after conversion, excessive depth, unserialisable values) raise
+    `InvalidRequestError`: whatever this returns, `decode_jws` parses.
+    """
+    if type(typ) is not str or not typ:
+        raise ValueError("typ must be a non-empty string")
+    header = _compact_json({"alg": key.alg, "kid": key.kid, "typ": typ})
+    try:
+        payload = _compact_json(dict(claims))
+        # json.dumps turns non-string names into strings (so {1: a, "1": b} would give a
+        # duplicate) and nests without limit: re-parse so we only ever issue what we accept.
+        _parse_json(payload)
+    except (TypeError, ValueError):  # UnicodeEncodeError and _Refused are ValueErrors
+        raise InvalidRequestError("claims are not serialisable as strict JSON") from None
+    signing_input = _b64encode(header) + b"." + _b64encode(payload)
+    signature = key.sign(signing_input)
+    return (signing_input + b"." + _b64encode(signature)).decode("ascii")

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (real keys, real files; no mocks of crypto)."""

@@ -1,0 +1,83 @@
+"""Real keys for tests, cached because RSA generation is slow.
+
+Every `(alg, kid)` pair names one key for the whole test session: `make_key("RS256", "a")`
+and `write_jwk_file(tmp_path, "RS256", "a")` hold the same key, while different kids get
+different keys (so "signed by another key" tests are real). RSA keys are 2048 bits for every
+RS* algorithm: hygiene only requires >= 2048, and bigger sizes only cost test time.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sidecar.keys.generate import private_jwk
+from sidecar.keys.material import KeyMaterial, asymmetric_key, hmac_key
+
+__all__ = ["make_key", "make_private_jwk", "private_key", "rsa_key_of_size", "write_jwk_file"]
+
+TEST_RSA_BITS = 2048
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "ES256": ec.SECP256R1(),
+    "ES384": ec.SECP384R1(),
+    "ES512": ec.SECP521R1(),
+}
+_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+def _default_kid(alg: str) -> str:
+    return f"test-{alg.lower()}"
+
+
+@functools.lru_cache(maxsize=16)
+def rsa_key_of_size(bits: int, slot: str = "") -> rsa.RSAPrivateKey:
+    """A cached RSA key of `bits` (`slot` tells apart keys of the same size).
+
+    Hygiene tests use it for sizes below the minimum, which `generate_key` never makes.
+    """
+    del slot  # only part of the cache key
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+@functools.lru_cache(maxsize=128)
+def private_key(alg: str, kid: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | bytes:
+    """The session's private key (or HMAC secret) for `(alg, kid)`."""
+    if alg.startswith("HS"):
+        return secrets.token_bytes(_HMAC_BYTES[alg])
+    if alg.startswith("RS"):
+        return rsa_key_of_size(TEST_RSA_BITS, kid)
+    return ec.generate_private_key(_CURVES[alg])
+
+
+def make_key(alg: str, kid: str | None = None) -> KeyMaterial:
+    """A signing-capable `KeyMaterial` for `alg`; the same `(alg, kid)` gives the same key."""
+    kid = kid if kid is not None else _default_kid(alg)
+    key = private_key(alg, kid)
+    if isinstance(key, bytes):
+        return hmac_key(key, alg, kid)
+    return asymmetric_key(key, alg, kid)
+
+
+def make_private_jwk(alg: str, kid: str | None = None) -> dict[str, Any]:
+    """The private JWK of `make_key(alg, kid)`."""
+    kid = kid if kid is not None else _default_kid(alg)
+    key = private_key(alg, kid)
+    if isinstance(key, bytes):
+        k = base64.urlsafe_b64encode(key).rstrip(b"=").decode("ascii")
+        return {"kty": "oct", "kid": kid, "alg": alg, "use": "sig", "k": k}
+    return private_jwk(key, alg, kid)
+
+
+def write_jwk_file(tmp_path: Path, alg: str, kid: str | None = None) -> Path:
+    """Write the private JWK of `make_key(alg, kid)` to `tmp_path/<kid>.jwk.json` (0600)."""
+    jwk = make_private_jwk(alg, kid)
+    path = tmp_path / f"{jwk['kid']}.jwk.json"
+    path.write_text(json.dumps(jwk), encoding="utf-8")
+    path.chmod(0o600)
+    return path
