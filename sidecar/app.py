@@ -109,6 +109,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             admin_socket=settings.admin_socket,
         )
         await listeners.start()
+        await listeners.set_health(True)
     except BaseException:
         await store.close()
         raise

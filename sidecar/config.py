@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
+    SettingsError,
     SettingsConfigDict,
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
@@ -84,7 +87,8 @@ class KeyFile(_Frozen):
 
 
 class KeySettings(_Frozen):
-    files: tuple[KeyFile, ...] = ()
+    # In the environment: a comma-separated list of paths, or a JSON list.
+    files: Annotated[tuple[KeyFile, ...], NoDecode] = ()
     # Which key signs; may be omitted when exactly one loaded key can sign.
     signing_kid: str | None = None
     # With no key files: generate a development key into data_dir/keys on first run.
@@ -95,7 +99,14 @@ class KeySettings(_Frozen):
     @classmethod
     def _paths_as_files(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part for part in value.split(",") if part]
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise ValueError("not a JSON list of key files") from None
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, list | tuple):
             return [{"path": item} if isinstance(item, str) else item for item in value]
         return value
@@ -212,6 +223,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # an AUTHSIDECAR_* variable that is not valid JSON
+        raise ConfigError(f"invalid configuration: {exc}") from None
     except (OSError, ValueError) as exc:  # unreadable or unparsable file
         raise ConfigError(f"config file {str(path)!r} could not be read: {exc}") from None
     finally:
