@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -111,7 +112,7 @@ def test_serve_drains_in_flight_calls_on_sigterm_and_exits_cleanly(served: Serve
                     stub.Verify(auth_pb2.VerifyRequest(token=grant.access_token), timeout=5)
                     outcomes["OK"] += 1
                 except grpc.RpcError as error:
-                    outcomes[error.code().name] += 1  # type: ignore[attr-defined]
+                    outcomes[error.code().name] += 1
 
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
@@ -142,11 +143,12 @@ def test_health_is_serving_and_reflection_lists_the_services(served: ServeProces
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     with grpc.insecure_channel(served.tcp) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        # The typeshed stubs for these generated modules are incomplete: treat them as Any.
+        health: Any = health_pb2_grpc.HealthStub(channel)
         for service in ("", "authsidecar.v1.AuthService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reflect: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         (answer,) = list(reflect.ServerReflectionInfo(iter([request]), timeout=5))
         names = {s.name for s in answer.list_services_response.service}
