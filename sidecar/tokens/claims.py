@@ -56,6 +56,13 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
     raise ClaimError(name)  # bool is not int here (type() is exact), nor are str, list...
 
 
+def _floor(value: int | float | None) -> int:
+    """Claims carry integer seconds; an absent time is 0."""
+    if value is None:
+        return 0
+    return value if type(value) is int else math.floor(value)
+
+
 def _optional_str(claims: Mapping[str, Any], name: str, *, non_empty: bool = False) -> str:
     value = claims.get(name, "")
     if type(value) is not str or (non_empty and name in claims and not value):
@@ -122,9 +129,9 @@ class ClaimsPolicy:
         if type(typ) is not str or typ != kind.typ:
             raise WrongTokenTypeError
 
-        missing = [name for name in self.required if name not in claims]
-        if missing:
-            raise ClaimError(min(missing), missing=True)  # min: same code whatever the hash seed
+        if not claims.keys() >= self.required:
+            missing = min(name for name in self.required if name not in claims)
+            raise ClaimError(missing, missing=True)  # min: the same claim whatever the hash seed
 
         exp = _numeric_date(claims, "exp")
         iat = _numeric_date(claims, "iat")
@@ -159,15 +166,15 @@ class ClaimsPolicy:
         sid = _optional_str(claims, "sid")
 
         return Claims(
-            iss=iss,
-            sub=sub,
-            aud=aud,
-            exp=math.floor(exp) if exp is not None else 0,
-            iat=math.floor(iat) if iat is not None else 0,
-            nbf=math.floor(nbf) if nbf is not None else 0,
-            jti=jti,
-            scope=scope,
-            client_id=client_id,
-            sid=sid,
-            all=dict(claims),
+            iss,
+            sub,
+            aud,
+            _floor(exp),
+            _floor(iat),
+            _floor(nbf),
+            jti,
+            scope,
+            client_id,
+            sid,
+            dict(claims),
         )

@@ -10,7 +10,6 @@ JWS vector need not be a JWT claim set, so the JSON-object check of `decode_jws`
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from sidecar.errors import KeyMaterialError, TokenError
 from sidecar.keys.loader import parse_jwks
 from sidecar.keys.ring import KeyRing
 from sidecar.tokens.jws import verify_compact
+from tests.support.vectors import vectors_dir
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wycheproof"
+VECTORS = vectors_dir() / "wycheproof"
 JWK_TESTS = VECTORS / "testvectors_v1" / "json_web_key_test.json"
 
 # Cases labelled "valid" that we refuse on purpose, with the reason. Empty: every valid

@@ -23,7 +23,6 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,8 +32,9 @@ from sidecar.keys.loader import parse_jwk, parse_jwks
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
 from sidecar.tokens.jws import verify_compact
+from tests.support.vectors import vectors_dir
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = vectors_dir()
 WYCHEPROOF = VECTORS / "wycheproof" / "testvectors_v1"
 COOKBOOK = VECTORS / "jose-cookbook"
 SIGNATURE_FILE = "json_web_signature_test.json"
