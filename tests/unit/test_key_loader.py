@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sidecar.errors import KeyMaterialError
 from sidecar.keys.loader import MAX_KEY_FILE_BYTES, load_key_file, parse_jwk, parse_jwks
 from tests.support.keys import make_key, make_private_jwk, private_key, write_jwk_file
+from tests.support.vectors import vectors_dir
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+VECTORS = vectors_dir()
 COOKBOOK = VECTORS / "jose-cookbook"
 
 
@@ -77,7 +78,7 @@ def test_public_jwk_with_key_ops_sign_only_is_refused() -> None:
     _refused({**public, "key_ops": ["sign"]}, "verify")
 
 
-@pytest.mark.parametrize("kty", ["OKP", "ec", None, 1])
+@pytest.mark.parametrize("kty", ["okp", "ec", None, 1])
 def test_unknown_kty_is_refused(kty: object) -> None:
     _refused({**make_private_jwk("ES256"), "kty": kty}, "key type")
 
@@ -87,7 +88,7 @@ def test_kty_inconsistent_with_alg_is_refused(alg: str, kty: str) -> None:
     _refused({**make_private_jwk(alg), "kty": kty}, "cannot be used")
 
 
-@pytest.mark.parametrize("alg", ["none", "PS256", "ES256K", "A256GCM", "EdDSA", 256])
+@pytest.mark.parametrize("alg", ["none", "PS257", "ES256K", "A256GCM", "Ed448", 256])
 def test_unsupported_alg_is_refused(alg: object) -> None:
     _refused({**make_private_jwk("RS256"), "alg": alg}, "alg")
 
