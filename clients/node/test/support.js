@@ -1,0 +1,89 @@
+'use strict';
+// Test support: the REAL Python sidecar (and Python services) as child processes.
+
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+const readline = require('node:readline');
+
+const REPO = path.resolve(__dirname, '../../..');
+const PYTHON = process.env.AUTHSIDECAR_PYTHON || path.resolve(__dirname, '../../../.venv/bin/python');
+
+// Resolves with the first stdout line matching `pattern`; rejects if the process exits first.
+function waitForLine(child, pattern, what, timeoutMs = 30000) {
+  return new Promise((resolve, reject) => {
+    const lines = readline.createInterface({ input: child.stdout });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => { stderr += chunk; });
+    const timer = setTimeout(() => reject(new Error(`${what}: no banner in time\n${stderr}`)), timeoutMs);
+    lines.on('line', (line) => {
+      const found = line.match(pattern);
+      if (found) {
+        clearTimeout(timer);
+        resolve(found);
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited with ${code}\n${stderr}`));
+    });
+  });
+}
+
+async function stop(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+/** `python -m sidecar serve` on a fresh data dir, memory store, TCP port 0. */
+async function startSidecar(extraEnv = {}) {
+  const dataDir = fs.mkdtempSync('/tmp/asn-');
+  const child = spawn(PYTHON, ['-m', 'sidecar', 'serve'], {
+    cwd: REPO,
+    env: {
+      ...process.env,
+      AUTHSIDECAR_DATA_DIR: dataDir,
+      AUTHSIDECAR_LISTEN__TCP: '127.0.0.1:0',
+      AUTHSIDECAR_STORE__BACKEND: 'memory',
+      ...extraEnv,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const [, unix, tcp, admin] = await waitForLine(
+    child, /^authsidecar serving .*unix=(\S+) tcp=(\S+) admin=(\S+)/, 'sidecar');
+  return {
+    unix: `unix:${unix}`,
+    tcp,
+    admin: `unix:${admin}`,
+    async stop() {
+      await stop(child);
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The Python example callee (AsyncAuthServerInterceptor) on a free port. */
+async function startPythonCallee(sidecarAddress) {
+  const child = spawn(PYTHON, [path.join(REPO, 'examples/two_services/callee.py'),
+    '--listen', '127.0.0.1:0', '--sidecar', sidecarAddress], {
+    cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const [, address] = await waitForLine(child, /^callee listening on (\S+)/, 'python callee');
+  return { address, stop: () => stop(child) };
+}
+
+/** Run a Python script to completion; resolves with {code, stdout, stderr}. */
+function runPython(args) {
+  return new Promise((resolve) => {
+    const child = spawn(PYTHON, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c) => { stdout += c; });
+    child.stderr.on('data', (c) => { stderr += c; });
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+module.exports = { REPO, runPython, startPythonCallee, startSidecar };

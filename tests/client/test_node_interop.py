@@ -1,0 +1,48 @@
+"""The Node.js package's own suite (clients/node, `node --test`) as part of pytest.
+
+It starts the real Python sidecar, a Python service and a Node service, and proves that the
+Node client calls Python through the sidecar and a Python client calls Node. Without node and
+npm the test is skipped, unless AUTHSIDECAR_REQUIRE_NODE=1 (CI), where it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
+
+
+def _tools() -> tuple[str, str]:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        if os.environ.get("AUTHSIDECAR_REQUIRE_NODE") == "1":
+            pytest.fail("node and npm are required here (AUTHSIDECAR_REQUIRE_NODE=1)")
+        pytest.skip("node/npm not installed (set AUTHSIDECAR_REQUIRE_NODE=1 to fail instead)")
+    return node, npm
+
+
+@pytest.mark.timeout(600)
+def test_node_client_and_interceptors_pass_against_the_real_sidecar() -> None:
+    node, npm = _tools()
+    if not (NODE_DIR / "node_modules").is_dir():
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300
+        )
+    tests = sorted(str(p.relative_to(NODE_DIR)) for p in (NODE_DIR / "test").glob("*.test.js"))
+    assert tests, "clients/node/test has no *.test.js"
+    result = subprocess.run(
+        [node, "--test", "--test-concurrency=1", *tests],
+        cwd=NODE_DIR,
+        env={**os.environ, "AUTHSIDECAR_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "# fail 0" in result.stdout
