@@ -21,7 +21,6 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "clients" / "python"
-GENERATED_DIR = Path("authsidecar") / "v1"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
@@ -29,10 +28,19 @@ def _protos() -> list[str]:
     return sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
 
 
+def _generated_dirs() -> list[Path]:
+    """Every package protoc writes into: one per directory holding a .proto."""
+    return sorted({Path(name).parent for name in _protos()})
+
+
 def generate(out: Path) -> None:
     import grpc_tools
+    from google.rpc import status_pb2
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    # google/rpc/status.proto (Envoy's CheckResponse) ships with googleapis-common-protos;
+    # it is imported from there, never generated here.
+    googleapis = Path(status_pb2.__file__).resolve().parents[2]
     # protoc finds the mypy plugins on PATH; they live beside this interpreter.
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
@@ -40,6 +48,7 @@ def generate(out: Path) -> None:
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
@@ -53,7 +62,8 @@ def generate(out: Path) -> None:
 def _generated_files(root: Path) -> set[str]:
     return {
         str(p.relative_to(root))
-        for p in (root / GENERATED_DIR).glob("*")
+        for directory in _generated_dirs()
+        for p in (root / directory).glob("*")
         if p.name.endswith(SUFFIXES)
     }
 
@@ -85,8 +95,10 @@ def main() -> int:
         for name in _generated_files(OUT_ROOT):
             (OUT_ROOT / name).unlink()
         for name in _generated_files(fresh):
+            (OUT_ROOT / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(fresh / name, OUT_ROOT / name)
-    print(f"regenerated {OUT_ROOT / GENERATED_DIR}")
+    for directory in _generated_dirs():
+        print(f"regenerated {OUT_ROOT / directory}")
     return 0
 
 

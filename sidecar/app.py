@@ -4,6 +4,13 @@ Start-up order is the health contract: keys are loaded and checked, the store an
 revocation mirror is loaded, and only then do the listeners bind and report SERVING. SIGTERM
 (or SIGINT) flips health to NOT_SERVING, stops accepting calls, gives in-flight calls the
 grace period, and closes the store.
+
+Store reachability (issue 3, docs/lifecycle.md) is reported on the health service name
+`authsidecar.v1.AuthService/store`. While the store is unreachable the mirror is marked stale;
+with `store.on_unavailable: degrade` (default) "" and `authsidecar.v1.AuthService` stay SERVING
+(Verify answers from signatures plus the last known revocations), with `refuse` they go
+NOT_SERVING too and Verify fails UNAVAILABLE. Reachability is regained only after the mirror
+was reloaded in full, so no revocation written meanwhile is missed.
 """
 
 from __future__ import annotations
@@ -12,51 +19,74 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import Settings
+from sidecar.config import KeyFile, Settings
 from sidecar.errors import ConfigError, StoreUnavailableError
 from sidecar.keys.generate import generate_key, write_key_file
-from sidecar.keys.loader import load_key_file
-from sidecar.keys.material import KeyMaterial
+from sidecar.keys.keyset import KeySource, load_key_set
 from sidecar.keys.ring import KeyRing
+from sidecar.keys.watch import KeyWatcher
 from sidecar.store.base import TokenStore
 from sidecar.store.memory import MemoryTokenStore
+from sidecar.store.redis import RedisTokenStore
+from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.sqlite import SqliteTokenStore
 from sidecar.tokens.service import TokenService
-from sidecar.transport.server import Listeners, build_listeners
+from sidecar.transport.jwks_http import JwksHttpServer
+from sidecar.transport.metrics import Metrics, MetricsHttpServer
+from sidecar.transport.server import (
+    AUTH_SERVICE,
+    NOT_SERVING,
+    SERVING,
+    Listeners,
+    build_listeners,
+)
 
 log = logging.getLogger("authsidecar")
+STORE_HEALTH_SERVICE = f"{AUTH_SERVICE}/store"
+# Reconnecting the revocation feed: first retry soon, then at most once a second.
+_FEED_RETRY_S = (0.05, 1.0)
+
+
+def key_source(settings: Settings) -> KeySource:
+    """Configured key files and directory; with neither, the development key (made on first
+    run). The same source is re-read on reload (docs/keys.md)."""
+    keys = settings.keys
+    files = keys.files
+    if not files and keys.directory is None:
+        if not keys.dev_generate:
+            raise ConfigError("setting keys.files: no key files configured")
+        _dev_key(settings.dev_key_path, keys.dev_alg)
+        files = (KeyFile(path=settings.dev_key_path),)
+    return KeySource(files=files, directory=keys.directory, signing_kid=keys.signing_kid)
 
 
 def load_keyring(settings: Settings) -> KeyRing:
-    """Keys from the configured files; with none, the development key (made on first run)."""
-    keys: list[KeyMaterial] = []
-    for entry in settings.keys.files:
-        keys.extend(load_key_file(entry.path, kid=entry.kid, alg=entry.alg))
-    if not keys:
-        if not settings.keys.dev_generate:
-            raise ConfigError("setting keys.files: no key files configured")
-        keys = _dev_keys(settings.dev_key_path, settings.keys.dev_alg)
-    return KeyRing(keys, signing_kid=settings.keys.signing_kid)
+    return load_key_set(key_source(settings))[0]
 
 
-def _dev_keys(path: Path, alg: str) -> list[KeyMaterial]:
+def _dev_key(path: Path, alg: str) -> None:
     if not path.exists():
         _, jwk = generate_key(alg)
         write_key_file(path, jwk)
         log.warning("generated a development signing key at %s: do not use it in production", path)
-    return load_key_file(path)
 
 
-async def open_store(settings: Settings) -> TokenStore:
+async def open_store(settings: Settings, clock: Clock) -> TokenStore:
     if settings.store.backend == "memory":
         return MemoryTokenStore()
-    store = SqliteTokenStore(settings.sqlite_path)
-    await store.open()
-    return store
+    if settings.store.backend == "redis":
+        store = settings.store
+        # The clock times the TTLs the store sets; nothing connects until start's ping.
+        return RedisTokenStore(
+            RedisConnector(store), clock=clock, key_prefix=store.redis_key_prefix
+        )
+    sqlite = SqliteTokenStore(settings.sqlite_path)
+    await sqlite.open()
+    return sqlite
 
 
 @dataclass
@@ -65,56 +95,151 @@ class App:
     service: TokenService
     store: TokenStore
     listeners: Listeners
-    _maintenance: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Reachability as last seen by the poll (`_maintain`) and by the feed (`_follow`).
+    _poll_ok: bool = True
+    _feed_ok: bool = True
+    _reachable: bool = True
+    # Prometheus metrics (issue 6): None when metrics.listen is "".
+    metrics: Metrics | None = None
+    metrics_server: MetricsHttpServer | None = None
+    # Key reload (issue 5, docs/keys.md) and the JWKS over HTTP (None when http.listen is "").
+    key_watcher: KeyWatcher | None = None
+    jwks_http: JwksHttpServer | None = None
+
+    def reload_keys(self) -> None:
+        """SIGHUP: re-read the key set now."""
+        if self.key_watcher is not None:
+            self.key_watcher.request_reload()
+
+    @property
+    def store_reachable(self) -> bool:
+        return self._reachable
 
     async def stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+                await task
         await self.listeners.stop(self.settings.listen.grace_period_s)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.jwks_http is not None:
+            await self.jwks_http.close()
         await self.store.close()
 
+    def start_background(self) -> None:
+        self._tasks.append(asyncio.create_task(self._maintain()))
+        self._tasks.append(asyncio.create_task(self._follow()))
+        if self.key_watcher is not None:
+            self._tasks.append(asyncio.create_task(self.key_watcher.run()))
+
     async def _maintain(self) -> None:
-        """Keep the mirror in step with the store (other processes may share an SQLite
-        file) and report the store's reachability through health."""
+        """Poll: ping the store and reload the mirror every `store.sync_interval_s`. With SQLite
+        this is how other processes' revocations arrive; with a feed it is the backstop."""
         interval = self.settings.store.sync_interval_s
-        serving = True
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.store.ping()
                 await self.service.sync_revocations()
-                healthy = True
+                self._poll_ok = True
             except StoreUnavailableError:
-                healthy = False
-            if healthy != serving:
-                serving = healthy
-                log.warning("token store %s", "reachable again" if healthy else "unreachable")
-                await self.listeners.set_health(healthy)
+                self._poll_ok = False
+            await self._report()
+
+    async def _follow(self) -> None:
+        """Push: apply the store's revocation feed to the mirror as entries arrive. Each
+        (re)connection opens the feed first and then reloads the mirror in full, so nothing
+        written while disconnected, or between the two steps, is missed."""
+        mirror = self.service.revocations
+        delay = _FEED_RETRY_S[0]
+        while True:
+            try:
+                feed = await self.store.open_revocation_feed()
+                if feed is None:
+                    return  # no push for this store: the poll alone keeps the mirror
+                try:
+                    await self.service.sync_revocations()
+                    self._feed_ok = self._poll_ok = True
+                    await self._report()
+                    delay = _FEED_RETRY_S[0]
+                    async for revocation in feed:
+                        mirror.add(revocation)
+                finally:
+                    await feed.close()
+            except StoreUnavailableError:
+                self._feed_ok = False
+                await self._report()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _FEED_RETRY_S[1])
+
+    async def _report(self) -> None:
+        reachable = self._poll_ok and self._feed_ok
+        if reachable == self._reachable:
+            return
+        self._reachable = reachable
+        if self.metrics is not None:
+            self.metrics.store_up.set(1 if reachable else 0)
+        self.service.revocations.set_stale(not reachable)
+        log.warning("token store %s", "reachable again" if reachable else "unreachable")
+        await set_store_health(self.listeners, self.settings, reachable)
+
+
+async def set_store_health(listeners: Listeners, settings: Settings, reachable: bool) -> None:
+    """See the module docstring: which health names go NOT_SERVING, per the policy."""
+    await listeners.health.set(STORE_HEALTH_SERVICE, SERVING if reachable else NOT_SERVING)
+    refuse = settings.store.on_unavailable == "refuse"
+    await listeners.set_health(reachable or not refuse)
 
 
 async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
-    ring = load_keyring(settings)
-    store = await open_store(settings)
+    source = key_source(settings)
+    ring, key_fingerprint = load_key_set(source)
+    clock = clock or SystemClock()
+    store = await open_store(settings, clock)
+    metrics_server: MetricsHttpServer | None = None
+    jwks_http: JwksHttpServer | None = None
     try:
-        service = TokenService(
-            ring=ring, store=store, settings=settings.tokens, clock=clock or SystemClock()
-        )
+        service = TokenService(ring=ring, store=store, settings=settings.tokens, clock=clock)
+        service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
         await service.start()
+        metrics = Metrics(service) if settings.metrics.listen else None
         listeners = build_listeners(
             service,
             settings.listen,
             unix_socket=settings.public_socket,
             admin_socket=settings.admin_socket,
+            envoy=settings.envoy,
+            metrics=metrics,
         )
+        if metrics is not None:
+            metrics_server = MetricsHttpServer(metrics, settings.metrics.listen)
+        if settings.http.listen:
+            jwks_http = JwksHttpServer(
+                lambda: service.ring, issuer=settings.tokens.issuer, settings=settings.http
+            )
+            await jwks_http.start()
         await listeners.start()
-        await listeners.set_health(True)
+        await set_store_health(listeners, settings, True)
     except BaseException:
+        if metrics_server is not None:
+            metrics_server.close()
+        if jwks_http is not None:
+            await jwks_http.close()
         await store.close()
         raise
-    app = App(settings, service, store, listeners)
-    app._maintenance = asyncio.create_task(app._maintain())
+    app = App(settings, service, store, listeners, metrics=metrics, metrics_server=metrics_server)
+    app.jwks_http = jwks_http
+    app.key_watcher = KeyWatcher(
+        source,
+        ring=ring,
+        fingerprint=key_fingerprint,
+        on_change=service.replace_ring,
+        interval_s=settings.keys.reload_interval_s,
+    )
+    app.start_background()
     return app
 
 
@@ -128,6 +253,12 @@ def banner(app: App) -> str:
         parts.append(f"tcp={app.listeners.tcp_address}")
     if app.listeners.admin_socket is not None:
         parts.append(f"admin={app.listeners.admin_socket.resolve()}")
+    if app.listeners.health_tcp_address is not None:
+        parts.append(f"health_tcp={app.listeners.health_tcp_address}")
+    if app.metrics_server is not None:
+        parts.append(f"metrics={app.metrics_server.address}")
+    if app.jwks_http is not None:
+        parts.append(f"http={app.jwks_http.address}")
     parts.append(f"signing_kid={signing.kid if signing else '-'}")
     parts.append(f"keys={len(ring.keys)} store={app.settings.store.backend}")
     return " ".join(parts)
@@ -140,6 +271,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_keys)
     print(banner(app), flush=True)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %ss", settings.listen.grace_period_s)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,21 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar import app
 from sidecar.config import Settings, load_settings
 from sidecar.errors import AuthSidecarError, StartupError
+from sidecar.keys import rotation
 from sidecar.keys.generate import generate_key, write_key_file
 from sidecar.keys.material import SUPPORTED_ALGS
+from sidecar.logs import configure_logging
 from sidecar.tokens.jws import peek
 
 EXIT_REFUSED = 1
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 EXIT_USAGE = 2
 
 
@@ -39,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("serve", help="run the sidecar until SIGTERM")
+    # For HEALTHCHECK and exec probes: exit 0 when SERVING, 1 otherwise (grpc.health.v1).
+    health = commands.add_parser("health", help="ask a running sidecar whether it is SERVING")
+    health.add_argument("--target", help="sidecar address (default: the configured socket)")
+    health.add_argument("--service", default="", help="health service name (default: server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
 
     keys = commands.add_parser("keys", help="key files").add_subparsers(
         dest="keys_command", required=True
@@ -47,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
     gen.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     gen.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
+    # The rotation runbook (docs/keys.md) as commands on a key directory (keys.directory).
+    rotate = keys.add_parser("rotate", help="publish the next key (verifies, does not sign yet)")
+    rotate.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
+    rotate.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
+    promote = keys.add_parser("promote", help="make a published key the signing key")
+    promote.add_argument("--kid", required=True)
+    retire = keys.add_parser("retire", help="remove a key that no longer signs")
+    retire.add_argument("--kid", required=True)
+    show = keys.add_parser("show", help="the key directory's kids, signing kid and version")
+    for sub in (rotate, promote, retire, show):
+        sub.add_argument("--dir", required=True, type=Path, help="the key directory")
 
     token = commands.add_parser("token", help="debug tokens").add_subparsers(
         dest="debug_action", required=True
@@ -76,13 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "keys":
+            if args.keys_command != "generate":
+                return _key_directory(args)
             return _keys_generate(args)
         if args.command == "token" and args.debug_action == "inspect":
             return _inspect(_read_token(args.token))
         settings = load_settings(args.config)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format)
+        if args.command == "health":
+            return _health(args, settings)
         if args.command == "serve":
             asyncio.run(app.serve(settings))
             return 0
@@ -106,6 +128,33 @@ def _keys_generate(args: argparse.Namespace) -> int:
     key, jwk = generate_key(args.alg, args.kid)
     write_key_file(args.out, jwk)
     print(json.dumps({"kid": key.kid, "alg": key.alg, "path": str(args.out)}))
+    return 0
+
+
+def _key_directory(args: argparse.Namespace) -> int:
+    """rotate / promote / retire / show; each checks the directory loads before and after."""
+    now = int(time.time())
+    out: dict[str, Any]
+    if args.keys_command == "rotate":
+        kid, view = rotation.publish_next(args.dir, args.alg, args.kid, now=now)
+        out = {"published": kid, **view.as_dict()}
+        out["next"] = (
+            f"after the overlap (docs/keys.md): authsidecar keys promote --dir {args.dir} "
+            f"--kid {kid}"
+        )
+    elif args.keys_command == "promote":
+        previous, view = rotation.promote(args.dir, args.kid, now=now)
+        out = {"promoted": args.kid, "previous": previous, **view.as_dict()}
+        if previous is not None:
+            out["next"] = (
+                "once every token it signed has expired (docs/keys.md): authsidecar keys "
+                f"retire --dir {args.dir} --kid {previous}"
+            )
+    elif args.keys_command == "retire":
+        out = {"retired": args.kid, **rotation.retire(args.dir, args.kid).as_dict()}
+    else:
+        out = rotation.describe(args.dir).as_dict()
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -162,6 +211,25 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     )
     target = _target(args.target, settings.public_socket, settings)
     return _call(target, lambda stub: stub.Verify(request, timeout=10))
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    target = _target(args.target, settings.public_socket, settings)
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            check = channel.unary_unary(
+                HEALTH_CHECK,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            reply = check(request, timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"authsidecar: {describe_rpc_error(error)}", file=sys.stderr)
+            return EXIT_REFUSED
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_REFUSED
 
 
 def _call(target: str, rpc: Any) -> int:

@@ -14,6 +14,7 @@ import contextvars
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,7 +36,10 @@ CONFIG_ENV = "AUTHSIDECAR_CONFIG"
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "config_file", default=None
 )
-SIGNING_ALGS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+SIGNING_ALGS = (
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
 
 
 class _Frozen(BaseModel):
@@ -58,8 +62,11 @@ class ListenSettings(_Frozen):
     # Calls whose metadata is larger are refused with METADATA_TOO_LARGE.
     max_metadata_bytes: int = Field(default=16384, ge=1024, le=1 << 20)
     max_message_bytes: int = Field(default=1 << 20, ge=4096, le=64 << 20)
+    # A TCP listener serving only grpc.health.v1, for kubelet gRPC probes (which dial the
+    # pod IP, not loopback). It may bind any address: health reveals nothing. "" disables it.
+    health_tcp: str = ""
 
-    @field_validator("tcp")
+    @field_validator("tcp", "health_tcp")
     @classmethod
     def _tcp_address(cls, value: str) -> str:
         if value:
@@ -94,6 +101,13 @@ class KeySettings(_Frozen):
     # With no key files: generate a development key into data_dir/keys on first run.
     dev_generate: bool = True
     dev_alg: Literal[SIGNING_ALGS] = "ES256"  # type: ignore[valid-type]
+    # A directory of key files (a mounted Kubernetes Secret): every *.json, *.jwk and *.pem
+    # not starting with ".", plus an optional keyset.json naming the signing kid, which then
+    # takes precedence over signing_kid. See docs/keys.md.
+    directory: Path | None = None
+    # How often key files and the directory are re-read for changes (SIGHUP re-reads at
+    # once); 0 disables polling.
+    reload_interval_s: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("files", mode="before")
     @classmethod
@@ -125,6 +139,16 @@ class TokenSettings(_Frozen):
     family_ttl_s: int = Field(default=30 * 86400, ge=60, le=365 * 86400)
     leeway_s: int = Field(default=30, ge=0, le=300)
     max_token_bytes: int = Field(default=8192, ge=512, le=65536)
+    # A retired refresh token presented again within this many seconds of its rotation gets
+    # the same successor instead of revoking the family (a client that lost the response and
+    # retries; docs/lifecycle.md). 0 disables the window: every replay is reuse.
+    refresh_grace_s: int = Field(default=5, ge=0, le=300)
+    # Verify's result cache (sidecar/tokens/cache.py; docs/performance.md): keyed by the
+    # token's SHA-256, bounded by entries and estimated bytes; 0 entries disables it.
+    verify_cache_entries: int = Field(default=10_000, ge=0, le=1_000_000)
+    verify_cache_bytes: int = Field(default=32 << 20, ge=0, le=4 << 30)
+    # Most tokens one VerifyBatch call may carry; more is INVALID_ARGUMENT / INVALID_REQUEST.
+    max_verify_batch: int = Field(default=256, ge=1, le=10_000)
 
     @field_validator("issuer")
     @classmethod
@@ -143,11 +167,131 @@ class TokenSettings(_Frozen):
 
 
 class StoreSettings(_Frozen):
-    backend: Literal["sqlite", "memory"] = "sqlite"
+    # "redis" for a fleet of sidecars sharing state; see docs/lifecycle.md.
+    backend: Literal["sqlite", "memory", "redis"] = "sqlite"
     # Default: data_dir/state.db.
     sqlite_path: Path | None = None
     # How often the revocation mirror is reconciled with the store and the store pinged.
     sync_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # While the store is unreachable: "degrade" keeps Verify answering from signatures plus
+    # the last known revocations (health of AuthService/store says NOT_SERVING); "refuse"
+    # fails Verify with UNAVAILABLE and reports the whole server NOT_SERVING. Refresh,
+    # Revoke and Issue with a refresh token fail with UNAVAILABLE either way.
+    on_unavailable: Literal["degrade", "refuse"] = "degrade"
+    # standalone: redis_url is redis://, rediss:// or unix://. cluster: redis_url names any
+    # node. sentinel: redis_sentinels + redis_sentinel_master (redis_url: credentials only).
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
+    redis_sentinel_master: str = "mymaster"
+    # Every key starts with "{prefix}:" (one Cluster hash tag); no braces allowed.
+    redis_key_prefix: str = "authsidecar"
+    # Connect and read timeout of every Redis call: nothing waits longer on a dead server.
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "{} "):
+            raise ValueError("redis_key_prefix must be non-empty, without braces or spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_address(self) -> StoreSettings:
+        if self.backend != "redis":
+            return self
+        if self.redis_mode == "sentinel":
+            if not self.redis_sentinels:
+                raise ValueError("redis_mode sentinel needs redis_sentinels (host:port, ...)")
+            for node in self.redis_sentinels:
+                parse_host_port(node)
+        elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        elif self.redis_mode == "cluster" and self.redis_url.startswith("unix://"):
+            raise ValueError("redis_mode cluster needs a redis:// or rediss:// node address")
+        return self
+
+
+class EnvoySettings(_Frozen):
+    """Envoy's ext_authz gRPC API (envoy.service.auth.v3.Authorization/Check) on the public
+    listener, so a mesh can delegate bearer-token checks without a client library."""
+
+    enabled: bool = False
+    # claim -> request header set on allowed requests (overwriting any the client sent; a
+    # header whose claim is absent is removed). In the environment: a JSON object.
+    forward_claims_headers: dict[str, str] = Field(
+        default_factory=lambda: {"sub": "x-authsidecar-sub", "scope": "x-authsidecar-scope"}
+    )
+    # Verify's audience and required scopes; a route's check_settings.context_extensions
+    # `audience` / `required_scopes` (space-separated) override them for that route.
+    audience: str | None = None
+    required_scopes: tuple[str, ...] = ()
+    # Remove the Authorization header before the request goes upstream.
+    strip_authorization: bool = False
+
+    @field_validator("forward_claims_headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for claim, header in value.items():
+            if not claim or not _HEADER_NAME.fullmatch(header):
+                raise ValueError(f"{header!r} is not a lower-case HTTP header name")
+            if header in _RESERVED_HEADERS:
+                raise ValueError(f"header {header!r} may not carry a claim")
+        return value
+
+
+class MetricsSettings(_Frozen):
+    # "host:port" for Prometheus' text format over HTTP at /metrics; "" disables it.
+    listen: str = ""
+    # An address off loopback is refused unless this is set (e.g. 0.0.0.0 in a pod).
+    allow_non_loopback: bool = False
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> MetricsSettings:
+        if self.listen:
+            host, _ = parse_host_port(self.listen)
+            if not self.allow_non_loopback and not is_loopback(host):
+                raise ValueError(
+                    f"address {self.listen!r} is not loopback; set "
+                    "metrics.allow_non_loopback to expose metrics beyond this host"
+                )
+        return self
+
+
+class HttpSettings(_Frozen):
+    # "host:port" for /.well-known/jwks.json and /.well-known/openid-configuration over
+    # plain HTTP; "" (the default) serves neither.
+    listen: str = ""
+    # An address off loopback is refused unless this is set.
+    allow_non_loopback: bool = False
+    # Cache-Control max-age of both documents; keep it well below the rotation overlap.
+    max_age_s: int = Field(default=300, ge=0, le=86400)
+    # Base URL clients reach this listener at (for jwks_uri); default http://<listen>.
+    public_url: str = ""
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> HttpSettings:
+        if self.listen:
+            host, _ = parse_host_port(self.listen)
+            if not self.allow_non_loopback and not is_loopback(host):
+                raise ValueError(
+                    f"address {self.listen!r} is not loopback; set "
+                    "http.allow_non_loopback to publish keys beyond this host"
+                )
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return self
+
+
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+_RESERVED_HEADERS = frozenset({"authorization", "host", "content-length", "te", "cookie"})
 
 
 class Settings(BaseSettings):
@@ -164,6 +308,11 @@ class Settings(BaseSettings):
     keys: KeySettings = Field(default_factory=KeySettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    # "json": one JSON object per line with request_id; "text": the classic one-liner.
+    log_format: Literal["text", "json"] = "text"
+    envoy: EnvoySettings = Field(default_factory=EnvoySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,9 +1,10 @@
 """Fresh keys for `authsidecar keys generate` and the first-run development key.
 
-RSA sizes grow with the hash (2048 for RS256, 3072 for RS384, 4096 for RS512) so the key is
-never the weakest link of the algorithm it is named for (NIST SP 800-57 part 1, table 2:
-3072 bits ~ 128-bit security). EC keys use the curve of their algorithm; HMAC secrets are
-exactly the hash length (RFC 7518 section 3.2), drawn from `secrets`.
+RSA sizes grow with the hash (2048 for RS256/PS256, 3072 for RS384/PS384, 4096 for
+RS512/PS512) so the key is never the weakest link of the algorithm it is named for (NIST
+SP 800-57 part 1, table 2: 3072 bits ~ 128-bit security). EC keys use the curve of their
+algorithm, EdDSA keys are Ed25519 (RFC 8037); HMAC secrets are exactly the hash length
+(RFC 7518 section 3.2), drawn from `secrets`.
 
 The private JWK is returned so the caller can write it; it is the only place private members
 appear, and `write_key_file` is the only place they touch the disk (0600, atomically).
@@ -21,12 +22,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from sidecar.errors import KeyMaterialError
+from sidecar.keys.algorithms import PSS_ALGS
 from sidecar.keys.material import (
     EC_ALGS,
     HMAC_ALGS,
+    OKP_ALGS,
     RSA_ALGS,
     SUPPORTED_ALGS,
     KeyMaterial,
@@ -36,7 +40,15 @@ from sidecar.keys.material import (
 
 __all__ = ["RSA_BITS", "generate_key", "private_jwk", "write_key_file"]
 
-RSA_BITS = {"RS256": 2048, "RS384": 3072, "RS512": 4096}
+RSA_BITS = {
+    "RS256": 2048,
+    "RS384": 3072,
+    "RS512": 4096,
+    "PS256": 2048,
+    "PS384": 3072,
+    "PS512": 4096,
+}
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 _EC_CURVE: dict[str, ec.EllipticCurve] = {
     "ES256": ec.SECP256R1(),
     "ES384": ec.SECP384R1(),
@@ -72,9 +84,11 @@ def generate_key(alg: str, kid: str | None = None) -> tuple[KeyMaterial, dict[st
             "use": "sig",
             "k": _b64(secret),
         }
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if alg in RSA_ALGS:
+    key: PrivateKey
+    if alg in RSA_ALGS | PSS_ALGS:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS[alg])
+    elif alg in OKP_ALGS:
+        key = ed25519.Ed25519PrivateKey.generate()
     else:
         key = ec.generate_private_key(_EC_CURVE[alg])
     probe = asymmetric_key(key, alg, kid if kid is not None else "generated")
@@ -83,10 +97,22 @@ def generate_key(alg: str, kid: str | None = None) -> tuple[KeyMaterial, dict[st
     return material, private_jwk(key, alg, kid)
 
 
-def private_jwk(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, alg: str, kid: str
-) -> dict[str, Any]:
-    """The RFC 7518 private JWK of an RSA or EC key (section 6.3.2 / 6.2.2 members)."""
+def private_jwk(key: PrivateKey, alg: str, kid: str) -> dict[str, Any]:
+    """The private JWK of an RSA or EC key (RFC 7518 section 6.3.2 / 6.2.2 members) or of
+    an Ed25519 key (RFC 8037 section 2: crv, x, d)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = serialization.Encoding.Raw
+        x = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+        d = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        return {
+            "kty": "OKP",
+            "kid": kid,
+            "alg": alg,
+            "use": "sig",
+            "crv": "Ed25519",
+            "x": _b64(x),
+            "d": _b64(d),
+        }
     if isinstance(key, rsa.RSAPrivateKey):
         priv = key.private_numbers()
         pub = priv.public_numbers

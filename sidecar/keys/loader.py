@@ -4,11 +4,13 @@ JWK members are parsed here, strictly, into `cryptography` key objects; `materia
 applies the hygiene rules. Strict means (RFC 7517 / RFC 7518 section 6):
 
 * `kid` and `alg` present (a PEM file gets them from the caller or from its key), `alg`
-  one of HS/RS/ES 256/384/512 and of the family of `kty`; RFC 7520's `ES521` reads as ES512;
+  one of HS/RS/PS/ES 256/384/512 or EdDSA and of the family of `kty` (RSA: RS*/PS*; OKP with
+  `crv` Ed25519: EdDSA, RFC 8037); RFC 7520's `ES521` reads as ES512;
 * `use`, if present, is "sig"; `key_ops`, if present, only "sign"/"verify", no duplicates;
 * key members are canonical unpadded base64url (one spelling per key), integers without
   leading zero octets (RFC 7518 section 6.3.1.1), EC coordinates at full length (6.2.1.2);
-* EC points on their curve; RSA private members all present and consistent with `n`.
+* EC points on their curve; RSA private members all present and consistent with `n`;
+  an OKP private `d` whose public key is `x`.
 
 Error messages name the file, the kid and the member, never a key value.
 """
@@ -24,14 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 from sidecar.errors import KeyMaterialError
+from sidecar.keys.algorithms import PSS_ALGS
 from sidecar.keys.material import (
     DEFAULT_EC_ALG,
     EC_ALGS,
     HMAC_ALGS,
+    OKP_ALGS,
     RSA_ALGS,
     SUPPORTED_ALGS,
     KeyMaterial,
@@ -39,11 +43,20 @@ from sidecar.keys.material import (
     hmac_key,
 )
 
-__all__ = ["MAX_KEY_FILE_BYTES", "load_key_file", "parse_jwk", "parse_jwks"]
+__all__ = [
+    "MAX_KEY_FILE_BYTES",
+    "load_key_data",
+    "load_key_file",
+    "parse_jwk",
+    "parse_jwks",
+    "read_key_file",
+    "strict_json",
+]
 
 MAX_KEY_FILE_BYTES = 1 << 20
 _ALG_ALIASES = {"ES521": "ES512"}  # RFC 7520 section 3.2's P-521 key
-_KTY_ALGS = {"oct": HMAC_ALGS, "RSA": RSA_ALGS, "EC": EC_ALGS}
+_KTY_ALGS = {"oct": HMAC_ALGS, "RSA": RSA_ALGS | PSS_ALGS, "EC": EC_ALGS, "OKP": OKP_ALGS}
+_ED25519_BYTES = 32  # RFC 8032 section 5.1.5: public and private keys are 32 octets
 _CURVES: dict[str, ec.EllipticCurve] = {
     "P-256": ec.SECP256R1(),
     "P-384": ec.SECP384R1(),
@@ -141,7 +154,13 @@ def parse_jwk(
     private = "d" in obj and (ops is None or "sign" in ops)
     if "d" not in obj and ops is not None and "verify" not in ops:
         raise KeyMaterialError(f"{who}: a public key must allow 'verify'")
-    key = _rsa(obj, who, private) if kty == "RSA" else _ec(obj, who, private)
+    key: object
+    if kty == "RSA":
+        key = _rsa(obj, who, private)
+    elif kty == "EC":
+        key = _ec(obj, who, private)
+    else:
+        key = _okp(obj, who, private)
     return asymmetric_key(key, alg, kid)
 
 
@@ -193,6 +212,30 @@ def _ec(
     return key
 
 
+def _okp(
+    obj: Mapping[str, Any], who: str, private: bool
+) -> ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey:
+    crv = obj.get("crv")
+    if crv != "Ed25519":  # RFC 8037 also names Ed448, X25519, X448: not signature keys we use
+        raise KeyMaterialError(f"{who}: OKP curve {crv!r} is not supported (only Ed25519)")
+    x = _b64(obj, "x", who)
+    if len(x) != _ED25519_BYTES:
+        raise KeyMaterialError(f"{who}: member 'x' must be {_ED25519_BYTES} octets long")
+    try:
+        public = ed25519.Ed25519PublicKey.from_public_bytes(x)
+        if not private:
+            return public
+        d = _b64(obj, "d", who)
+        if len(d) != _ED25519_BYTES:
+            raise KeyMaterialError(f"{who}: member 'd' must be {_ED25519_BYTES} octets long")
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(d)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyMaterialError(f"{who}: OKP key is not a valid Ed25519 key") from exc
+    if key.public_key() != public:
+        raise KeyMaterialError(f"{who}: OKP private key 'd' does not match 'x'")
+    return key
+
+
 def parse_jwks(obj: Mapping[str, Any]) -> list[KeyMaterial]:
     """A JWK Set (RFC 7517 section 5); duplicate kids are refused, not "first wins"."""
     keys = obj.get("keys") if isinstance(obj, Mapping) else None
@@ -207,7 +250,7 @@ def parse_jwks(obj: Mapping[str, Any]) -> list[KeyMaterial]:
     return loaded
 
 
-def _strict_json(text: str) -> Any:
+def strict_json(text: str) -> Any:
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result = dict(pairs)
         if len(result) != len(pairs):
@@ -250,8 +293,10 @@ def _load_pem(data: bytes, kid: str | None, alg: str | None) -> KeyMaterial:
             alg = "RS256"
         elif isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
             alg = DEFAULT_EC_ALG.get(key.curve.name)
+        elif isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+            alg = "EdDSA"
         if alg is None:
-            raise KeyMaterialError("only RSA and P-256/P-384/P-521 EC keys are supported")
+            raise KeyMaterialError("only RSA, P-256/P-384/P-521 EC and Ed25519 keys are supported")
     alg = _ALG_ALIASES.get(alg, alg)
     # Without a kid the key is built twice: the first build computes the thumbprint.
     material = asymmetric_key(key, alg, kid if kid is not None else "PEM key")
@@ -264,13 +309,29 @@ def load_key_file(
     """Load a PEM key, a JWK or a JWK Set from `path`, recognised by content.
 
     `kid`/`alg` apply to single-key files: for PEM they name the key (default: its RFC 7638
-    thumbprint and RS256 or the curve's algorithm); for a JWK they fill missing members.
+    thumbprint and RS256, the curve's algorithm, or EdDSA for Ed25519; pass `alg` for
+    PS256/384/512); for a JWK they fill missing members.
     """
+    return load_key_data(read_key_file(path), name=str(path), kid=kid, alg=alg)
+
+
+def read_key_file(path: Path) -> bytes:
+    """The bytes of a key file, refusing files larger than `MAX_KEY_FILE_BYTES`."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise KeyMaterialError(f"{path}: cannot read key file ({exc.strerror})") from exc
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyMaterialError(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes")
+    return data
+
+
+def load_key_data(
+    data: bytes, *, name: str, kid: str | None = None, alg: str | None = None
+) -> list[KeyMaterial]:
+    """`load_key_file` for bytes already read (`name` labels errors): a reload parses exactly
+    the bytes it fingerprinted, never a file that changed in between."""
     try:
         if len(data) > MAX_KEY_FILE_BYTES:
             raise KeyMaterialError(f"larger than {MAX_KEY_FILE_BYTES} bytes")
@@ -280,7 +341,7 @@ def load_key_file(
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise KeyMaterialError("neither PEM nor UTF-8 JSON") from exc
-        doc = _strict_json(text)
+        doc = strict_json(text)
         if not isinstance(doc, dict):
             raise KeyMaterialError("neither PEM nor a JSON object")
         if "keys" not in doc:
@@ -292,4 +353,4 @@ def load_key_file(
             raise KeyMaterialError("kid/alg can only be given for a single-key file")
         return [parse_jwk(keys[0], kid=kid, alg=alg)]
     except KeyMaterialError as exc:
-        raise KeyMaterialError(f"{path}: {exc}") from exc
+        raise KeyMaterialError(f"{name}: {exc}") from exc

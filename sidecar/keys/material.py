@@ -9,10 +9,12 @@ key stops start-up instead of weakening verification:
   (ROCA, CVE-2017-15361: such moduli can be factored);
 * an EC key's curve must be the curve of its algorithm (ES256 on P-256, ...);
 * an HMAC secret at least as long as the hash output (RFC 7518 section 3.2);
+* EdDSA only with an Ed25519 key (RFC 8037; Ed448 is not supported), PS* only with RSA;
 * `kid` a non-empty printable string.
 
 Verification always goes through a *public* key object (python-jose re-derives the public
-key and warns on every call when handed a private one).
+key and warns on every call when handed a private one). PS256/384/512 and EdDSA, which
+python-jose lacks, use the key classes of `algorithms.py`, which have the same two methods.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jose.backends.cryptography_backend import (
     CryptographyECKey,
     CryptographyHMACKey,
@@ -31,13 +34,15 @@ from jose.backends.cryptography_backend import (
 )
 
 from sidecar.errors import KeyMaterialError
+from sidecar.keys.algorithms import PSS_ALGS, Ed25519Key, PssKey
 
-KeyType = Literal["oct", "RSA", "EC"]
+KeyType = Literal["oct", "RSA", "EC", "OKP"]
 
 HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGS = frozenset({"RS256", "RS384", "RS512"})
 EC_ALGS = frozenset({"ES256", "ES384", "ES512"})
-SUPPORTED_ALGS = HMAC_ALGS | RSA_ALGS | EC_ALGS
+OKP_ALGS = frozenset({"EdDSA"})  # RFC 8037; with an Ed25519 key only
+SUPPORTED_ALGS = HMAC_ALGS | RSA_ALGS | PSS_ALGS | EC_ALGS | OKP_ALGS
 
 MIN_RSA_BITS = 2048
 MAX_KID_LENGTH = 256
@@ -76,10 +81,15 @@ def has_roca_fingerprint(modulus: int) -> bool:
 
 RsaKey = rsa.RSAPrivateKey | rsa.RSAPublicKey
 EcKey = ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey
+OkpKey = ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey
 
 
 def _b64url_uint(value: int) -> str:
     raw = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64url_bytes(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -156,17 +166,21 @@ def hmac_key(secret: bytes, alg: str, kid: str) -> KeyMaterial:
 
 
 def asymmetric_key(key: object, alg: str, kid: str) -> KeyMaterial:
-    """An RSA or EC key (private: signs and verifies; public: verifies only)."""
+    """An RSA, EC or Ed25519 key (private: signs and verifies; public: verifies only)."""
     kid = _check_kid(kid)
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         return _rsa_key(key, alg, kid)
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         return _ec_key(key, alg, kid)
-    raise KeyMaterialError(f"key {kid!r}: only RSA and EC keys are supported")
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return _okp_key(key, alg, kid)
+    if isinstance(key, ed448.Ed448PrivateKey | ed448.Ed448PublicKey):
+        raise KeyMaterialError(f"key {kid!r}: Ed448 is not supported; use an Ed25519 key")
+    raise KeyMaterialError(f"key {kid!r}: only RSA, EC and Ed25519 keys are supported")
 
 
 def _rsa_key(key: RsaKey, alg: str, kid: str) -> KeyMaterial:
-    if alg not in RSA_ALGS:
+    if alg not in RSA_ALGS | PSS_ALGS:
         raise KeyMaterialError(f"key {kid!r}: an RSA key cannot be used with {alg!r}")
     if key.key_size < MIN_RSA_BITS:
         raise KeyMaterialError(
@@ -179,14 +193,22 @@ def _rsa_key(key: RsaKey, alg: str, kid: str) -> KeyMaterial:
             f"key {kid!r}: RSA modulus has the ROCA fingerprint (CVE-2017-15361); replace the key"
         )
     jwk = {"kty": "RSA", "e": _b64url_uint(numbers.e), "n": _b64url_uint(numbers.n)}
-    signer = CryptographyRSAKey(key, alg) if isinstance(key, rsa.RSAPrivateKey) else None
+    signer: object = None
+    if alg in PSS_ALGS:
+        verifier: object = PssKey(public, alg)
+        if isinstance(key, rsa.RSAPrivateKey):
+            signer = PssKey(key, alg)
+    else:
+        verifier = CryptographyRSAKey(public, alg)
+        if isinstance(key, rsa.RSAPrivateKey):
+            signer = CryptographyRSAKey(key, alg)
     return KeyMaterial(
         kid,
         alg,
         "RSA",
         signer is not None,
         _thumbprint(jwk),
-        CryptographyRSAKey(public, alg),
+        verifier,
         signer,
         {**jwk, "kid": kid, "alg": alg, "use": "sig"},
     )
@@ -216,6 +238,26 @@ def _ec_key(key: EcKey, alg: str, kid: str) -> KeyMaterial:
         _thumbprint(jwk),
         CryptographyECKey(public, alg),
         signer,
+        {**jwk, "kid": kid, "alg": alg, "use": "sig"},
+    )
+
+
+def _okp_key(key: OkpKey, alg: str, kid: str) -> KeyMaterial:
+    if alg not in OKP_ALGS:
+        raise KeyMaterialError(f"key {kid!r}: an Ed25519 key cannot be used with {alg!r}")
+    public = key.public_key() if isinstance(key, ed25519.Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    # RFC 8037 section 2: crv and x; the members of its RFC 7638 thumbprint (section A.3).
+    jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64url_bytes(raw)}
+    private = isinstance(key, ed25519.Ed25519PrivateKey)
+    return KeyMaterial(
+        kid,
+        alg,
+        "OKP",
+        private,
+        _thumbprint(jwk),
+        Ed25519Key(public),
+        Ed25519Key(key) if private else None,
         {**jwk, "kid": kid, "alg": alg, "use": "sig"},
     )
 

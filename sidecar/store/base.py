@@ -9,10 +9,12 @@ id already taken, which is a caller bug (ids are random), never a backend condit
 Atomicity is the store's job: `rotate` is one transaction (SQLite) or one script (Redis), so two
 sidecars presenting the same refresh token at the same instant see exactly one ROTATED.
 
-Racing presenters: when N callers present the same current token at once, one gets ROTATED,
-the next one to run presents a now-retired token and gets REUSED (revoking the family, as
-RFC 9700 section 4.14.2 reuse detection requires), and the rest find the family revoked and get
-REVOKED. A grace window for honest retries is a later, explicit change, not an accident of timing.
+Racing presenters: when N callers present the same current token at once, one gets ROTATED.
+With `grace_s = 0` the next one to run presents a now-retired token and gets REUSED (revoking
+the family, as RFC 9700 section 4.14.2 reuse detection requires), and the rest find the family
+revoked and get REVOKED. With a grace window (issue 3: the client that lost the first response
+and retries), every other presenter within `grace_s` of the rotation gets GRACE and the same
+successor, and only a presentation after the window is REUSED.
 
 Forgetting: nothing is kept past its `expires_at`. `revocations(now)` purges expired
 revocations and ended families, so `rotate`/`get_family` on an ended family may answer
@@ -22,6 +24,7 @@ UNKNOWN/None instead of REVOKED; both refuse, and the refresh token has expired 
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -45,10 +48,15 @@ class FamilyRecord:
     expires_at: int
     current_jti: str
     revoked: bool = False
+    # The refresh token `current_jti` replaced, and when (`now` of that rotation): the grace
+    # window hands `current_jti` again to whoever presents `previous_jti` shortly after.
+    previous_jti: str = ""
+    rotated_at: int = 0
 
 
 class RotateOutcome(enum.Enum):
     ROTATED = "rotated"  # presented == current: current is now the successor
+    GRACE = "grace"  # presented was retired < grace_s ago: family.current_jti is its successor
     REUSED = "reused"  # presented was retired: the family is now revoked
     REVOKED = "revoked"  # the family was already revoked (or has ended)
     UNKNOWN = "unknown"  # no such family
@@ -75,6 +83,22 @@ class Revocation:
     expires_at: int
 
 
+class RevocationFeed(Protocol):
+    """Revocations recorded by any sidecar sharing the store, pushed as they are written.
+
+    Gap-free from the moment `TokenStore.open_revocation_feed` returned until iteration raises
+    StoreUnavailableError (connection lost, or `close`). A consumer therefore opens the feed
+    first, then loads `revocations(now)` (so nothing between the two is missed; an entry seen
+    twice is harmless), then applies what the feed yields; after a failure it starts over.
+    """
+
+    def __aiter__(self) -> AsyncIterator[Revocation]: ...
+
+    async def close(self) -> None:
+        """Stop the feed (idempotent); a pending iteration ends with StoreUnavailableError."""
+        ...
+
+
 class TokenStore(Protocol):
     async def ping(self) -> None:
         """Return when the backend answers; raise StoreUnavailableError otherwise."""
@@ -91,7 +115,7 @@ class TokenStore(Protocol):
     async def get_family(self, family_id: str) -> FamilyRecord | None: ...
 
     async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int
+        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
     ) -> RotateResult:
         """Atomically retire `presented_jti` in favour of `next_jti`.
 
@@ -100,8 +124,13 @@ class TokenStore(Protocol):
         1. UNKNOWN when there is no such family (`family` is None);
         2. REVOKED when the family is already revoked or has ended (`now >= expires_at`),
            whatever jti was presented; nothing changes;
-        3. ROTATED when `presented_jti` is the current token: `next_jti` becomes current;
-        4. REUSED otherwise: the family is marked revoked and a family revocation
+        3. ROTATED when `presented_jti` is the current token: `next_jti` becomes current,
+           `presented_jti` becomes `previous_jti` and `rotated_at` becomes `now`;
+        4. GRACE when `presented_jti` is `previous_jti` and `now < rotated_at + grace_s`:
+           nothing changes, and `family.current_jti` is the successor minted at that
+           rotation (so `grace_s = 0` disables the window; times are whole seconds, so the
+           window is between `grace_s - 1` and `grace_s` seconds long);
+        5. REUSED otherwise: the family is marked revoked and a family revocation
            (`issuer` = the family's, `key` = `family_id`, until `expires_at`) is recorded in
            the same transaction, so the revocation is never lost between the two writes.
 
@@ -123,6 +152,12 @@ class TokenStore(Protocol):
         Expired revocations and ended families (`expires_at <= now`) are purged on the way
         (the contract suite checks it), so state stays bounded by what is still live.
         """
+        ...
+
+    async def open_revocation_feed(self) -> RevocationFeed | None:
+        """A push feed of revocations written by other processes, or None when the store has
+        none (memory: no other process shares it; SQLite: the mirror is reconciled by polling
+        `revocations` every `store.sync_interval_s`). Raises StoreUnavailableError."""
         ...
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
+    RevocationFeed,
     RevocationKind,
     RotateOutcome,
     RotateResult,
@@ -53,7 +54,7 @@ class MemoryTokenStore:
         return self._families.get(family_id)
 
     async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int
+        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
     ) -> RotateResult:
         self._check_open()
         async with self._lock:
@@ -63,9 +64,13 @@ class MemoryTokenStore:
             if family.revoked or now >= family.expires_at:
                 return RotateResult(RotateOutcome.REVOKED, family)
             if presented_jti == family.current_jti:
-                rotated = dataclasses.replace(family, current_jti=next_jti)
+                rotated = dataclasses.replace(
+                    family, current_jti=next_jti, previous_jti=presented_jti, rotated_at=now
+                )
                 self._families[family_id] = rotated
                 return RotateResult(RotateOutcome.ROTATED, rotated)
+            if presented_jti == family.previous_jti and now < family.rotated_at + grace_s:
+                return RotateResult(RotateOutcome.GRACE, family)
             # A retired token came back: RFC 9700 section 4.14.2 says revoke the whole family.
             revoked = self._revoke_family(family)
             self._put_revocation(Revocation("family", family.issuer, family_id, family.expires_at))
@@ -86,6 +91,10 @@ class MemoryTokenStore:
             self._revocations = {k: r for k, r in self._revocations.items() if r.expires_at > now}
             self._families = {k: f for k, f in self._families.items() if f.expires_at > now}
             return list(self._revocations.values())
+
+    async def open_revocation_feed(self) -> RevocationFeed | None:
+        self._check_open()
+        return None  # one process: its own revocations reach its mirror directly
 
     async def close(self) -> None:
         self._closed = True

@@ -38,9 +38,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from sidecar.errors import StoreUnavailableError
-from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, RotateResult
+from sidecar.store.base import (
+    FamilyRecord,
+    Revocation,
+    RevocationFeed,
+    RotateOutcome,
+    RotateResult,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _T = TypeVar("_T")
 
@@ -70,14 +76,22 @@ CREATE TABLE IF NOT EXISTS revocations (
 CREATE INDEX IF NOT EXISTS revocations_expires_at ON revocations (expires_at);
 """
 
+# v2 (issue 3, grace window): what the current refresh token replaced, and when.
+_SCHEMA_V2 = """
+ALTER TABLE families ADD COLUMN previous_jti TEXT NOT NULL DEFAULT '';
+ALTER TABLE families ADD COLUMN rotated_at INTEGER NOT NULL DEFAULT 0;
+"""
+
 # Literal SQL, no string building: every value is a bound parameter.
 _INSERT_FAMILY = (
     "INSERT INTO families (family_id, issuer, subject, audience, scope, client_id, claims_json,"
-    " created_at, expires_at, current_jti, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " created_at, expires_at, current_jti, revoked, previous_jti, rotated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_FAMILY = (
     "SELECT family_id, issuer, subject, audience, scope, client_id, claims_json,"
-    " created_at, expires_at, current_jti, revoked FROM families WHERE family_id = ?"
+    " created_at, expires_at, current_jti, revoked, previous_jti, rotated_at"
+    " FROM families WHERE family_id = ?"
 )
 _UPSERT_REVOCATION = (
     "INSERT INTO revocations (kind, issuer, key, expires_at) VALUES (?, ?, ?, ?)"
@@ -130,6 +144,8 @@ class SqliteTokenStore:
             family.expires_at,
             family.current_jti,
             int(family.revoked),
+            family.previous_jti,
+            family.rotated_at,
         )
 
         def insert() -> None:
@@ -145,7 +161,7 @@ class SqliteTokenStore:
         return await self._run(lambda: self._select_family(self._db(), family_id))
 
     async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int
+        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
     ) -> RotateResult:
         def rotate_sync() -> RotateResult:
             with self._transaction() as db:
@@ -156,12 +172,16 @@ class SqliteTokenStore:
                     return RotateResult(RotateOutcome.REVOKED, family)
                 if presented_jti == family.current_jti:
                     db.execute(
-                        "UPDATE families SET current_jti = ? WHERE family_id = ?",
-                        (next_jti, family_id),
+                        "UPDATE families SET current_jti = ?, previous_jti = ?, rotated_at = ?"
+                        " WHERE family_id = ?",
+                        (next_jti, presented_jti, now, family_id),
                     )
-                    return RotateResult(
-                        RotateOutcome.ROTATED, dataclasses.replace(family, current_jti=next_jti)
+                    rotated = dataclasses.replace(
+                        family, current_jti=next_jti, previous_jti=presented_jti, rotated_at=now
                     )
+                    return RotateResult(RotateOutcome.ROTATED, rotated)
+                if presented_jti == family.previous_jti and now < family.rotated_at + grace_s:
+                    return RotateResult(RotateOutcome.GRACE, family)
                 # A retired token came back: RFC 9700 section 4.14.2, revoke the whole family.
                 db.execute("UPDATE families SET revoked = 1 WHERE family_id = ?", (family_id,))
                 db.execute(
@@ -208,6 +228,11 @@ class SqliteTokenStore:
             ]
 
         return await self._run(revocations_sync)
+
+    async def open_revocation_feed(self) -> RevocationFeed | None:
+        """None: other processes sharing the file reach this mirror by polling (app.py)."""
+        await self.ping()
+        return None
 
     async def close(self) -> None:
         if self._closed:
@@ -272,10 +297,13 @@ class SqliteTokenStore:
                 raise StoreUnavailableError(
                     f"token store schema version {version} is newer than {SCHEMA_VERSION}"
                 )
-            if version < 1:
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2))
+            for step_version, script in steps:
+                if version < step_version:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+            if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
@@ -286,11 +314,11 @@ class SqliteTokenStore:
         row = db.execute(_SELECT_FAMILY, (family_id,)).fetchone()
         if row is None:
             return None
-        fid, iss, sub, aud, scope, client_id, claims, created_at, expires_at, jti, revoked = row
-        return FamilyRecord(
-            fid, iss, sub, tuple(json.loads(aud)), scope, client_id, claims,
-            created_at, expires_at, jti, bool(revoked),
-        )  # fmt: skip
+        # Columns in FamilyRecord field order; only audience and revoked need converting.
+        values = list(row)
+        values[3] = tuple(json.loads(values[3]))
+        values[10] = bool(values[10])
+        return FamilyRecord(*values)
 
 
 class _Transaction:

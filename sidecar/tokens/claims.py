@@ -108,6 +108,27 @@ class ClaimsPolicy:
         if not _ALWAYS_REQUIRED <= self.required:
             raise ConfigError("claims policy: required claims must include iss and exp")
 
+    def check_times(
+        self, claims: Mapping[str, Any], now: float
+    ) -> tuple[int | float | None, int | float | None, int | float | None]:
+        """`exp`, `nbf`, `iat` against `now` with the leeway; returns (exp, iat, nbf) as sent.
+
+        The clock-dependent part of `validate`, also run on every verify-cache hit
+        (tokens/cache.py) on the claims as received, not the floored `Claims` fields.
+        """
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf")
+        leeway = self.leeway_s
+        # RFC 7519 section 4.1.4: the token must not be accepted "on or after" exp.
+        if exp is not None and now >= exp + leeway:
+            raise ExpiredTokenError
+        if nbf is not None and nbf > now + leeway:
+            raise NotYetValidError
+        if iat is not None and iat > now + leeway:  # issued in the future: clock skew or forgery
+            raise NotYetValidError
+        return exp, iat, nbf
+
     def validate(
         self,
         header: Mapping[str, Any],
@@ -133,17 +154,7 @@ class ClaimsPolicy:
             missing = min(name for name in self.required if name not in claims)
             raise ClaimError(missing, missing=True)  # min: the same claim whatever the hash seed
 
-        exp = _numeric_date(claims, "exp")
-        iat = _numeric_date(claims, "iat")
-        nbf = _numeric_date(claims, "nbf")
-        leeway = self.leeway_s
-        # RFC 7519 section 4.1.4: the token must not be accepted "on or after" exp.
-        if exp is not None and now >= exp + leeway:
-            raise ExpiredTokenError
-        if nbf is not None and nbf > now + leeway:
-            raise NotYetValidError
-        if iat is not None and iat > now + leeway:  # issued in the future: clock skew or forgery
-            raise NotYetValidError
+        exp, iat, nbf = self.check_times(claims, now)
         if exp is not None and iat is not None and exp - iat > self.max_lifetime_s:
             raise ClaimError("exp")
 

@@ -5,20 +5,36 @@ revocations still in force in a dict, loaded from the store at start, updated on
 writes, and (with a shared store) by the store's change feed. An entry outlives the token it
 revokes (`expires_at` is the token's or family's end), so dropping expired entries never
 un-revokes a token that could still verify.
+
+Staleness (issue 3, `store.on_unavailable`): while the store is unreachable the mirror holds
+the last known revocations and may miss newer ones. The composition root marks it stale; with
+`refuse_while_stale` every lookup then raises StoreUnavailableError (Verify fails UNAVAILABLE),
+otherwise lookups answer from the last known state ("degrade", the default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation, RevocationKind
 
 _Key = tuple[RevocationKind, str, str]
 
 
 class RevocationMirror:
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_while_stale: bool = False) -> None:
         self._entries: dict[_Key, int] = {}
+        self.refuse_while_stale = refuse_while_stale
+        self._stale = False
+
+    @property
+    def stale(self) -> bool:
+        return self._stale
+
+    def set_stale(self, stale: bool) -> None:
+        """The store became unreachable (True) or the mirror was reloaded from it (False)."""
+        self._stale = stale
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -38,6 +54,9 @@ class RevocationMirror:
         self._entries = fresh
 
     def is_revoked(self, issuer: str, jti: str, family_id: str) -> bool:
+        """Raises StoreUnavailableError when stale and `refuse_while_stale` (fail closed)."""
+        if self._stale and self.refuse_while_stale:
+            raise StoreUnavailableError()
         entries = self._entries
         if ("jti", issuer, jti) in entries:
             return True

@@ -15,6 +15,8 @@ from typing import Any
 from sidecar.clock import Clock
 from sidecar.config import TokenSettings
 from sidecar.errors import (
+    AudienceMismatchError,
+    AuthSidecarError,
     ClaimError,
     InvalidRequestError,
     KeyMaterialError,
@@ -27,12 +29,15 @@ from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
 from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, TokenStore
 from sidecar.tokens import minting
+from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.jws import decode_jws, encode_jws
 from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
 from sidecar.tokens.revocation import RevocationMirror
 
 log = logging.getLogger(__name__)
+# One VerifyBatch item: (token, audience or None, required scopes).
+VerifyItem = tuple[str, str | None, Collection[str]]
 _KIND_BY_TYP = {kind.typ: kind for kind in TokenKind}
 
 
@@ -45,6 +50,9 @@ class TokenService:
         self._settings = settings
         self._clock = clock
         self._mirror = RevocationMirror()
+        self._cache = VerifyCache(
+            max_entries=settings.verify_cache_entries, max_bytes=settings.verify_cache_bytes
+        )
         max_lifetime = max(settings.max_access_ttl_s, settings.refresh_ttl_s)
         self._policies = {
             TokenKind.ACCESS: ClaimsPolicy(
@@ -71,6 +79,10 @@ class TokenService:
     def revocations(self) -> RevocationMirror:
         return self._mirror
 
+    @property
+    def verify_cache(self) -> VerifyCache:
+        return self._cache
+
     def replace_ring(self, ring: KeyRing) -> None:
         """Swap the key set atomically (one attribute store); calls in flight keep the old."""
         self._ring = ring
@@ -91,7 +103,12 @@ class TokenService:
     ) -> VerifiedToken:
         if not token:
             raise InvalidRequestError("token required")
-        verified = self._decode(token, TokenKind.ACCESS, self._clock.now(), audience)
+        now = self._clock.now()
+        cache = self._cache
+        if cache.enabled and len(token) <= self._settings.max_token_bytes:
+            verified = self._verify_cached(cache, token, now, audience)
+        else:
+            verified = self._decode(token, TokenKind.ACCESS, now, audience)
         claims = verified.claims
         if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
             raise RevokedTokenError()
@@ -99,14 +116,56 @@ class TokenService:
             raise ScopeMissingError()
         return verified
 
+    def _verify_cached(
+        self, cache: VerifyCache, token: str, now: float, audience: str | None
+    ) -> VerifiedToken:
+        """Signature and static claim rules from the cache; the clock-dependent and per-call
+        checks run on every hit, in `validate`'s order (tokens/cache.py has the argument)."""
+        digest = cache.digest(token)
+        entry = cache.get(digest)
+        if entry is not None:
+            verified = entry.verified
+            if self._ring.get(verified.kid) is entry.key:
+                claims = verified.claims
+                self._policies[TokenKind.ACCESS].check_times(claims.all, now)
+                if audience is not None and audience not in claims.aud:
+                    raise AudienceMismatchError
+                return verified
+            cache.discard(digest)  # its key was rotated out or replaced: verify afresh
+        verified, key = self._decode_with_key(token, TokenKind.ACCESS, now, audience)
+        cache.put(digest, verified, key, len(token))
+        return verified
+
+    def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifiedToken | AuthSidecarError]:
+        """`verify` per item; an item's failure is its result, not the call's (VerifyBatch).
+
+        More than `max_verify_batch` items is an InvalidRequestError for the whole call: the
+        cap bounds the work one request can ask for.
+        """
+        limit = self._settings.max_verify_batch
+        if len(items) > limit:
+            raise InvalidRequestError(f"at most {limit} tokens per batch")
+        results: list[VerifiedToken | AuthSidecarError] = []
+        for token, audience, scopes in items:
+            try:
+                results.append(self.verify(token, audience=audience, required_scopes=scopes))
+            except AuthSidecarError as error:
+                results.append(error)
+        return results
+
     def _decode(
         self, token: str, kind: TokenKind, now: float, audience: str | None = None
     ) -> VerifiedToken:
+        return self._decode_with_key(token, kind, now, audience)[0]
+
+    def _decode_with_key(
+        self, token: str, kind: TokenKind, now: float, audience: str | None = None
+    ) -> tuple[VerifiedToken, KeyMaterial]:
         jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
         claims = self._policies[kind].validate(
             jws.header, jws.claims, kind=kind, now=now, audience=audience
         )
-        return VerifiedToken(kind, jws.key.kid, claims)
+        return VerifiedToken(kind, jws.key.kid, claims), jws.key
 
     # -- minting --------------------------------------------------------------------------
 
@@ -158,6 +217,13 @@ class TokenService:
         return TokenGrant(at, request.expires_in, request.scope, rt)
 
     async def refresh(self, refresh_token: str, *, scope: str = "") -> TokenGrant:
+        """Rotate (RFC 9700 section 4.14.2); see docs/lifecycle.md.
+
+        A retired refresh token presented again within `refresh_grace_s` of its rotation gets
+        a refresh token for the same successor jti (same claims as the one first returned,
+        so either copy works, once) and a fresh access token; after the window it is reuse
+        and revokes the family. Raises StoreUnavailableError when the store is unreachable.
+        """
         if not refresh_token:
             raise InvalidRequestError("refresh_token required")
         now = self._now()
@@ -171,7 +237,9 @@ class TokenService:
             if known is not None and not set(narrowed.split()) <= set(known.scope.split()):
                 raise InvalidRequestError("scope may only narrow the family's scope")
         next_jti = minting.new_id()
-        result = await self._store.rotate(claims.sid, claims.jti, next_jti, now)
+        result = await self._store.rotate(
+            claims.sid, claims.jti, next_jti, now, self._settings.refresh_grace_s
+        )
         family = result.family
         if result.outcome is RotateOutcome.REUSED and family is not None:
             # The store revoked the family in the rotate transaction; this widens the
@@ -185,8 +253,14 @@ class TokenService:
                 family.family_id,
             )
             raise RefreshReuseError()
-        if result.outcome is not RotateOutcome.ROTATED or family is None:
+        if family is None or result.outcome not in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
             raise RevokedTokenError()
+        successor, minted_at = next_jti, now
+        if result.outcome is RotateOutcome.GRACE:
+            # The client lost the response to the rotation that retired this token: hand it
+            # the successor that rotation recorded, minted as it was then.
+            successor, minted_at = family.current_jti, family.rotated_at
+            log.info("refresh retry within grace window sid=%s", family.family_id)
         if family.subject != claims.sub or family.issuer != claims.iss:
             raise ClaimError("sub", "refresh token does not match its family")
         request = minting.IssueRequest(
@@ -201,7 +275,7 @@ class TokenService:
         at = self._access_token(
             request, request.extra_claims, now, request.expires_in, family.family_id
         )
-        rt = self._refresh_token(family, next_jti, now)
+        rt = self._refresh_token(family, successor, minted_at)
         return TokenGrant(at, request.expires_in, request.scope, rt)
 
     def _access_token(

@@ -19,16 +19,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from authsidecar.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from sidecar.config import ListenSettings
+from sidecar.config import EnvoySettings, ListenSettings
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
+from sidecar.transport.ext_authz import ExtAuthzServicer
 from sidecar.transport.interceptors import MetadataLimitInterceptor
+from sidecar.transport.metrics import Metrics, ObservingInterceptor
 from sidecar.transport.servicer import AuthServicer
 
 log = logging.getLogger(__name__)
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+EXT_AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,6 +45,9 @@ class Listeners:
     public: grpc.aio.Server
     admin: grpc.aio.Server | None
     health: HealthServicer
+    # Serves only grpc.health.v1, for kubelet probes (listen.health_tcp).
+    health_only: grpc.aio.Server | None = None
+    health_tcp_address: str | None = None
     unix_socket: Path | None = None
     admin_socket: Path | None = None
     tcp_address: str | None = None
@@ -55,11 +62,14 @@ class Listeners:
         await self.public.start()
         if self.admin is not None:
             await self.admin.start()
+        if self.health_only is not None:
+            await self.health_only.start()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting calls; let in-flight calls finish for up to `grace_s` seconds."""
         await self.health.enter_graceful_shutdown()
         servers = [self.public] + ([self.admin] if self.admin is not None else [])
+        servers += [self.health_only] if self.health_only is not None else []
         for server in servers:
             await server.stop(grace_s)
         for path in (self.unix_socket, self.admin_socket):
@@ -73,6 +83,8 @@ def build_listeners(
     *,
     unix_socket: Path | None,
     admin_socket: Path | None,
+    envoy: EnvoySettings | None = None,
+    metrics: Metrics | None = None,
 ) -> Listeners:
     """Bind every configured address; a bind failure is a ConfigError naming the address."""
     health = HealthServicer()
@@ -82,7 +94,9 @@ def build_listeners(
         ("grpc.max_metadata_size", listen.max_metadata_bytes * 2),
         ("grpc.so_reuseport", 0),
     ]
-    public = _server(service, health, listen, options, allow_issue=False)
+    public = _server(
+        service, health, listen, options, allow_issue=False, metrics=metrics, envoy=envoy
+    )
     listeners = Listeners(public=public, admin=None, health=health)
     if unix_socket is not None:
         _prepare_socket_dir(unix_socket.parent, 0o755)
@@ -99,13 +113,19 @@ def build_listeners(
     if not listeners.addresses:
         raise ConfigError("setting listen: neither unix_socket nor tcp is configured")
     if admin_socket is not None:
-        admin = _server(service, health, listen, options, allow_issue=True)
+        admin = _server(service, health, listen, options, allow_issue=True, metrics=metrics)
         _prepare_socket_dir(admin_socket.parent, 0o700)
         _clear_stale_socket(admin_socket, "listen.admin_socket")
         _bind(admin, f"unix:{admin_socket}", "listen.admin_socket")
         os.chmod(admin_socket, 0o600)
         listeners.admin = admin
         listeners.admin_socket = admin_socket
+    if listen.health_tcp:
+        health_only = grpc.aio.server(options=options)
+        health_pb2_grpc.add_HealthServicer_to_server(health, health_only)
+        port = _bind(health_only, listen.health_tcp, "listen.health_tcp")
+        listeners.health_only = health_only
+        listeners.health_tcp_address = f"{listen.health_tcp.rpartition(':')[0]}:{port}"
     return listeners
 
 
@@ -116,17 +136,26 @@ def _server(
     options: list[tuple[str, int]],
     *,
     allow_issue: bool,
+    metrics: Metrics | None = None,
+    envoy: EnvoySettings | None = None,
 ) -> grpc.aio.Server:
-    server = grpc.aio.server(
-        interceptors=[MetadataLimitInterceptor(listen.max_metadata_bytes)], options=options
-    )
+    # ObservingInterceptor first: it sees (and counts) the metadata limit's refusals too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ObservingInterceptor(metrics),
+        MetadataLimitInterceptor(listen.max_metadata_bytes),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(service, allow_issue=allow_issue), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
-    )
+    services = [AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+    if envoy is not None and envoy.enabled:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            ExtAuthzServicer(service, envoy), server
+        )
+        services.append(EXT_AUTHZ_SERVICE)
+    reflection.enable_server_reflection(services, server)
     return server
 
 

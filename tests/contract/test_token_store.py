@@ -5,8 +5,12 @@ in `_MARKS` if it needs a server. Backend-specific tests (SQLite shared by threa
 and a SIGKILL) follow the contract, named `test_sqlite_*`.
 
 Racing presenters (see `sidecar.store.base`): of N rotates of one current token, one ROTATED,
-one REUSED (the first loser presents a retired token, which revokes the family: RFC 9700
-section 4.14.2), and the rest REVOKED.
+and then, without a grace window, one REUSED (the first loser presents a retired token, which
+revokes the family: RFC 9700 section 4.14.2) and the rest REVOKED; within a grace window every
+loser gets GRACE and the winner's successor, and a replay after the window is REUSED.
+
+Redis runs against the shared server under a key prefix unique to the test (only those keys are
+deleted afterwards), with a fixed clock for its TTLs.
 """
 
 from __future__ import annotations
@@ -23,10 +27,15 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.clock import FixedClock
+from sidecar.config import StoreSettings
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, TokenStore
 from sidecar.store.memory import MemoryTokenStore
+from sidecar.store.redis import RedisTokenStore
+from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.sqlite import SCHEMA_VERSION, SqliteTokenStore
+from tests.support.redis import delete_prefix, unique_prefix
 
 NOW = 1_700_000_000
 ISS = "https://issuer.test"
@@ -39,29 +48,54 @@ async def _sqlite(path: str | Path) -> SqliteTokenStore:
     return store
 
 
-async def _memory(_: Path) -> TokenStore:
+def redis_store(url: str, prefix: str, now: int = NOW, mode: str = "standalone") -> RedisTokenStore:
+    settings = StoreSettings.model_validate(
+        {"backend": "redis", "redis_url": url, "redis_key_prefix": prefix, "redis_mode": mode}
+    )
+    return RedisTokenStore(RedisConnector(settings), clock=FixedClock(now), key_prefix=prefix)
+
+
+async def _memory(request: pytest.FixtureRequest, _: Path) -> TokenStore:
     return MemoryTokenStore()
 
 
-async def _sqlite_memory(_: Path) -> TokenStore:
+async def _sqlite_memory(request: pytest.FixtureRequest, _: Path) -> TokenStore:
     return await _sqlite(":memory:")
 
 
-async def _sqlite_file(tmp_path: Path) -> TokenStore:
+async def _sqlite_file(request: pytest.FixtureRequest, tmp_path: Path) -> TokenStore:
     return await _sqlite(tmp_path / "state" / "tokens.db")
 
 
-_FACTORIES: dict[str, Callable[[Path], Awaitable[TokenStore]]] = {
+async def _redis(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    url = str(request.getfixturevalue("redis_url"))
+    prefix = unique_prefix()
+    request.addfinalizer(lambda: delete_prefix(url, prefix))
+    return redis_store(url, prefix)
+
+
+async def _redis_cluster(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    """Cluster addressing against a one-node Cluster: CROSSSLOT is enforced as on many."""
+    url = str(request.getfixturevalue("redis_cluster_url"))
+    return redis_store(url, unique_prefix(), mode="cluster")
+
+
+_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[TokenStore]]] = {
     "memory": _memory,
     "sqlite-memory": _sqlite_memory,
     "sqlite-file": _sqlite_file,
+    "redis": _redis,
+    "redis-cluster": _redis_cluster,
 }
-_MARKS: dict[str, pytest.MarkDecorator] = {}  # e.g. {"redis": pytest.mark.redis}
+_MARKS: dict[str, pytest.MarkDecorator] = {
+    "redis": pytest.mark.redis,
+    "redis-cluster": pytest.mark.redis,
+}
 
 
 @pytest.fixture(params=[pytest.param(k, marks=_MARKS.get(k, ())) for k in _FACTORIES])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TokenStore]:
-    opened = await _FACTORIES[str(request.param)](tmp_path)
+    opened = await _FACTORIES[str(request.param)](request, tmp_path)
     yield opened
     await opened.close()
 
@@ -101,10 +135,44 @@ async def test_create_refuses_a_taken_family_id(store: TokenStore) -> None:
 
 async def test_rotate_current_jti_rotates_and_updates_current(store: TokenStore) -> None:
     await store.create_family(_family())
-    result = await store.rotate("fam-1", "j0", "j1", NOW)
+    result = await store.rotate("fam-1", "j0", "j1", NOW + 7)
     assert result.outcome is RotateOutcome.ROTATED
     assert result.family is not None and result.family.current_jti == "j1"
+    assert (result.family.previous_jti, result.family.rotated_at) == ("j0", NOW + 7)
     assert await store.get_family("fam-1") == result.family
+
+
+async def test_retired_jti_within_grace_gets_the_same_successor(store: TokenStore) -> None:
+    await store.create_family(_family())
+    rotated = await store.rotate("fam-1", "j0", "j1", NOW, grace_s=5)
+    for retry_at in (NOW, NOW + 4):
+        retry = await store.rotate("fam-1", "j0", "never-used", retry_at, grace_s=5)
+        assert retry.outcome is RotateOutcome.GRACE
+        assert retry.family == rotated.family  # nothing changed: j1 is still the successor
+    assert await store.get_family("fam-1") == rotated.family
+    # The successor rotates normally, and then j0 is two rotations old: reuse.
+    assert (await store.rotate("fam-1", "j1", "j2", NOW + 4, 5)).outcome is RotateOutcome.ROTATED
+    late = await store.rotate("fam-1", "j0", "j3", NOW + 4, grace_s=5)
+    assert late.outcome is RotateOutcome.REUSED
+
+
+async def test_retired_jti_after_grace_is_reuse_and_revokes_family(store: TokenStore) -> None:
+    await store.create_family(_family())
+    await store.rotate("fam-1", "j0", "j1", NOW, grace_s=5)
+    result = await store.rotate("fam-1", "j0", "j2", NOW + 5, grace_s=5)
+    assert result.outcome is RotateOutcome.REUSED
+    assert result.family is not None and result.family.revoked
+    assert await store.revocations(NOW + 5) == [Revocation("family", ISS, "fam-1", NOW + 3600)]
+    retry = await store.rotate("fam-1", "j0", "j2", NOW + 5, grace_s=5)
+    assert retry.outcome is RotateOutcome.REVOKED
+
+
+async def test_grace_never_revives_a_revoked_family(store: TokenStore) -> None:
+    await store.create_family(_family())
+    await store.rotate("fam-1", "j0", "j1", NOW, grace_s=5)
+    await store.revoke(Revocation("family", ISS, "fam-1", NOW + 3600))
+    retry = await store.rotate("fam-1", "j0", "j2", NOW + 1, grace_s=5)
+    assert retry.outcome is RotateOutcome.REVOKED
 
 
 async def test_rotate_retired_jti_is_reuse_and_revokes_family(store: TokenStore) -> None:
@@ -182,6 +250,24 @@ async def test_revocations_drop_expired_entries_and_ended_families(store: TokenS
     assert await store.get_family("lives-on") is not None
 
 
+async def test_concurrent_rotates_within_grace_rotate_once_and_share_the_successor(
+    store: TokenStore,
+) -> None:
+    await store.create_family(_family())
+    results = await asyncio.gather(
+        *(store.rotate("fam-1", "j0", f"next-{i}", NOW, grace_s=5) for i in range(50))
+    )
+    counts = collections.Counter(r.outcome for r in results)
+    assert counts == {RotateOutcome.ROTATED: 1, RotateOutcome.GRACE: 49}, counts
+    successors = {r.family.current_jti for r in results if r.family is not None}
+    assert len(successors) == 1 and successors != {"j0"}
+    # After the window the same token is reuse, and the family dies.
+    late = await store.rotate("fam-1", "j0", "late", NOW + 5, grace_s=5)
+    assert late.outcome is RotateOutcome.REUSED
+    family = await store.get_family("fam-1")
+    assert family is not None and family.revoked
+
+
 async def test_concurrent_rotates_of_one_token_rotate_exactly_once(store: TokenStore) -> None:
     await store.create_family(_family())
     results = await asyncio.gather(
@@ -199,6 +285,7 @@ _OPERATIONS: dict[str, Callable[[TokenStore], Awaitable[object]]] = {
     "create_family": lambda s: s.create_family(_family("fam-2")),
     "get_family": lambda s: s.get_family("fam-1"),
     "rotate": lambda s: s.rotate("fam-1", "j0", "j1", NOW),
+    "open_revocation_feed": lambda s: s.open_revocation_feed(),
     "revoke": lambda s: s.revoke(Revocation("jti", ISS, "a", NOW + 1)),
     "revocations": lambda s: s.revocations(NOW),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from pathlib import Path
@@ -185,6 +186,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(sidecar: RunningSide
     assert second.scope == "read write"
     await sidecar.public.Verify(auth_pb2.VerifyRequest(token=second.access_token))
 
+    sidecar.clock.advance(sidecar.settings.tokens.refresh_grace_s)  # past the retry window
     replay = sidecar.public.Refresh(auth_pb2.RefreshRequest(refresh_token=first.refresh_token))
     assert await refused(replay) == (U, "REFRESH_TOKEN_REUSED")
     # The whole family is gone: the successor refresh token and every access token.
@@ -193,6 +195,29 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(sidecar: RunningSide
     for access in (first.access_token, second.access_token):
         verify = sidecar.public.Verify(auth_pb2.VerifyRequest(token=access))
         assert await refused(verify) == (U, "TOKEN_REVOKED")
+
+
+async def test_refresh_retry_within_grace_gets_the_same_successor(
+    sidecar: RunningSidecar,
+) -> None:
+    first = await issue(sidecar, refresh=True)
+    request = auth_pb2.RefreshRequest(refresh_token=first.refresh_token)
+    second = await sidecar.public.Refresh(request)
+    sidecar.clock.advance(sidecar.settings.tokens.refresh_grace_s - 1)
+    retry = await sidecar.public.Refresh(request)  # the client lost `second`
+    assert _claims(retry.refresh_token)["jti"] == _claims(second.refresh_token)["jti"]
+    await sidecar.public.Verify(auth_pb2.VerifyRequest(token=retry.access_token))
+    # Either copy of the successor rotates, once; the family is intact.
+    third = await sidecar.public.Refresh(auth_pb2.RefreshRequest(refresh_token=retry.refresh_token))
+    await sidecar.public.Verify(auth_pb2.VerifyRequest(token=third.access_token))
+
+
+def _claims(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    decoded: dict[str, object] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return decoded
 
 
 async def test_refresh_can_narrow_but_not_widen_scope(sidecar: RunningSidecar) -> None:

@@ -3,7 +3,7 @@
 Every `(alg, kid)` pair names one key for the whole test session: `make_key("RS256", "a")`
 and `write_jwk_file(tmp_path, "RS256", "a")` hold the same key, while different kids get
 different keys (so "signed by another key" tests are real). RSA keys are 2048 bits for every
-RS* algorithm: hygiene only requires >= 2048, and bigger sizes only cost test time.
+RS*/PS* algorithm: hygiene only requires >= 2048, and bigger sizes only cost test time.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from sidecar.keys.generate import private_jwk
+from sidecar.keys.generate import PrivateKey, private_jwk
 from sidecar.keys.material import KeyMaterial, asymmetric_key, hmac_key
 
 __all__ = ["make_key", "make_private_jwk", "private_key", "rsa_key_of_size", "write_jwk_file"]
@@ -46,12 +46,14 @@ def rsa_key_of_size(bits: int, slot: str = "") -> rsa.RSAPrivateKey:
 
 
 @functools.lru_cache(maxsize=128)
-def private_key(alg: str, kid: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | bytes:
+def private_key(alg: str, kid: str) -> PrivateKey | bytes:
     """The session's private key (or HMAC secret) for `(alg, kid)`."""
     if alg.startswith("HS"):
         return secrets.token_bytes(_HMAC_BYTES[alg])
-    if alg.startswith("RS"):
+    if alg.startswith(("RS", "PS")):
         return rsa_key_of_size(TEST_RSA_BITS, kid)
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key(_CURVES[alg])
 
 

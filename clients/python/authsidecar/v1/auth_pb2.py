@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61uthsidecar/v1/auth.proto\x12\x0e\x61uthsidecar.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa7\x01\n\x0cIssueRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\'\n\x06\x63laims\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x12\n\nexpires_in\x18\x06 \x01(\x03\x12\x15\n\rrefresh_token\x18\x07 \x01(\x08\"s\n\rIssueResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"I\n\rVerifyRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x17\n\x0frequired_scopes\x18\x03 \x03(\t\"\xc3\x01\n\x0eVerifyResponse\x12\x0b\n\x03sub\x18\x01 \x01(\t\x12\x0b\n\x03iss\x18\x02 \x01(\t\x12\x0b\n\x03\x61ud\x18\x03 \x03(\t\x12\x0b\n\x03\x65xp\x18\x04 \x01(\x03\x12\x0b\n\x03iat\x18\x05 \x01(\x03\x12\x0b\n\x03nbf\x18\x06 \x01(\x03\x12\x0b\n\x03jti\x18\x07 \x01(\t\x12\r\n\x05scope\x18\x08 \x01(\t\x12\x11\n\tclient_id\x18\t \x01(\t\x12\x0b\n\x03kid\x18\n \x01(\t\x12\'\n\x06\x63laims\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\"6\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\"u\n\x0fRefreshResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\";\n\x11IntrospectRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0ftoken_type_hint\x18\x02 \x01(\t\"\xf0\x01\n\x12IntrospectResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x10\n\x08username\x18\x04 \x01(\t\x12\x12\n\ntoken_type\x18\x05 \x01(\t\x12\x0b\n\x03\x65xp\x18\x06 \x01(\x03\x12\x0b\n\x03iat\x18\x07 \x01(\x03\x12\x0b\n\x03nbf\x18\x08 \x01(\x03\x12\x0b\n\x03sub\x18\t \x01(\t\x12\x0b\n\x03\x61ud\x18\n \x03(\t\x12\x0b\n\x03iss\x18\x0b \x01(\t\x12\x0b\n\x03jti\x18\x0c \x01(\t\x12\'\n\x06\x63laims\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\"7\n\rRevokeRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0ftoken_type_hint\x18\x02 \x01(\t\"\x10\n\x0eRevokeResponse\"\x10\n\x0eGetJwksRequest\"\x1f\n\x0fGetJwksResponse\x12\x0c\n\x04jwks\x18\x01 \x01(\t*\xdc\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fINVALID_REQUEST\x10\x01\x12\x13\n\x0fTOKEN_MALFORMED\x10\x02\x12\x13\n\x0fTOKEN_TOO_LARGE\x10\x03\x12\x19\n\x15\x41LGORITHM_NOT_ALLOWED\x10\x04\x12\x0f\n\x0bKEY_UNKNOWN\x10\x05\x12\x15\n\x11SIGNATURE_INVALID\x10\x06\x12\x11\n\rTOKEN_EXPIRED\x10\x07\x12\x17\n\x13TOKEN_NOT_YET_VALID\x10\x08\x12\x15\n\x11\x41UDIENCE_MISMATCH\x10\t\x12\x13\n\x0fISSUER_MISMATCH\x10\n\x12\x11\n\rCLAIM_MISSING\x10\x0b\x12\x11\n\rCLAIM_INVALID\x10\x0c\x12\x11\n\rTOKEN_REVOKED\x10\r\x12\x14\n\x10WRONG_TOKEN_TYPE\x10\x0e\x12\x18\n\x14REFRESH_TOKEN_REUSED\x10\x0f\x12\x11\n\rSCOPE_MISSING\x10\x10\x12\x16\n\x12\x43\x41LLER_NOT_ALLOWED\x10\x11\x12\x15\n\x11STORE_UNAVAILABLE\x10\x12\x12\x16\n\x12METADATA_TOO_LARGE\x10\x13\x12\x12\n\x0eINTERNAL_ERROR\x10\x14\x32\xd2\x03\n\x0b\x41uthService\x12\x44\n\x05Issue\x12\x1c.authsidecar.v1.IssueRequest\x1a\x1d.authsidecar.v1.IssueResponse\x12G\n\x06Verify\x12\x1d.authsidecar.v1.VerifyRequest\x1a\x1e.authsidecar.v1.VerifyResponse\x12J\n\x07Refresh\x12\x1e.authsidecar.v1.RefreshRequest\x1a\x1f.authsidecar.v1.RefreshResponse\x12S\n\nIntrospect\x12!.authsidecar.v1.IntrospectRequest\x1a\".authsidecar.v1.IntrospectResponse\x12G\n\x06Revoke\x12\x1d.authsidecar.v1.RevokeRequest\x1a\x1e.authsidecar.v1.RevokeResponse\x12J\n\x07GetJwks\x12\x1e.authsidecar.v1.GetJwksRequest\x1a\x1f.authsidecar.v1.GetJwksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61uthsidecar/v1/auth.proto\x12\x0e\x61uthsidecar.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa7\x01\n\x0cIssueRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\'\n\x06\x63laims\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x12\n\nexpires_in\x18\x06 \x01(\x03\x12\x15\n\rrefresh_token\x18\x07 \x01(\x08\"s\n\rIssueResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\"I\n\rVerifyRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x17\n\x0frequired_scopes\x18\x03 \x03(\t\"\xc3\x01\n\x0eVerifyResponse\x12\x0b\n\x03sub\x18\x01 \x01(\t\x12\x0b\n\x03iss\x18\x02 \x01(\t\x12\x0b\n\x03\x61ud\x18\x03 \x03(\t\x12\x0b\n\x03\x65xp\x18\x04 \x01(\x03\x12\x0b\n\x03iat\x18\x05 \x01(\x03\x12\x0b\n\x03nbf\x18\x06 \x01(\x03\x12\x0b\n\x03jti\x18\x07 \x01(\t\x12\r\n\x05scope\x18\x08 \x01(\t\x12\x11\n\tclient_id\x18\t \x01(\t\x12\x0b\n\x03kid\x18\n \x01(\t\x12\'\n\x06\x63laims\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\"E\n\x12VerifyBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.authsidecar.v1.VerifyRequest\"I\n\x13VerifyBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.authsidecar.v1.VerifyBatchResult\"z\n\x11VerifyBatchResult\x12,\n\x02ok\x18\x01 \x01(\x0b\x32\x1e.authsidecar.v1.VerifyResponseH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0e\x32\x1b.authsidecar.v1.ErrorReasonH\x00\x42\t\n\x07outcome\"6\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\"u\n\x0fRefreshResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x01(\t\";\n\x11IntrospectRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0ftoken_type_hint\x18\x02 \x01(\t\"\xf0\x01\n\x12IntrospectResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x10\n\x08username\x18\x04 \x01(\t\x12\x12\n\ntoken_type\x18\x05 \x01(\t\x12\x0b\n\x03\x65xp\x18\x06 \x01(\x03\x12\x0b\n\x03iat\x18\x07 \x01(\x03\x12\x0b\n\x03nbf\x18\x08 \x01(\x03\x12\x0b\n\x03sub\x18\t \x01(\t\x12\x0b\n\x03\x61ud\x18\n \x03(\t\x12\x0b\n\x03iss\x18\x0b \x01(\t\x12\x0b\n\x03jti\x18\x0c \x01(\t\x12\'\n\x06\x63laims\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\"7\n\rRevokeRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0ftoken_type_hint\x18\x02 \x01(\t\"\x10\n\x0eRevokeResponse\"\x10\n\x0eGetJwksRequest\"\x1f\n\x0fGetJwksResponse\x12\x0c\n\x04jwks\x18\x01 \x01(\t*\xdc\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fINVALID_REQUEST\x10\x01\x12\x13\n\x0fTOKEN_MALFORMED\x10\x02\x12\x13\n\x0fTOKEN_TOO_LARGE\x10\x03\x12\x19\n\x15\x41LGORITHM_NOT_ALLOWED\x10\x04\x12\x0f\n\x0bKEY_UNKNOWN\x10\x05\x12\x15\n\x11SIGNATURE_INVALID\x10\x06\x12\x11\n\rTOKEN_EXPIRED\x10\x07\x12\x17\n\x13TOKEN_NOT_YET_VALID\x10\x08\x12\x15\n\x11\x41UDIENCE_MISMATCH\x10\t\x12\x13\n\x0fISSUER_MISMATCH\x10\n\x12\x11\n\rCLAIM_MISSING\x10\x0b\x12\x11\n\rCLAIM_INVALID\x10\x0c\x12\x11\n\rTOKEN_REVOKED\x10\r\x12\x14\n\x10WRONG_TOKEN_TYPE\x10\x0e\x12\x18\n\x14REFRESH_TOKEN_REUSED\x10\x0f\x12\x11\n\rSCOPE_MISSING\x10\x10\x12\x16\n\x12\x43\x41LLER_NOT_ALLOWED\x10\x11\x12\x15\n\x11STORE_UNAVAILABLE\x10\x12\x12\x16\n\x12METADATA_TOO_LARGE\x10\x13\x12\x12\n\x0eINTERNAL_ERROR\x10\x14\x32\xaa\x04\n\x0b\x41uthService\x12\x44\n\x05Issue\x12\x1c.authsidecar.v1.IssueRequest\x1a\x1d.authsidecar.v1.IssueResponse\x12G\n\x06Verify\x12\x1d.authsidecar.v1.VerifyRequest\x1a\x1e.authsidecar.v1.VerifyResponse\x12V\n\x0bVerifyBatch\x12\".authsidecar.v1.VerifyBatchRequest\x1a#.authsidecar.v1.VerifyBatchResponse\x12J\n\x07Refresh\x12\x1e.authsidecar.v1.RefreshRequest\x1a\x1f.authsidecar.v1.RefreshResponse\x12S\n\nIntrospect\x12!.authsidecar.v1.IntrospectRequest\x1a\".authsidecar.v1.IntrospectResponse\x12G\n\x06Revoke\x12\x1d.authsidecar.v1.RevokeRequest\x1a\x1e.authsidecar.v1.RevokeResponse\x12J\n\x07GetJwks\x12\x1e.authsidecar.v1.GetJwksRequest\x1a\x1f.authsidecar.v1.GetJwksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authsidecar.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=1241
-  _globals['_ERRORREASON']._serialized_end=1717
+  _globals['_ERRORREASON']._serialized_start=1511
+  _globals['_ERRORREASON']._serialized_end=1987
   _globals['_ISSUEREQUEST']._serialized_start=76
   _globals['_ISSUEREQUEST']._serialized_end=243
   _globals['_ISSUERESPONSE']._serialized_start=245
@@ -42,22 +42,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST']._serialized_end=435
   _globals['_VERIFYRESPONSE']._serialized_start=438
   _globals['_VERIFYRESPONSE']._serialized_end=633
-  _globals['_REFRESHREQUEST']._serialized_start=635
-  _globals['_REFRESHREQUEST']._serialized_end=689
-  _globals['_REFRESHRESPONSE']._serialized_start=691
-  _globals['_REFRESHRESPONSE']._serialized_end=808
-  _globals['_INTROSPECTREQUEST']._serialized_start=810
-  _globals['_INTROSPECTREQUEST']._serialized_end=869
-  _globals['_INTROSPECTRESPONSE']._serialized_start=872
-  _globals['_INTROSPECTRESPONSE']._serialized_end=1112
-  _globals['_REVOKEREQUEST']._serialized_start=1114
-  _globals['_REVOKEREQUEST']._serialized_end=1169
-  _globals['_REVOKERESPONSE']._serialized_start=1171
-  _globals['_REVOKERESPONSE']._serialized_end=1187
-  _globals['_GETJWKSREQUEST']._serialized_start=1189
-  _globals['_GETJWKSREQUEST']._serialized_end=1205
-  _globals['_GETJWKSRESPONSE']._serialized_start=1207
-  _globals['_GETJWKSRESPONSE']._serialized_end=1238
-  _globals['_AUTHSERVICE']._serialized_start=1720
-  _globals['_AUTHSERVICE']._serialized_end=2186
+  _globals['_VERIFYBATCHREQUEST']._serialized_start=635
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=704
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=706
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=779
+  _globals['_VERIFYBATCHRESULT']._serialized_start=781
+  _globals['_VERIFYBATCHRESULT']._serialized_end=903
+  _globals['_REFRESHREQUEST']._serialized_start=905
+  _globals['_REFRESHREQUEST']._serialized_end=959
+  _globals['_REFRESHRESPONSE']._serialized_start=961
+  _globals['_REFRESHRESPONSE']._serialized_end=1078
+  _globals['_INTROSPECTREQUEST']._serialized_start=1080
+  _globals['_INTROSPECTREQUEST']._serialized_end=1139
+  _globals['_INTROSPECTRESPONSE']._serialized_start=1142
+  _globals['_INTROSPECTRESPONSE']._serialized_end=1382
+  _globals['_REVOKEREQUEST']._serialized_start=1384
+  _globals['_REVOKEREQUEST']._serialized_end=1439
+  _globals['_REVOKERESPONSE']._serialized_start=1441
+  _globals['_REVOKERESPONSE']._serialized_end=1457
+  _globals['_GETJWKSREQUEST']._serialized_start=1459
+  _globals['_GETJWKSREQUEST']._serialized_end=1475
+  _globals['_GETJWKSRESPONSE']._serialized_start=1477
+  _globals['_GETJWKSRESPONSE']._serialized_end=1508
+  _globals['_AUTHSERVICE']._serialized_start=1990
+  _globals['_AUTHSERVICE']._serialized_end=2544
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class AuthServiceStub:
                 request_serializer=authsidecar_dot_v1_dot_auth__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=authsidecar_dot_v1_dot_auth__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.VerifyBatch = channel.unary_unary(
+                '/authsidecar.v1.AuthService/VerifyBatch',
+                request_serializer=authsidecar_dot_v1_dot_auth__pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__pb2.VerifyBatchResponse.FromString,
+                _registered_method=True)
         self.Refresh = channel.unary_unary(
                 '/authsidecar.v1.AuthService/Refresh',
                 request_serializer=authsidecar_dot_v1_dot_auth__pb2.RefreshRequest.SerializeToString,
@@ -86,6 +91,20 @@ class AuthServiceServicer:
         per-call requirements of the request. OK means every check passed; any
         failure is UNAUTHENTICATED (bad token) or PERMISSION_DENIED (valid token
         lacking a required scope) with the reason in ErrorInfo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyBatch(self, request, context):
+        """VerifyBatch runs Verify on each of up to the configured maximum of
+        tokens (`tokens.max_verify_batch`, 256 by default) in one call, with
+        exactly the same checks. One result per request, in request order; a bad
+        token fails its own item (with the reason Verify would have sent), never
+        the call. The call itself fails only for a batch over the maximum
+        (INVALID_ARGUMENT / INVALID_REQUEST), an oversized message, or an
+        unexpected failure (INTERNAL / INTERNAL_ERROR). For services that hold
+        many calls waiting on authentication: it amortises the RPC.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +159,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=authsidecar_dot_v1_dot_auth__pb2.VerifyRequest.FromString,
                     response_serializer=authsidecar_dot_v1_dot_auth__pb2.VerifyResponse.SerializeToString,
+            ),
+            'VerifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyBatch,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__pb2.VerifyBatchRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__pb2.VerifyBatchResponse.SerializeToString,
             ),
             'Refresh': grpc.unary_unary_rpc_method_handler(
                     servicer.Refresh,
@@ -217,6 +241,33 @@ class AuthService:
             '/authsidecar.v1.AuthService/Verify',
             authsidecar_dot_v1_dot_auth__pb2.VerifyRequest.SerializeToString,
             authsidecar_dot_v1_dot_auth__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/VerifyBatch',
+            authsidecar_dot_v1_dot_auth__pb2.VerifyBatchRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__pb2.VerifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,16 @@ class AuthServiceStub:
     failure is UNAUTHENTICATED (bad token) or PERMISSION_DENIED (valid token
     lacking a required scope) with the reason in ErrorInfo.
     """
+    VerifyBatch: _grpc.UnaryUnaryMultiCallable[_auth_pb2.VerifyBatchRequest, _auth_pb2.VerifyBatchResponse]
+    """VerifyBatch runs Verify on each of up to the configured maximum of
+    tokens (`tokens.max_verify_batch`, 256 by default) in one call, with
+    exactly the same checks. One result per request, in request order; a bad
+    token fails its own item (with the reason Verify would have sent), never
+    the call. The call itself fails only for a batch over the maximum
+    (INVALID_ARGUMENT / INVALID_REQUEST), an oversized message, or an
+    unexpected failure (INTERNAL / INTERNAL_ERROR). For services that hold
+    many calls waiting on authentication: it amortises the RPC.
+    """
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.RefreshResponse]
     """Refresh exchanges a refresh token for a new access token and a new
     refresh token (rotation). The presented refresh token is retired; showing
@@ -106,6 +116,16 @@ class AuthServiceAsyncStub(AuthServiceStub):
     per-call requirements of the request. OK means every check passed; any
     failure is UNAUTHENTICATED (bad token) or PERMISSION_DENIED (valid token
     lacking a required scope) with the reason in ErrorInfo.
+    """
+    VerifyBatch: _aio.UnaryUnaryMultiCallable[_auth_pb2.VerifyBatchRequest, _auth_pb2.VerifyBatchResponse]  # type: ignore[assignment]
+    """VerifyBatch runs Verify on each of up to the configured maximum of
+    tokens (`tokens.max_verify_batch`, 256 by default) in one call, with
+    exactly the same checks. One result per request, in request order; a bad
+    token fails its own item (with the reason Verify would have sent), never
+    the call. The call itself fails only for a batch over the maximum
+    (INVALID_ARGUMENT / INVALID_REQUEST), an oversized message, or an
+    unexpected failure (INTERNAL / INTERNAL_ERROR). For services that hold
+    many calls waiting on authentication: it amortises the RPC.
     """
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.RefreshResponse]  # type: ignore[assignment]
     """Refresh exchanges a refresh token for a new access token and a new
@@ -154,6 +174,22 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         per-call requirements of the request. OK means every check passed; any
         failure is UNAUTHENTICATED (bad token) or PERMISSION_DENIED (valid token
         lacking a required scope) with the reason in ErrorInfo.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyBatch(
+        self,
+        request: _auth_pb2.VerifyBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.VerifyBatchResponse, _abc.Awaitable[_auth_pb2.VerifyBatchResponse]]:
+        """VerifyBatch runs Verify on each of up to the configured maximum of
+        tokens (`tokens.max_verify_batch`, 256 by default) in one call, with
+        exactly the same checks. One result per request, in request order; a bad
+        token fails its own item (with the reason Verify would have sent), never
+        the call. The call itself fails only for a batch over the maximum
+        (INVALID_ARGUMENT / INVALID_REQUEST), an oversized message, or an
+        unexpected failure (INTERNAL / INTERNAL_ERROR). For services that hold
+        many calls waiting on authentication: it amortises the RPC.
         """
 
     @_abc_1.abstractmethod

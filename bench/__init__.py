@@ -1,0 +1,1 @@
+"""authsidecar's benchmark suite (issue 7): `python -m bench`; see docs/performance.md."""

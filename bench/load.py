@@ -1,0 +1,139 @@
+"""The load generator: one process, `tasks` concurrent calls on one channel (grpc.aio).
+
+Run as `python -m bench.load`: reads a JSON spec line on stdin, connects, prints `ready`,
+reads a second line `start_at end_at`, runs, and prints one JSON result line on stdout.
+It is always a separate process from the server under test (bench/run.py starts several),
+so the server's CPU and the client's are never the same interpreter's.
+
+Requests are pre-serialised bytes sent through a generic stub (no client-side protobuf work
+on the static paths). Only calls that *complete* inside [start_at, end_at] (CLOCK_MONOTONIC,
+which is system-wide on Linux, so every process and the parent agree) are counted; calls
+before `start_at` are the warm-up.
+
+Modes:
+  static   cycle through `payloads` (a token pool) calling `method` on `target`
+  refresh  each task Issues a refresh token on `admin_target`, then Refreshes in a chain
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import grpc
+
+from authsidecar.v1 import auth_pb2
+
+_REFRESH = "/authsidecar.v1.AuthService/Refresh"
+_ISSUE = "/authsidecar.v1.AuthService/Issue"
+
+
+def _identity(value: bytes) -> bytes:
+    return value
+
+
+class _Tally:
+    def __init__(self, start_at: float, end_at: float) -> None:
+        self.start_at = start_at
+        self.end_at = end_at
+        self.latencies_us: list[int] = []
+        self.errors: Counter[str] = Counter()
+
+    def record(self, began: float, ended: float, error: str | None) -> None:
+        if self.start_at <= ended <= self.end_at:
+            if error is None:
+                self.latencies_us.append(int((ended - began) * 1e6))
+            else:
+                self.errors[error] += 1
+
+
+async def _static(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    payloads: list[bytes],
+    offset: int,
+    tally: _Tally,
+) -> None:
+    n = len(payloads)
+    i = offset
+    clock = time.monotonic
+    while True:
+        began = clock()
+        if began >= tally.end_at:
+            return
+        error = None
+        try:
+            await call(payloads[i % n], timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            error = exc.code().name
+        tally.record(began, clock(), error)
+        i += 1
+
+
+async def _refresh_chain(
+    refresh: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    issue: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    tally: _Tally,
+) -> None:
+    first = auth_pb2.IssueRequest(subject="bench", audience=["svc"], refresh_token=True)
+    grant = auth_pb2.IssueResponse.FromString(await issue(first.SerializeToString(), timeout=30))
+    token = grant.refresh_token
+    clock = time.monotonic
+    while True:
+        began = clock()
+        if began >= tally.end_at:
+            return
+        error = None
+        try:
+            raw = await refresh(
+                auth_pb2.RefreshRequest(refresh_token=token).SerializeToString(), timeout=30
+            )
+            token = auth_pb2.RefreshResponse.FromString(raw).refresh_token
+        except grpc.aio.AioRpcError as exc:
+            error = exc.code().name
+            grant = auth_pb2.IssueResponse.FromString(
+                await issue(first.SerializeToString(), timeout=30)
+            )
+            token = grant.refresh_token
+        tally.record(began, clock(), error)
+
+
+async def run(spec: dict[str, Any]) -> dict[str, Any]:
+    channel = grpc.aio.insecure_channel(spec["target"])
+    channels = [channel]
+    await channel.channel_ready()
+    print("ready", flush=True)
+    start_at, end_at = (float(x) for x in sys.stdin.readline().split())
+    tally = _Tally(start_at, end_at)
+    tasks: list[asyncio.Task[None]] = []
+    if spec["mode"] == "refresh":
+        admin = grpc.aio.insecure_channel(spec["admin_target"])
+        channels.append(admin)
+        refresh = channel.unary_unary(_REFRESH, _identity, _identity)
+        issue = admin.unary_unary(_ISSUE, _identity, _identity)
+        for _ in range(spec["tasks"]):
+            tasks.append(asyncio.create_task(_refresh_chain(refresh, issue, tally)))
+    else:
+        payloads = [base64.b64decode(p) for p in spec["payloads"]]
+        call = channel.unary_unary(spec["method"], _identity, _identity)
+        step = max(1, len(payloads) // max(1, spec["tasks"]))
+        for t in range(spec["tasks"]):
+            tasks.append(asyncio.create_task(_static(call, payloads, t * step, tally)))
+    await asyncio.gather(*tasks)
+    for ch in channels:
+        await ch.close()
+    return {"latencies_us": tally.latencies_us, "errors": dict(tally.errors)}
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.readline())
+    result = asyncio.run(run(spec))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

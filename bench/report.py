@@ -1,0 +1,230 @@
+"""The results: one console line per cell, the Markdown report, and issue 7's targets.
+
+Every ratio is between two numbers of the same run (the machine is shared and noisy; absolute
+numbers move run to run, ratios much less).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _num(value: Any, fmt: str = "{:.0f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def clean(value: Any) -> Any:
+    """NaN and infinities become null, so the JSON is strict (RFC 8259)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def median_of(runs: list[Row]) -> Row:
+    """One row from several rounds: the median of each number, errors summed, and the
+    per-round throughputs kept (`rounds_calls_per_s`) to show the spread."""
+    merged: Row = {"rounds_calls_per_s": [r["calls_per_s"] for r in runs]}
+    for key in runs[0]:
+        if key == "errors":
+            errors: dict[str, int] = {}
+            for run in runs:
+                for code, count in run["errors"].items():
+                    errors[code] = errors.get(code, 0) + count
+            merged["errors"] = errors
+        elif key == "calls":
+            merged["calls"] = sum(r["calls"] for r in runs)
+        else:
+            values = [r[key] for r in runs if isinstance(r[key], int | float)]
+            merged[key] = statistics.median(values) if values else None
+    return merged
+
+
+def line(row: Row) -> str:
+    errors = sum(row["errors"].values()) if row.get("errors") else 0
+    return (
+        f"{row['group']:10} {row['server'][:44]:44} {row['alg']:6} {row['transport']:5} "
+        f"c={row['concurrency']:<3} {row['loadgen']:7} {_num(row['calls_per_s']):>7} calls/s "
+        f"{_num(row['items_per_s']):>7} items/s p50 {_num(row['p50_ms'], '{:.2f}'):>6} "
+        f"p99 {_num(row['p99_ms'], '{:.2f}'):>6} p999 {_num(row['p999_ms'], '{:.2f}'):>6} ms "
+        f"cpu {_num(row['server_cpu_s_per_1k'], '{:.3f}')} s/1k"
+        + (f" ERRORS {row['errors']}" if errors else "")
+    )
+
+
+def _find(rows: list[Row], **where: Any) -> Row | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in where.items()):
+            return row
+    return None
+
+
+def _rate(rows: list[Row], key: str = "calls_per_s", **where: Any) -> float | None:
+    row = _find(rows, **where)
+    return None if row is None else float(row[key])
+
+
+def _inproc(doc: dict[str, Any], name: str, alg: str) -> float | None:
+    for row in doc.get("inprocess", []):
+        if row["name"] == name and row["alg"] == alg:
+            return float(row["per_s"])
+    return None
+
+
+def _at_least(goal: float, value: float) -> bool:
+    return value >= goal
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def targets(doc: dict[str, Any]) -> list[Row]:
+    """Issue 7's targets, each with the measured value and whether it is met."""
+    rows: list[Row] = doc["rows"]
+    out: list[Row] = []
+
+    def add(name: str, value: float | None, goal: str, met: Callable[[float], bool]) -> None:
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "goal": goal,
+                "met": None if value is None else bool(met(value)),
+            }
+        )
+
+    uds16: dict[str, Any] = {"transport": "uds", "concurrency": 16, "loadgen": "python"}
+    floor = _rate(rows, server="no-op (grpc.aio)", **uds16)
+    for alg in ("HS256", "RS256", "ES256"):
+        cold = _rate(rows, server="sidecar cold", alg=alg, **uds16)
+        naive = _rate(rows, server="naive jose.jwt.decode", alg=alg, **uds16)
+        add(
+            f"cold Verify {alg} / naive sidecar (UDS, c=16)",
+            _ratio(cold, naive),
+            ">= 1.5",
+            lambda v: v >= 1.5,
+        )
+        add(
+            f"cold Verify {alg} / no-op floor (UDS, c=16)",
+            _ratio(cold, floor),
+            ">= 0.80",
+            lambda v: v >= 0.8,
+        )
+    warm = _rate(rows, server="sidecar warm", alg="HS256", **uds16)
+    add(
+        "warm Verify HS256 / no-op floor (UDS, c=16)",
+        _ratio(warm, floor),
+        ">= 0.95",
+        lambda v: v >= 0.95,
+    )
+    p99 = _find(rows, server="sidecar warm", alg="HS256", transport="uds", concurrency=1)
+    add(
+        "warm Verify p99 ms, 1 connection, UDS",
+        None if p99 is None else p99["p99_ms"],
+        "< 1.0",
+        lambda v: v < 1.0,
+    )
+    for alg, goal in (("HS256", 30_000), ("RS256", 15_000)):
+        best = max(
+            (r["items_per_s"] for r in rows if r["group"] == "batch" and r["alg"] == alg),
+            default=None,
+        )
+        add(f"VerifyBatch {alg} tokens/s", best, f">= {goal}", functools.partial(_at_least, goal))
+        jose = _inproc(doc, "python-jose decode", alg)
+        add(
+            f"in-process python-jose {alg} / VerifyBatch per token",
+            _ratio(jose, best),
+            "<= 1.3",
+            lambda v: v <= 1.3,
+        )
+    es = _rate(rows, server="Issue (access token)", alg="ES256")
+    add("Issue ES256 /s", es, ">= 10000", lambda v: v >= 10_000)
+    rs = _rate(rows, server="Issue (access token)", alg="RS256")
+    add(
+        "Issue RS256 / raw RS256 sign primitive",
+        _ratio(rs, _inproc(doc, "raw RS256 sign primitive", "RS256")),
+        ">= 0.80",
+        lambda v: v >= 0.8,
+    )
+    add(
+        "Refresh (redis) /s",
+        _rate(rows, server="Refresh (redis store)"),
+        ">= 1500",
+        lambda v: v >= 1500,
+    )
+    return out
+
+
+_HEADER = (
+    "| group | server | alg | transport | conc | load | calls/s | tokens/s | p50 ms | p99 ms "
+    "| p999 ms | server CPU s / 1k calls | errors |\n"
+    "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|\n"
+)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    env = doc["environment"]
+    parts = [
+        f"Command: `{doc['command']}` ({doc['elapsed_s']:.0f} s); Python {env['python']}, "
+        f"{env['cpus']} CPUs, grpcio {env['grpcio']}, protobuf {env['protobuf']}, "
+        f"python-jose {env['python-jose']}, PyJWT {env['PyJWT']}.\n\n",
+        _HEADER,
+    ]
+    for r in doc["rows"]:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or ""
+        parts.append(
+            f"| {r['group']} | {r['server']} | {r['alg']} | {r['transport']} | "
+            f"{r['concurrency']} | {r['loadgen']} | {_num(r['calls_per_s'])} | "
+            f"{_num(r['items_per_s'])} | {_num(r['p50_ms'], '{:.2f}')} | "
+            f"{_num(r['p99_ms'], '{:.2f}')} | {_num(r['p999_ms'], '{:.2f}')} | "
+            f"{_num(r['server_cpu_s_per_1k'], '{:.3f}')} | {errors} |\n"
+        )
+    parts.append(
+        "\nIn-process, one thread, pre-built keys:\n\n| alg | what | calls/s | µs/call |\n"
+    )
+    parts.append("|---|---|---:|---:|\n")
+    for r in doc["inprocess"]:
+        parts.append(f"| {r['alg']} | {r['name']} | {r['per_s']:.0f} | {r['us_per_call']:.1f} |\n")
+    parts.append(
+        "\nVerify cache, memory per entry (tracemalloc) vs the estimate the byte bound uses:\n\n"
+    )
+    parts.append("| alg | entries | token chars | measured B/entry | estimated B/entry |\n")
+    parts.append("|---|---:|---:|---:|---:|\n")
+    for r in doc["cache_cost"]:
+        parts.append(
+            f"| {r['alg']} | {r['entries']} | {r['token_chars']} | "
+            f"{r['measured_bytes_per_entry']} | {r['estimated_bytes_per_entry']} |\n"
+        )
+    parts.append("\nIssue 7 targets (ratios from this run):\n\n| target | value | goal | met |\n")
+    parts.append("|---|---:|---|---|\n")
+    for t in doc["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        parts.append(f"| {t['target']} | {_num(t['value'], '{:.2f}')} | {t['goal']} | {met} |\n")
+    if doc["notes"]:
+        parts.append("\nNotes:\n\n" + "".join(f"- {n}\n" for n in doc["notes"]))
+    return "".join(parts)
+
+
+def soak_text(soak: dict[str, Any]) -> str:
+    rss = soak["rss"]
+    if not rss:
+        return "soak: no samples"
+    mib = [b / (1 << 20) for _, b in rss]
+    settled = mib[min(len(mib) - 1, 5) :]  # after the cache has filled (a few seconds in)
+    return (
+        f"soak {soak['seconds']:.0f} s, {soak['calls_per_s']:.0f} Verify/s: RSS start "
+        f"{mib[0]:.1f} MiB, after 5 s {settled[0]:.1f} MiB, end {mib[-1]:.1f} MiB, "
+        f"max {max(mib):.1f} MiB"
+    )

@@ -1,0 +1,112 @@
+"""The three rotation steps on a key directory: publish the next key, promote it, retire the old.
+
+Each step checks that the directory loads before and after it (the same `build_ring` the
+sidecar's reload uses), and writes atomically, so a sidecar watching the directory sees
+either the old set or the new one, and the new one always loads. See docs/keys.md for when
+to run each step (the overlaps are what make rotation invisible to callers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar.errors import KeyMaterialError
+from sidecar.keys.generate import generate_key, write_key_file
+from sidecar.keys.keyset import (
+    MANIFEST_NAME,
+    KeySource,
+    directory_key_files,
+    load_key_set,
+    write_manifest,
+)
+from sidecar.keys.loader import load_key_file
+from sidecar.keys.ring import KeyRing
+
+__all__ = ["KeySetView", "describe", "promote", "publish_next", "retire"]
+
+
+@dataclass(frozen=True)
+class KeySetView:
+    """What an operator needs to see of a key directory."""
+
+    directory: Path
+    version: str
+    signing_kid: str | None
+    kids: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "directory": str(self.directory),
+            "version": self.version,
+            "signing_kid": self.signing_kid,
+            "kids": list(self.kids),
+        }
+
+
+def _load(directory: Path) -> KeyRing:
+    ring, _ = load_key_set(KeySource(directory=directory))
+    return ring
+
+
+def describe(directory: Path) -> KeySetView:
+    ring = _load(directory)
+    signing = ring.signing_key.kid if ring.signing_key is not None else None
+    return KeySetView(directory, ring.version, signing, tuple(sorted(k.kid for k in ring.keys)))
+
+
+def publish_next(
+    directory: Path, alg: str, kid: str | None = None, *, now: int
+) -> tuple[str, KeySetView]:
+    """Add a fresh private key that verifies but does not sign yet; returns its kid.
+
+    With no manifest yet, one naming the current signing key is written first, so the
+    directory never holds two signers without saying which one signs.
+    """
+    current = _load(directory)
+    if not (directory / MANIFEST_NAME).exists():
+        signing = current.signing_key.kid if current.signing_key is not None else None
+        write_manifest(directory, signing, now)
+    key, jwk = generate_key(alg, kid)
+    if key.kid in current:
+        raise KeyMaterialError(f"key {key.kid!r} is already in {directory}")
+    path = directory / f"{key.kid}.jwk.json"
+    if path.exists():
+        raise KeyMaterialError(f"{path} exists; refusing to overwrite a key")
+    write_key_file(path, jwk)
+    try:
+        view = describe(directory)
+    except KeyMaterialError:
+        path.unlink()
+        raise
+    return key.kid, view
+
+
+def promote(directory: Path, kid: str, *, now: int) -> tuple[str | None, KeySetView]:
+    """Make `kid` the signing key (one manifest write); returns the previous signing kid."""
+    current = _load(directory)
+    key = current.get(kid)
+    if key is None:
+        raise KeyMaterialError(f"key {kid!r} is not in {directory}; publish it first")
+    if not key.can_sign:
+        raise KeyMaterialError(f"key {kid!r} is verification-only (no private key)")
+    previous = current.signing_key.kid if current.signing_key is not None else None
+    write_manifest(directory, kid, now)
+    return previous, describe(directory)
+
+
+def retire(directory: Path, kid: str) -> KeySetView:
+    """Delete the file holding `kid`; refused for the signing key or a multi-key file."""
+    current = _load(directory)
+    if kid not in current:
+        raise KeyMaterialError(f"key {kid!r} is not in {directory}")
+    if current.signing_key is not None and current.signing_key.kid == kid:
+        raise KeyMaterialError(f"key {kid!r} signs; promote its successor before retiring it")
+    for path in directory_key_files(directory):
+        kids = [key.kid for key in load_key_file(path)]
+        if kid in kids:
+            if len(kids) > 1:
+                raise KeyMaterialError(f"{path} holds several keys; edit it by hand")
+            path.unlink()
+            return describe(directory)
+    raise KeyMaterialError(f"key {kid!r} is not in a file of {directory}")

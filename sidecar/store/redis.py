@@ -1,0 +1,276 @@
+"""A `TokenStore` in Redis, shared by every sidecar of a fleet (issue 3).
+
+Usage: `store = RedisTokenStore(RedisConnector(settings), clock=clock)`; nothing connects
+until the first call; `await store.close()`.
+
+* Atomicity: every write is one Lua script (`redis_scripts`), run with EVALSHA
+  (`register_script` loads it again after a server restart or failover). Rotation, grace and
+  reuse detection are decided inside the script, so two sidecars presenting one refresh token
+  at the same instant see exactly one ROTATED, and a SIGKILLed sidecar cannot leave half a
+  rotation behind.
+* Layout (`redis_keys`): families are hashes keyed by family id; revocations are members
+  `(kind, iss, key)` of one sorted set scored by `expires_at`; never token text.
+* Expiry: every key has a TTL (families: `expires_at` plus a margin; the sets: their latest
+  entry plus the margin; the feed: a day after its last write), and `revocations(now)` purges
+  expired revocations and ended families, so state never outgrows what is live.
+* Propagation: every revocation write appends `(member, expires_at)` to a stream in the same
+  script. `open_revocation_feed` reads it with XREAD BLOCK on a dedicated connection from the
+  position it found on opening, so delivery is gap-free while connected; the consumer reloads
+  `revocations(now)` after opening (and after every reconnection).
+* Failure: every driver error (connection refused or lost, timeout, cluster down, a failover
+  in progress, an error reply) becomes StoreUnavailableError with a generic message; the cause
+  is chained for operators and logged without values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from sidecar.clock import Clock
+from sidecar.errors import StoreUnavailableError
+from sidecar.store import redis_scripts
+from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, RotateResult
+from sidecar.store.redis_connect import RedisClient, RedisConnector
+from sidecar.store.redis_keys import (
+    FAMILY_FIELDS,
+    FAMILY_REVOCATION_FIELD,
+    KeyLayout,
+    decode_member,
+    encode_member,
+)
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Families and revocation sets outlive their last entry by this much (clock skew between
+# sidecars; a REVOKED answer is as good as UNKNOWN after the end anyway).
+TTL_MARGIN_S = 300
+# The feed only has to cover the instant between a write and every reader's next XREAD.
+FEED_MAXLEN = 10_000
+FEED_TTL_S = 86_400
+# How long one XREAD waits server-side before asking again (also bounds the detection of a
+# silently dead connection: the socket read timeout is this plus `redis_timeout_s`).
+FEED_BLOCK_S = 5.0
+PURGE_BATCH = 1_000
+_DRIVER_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+class RedisTokenStore:
+    """A `TokenStore` on redis.asyncio; see the module docstring for the guarantees."""
+
+    def __init__(self, connector: RedisConnector, *, clock: Clock, key_prefix: str) -> None:
+        self._connector = connector
+        self._clock = clock
+        self._keys = KeyLayout(key_prefix)
+        self._client: RedisClient = connector.client()
+        self._create = self._client.register_script(redis_scripts.CREATE_FAMILY)
+        self._rotate = self._client.register_script(redis_scripts.ROTATE)
+        self._revoke = self._client.register_script(redis_scripts.REVOKE)
+        self._purge = self._client.register_script(redis_scripts.PURGE_AND_LIST)
+        self._feeds: set[_StreamFeed] = set()
+        self._closed = False
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping())
+
+    async def create_family(self, family: FamilyRecord) -> None:
+        fields = _family_fields(family)
+        fields[FAMILY_REVOCATION_FIELD] = encode_member("family", family.issuer, family.family_id)
+        ttl = self._ttl(family.expires_at)
+        args: list[str | int] = [ttl, family.expires_at, family.family_id]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [self._keys.family(family.family_id), self._keys.families]
+        created = await self._call(self._create(keys=keys, args=args))
+        if int(created) != 1:
+            raise ValueError("family id already exists")
+
+    async def get_family(self, family_id: str) -> FamilyRecord | None:
+        fields: dict[str, str] = await self._call(
+            self._client.hgetall(self._keys.family(family_id))  # type: ignore[arg-type]
+        )
+        return _family_from(fields) if fields else None
+
+    async def rotate(
+        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
+    ) -> RotateResult:
+        keys = [self._keys.family(family_id), self._keys.revoked, self._keys.feed]
+        args: list[str | int] = [
+            presented_jti, next_jti, now, grace_s, TTL_MARGIN_S, FEED_MAXLEN, FEED_TTL_S
+        ]  # fmt: skip
+        reply: list[str] = await self._call(self._rotate(keys=keys, args=args))
+        outcome = RotateOutcome(reply[0])
+        if outcome is RotateOutcome.UNKNOWN:
+            return RotateResult(outcome, None)
+        fields = dict(zip(reply[1::2], reply[2::2], strict=True))
+        return RotateResult(outcome, _family_from(fields))
+
+    async def revoke(self, revocation: Revocation) -> None:
+        member = encode_member(revocation.kind, revocation.issuer, revocation.key)
+        keys = [self._keys.revoked, self._keys.feed]
+        if revocation.kind == "family":
+            keys.append(self._keys.family(revocation.key))
+        ttl = self._ttl(revocation.expires_at)
+        args: list[str | int] = [member, revocation.expires_at, ttl, FEED_MAXLEN, FEED_TTL_S]
+        await self._call(self._revoke(keys=keys, args=args))
+
+    async def revocations(self, now: int) -> list[Revocation]:
+        keys = [self._keys.revoked, self._keys.families]
+        args: list[str | int] = [now, self._keys.family(""), PURGE_BATCH]
+        reply: list[str] = await self._call(self._purge(keys=keys, args=args))
+        found = []
+        for member, score in zip(reply[0::2], reply[1::2], strict=True):
+            revocation = decode_member(member, int(float(score)))
+            if revocation is not None:
+                found.append(revocation)
+        return found
+
+    async def open_revocation_feed(self) -> _StreamFeed:
+        """Fix the feed position (the newest entry now), so nothing written later is missed."""
+        self._check_open()
+        client = self._connector.client(read_timeout_s=FEED_BLOCK_S + 2.0)
+        try:
+            newest: Any = await self._call(client.xrevrange(self._keys.feed, count=1))
+        except StoreUnavailableError:
+            await _close_quietly(client)
+            raise
+        feed = _StreamFeed(client, self._keys.feed, newest[0][0] if newest else "0-0", self)
+        self._feeds.add(feed)
+        return feed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for feed in list(self._feeds):
+            await feed.close()
+        await _close_quietly(self._client)
+        await self._connector.close()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailableError()
+
+    def _ttl(self, expires_at: int) -> int:
+        return max(expires_at - int(self._clock.now()), 0) + TTL_MARGIN_S
+
+    async def _call(self, pending: Awaitable[_T]) -> _T:
+        """Await a driver call; every driver failure becomes StoreUnavailableError."""
+        if self._closed:
+            if asyncio.iscoroutine(pending):
+                pending.close()  # never started: do not leave an un-awaited coroutine
+            raise StoreUnavailableError()
+        try:
+            return await pending
+        except _DRIVER_ERRORS as exc:
+            log.warning("redis token store call failed: %s", type(exc).__name__)
+            raise StoreUnavailableError() from exc
+
+
+class _StreamFeed:
+    """XREAD BLOCK from a fixed position on a connection of its own (see RevocationFeed)."""
+
+    def __init__(self, client: RedisClient, key: str, last_id: str, store: RedisTokenStore):
+        self._client = client
+        self._key = key
+        self._last_id = last_id
+        self._store = store
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[Revocation]:
+        block_ms = int(FEED_BLOCK_S * 1000)
+        while True:
+            if self._closed:
+                raise StoreUnavailableError()
+            try:
+                reply: Any = await self._client.xread(
+                    {self._key: self._last_id}, count=500, block=block_ms
+                )
+            except _DRIVER_ERRORS as exc:
+                if not self._closed:
+                    log.warning("revocation feed lost: %s", type(exc).__name__)
+                raise StoreUnavailableError() from exc
+            for _stream, entries in _entries(reply):
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    revocation = _revocation_from(fields)
+                    if revocation is not None:
+                        yield revocation
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._store._feeds.discard(self)
+        await _close_quietly(self._client)
+
+
+def _entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """XREAD's reply as a list (RESP2: list of pairs; RESP3: a map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(stream, entries) for stream, entries in reply.items()]
+    return [(stream, entries) for stream, entries in reply]
+
+
+def _revocation_from(fields: dict[str, str]) -> Revocation | None:
+    member, expires_at = fields.get("r"), fields.get("e", "")
+    if member is None or not expires_at.lstrip("-").isdigit():
+        return None
+    return decode_member(member, int(expires_at))
+
+
+def _family_fields(family: FamilyRecord) -> dict[str, str | int]:
+    return {
+        "family_id": family.family_id,
+        "issuer": family.issuer,
+        "subject": family.subject,
+        "audience": json.dumps(list(family.audience)),
+        "scope": family.scope,
+        "client_id": family.client_id,
+        "claims_json": family.claims_json,
+        "created_at": family.created_at,
+        "expires_at": family.expires_at,
+        "current_jti": family.current_jti,
+        "revoked": int(family.revoked),
+        "previous_jti": family.previous_jti,
+        "rotated_at": family.rotated_at,
+    }
+
+
+def _family_from(fields: dict[str, str]) -> FamilyRecord:
+    f = {name: fields.get(name, "") for name in FAMILY_FIELDS}
+    return FamilyRecord(
+        family_id=f["family_id"],
+        issuer=f["issuer"],
+        subject=f["subject"],
+        audience=tuple(json.loads(f["audience"] or "[]")),
+        scope=f["scope"],
+        client_id=f["client_id"],
+        claims_json=f["claims_json"],
+        created_at=int(f["created_at"] or 0),
+        expires_at=int(f["expires_at"] or 0),
+        current_jti=f["current_jti"],
+        revoked=f["revoked"] == "1",
+        previous_jti=f["previous_jti"],
+        rotated_at=int(f["rotated_at"] or 0),
+    )
+
+
+async def _close_quietly(client: RedisClient) -> None:
+    try:
+        await client.aclose()
+    except _DRIVER_ERRORS:
+        pass  # closing a connection to a dead server: nothing left to release
+
+
+__all__ = ["RedisTokenStore"]

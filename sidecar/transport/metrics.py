@@ -1,0 +1,232 @@
+"""Prometheus metrics: per-RPC counts and latency from one interceptor, plus scrape-time state.
+
+Everything lives in a `CollectorRegistry` owned by the App (no global registry), served by
+prometheus_client's HTTP server when `metrics.listen` is set. Names follow Prometheus
+conventions: base units (seconds), `_total` counters, `_info` for labelled constants.
+
+The interceptor is on the hot path, so it does as little as it can per call: one ContextVar
+set/reset, two clock reads, and increments on label children cached per label tuple (no
+`labels()` lookup after the first call of each kind). The domain counters (tokens issued,
+refreshes, reuse, revocations) are derived from the method and its outcome, so the domain
+code knows nothing of metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar.calls import CallInfo, current_call, request_id_from
+from sidecar.config import parse_host_port
+from sidecar.errors import ConfigError
+from sidecar.tokens.service import TokenService
+
+REQUEST_ID = "x-request-id"
+# Verify answers in tens of microseconds; Issue/Refresh touch the store (milliseconds).
+LATENCY_BUCKETS_S = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+_ISSUE = "/authsidecar.v1.AuthService/Issue"
+_REFRESH = "/authsidecar.v1.AuthService/Refresh"
+_REVOKE = "/authsidecar.v1.AuthService/Revoke"
+_REUSED = "REFRESH_TOKEN_REUSED"
+
+_Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
+]
+
+
+class Metrics:
+    def __init__(self, service: TokenService, *, now: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "authsidecar_requests",
+            "RPCs served, by method, gRPC status code and refusal reason",
+            ["method", "code", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "authsidecar_request_duration_seconds",
+            "Time to serve an RPC, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tokens_issued = Counter(
+            "authsidecar_tokens_issued", "Tokens signed, by kind", ["kind"], registry=r
+        )
+        self.refreshes = Counter(
+            "authsidecar_refreshes", "Refresh calls, by outcome", ["outcome"], registry=r
+        )
+        self.reuse_detected = Counter(
+            "authsidecar_refresh_reuse_detected",
+            "Refresh tokens presented again after rotation (their family was revoked)",
+            registry=r,
+        )
+        self.revocations = Counter(
+            "authsidecar_revocations", "Revoke calls answered (RFC 7009)", registry=r
+        )
+        self.store_up = Gauge(
+            "authsidecar_store_up", "1 while the token store answers, else 0", registry=r
+        )
+        self.store_up.set(1)
+        r.register(_StateCollector(service, now))
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def observe(self, method: str, code: str, reason: str, seconds: float, request: Any) -> None:
+        key = (method, code, reason)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(method, code, reason)
+        child.inc()
+        timer = self._durations.get(method)
+        if timer is None:
+            timer = self._durations[method] = self.duration.labels(method)
+        timer.observe(seconds)
+        if method in (_ISSUE, _REFRESH, _REVOKE):
+            self._domain(method, code == "OK", reason, request)
+
+    def _domain(self, method: str, ok: bool, reason: str, request: Any) -> None:
+        if method == _REVOKE:
+            if ok:
+                self.revocations.inc()
+            return
+        if method == _REFRESH:
+            self.refreshes.labels("rotated" if ok else "refused").inc()
+            if reason == _REUSED:
+                self.reuse_detected.inc()
+        if ok:
+            self.tokens_issued.labels("access").inc()
+            if method == _REFRESH or getattr(request, "refresh_token", False):
+                self.tokens_issued.labels("refresh").inc()
+
+
+class _StateCollector(Collector):
+    """Read at scrape time: the key set in use and the Verify cache's counters."""
+
+    def __init__(self, service: TokenService, now: Callable[[], float]) -> None:
+        self._service = service
+        self._now = now
+        self._version = service.ring.version
+        self._since = now()
+
+    def collect(self) -> Iterator[Metric]:
+        ring = self._service.ring
+        if ring.version != self._version:
+            self._version, self._since = ring.version, self._now()
+        signing = ring.signing_key
+        info = GaugeMetricFamily(
+            "authsidecar_keyset_info",
+            "The key set in use: version names the set of (kid, alg, thumbprint)",
+            labels=["version", "signing_kid"],
+        )
+        info.add_metric([ring.version, signing.kid if signing else ""], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "authsidecar_keyset_age_seconds",
+            "Seconds since this process started using the current key set",
+            value=max(0.0, self._now() - self._since),
+        )
+        yield GaugeMetricFamily("authsidecar_keys", "Keys in the key set", value=len(ring.keys))
+        cache = self._service.verify_cache
+        hits = CounterMetricFamily(
+            "authsidecar_verify_cache_hits", "Verify calls answered from the cache"
+        )
+        hits.add_metric([], cache.hits)
+        yield hits
+        misses = CounterMetricFamily(
+            "authsidecar_verify_cache_misses", "Verify calls that ran the full verification"
+        )
+        misses.add_metric([], cache.misses)
+        yield misses
+        yield GaugeMetricFamily(
+            "authsidecar_verify_cache_entries", "Entries in the Verify cache", value=len(cache)
+        )
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Outermost interceptor: opens the call's `CallInfo` (request id, peer), then counts and
+    times the call. Only unary-unary handlers are wrapped (all of ours but reflection and
+    Health/Watch, which are left alone)."""
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        method = handler_call_details.method
+        return grpc.unary_unary_rpc_method_handler(
+            self._observed(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _observed(self, behavior: Any, method: str) -> Any:
+        metrics = self._metrics
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            supplied = None
+            for key, value in context.invocation_metadata() or ():
+                if key == REQUEST_ID:
+                    supplied = value if isinstance(value, str) else None
+            call = CallInfo(request_id_from(supplied), method, context.peer())
+            token = current_call.set(call)
+            start = time.perf_counter()
+            code = "UNKNOWN"
+            try:
+                response = await behavior(request, context)
+                code = _code_name(context.code(), default="OK")
+                return response
+            except BaseException:
+                code = _code_name(context.code(), default="UNKNOWN")
+                raise
+            finally:
+                if metrics is not None:
+                    metrics.observe(method, code, call.reason, time.perf_counter() - start, request)
+                current_call.reset(token)
+
+        return observed
+
+
+def _code_name(code: Any, *, default: str) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status.name
+    return default
+
+
+class MetricsHttpServer:
+    """prometheus_client's threaded HTTP server (`/metrics`) on `metrics.listen`."""
+
+    def __init__(self, metrics: Metrics, listen: str) -> None:
+        host, port = parse_host_port(listen)
+        try:
+            self._server, self._thread = start_http_server(
+                port, addr=host, registry=metrics.registry
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"setting metrics.listen: cannot listen on {listen!r}: {exc.strerror}"
+            ) from None
+        self.address = f"{host}:{self._server.server_port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,61 @@
+"""Fixtures every test directory may use: real Redis, shared or private.
+
+Redis-dependent tests skip when no Redis is reachable, except in CI: with
+`AUTHSIDECAR_REQUIRE_REDIS=1` (`.ci/run` exports it) they fail instead, so a broken Redis
+set-up can never turn the issue-3 proofs into silent skips.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.redis import REDIS_URL, RedisServer, redis_problem
+from tests.support.sidecar import short_tmpdir
+
+
+def _redis_missing(why: str) -> None:
+    if os.environ.get("AUTHSIDECAR_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{why} (AUTHSIDECAR_REQUIRE_REDIS=1)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The shared Redis. Never flush it: use a unique key prefix per test."""
+    problem = redis_problem(REDIS_URL)
+    if problem is not None:
+        _redis_missing(problem)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A private one-node Redis Cluster (it owns every slot), for the whole session."""
+    with short_tmpdir() as workdir:
+        try:
+            server = RedisServer(workdir, persist=False, cluster=True)
+        except FileNotFoundError as exc:
+            _redis_missing(str(exc))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.kill()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, which the test may stop and start again."""
+    with short_tmpdir() as workdir:
+        try:
+            server = RedisServer(workdir)
+        except FileNotFoundError as exc:
+            _redis_missing(str(exc))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()

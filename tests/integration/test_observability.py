@@ -1,0 +1,164 @@
+"""Metrics scraped over HTTP, audit lines and request ids, and no token text in any log line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from authsidecar.v1 import auth_pb2
+from sidecar.config import load_settings
+from sidecar.errors import ConfigError
+from sidecar.logs import JsonFormatter, TextFormatter
+from tests.support.sidecar import RunningSidecar, running_sidecar
+
+REQUEST_ID = "req-7f3a"
+
+
+def _scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:  # noqa: S310 - our own loopback endpoint
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _tampered(token: str) -> str:
+    """The same token with one signature character changed: parses, fails the signature."""
+    i = len(token) - 10
+    return token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
+
+
+async def _exercise(sidecar: RunningSidecar) -> list[str]:
+    """Issue, verify (good and bad), refresh, replay the old refresh token, revoke.
+    Returns every token that crossed the wire."""
+    md = (("x-request-id", REQUEST_ID),)
+    grant = await sidecar.admin.Issue(
+        auth_pb2.IssueRequest(subject="alice", audience=["svc-a"], refresh_token=True),
+        metadata=md,
+    )
+    await sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token), metadata=md)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await sidecar.public.Verify(auth_pb2.VerifyRequest(token=_tampered(grant.access_token)))
+    rotated = await sidecar.public.Refresh(
+        auth_pb2.RefreshRequest(refresh_token=grant.refresh_token)
+    )
+    with pytest.raises(grpc.aio.AioRpcError):  # reuse: the family is revoked
+        await sidecar.public.Refresh(auth_pb2.RefreshRequest(refresh_token=grant.refresh_token))
+    await sidecar.public.Revoke(auth_pb2.RevokeRequest(token=rotated.access_token))
+    return [grant.access_token, grant.refresh_token, rotated.access_token, rotated.refresh_token]
+
+
+async def test_metrics_count_requests_outcomes_and_token_lifecycle(data_dir: Path) -> None:
+    async with running_sidecar(
+        data_dir,
+        tokens={"audiences": ["svc-a"], "refresh_grace_s": 0},
+        metrics={"listen": "127.0.0.1:0"},
+    ) as sidecar:
+        await _exercise(sidecar)
+        server = sidecar.app.metrics_server
+        assert server is not None
+        samples = await asyncio.to_thread(_scrape, server.address)
+        ring = sidecar.app.service.ring
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    verify = "/authsidecar.v1.AuthService/Verify"
+    refresh = "/authsidecar.v1.AuthService/Refresh"
+    assert value("authsidecar_requests_total", method=verify, code="OK", reason="") == 1
+    assert (
+        value(
+            "authsidecar_requests_total",
+            method=verify,
+            code="UNAUTHENTICATED",
+            reason="SIGNATURE_INVALID",
+        )
+        == 1
+    )
+    assert (
+        value(
+            "authsidecar_requests_total",
+            method=refresh,
+            code="UNAUTHENTICATED",
+            reason="REFRESH_TOKEN_REUSED",
+        )
+        == 1
+    )
+    assert value("authsidecar_request_duration_seconds_count", method=verify) == 2
+    assert value("authsidecar_tokens_issued_total", kind="access") == 2
+    assert value("authsidecar_tokens_issued_total", kind="refresh") == 2
+    assert value("authsidecar_refreshes_total", outcome="rotated") == 1
+    assert value("authsidecar_refreshes_total", outcome="refused") == 1
+    assert value("authsidecar_refresh_reuse_detected_total") == 1
+    assert value("authsidecar_revocations_total") == 1
+    assert value("authsidecar_store_up") == 1
+    signing = ring.signing_key
+    assert signing is not None
+    assert value("authsidecar_keyset_info", version=ring.version, signing_kid=signing.kid) == 1
+    assert value("authsidecar_keyset_age_seconds") >= 0
+    assert ("authsidecar_verify_cache_hits_total", ()) in samples
+
+
+async def test_no_token_text_appears_in_any_log_line(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_sidecar(
+        data_dir, tokens={"audiences": ["svc-a"], "refresh_grace_s": 0}
+    ) as sidecar:
+        tokens = await _exercise(sidecar)
+    lines = [JsonFormatter().format(r) for r in caplog.records]
+    lines += [TextFormatter().format(r) for r in caplog.records]
+    assert lines
+    for token in tokens:
+        signature = token.rsplit(".", 1)[1]
+        for line in lines:
+            assert token not in line
+            assert signature not in line
+
+
+async def test_audit_lines_name_subject_jti_reason_and_request_id(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="authsidecar.audit")
+    async with running_sidecar(
+        data_dir, tokens={"audiences": ["svc-a"], "refresh_grace_s": 0}
+    ) as sidecar:
+        await _exercise(sidecar)
+    entries = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if r.name == "authsidecar.audit"
+    ]
+    events = [(e["event"], e["outcome"], e["reason"]) for e in entries]
+    assert events == [
+        ("issue", "ok", ""),
+        ("verify", "refused", "SIGNATURE_INVALID"),
+        ("refresh", "ok", ""),
+        ("refresh", "refused", "REFRESH_TOKEN_REUSED"),
+        ("revoke", "ok", ""),
+    ]
+    issue = entries[0]
+    assert issue["sub"] == "alice" and len(issue["jti"]) > 8
+    assert issue["request_id"] == REQUEST_ID
+    assert issue["peer"].startswith("unix:")
+    # Refused tokens: the ids they claim, marked unverified; ids generated when none is sent.
+    refused = entries[1]
+    assert refused["sub"] == "alice" and refused["claims_verified"] is False
+    assert refused["request_id"] and refused["request_id"] != REQUEST_ID
+
+
+def test_metrics_refuse_a_non_loopback_address_unless_allowed() -> None:
+    with pytest.raises(ConfigError, match="metrics.allow_non_loopback"):
+        load_settings(None, metrics={"listen": "0.0.0.0:9464"})
+    allowed = load_settings(None, metrics={"listen": "0.0.0.0:9464", "allow_non_loopback": True})
+    assert allowed.metrics.listen == "0.0.0.0:9464"

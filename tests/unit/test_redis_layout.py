@@ -1,0 +1,119 @@
+"""The Redis key layout and addressing, checked without a server.
+
+Cluster runs a script only when all its keys hash to one slot, so every key of a deployment
+must carry the same hash tag; this is computed with redis-py's own slot function (CRC16 of the
+tag), the one a Cluster client routes by. Sentinel and Cluster clients are only constructed
+here (construction never connects): no Sentinel or Cluster deployment runs in this suite.
+"""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from sidecar.config import StoreSettings, load_settings
+from sidecar.errors import ConfigError
+from sidecar.store.base import Revocation
+from sidecar.store.redis_connect import RedisConnector
+from sidecar.store.redis_keys import KeyLayout, decode_member, encode_member
+
+
+@pytest.mark.parametrize("family_id", ["fam-1", "{other}", "a}b{c", "x" * 200, "ünï"])
+def test_every_key_of_a_deployment_hashes_to_one_slot(family_id: str) -> None:
+    keys = KeyLayout("authsidecar")
+    names = [keys.family(family_id), keys.families, keys.revoked, keys.feed]
+    assert {key_slot(name.encode()) for name in names} == {key_slot(b"authsidecar")}
+
+
+def test_deployments_with_different_prefixes_use_different_keys() -> None:
+    one, two = KeyLayout("a"), KeyLayout("b")
+    assert {one.feed, one.revoked, one.families}.isdisjoint({two.feed, two.revoked, two.families})
+
+
+@pytest.mark.parametrize("bad", ["", "a{b", "a}b"])
+def test_prefix_with_braces_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        KeyLayout(bad)
+
+
+@pytest.mark.parametrize(
+    "revocation",
+    [
+        Revocation("jti", "https://issuer.test", "abc", 1),
+        Revocation("family", "urn:x y", "fam 1%20", 2),
+        Revocation("jti", "iss", "a\nb{c}", 3),
+    ],
+)
+def test_revocation_members_round_trip_whatever_the_characters(revocation: Revocation) -> None:
+    member = encode_member(revocation.kind, revocation.issuer, revocation.key)
+    assert member.count(" ") == 2
+    assert decode_member(member, revocation.expires_at) == revocation
+
+
+@pytest.mark.parametrize("member", ["", "jti iss", "session iss key", "jti a b c"])
+def test_malformed_members_are_ignored(member: str) -> None:
+    assert decode_member(member, 1) is None
+
+
+async def test_standalone_url_builds_a_client_with_timeouts() -> None:
+    settings = StoreSettings(backend="redis", redis_url="unix:///run/redis.sock?db=2")
+    client = RedisConnector(settings).client()
+    assert isinstance(client, Redis)
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["path"], kwargs["db"], kwargs["socket_timeout"]) == ("/run/redis.sock", 2, 1.0)
+    await client.aclose()
+
+
+async def test_sentinel_mode_asks_the_sentinels_for_the_named_master() -> None:
+    settings = StoreSettings(
+        backend="redis",
+        redis_mode="sentinel",
+        redis_sentinels=("10.0.0.1:26379", "10.0.0.2:26379"),
+        redis_sentinel_master="tokens",
+        redis_url="redis://user:s3cret@ignored:1/3",
+        redis_timeout_s=0.5,
+    )
+    connector = RedisConnector(settings)
+    client = connector.client()
+    assert isinstance(client, Redis)
+    pool: object = client.connection_pool
+    assert getattr(pool, "service_name", None) == "tokens"
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("user", "s3cret", 3)
+    assert kwargs["socket_timeout"] == 0.5
+    await client.aclose()
+    await connector.close()
+
+
+async def test_cluster_mode_builds_a_cluster_client_from_a_seed_node() -> None:
+    settings = StoreSettings(
+        backend="redis", redis_mode="cluster", redis_url="redis://10.0.0.1:7000/0"
+    )
+    client = RedisConnector(settings).client()
+    assert isinstance(client, RedisCluster)
+    seeds = client.nodes_manager.startup_nodes.values()
+    assert [(n.host, n.port) for n in seeds] == [("10.0.0.1", 7000)]
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("store", "named"),
+    [
+        ({"backend": "redis", "redis_url": "http://x"}, "store"),
+        ({"backend": "redis", "redis_mode": "sentinel"}, "store"),
+        ({"backend": "redis", "redis_mode": "cluster", "redis_url": "unix:///s"}, "store"),
+        ({"backend": "redis", "redis_key_prefix": "a{b}"}, "store.redis_key_prefix"),
+        ({"on_unavailable": "ignore"}, "store.on_unavailable"),
+    ],
+)
+def test_bad_redis_settings_are_refused_naming_the_setting(
+    store: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"setting {named}"):
+        load_settings(None, store=store)
+
+
+def test_refresh_grace_defaults_to_five_seconds() -> None:
+    assert load_settings(None).tokens.refresh_grace_s == 5

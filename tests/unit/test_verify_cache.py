@@ -1,0 +1,179 @@
+"""The verify cache never changes an answer: only the cost of giving it (issue 7).
+
+Every check that can change between two calls (time, revocation, per-call audience and
+scopes, the key ring) runs on a hit; a token that differs in any byte misses.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+
+import pytest
+
+from sidecar.clock import FixedClock
+from sidecar.config import TokenSettings
+from sidecar.errors import (
+    AudienceMismatchError,
+    BadSignatureError,
+    ExpiredTokenError,
+    NotYetValidError,
+    RevokedTokenError,
+    ScopeMissingError,
+    TokenError,
+)
+from sidecar.keys.ring import KeyRing
+from sidecar.store.base import Revocation
+from sidecar.store.memory import MemoryTokenStore
+from sidecar.tokens.cache import VerifyCache, entry_bytes
+from sidecar.tokens.jws import encode_jws
+from sidecar.tokens.service import TokenService
+from tests.support.keys import make_key
+
+NOW = 1_800_000_000
+ISSUER = "urn:authsidecar:test"
+
+
+def _service(clock: FixedClock, ring: KeyRing | None = None, **settings: int) -> TokenService:
+    return TokenService(
+        ring=ring or KeyRing([make_key("ES256", "a")]),
+        store=MemoryTokenStore(),
+        settings=TokenSettings(issuer=ISSUER, **settings),  # type: ignore[arg-type]
+        clock=clock,
+    )
+
+
+def _token(ring: KeyRing, *, jti: str = "j1", **claims: object) -> str:
+    body: dict[str, object] = {
+        "iss": ISSUER,
+        "sub": "alice",
+        "aud": ["orders"],
+        "iat": NOW,
+        "exp": NOW + 600,
+        "jti": jti,
+        "scope": "read write",
+    }
+    body.update(claims)
+    key = ring.signing_key
+    assert key is not None
+    return encode_jws(body, key, typ="at+jwt")
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(float(NOW))
+
+
+def test_verify_cache_hit_returns_the_first_result(clock: FixedClock) -> None:
+    service = _service(clock)
+    token = _token(service.ring)
+    first = service.verify(token)
+    second = service.verify(token)
+    assert second is first
+    assert (service.verify_cache.hits, service.verify_cache.misses) == (1, 1)
+
+
+def test_cached_token_is_refused_once_expired(clock: FixedClock) -> None:
+    service = _service(clock, leeway_s=0)
+    token = _token(service.ring)
+    service.verify(token)
+    clock.set(NOW + 600)
+    with pytest.raises(ExpiredTokenError):
+        service.verify(token)
+
+
+def test_cached_token_rechecks_fractional_nbf_as_sent(clock: FixedClock) -> None:
+    # Claims keeps floored times; the hit path must compare the value as sent (100.5 > 100).
+    service = _service(clock, leeway_s=0)
+    token = _token(service.ring, nbf=NOW + 0.5)
+    clock.set(NOW + 1)
+    service.verify(token)
+    clock.set(NOW + 0.25)  # the clock stepped back (NTP): the token is not yet valid again
+    with pytest.raises(NotYetValidError):
+        service.verify(token)
+
+
+def test_cached_token_is_refused_once_revoked(clock: FixedClock) -> None:
+    service = _service(clock)
+    token = _token(service.ring)
+    service.verify(token)
+    service.revocations.add(Revocation("jti", ISSUER, "j1", NOW + 3600))
+    with pytest.raises(RevokedTokenError):
+        service.verify(token)
+
+
+def test_cached_token_rechecks_audience_and_scopes_per_call(clock: FixedClock) -> None:
+    service = _service(clock)
+    token = _token(service.ring)
+    service.verify(token, audience="orders", required_scopes=("read",))
+    with pytest.raises(AudienceMismatchError):
+        service.verify(token, audience="billing")
+    with pytest.raises(ScopeMissingError):
+        service.verify(token, required_scopes=("admin",))
+    assert service.verify_cache.hits == 2
+
+
+def test_forged_token_reusing_a_cached_jti_misses_the_cache(clock: FixedClock) -> None:
+    service = _service(clock)
+    token = _token(service.ring)
+    service.verify(token)
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["scope"] = "read write admin"
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+    forged = f"{header}.{forged_payload.decode()}.{signature}"
+    with pytest.raises(BadSignatureError):
+        service.verify(forged, required_scopes=("admin",))
+
+
+def test_cache_entry_is_not_used_after_its_key_leaves_the_ring(clock: FixedClock) -> None:
+    service = _service(clock)
+    token = _token(service.ring)
+    service.verify(token)
+    # Same kid, another key: the cached result must not vouch for the token any more.
+    service.replace_ring(KeyRing([dataclasses.replace(make_key("ES256", "other"), kid="a")]))
+    with pytest.raises(BadSignatureError):
+        service.verify(token)
+    assert len(service.verify_cache) == 0
+
+
+def test_failed_verifications_are_not_cached(clock: FixedClock) -> None:
+    service = _service(clock)
+    expired = _token(service.ring, iat=NOW - 7200, exp=NOW - 3600)
+    for _ in range(2):
+        with pytest.raises(TokenError):
+            service.verify(expired)
+    assert len(service.verify_cache) == 0
+
+
+def test_cache_is_bounded_by_entries(clock: FixedClock) -> None:
+    service = _service(clock, verify_cache_entries=3)
+    for i in range(10):
+        service.verify(_token(service.ring, jti=f"j{i}"))
+    assert len(service.verify_cache) == 3
+
+
+def test_cache_is_bounded_by_bytes() -> None:
+    cache = VerifyCache(max_entries=1000, max_bytes=entry_bytes(500) * 2)
+    ring = KeyRing([make_key("HS256", "h")])
+    service = TokenService(
+        ring=ring,
+        store=MemoryTokenStore(),
+        settings=TokenSettings(issuer=ISSUER),
+        clock=FixedClock(float(NOW)),
+    )
+    verified = service.verify(_token(ring))
+    key = ring.get(verified.kid)
+    assert key is not None
+    for i in range(5):
+        cache.put(bytes([i]) * 32, verified, key, 500)
+    assert len(cache) == 2
+    assert cache.current_bytes <= cache.max_bytes
+
+
+def test_zero_entries_disables_the_cache(clock: FixedClock) -> None:
+    service = _service(clock, verify_cache_entries=0)
+    token = _token(service.ring)
+    assert service.verify(token) is not service.verify(token)
+    assert len(service.verify_cache) == 0
