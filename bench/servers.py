@@ -2,7 +2,8 @@
 
 noop    the transport floor: AuthService.Verify answering an empty VerifyResponse at once,
         on the same server stack as the sidecar (grpc.aio, the same options and
-        interceptor); `--sync` runs it on the sync grpc server (thread pool) instead.
+        interceptors); `--sync` runs it on the sync grpc server (thread pool, no
+        interceptors: they are grpc.aio ones) instead.
 naive   the tutorial sidecar: `jose.jwt.decode(token, jwk, algorithms=[alg], audience=...,
         issuer=...)` per request with the key as a JWK dict, claims into the Struct via JSON.
 legacy  the real sidecar as it was before issue 7's changes (claims Struct built through a
@@ -28,6 +29,7 @@ from google.protobuf import json_format, struct_pb2
 
 from authsidecar.v1 import auth_pb2
 from sidecar.transport.interceptors import MetadataLimitInterceptor
+from sidecar.transport.metrics import ObservingInterceptor
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 1 << 20),
@@ -90,12 +92,18 @@ class _Naive:
         )
 
 
+def _interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The sidecar's own interceptors, in its order (transport/server.py), metrics off as in
+    the bench sidecars: the floor pays for everything the sidecar's stack does per call."""
+    return [ObservingInterceptor(None), MetadataLimitInterceptor(16384)]
+
+
 def _banner(unix: str, port: int) -> None:
     print(f"bench-server unix={unix} tcp=127.0.0.1:{port} pid={os.getpid()}", flush=True)
 
 
 async def _serve_aio(verify: Any, unix: str) -> None:
-    server = grpc.aio.server(interceptors=[MetadataLimitInterceptor(16384)], options=_OPTIONS)
+    server = grpc.aio.server(interceptors=_interceptors(), options=_OPTIONS)
     server.add_generic_rpc_handlers((_verify_only(verify),))
     server.add_insecure_port(f"unix:{unix}")
     port = server.add_insecure_port("127.0.0.1:0")

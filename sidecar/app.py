@@ -27,6 +27,7 @@ from sidecar.config import KeyFile, Settings
 from sidecar.errors import ConfigError, StoreUnavailableError
 from sidecar.keys.generate import generate_key, write_key_file
 from sidecar.keys.keyset import KeySource, load_key_set
+from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
 from sidecar.store.base import TokenStore
@@ -34,6 +35,8 @@ from sidecar.store.memory import MemoryTokenStore
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.sqlite import SqliteTokenStore
+from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
+from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.service import TokenService
 from sidecar.transport.jwks_http import JwksHttpServer
 from sidecar.transport.metrics import Metrics, MetricsHttpServer
@@ -106,6 +109,8 @@ class App:
     # Key reload (issue 5, docs/keys.md) and the JWKS over HTTP (None when http.listen is "").
     key_watcher: KeyWatcher | None = None
     jwks_http: JwksHttpServer | None = None
+    # External issuers' key sets (config `issuers`, docs/keys.md), refreshed in the background.
+    remote_keys: list[RemoteKeySet] = field(default_factory=list)
 
     def reload_keys(self) -> None:
         """SIGHUP: re-read the key set now."""
@@ -122,6 +127,8 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for remote in self.remote_keys:
+            await remote.close()
         await self.listeners.stop(self.settings.listen.grace_period_s)
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -134,6 +141,8 @@ class App:
         self._tasks.append(asyncio.create_task(self._follow()))
         if self.key_watcher is not None:
             self._tasks.append(asyncio.create_task(self.key_watcher.run()))
+        for remote in self.remote_keys:
+            self._tasks.append(asyncio.create_task(remote.run()))
 
     async def _maintain(self) -> None:
         """Poll: ping the store and reload the mirror every `store.sync_interval_s`. With SQLite
@@ -194,6 +203,39 @@ async def set_store_health(listeners: Listeners, settings: Settings, reachable: 
     await listeners.set_health(reachable or not refuse)
 
 
+async def external_issuers(settings: Settings) -> tuple[Issuers | None, list[RemoteKeySet]]:
+    """Each configured issuer's key set after its first fetch (started concurrently), and
+    the routing TokenService uses; (None, []) when no issuer is configured."""
+    if not settings.issuers:
+        return None, []
+    remotes = [RemoteKeySet(external) for external in settings.issuers]
+    try:
+        await asyncio.gather(*(remote.start() for remote in remotes))
+    except BaseException:
+        for remote in remotes:
+            await remote.close()
+        raise
+    leeway = settings.tokens.leeway_s
+    issuers = Issuers(
+        settings.tokens.issuer,
+        (
+            Issuer(
+                remote.issuer,
+                remote,
+                ClaimsPolicy(
+                    issuer=remote.issuer,
+                    audiences=remote.settings.audiences,
+                    leeway_s=leeway,
+                    max_lifetime_s=remote.settings.max_lifetime_s,
+                    accepted_typs=EXTERNAL_ACCESS_TYPS,
+                ),
+            )
+            for remote in remotes
+        ),
+    )
+    return issuers, remotes
+
+
 async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     source = key_source(settings)
     ring, key_fingerprint = load_key_set(source)
@@ -201,8 +243,12 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     store = await open_store(settings, clock)
     metrics_server: MetricsHttpServer | None = None
     jwks_http: JwksHttpServer | None = None
+    remotes: list[RemoteKeySet] = []
     try:
-        service = TokenService(ring=ring, store=store, settings=settings.tokens, clock=clock)
+        issuers, remotes = await external_issuers(settings)
+        service = TokenService(
+            ring=ring, store=store, settings=settings.tokens, clock=clock, issuers=issuers
+        )
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
         await service.start()
         metrics = Metrics(service) if settings.metrics.listen else None
@@ -228,10 +274,13 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             metrics_server.close()
         if jwks_http is not None:
             await jwks_http.close()
+        for remote in remotes:
+            await remote.close()
         await store.close()
         raise
     app = App(settings, service, store, listeners, metrics=metrics, metrics_server=metrics_server)
     app.jwks_http = jwks_http
+    app.remote_keys = remotes
     app.key_watcher = KeyWatcher(
         source,
         ring=ring,

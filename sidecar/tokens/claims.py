@@ -27,12 +27,18 @@ from sidecar.errors import (
 )
 from sidecar.tokens.model import Claims, TokenKind
 
-__all__ = ["DEFAULT_REQUIRED_CLAIMS", "MAX_NUMERIC_DATE", "ClaimsPolicy"]
+__all__ = ["DEFAULT_REQUIRED_CLAIMS", "EXTERNAL_ACCESS_TYPS", "MAX_NUMERIC_DATE", "ClaimsPolicy"]
 
 DEFAULT_REQUIRED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
 # 9999-12-31T23:59:59Z. NumericDate (RFC 7519 section 2) has no upper bound, but ours go into
 # int64 proto fields and float arithmetic: anything outside [0, this] is refused, not wrapped.
 MAX_NUMERIC_DATE = 253_402_300_799
+# What an external IdP's access tokens carry as `typ` (compared lower-cased, RFC 7515
+# section 4.1.9): RFC 9068's at+jwt, the generic JWT, or nothing. Refresh tokens (rt+jwt),
+# logout tokens, DPoP proofs and the like stay out.
+EXTERNAL_ACCESS_TYPS: frozenset[str | None] = frozenset(
+    {None, "jwt", "application/jwt", "at+jwt", "application/at+jwt"}
+)
 # Without these a policy could not enforce what SECURITY.md makes mandatory.
 _ALWAYS_REQUIRED = frozenset({"iss", "exp"})
 
@@ -95,6 +101,10 @@ class ClaimsPolicy:
     leeway_s: int = 30
     max_lifetime_s: int = 86400
     required: frozenset[str] = field(default=DEFAULT_REQUIRED_CLAIMS)
+    # None: the header `typ` must be exactly the kind's (our own tokens). Otherwise the
+    # accepted `typ` values, lower-cased, None standing for an absent `typ` (external
+    # issuers: EXTERNAL_ACCESS_TYPS).
+    accepted_typs: frozenset[str | None] | None = None
 
     def __post_init__(self) -> None:
         if type(self.issuer) is not str or not self.issuer:
@@ -147,7 +157,11 @@ class ClaimsPolicy:
         # RFC 8725 section 3.11 / RFC 9068 section 4: explicit typing keeps a refresh token
         # out of places that expect an access token. A missing typ is a wrong typ.
         typ = header.get("typ")
-        if type(typ) is not str or typ != kind.typ:
+        accepted = self.accepted_typs
+        if accepted is None:
+            if type(typ) is not str or typ != kind.typ:
+                raise WrongTokenTypeError
+        elif (typ.lower() if type(typ) is str else typ) not in accepted:
             raise WrongTokenTypeError
 
         if not claims.keys() >= self.required:

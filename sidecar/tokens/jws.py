@@ -54,6 +54,7 @@ __all__ = [
     "VerifiedCompact",
     "VerifiedJws",
     "decode_jws",
+    "decode_jws_routed",
     "encode_jws",
     "peek",
     "verify_compact",
@@ -275,6 +276,35 @@ def decode_jws(
     """
     verified = verify_compact(token, keys, max_bytes=max_bytes)
     return VerifiedJws(verified.header, _claims_object(verified.payload), verified.key)
+
+
+@_error_boundary
+def decode_jws_routed(
+    token: str | bytes,
+    select: Callable[[dict[str, Any]], KeyLookup],
+    *,
+    max_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+) -> VerifiedJws:
+    """`decode_jws` for a verifier that trusts several issuers (docs/keys.md).
+
+    The claims are parsed (as strictly as ever, within `max_bytes`) BEFORE the signature
+    check, so that `select` can pick the key set from the unverified `iss`; it raises a
+    `TokenError` (IssuerMismatchError) for an issuer it does not know. Nothing else of the
+    unverified claims is used, and every claim is checked after the signature as usual.
+    """
+    header, signing_input, payload, signature = _split(token, max_bytes)
+    kid = header.get("kid")
+    if type(kid) is not str:
+        raise UnknownKeyError
+    claims = _claims_object(payload)
+    key = select(claims).get(kid)
+    if key is None:
+        raise UnknownKeyError
+    if header["alg"] != key.alg:
+        raise UnsupportedAlgorithmError
+    if not key.verify(signing_input, signature):
+        raise BadSignatureError
+    return VerifiedJws(header, claims, key)
 
 
 @_error_boundary

@@ -24,6 +24,7 @@ from sidecar.errors import (
     RevokedTokenError,
     ScopeMissingError,
     TokenError,
+    UnknownKeyError,
 )
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
@@ -31,7 +32,8 @@ from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, TokenSto
 from sidecar.tokens import minting
 from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.issuers import Issuers
+from sidecar.tokens.jws import KeyLookup, decode_jws, decode_jws_routed, encode_jws
 from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
 from sidecar.tokens.revocation import RevocationMirror
 
@@ -43,9 +45,18 @@ _KIND_BY_TYP = {kind.typ: kind for kind in TokenKind}
 
 class TokenService:
     def __init__(
-        self, *, ring: KeyRing, store: TokenStore, settings: TokenSettings, clock: Clock
+        self,
+        *,
+        ring: KeyRing,
+        store: TokenStore,
+        settings: TokenSettings,
+        clock: Clock,
+        issuers: Issuers | None = None,
     ) -> None:
         self._ring = ring
+        # External issuers whose access tokens Verify accepts (tokens/issuers.py); None:
+        # only our own tokens, and verification is exactly as without the feature.
+        self._issuers = issuers
         self._store = store
         self._settings = settings
         self._clock = clock
@@ -125,7 +136,12 @@ class TokenService:
         entry = cache.get(digest)
         if entry is not None:
             verified = entry.verified
-            if self._ring.get(verified.kid) is entry.key:
+            keys = (
+                self._ring
+                if self._issuers is None
+                else self._issuers.keys_for(verified.claims.iss, self._ring)
+            )
+            if keys.get(verified.kid) is entry.key:
                 claims = verified.claims
                 self._policies[TokenKind.ACCESS].check_times(claims.all, now)
                 if audience is not None and audience not in claims.aud:
@@ -161,11 +177,48 @@ class TokenService:
     def _decode_with_key(
         self, token: str, kind: TokenKind, now: float, audience: str | None = None
     ) -> tuple[VerifiedToken, KeyMaterial]:
+        if self._issuers is not None and kind is TokenKind.ACCESS:
+            return self._decode_routed(self._issuers, token, now, audience)
         jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
         claims = self._policies[kind].validate(
             jws.header, jws.claims, kind=kind, now=now, audience=audience
         )
         return VerifiedToken(kind, jws.key.kid, claims), jws.key
+
+    def _decode_routed(
+        self, issuers: Issuers, token: str, now: float, audience: str | None
+    ) -> tuple[VerifiedToken, KeyMaterial]:
+        """An access token of our issuer or of an external one: `iss` picks keys and rules."""
+        policy = self._policies[TokenKind.ACCESS]
+
+        def select(claims: dict[str, Any]) -> KeyLookup:
+            nonlocal policy
+            issuer = issuers.route(claims)
+            if issuer is None:
+                return self._ring
+            policy = issuer.policy
+            return issuers.lookup(issuer)
+
+        jws = decode_jws_routed(token, select, max_bytes=self._settings.max_token_bytes)
+        claims = policy.validate(
+            jws.header, jws.claims, kind=TokenKind.ACCESS, now=now, audience=audience
+        )
+        return VerifiedToken(TokenKind.ACCESS, jws.key.kid, claims), jws.key
+
+    async def verify_refetching(
+        self, token: str, *, audience: str | None = None, required_scopes: Collection[str] = ()
+    ) -> VerifiedToken:
+        """`verify`, except that a token of an external issuer naming a kid we do not know
+        waits once for that issuer's key set to be fetched again (single flight, rate
+        limited: keys/remote.py), so its first token after a rotation is accepted."""
+        try:
+            return self.verify(token, audience=audience, required_scopes=required_scopes)
+        except UnknownKeyError:
+            issuers = self._issuers
+            max_bytes = self._settings.max_token_bytes
+            if issuers is None or not await issuers.refetch_for(token, max_bytes=max_bytes):
+                raise
+        return self.verify(token, audience=audience, required_scopes=required_scopes)
 
     # -- minting --------------------------------------------------------------------------
 

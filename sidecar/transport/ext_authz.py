@@ -71,7 +71,9 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if token is None:
             return self._deny(TOKEN_MISSING, 401, 'Bearer realm="authsidecar"', caller, "")
         try:
-            verified = self._service.verify(token, audience=audience, required_scopes=scopes)
+            verified = await self._service.verify_refetching(
+                token, audience=audience, required_scopes=scopes
+            )
         except AuthSidecarError as error:
             return self._refused(error, token, scopes, caller)
         return self._allow(verified.claims)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -37,7 +37,10 @@ _ISSUE = "/authsidecar.v1.AuthService/Issue"
 _REFRESH = "/authsidecar.v1.AuthService/Refresh"
 _REVOKE = "/authsidecar.v1.AuthService/Revoke"
 _REUSED = "REFRESH_TOKEN_REUSED"
+# Only registered methods reach the cache (unknown ones have no handler): a small bound.
+_MAX_WRAPPED = 256
 
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
 ]
@@ -160,6 +163,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics | None) -> None:
         self._metrics = metrics
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -168,11 +172,19 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
         method = handler_call_details.method
-        return grpc.unary_unary_rpc_method_handler(
+        # The registered handler is the same object on every call: wrap it once. (A refusing
+        # handler from an inner interceptor is new each time and is wrapped afresh.)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
             self._observed(handler.unary_unary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        if len(self._wrapped) < _MAX_WRAPPED:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _observed(self, behavior: Any, method: str) -> Any:
         metrics = self._metrics

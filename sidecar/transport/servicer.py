@@ -195,7 +195,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Verify(
         self, request: auth_pb2.VerifyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.VerifyResponse:
-        verified = self._service.verify(
+        verified = await self._service.verify_refetching(
             request.token,
             audience=request.audience or None,
             required_scopes=tuple(request.required_scopes),

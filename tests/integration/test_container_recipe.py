@@ -87,8 +87,10 @@ def image_venv() -> Iterator[Path]:
     with short_tmpdir() as tmp:
         venv = tmp / "venv"
         env = {**os.environ, "PYTHON": sys.executable}
+        sh = shutil.which("sh")
+        assert sh is not None
         result = subprocess.run(
-            ["sh", "deploy/container/install.sh", str(venv)],
+            [sh, "deploy/container/install.sh", str(venv)],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -112,7 +114,7 @@ def test_image_install_serves_and_its_healthcheck_reports_serving(image_venv: Pa
         env["AUTHSIDECAR_LISTEN__TCP"] = "127.0.0.1:0"
         (tmp / "data").mkdir(mode=0o700)
         proc = subprocess.Popen(
-            ["authsidecar", "serve"],
+            [str(image_venv / "bin" / "authsidecar"), "serve"],
             cwd=tmp / "data",
             env=env,
             stdout=subprocess.PIPE,
@@ -126,6 +128,10 @@ def test_image_install_serves_and_its_healthcheck_reports_serving(image_venv: Pa
             steps = _instructions()
             healthcheck = next(rest for word, rest in steps if word == "HEALTHCHECK")
             command = json.loads(healthcheck.partition("CMD ")[2])
+            # As the image's PATH resolves it: the installed entry point.
+            resolved = shutil.which(command[0], path=env["PATH"])
+            assert resolved == str(image_venv / "bin" / "authsidecar")
+            command[0] = resolved
             check = subprocess.run(
                 command, env=env, capture_output=True, text=True, timeout=30, check=False
             )

@@ -241,7 +241,7 @@ async def test_sidecar_killed_mid_refresh_leaves_no_half_rotated_family(
         token = grant.refresh_token
         for round_ in range(2):
             sc = f.sidecars[0]
-            chain = {"token": token, "done": 0}
+            chain: dict[str, Any] = {"token": token, "done": 0}
 
             async def rotate_forever(
                 sc: SidecarProcess = sc, chain: dict[str, Any] = chain

@@ -162,3 +162,27 @@ def test_metrics_refuse_a_non_loopback_address_unless_allowed() -> None:
         load_settings(None, metrics={"listen": "0.0.0.0:9464"})
     allowed = load_settings(None, metrics={"listen": "0.0.0.0:9464", "allow_non_loopback": True})
     assert allowed.metrics.listen == "0.0.0.0:9464"
+
+
+async def test_health_tcp_listener_serves_health_and_nothing_else(data_dir: Path) -> None:
+    from grpc_health.v1 import health_pb2
+
+    async with running_sidecar(data_dir, listen={"health_tcp": "127.0.0.1:0"}) as sidecar:
+        address = sidecar.app.listeners.health_tcp_address
+        assert address is not None
+        async with grpc.aio.insecure_channel(address) as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            reply = await check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            verify = channel.unary_unary(
+                "/authsidecar.v1.AuthService/Verify",
+                request_serializer=auth_pb2.VerifyRequest.SerializeToString,
+                response_deserializer=auth_pb2.VerifyResponse.FromString,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await verify(auth_pb2.VerifyRequest(token="x"), timeout=10)
+            assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED

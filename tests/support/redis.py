@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -120,7 +121,8 @@ class RedisServer:
     def _own_every_slot(self, deadline: float) -> None:
         """A one-node Cluster: this node serves all 16384 slots. Enough to prove the
         client's routing and that no script or command crosses a slot (CROSSSLOT)."""
-        client = redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
+        # execute_command is unannotated in redis-py.
+        client: Any = redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
         try:
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             while "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):

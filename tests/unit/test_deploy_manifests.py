@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -52,9 +52,7 @@ def _render(directory: Path) -> list[dict[str, Any]]:
     for patch_entry in kustomization.get("patches", []):
         patch = yaml.safe_load((directory / patch_entry["path"]).read_text())
         key = (patch["kind"], patch["metadata"]["name"])
-        index = next(
-            i for i, o in enumerate(objects) if (o["kind"], o["metadata"]["name"]) == key
-        )
+        index = next(i for i, o in enumerate(objects) if (o["kind"], o["metadata"]["name"]) == key)
         objects[index] = _merge(objects[index], patch)
     return objects
 
