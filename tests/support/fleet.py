@@ -136,7 +136,7 @@ async def fleet(count: int, redis_url: str, prefix: str, **settings: str) -> Asy
         "AUTHSIDECAR_STORE__BACKEND": "redis",
         "AUTHSIDECAR_STORE__REDIS_URL": redis_url,
         "AUTHSIDECAR_STORE__REDIS_KEY_PREFIX": prefix,
-        "AUTHSIDECAR_STORE__REDIS_TIMEOUT_S": "0.5",
+        "AUTHSIDECAR_STORE__REDIS_TIMEOUT_S": "2",
         **{f"AUTHSIDECAR_{name}": value for name, value in settings.items()},
     }
     dirs = []
