@@ -174,12 +174,42 @@ _HEADER = (
 )
 
 
+def summary(doc: dict[str, Any]) -> str:
+    """The key rows (UDS, 16 in flight, Python load generator; medians over the rounds) as
+    throughput relative to the no-op floor (tokens/s for a batch), plus the targets."""
+    rows: list[Row] = doc["rows"]
+    floor = _rate(rows, server="no-op (grpc.aio)", transport="uds", concurrency=16)
+    out = [
+        "| server | alg | calls/s | tokens/s | x floor | p99 ms | server CPU µs/call |\n",
+        "|---|---|---:|---:|---:|---:|---:|\n",
+    ]
+    for r in rows:
+        if r["transport"] not in ("uds", "admin") or r["loadgen"] != "python":
+            continue
+        if r["concurrency"] != (4 if r["group"] == "batch" else 16):
+            continue
+        cpu = r["server_cpu_s_per_1k"]
+        out.append(
+            f"| {r['server']} | {r['alg']} | {_num(r['calls_per_s'])} | "
+            f"{_num(r['items_per_s'])} | {_num(_ratio(r['items_per_s'], floor), '{:.2f}')} | "
+            f"{_num(r['p99_ms'], '{:.1f}')} | {_num(None if cpu is None else cpu * 1000)} |\n"
+        )
+    out.append("\n| target | value | goal | met |\n|---|---:|---|---|\n")
+    for t in doc["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        out.append(f"| {t['target']} | {_num(t['value'], '{:.2f}')} | {t['goal']} | {met} |\n")
+    return "".join(out)
+
+
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     parts = [
         f"Command: `{doc['command']}` ({doc['elapsed_s']:.0f} s); Python {env['python']}, "
         f"{env['cpus']} CPUs, grpcio {env['grpcio']}, protobuf {env['protobuf']}, "
         f"python-jose {env['python-jose']}, PyJWT {env['PyJWT']}.\n\n",
+        "## Summary (UDS, 16 calls in flight; batch: 4)\n\n",
+        summary(doc),
+        "\n## Every cell\n\n",
         _HEADER,
     ]
     for r in doc["rows"]:
@@ -207,11 +237,6 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['alg']} | {r['entries']} | {r['token_chars']} | "
             f"{r['measured_bytes_per_entry']} | {r['estimated_bytes_per_entry']} |\n"
         )
-    parts.append("\nIssue 7 targets (ratios from this run):\n\n| target | value | goal | met |\n")
-    parts.append("|---|---:|---|---|\n")
-    for t in doc["targets"]:
-        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
-        parts.append(f"| {t['target']} | {_num(t['value'], '{:.2f}')} | {t['goal']} | {met} |\n")
     if doc["notes"]:
         parts.append("\nNotes:\n\n" + "".join(f"- {n}\n" for n in doc["notes"]))
     return "".join(parts)

@@ -274,13 +274,24 @@ class Suite:
             "floor", noop, "-", "no-op (grpc.aio)", core=True, loadgen="h2load", payloads=warm
         )
         if full:
+            bare = self._start(self.reference("noop", "--bare"))
             sync = self._start(self.reference("noop", "--sync"))
             for c in concurrencies:
+                self.plan(
+                    "floor",
+                    bare,
+                    "-",
+                    "no-op (grpc.aio, no interceptors)",
+                    core=True,
+                    concurrency=c,
+                    payloads=warm,
+                )
                 self.plan(
                     "floor",
                     sync,
                     "-",
                     "no-op (sync grpc, 16 threads)",
+                    core=True,
                     concurrency=c,
                     payloads=warm,
                 )

@@ -2,8 +2,8 @@
 
 noop    the transport floor: AuthService.Verify answering an empty VerifyResponse at once,
         on the same server stack as the sidecar (grpc.aio, the same options and
-        interceptors); `--sync` runs it on the sync grpc server (thread pool, no
-        interceptors: they are grpc.aio ones) instead.
+        interceptors); `--bare` drops the interceptors; `--sync` runs it on the sync grpc
+        server (thread pool, no interceptors: ours are grpc.aio ones) instead.
 naive   the tutorial sidecar: `jose.jwt.decode(token, jwk, algorithms=[alg], audience=...,
         issuer=...)` per request with the key as a JWK dict, claims into the Struct via JSON.
 legacy  the real sidecar as it was before issue 7's changes (claims Struct built through a
@@ -102,8 +102,9 @@ def _banner(unix: str, port: int) -> None:
     print(f"bench-server unix={unix} tcp=127.0.0.1:{port} pid={os.getpid()}", flush=True)
 
 
-async def _serve_aio(verify: Any, unix: str) -> None:
-    server = grpc.aio.server(interceptors=_interceptors(), options=_OPTIONS)
+async def _serve_aio(verify: Any, unix: str, *, bare: bool = False) -> None:
+    interceptors = [] if bare else _interceptors()
+    server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
     server.add_generic_rpc_handlers((_verify_only(verify),))
     server.add_insecure_port(f"unix:{unix}")
     port = server.add_insecure_port("127.0.0.1:0")
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=["noop", "naive", "legacy"])
     parser.add_argument("--unix", default="")
     parser.add_argument("--sync", action="store_true")
+    parser.add_argument("--bare", action="store_true", help="no interceptors (grpc.aio)")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--key", type=Path)
     parser.add_argument("--issuer", default="urn:authsidecar:local")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.kind == "noop" and args.sync:
         _serve_sync(args.unix, args.threads)
     elif args.kind == "noop":
-        asyncio.run(_serve_aio(_noop, args.unix))
+        asyncio.run(_serve_aio(_noop, args.unix, bare=args.bare))
     else:
         jwk = json.loads(args.key.read_text())
         asyncio.run(_serve_aio(_Naive(jwk, args.issuer).Verify, args.unix))

@@ -259,6 +259,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             admin_socket=settings.admin_socket,
             envoy=settings.envoy,
             metrics=metrics,
+            tracing=settings.tracing,
         )
         if metrics is not None:
             metrics_server = MetricsHttpServer(metrics, settings.metrics.listen)

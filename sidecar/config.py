@@ -266,6 +266,12 @@ class MetricsSettings(_Frozen):
         return self
 
 
+class TracingSettings(_Frozen):
+    # OpenTelemetry SERVER spans per RPC (sidecar/transport/tracing.py, docs/operations.md).
+    # Needs opentelemetry-api (and an SDK set up by the operator); off: not even imported.
+    enabled: bool = False
+
+
 class HttpSettings(_Frozen):
     # "host:port" for /.well-known/jwks.json and /.well-known/openid-configuration over
     # plain HTTP; "" (the default) serves neither.
@@ -374,6 +380,7 @@ class Settings(BaseSettings):
     envoy: EnvoySettings = Field(default_factory=EnvoySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     # Other issuers whose access tokens Verify accepts (docs/keys.md, "External issuers").
     issuers: tuple[ExternalIssuerSettings, ...] = ()
 

@@ -87,13 +87,16 @@ class VerifyCache:
         return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
     def get(self, digest: bytes) -> CachedVerification | None:
+        """The entry; the caller must check `entry.key` is still the key for its kid."""
         with self._lock:
-            entry = self._entries.get(digest)
-        if entry is None:
-            self.misses += 1
-        else:
+            return self._entries.get(digest)
+
+    def count(self, *, hit: bool) -> None:
+        """Record the caller's verdict (an entry whose key changed is a miss): metrics."""
+        if hit:
             self.hits += 1
-        return entry
+        else:
+            self.misses += 1
 
     def put(self, digest: bytes, verified: VerifiedToken, key: KeyMaterial, length: int) -> None:
         size = entry_bytes(length)

@@ -136,18 +136,23 @@ class TokenService:
         entry = cache.get(digest)
         if entry is not None:
             verified = entry.verified
-            keys = (
-                self._ring
-                if self._issuers is None
-                else self._issuers.keys_for(verified.claims.iss, self._ring)
-            )
+            keys: KeyLookup = self._ring
+            policy = self._policies[TokenKind.ACCESS]
+            if self._issuers is not None:
+                # An external issuer's token is re-checked with that issuer's keys AND rules
+                # (its leeway may be tighter than ours), as `_decode_routed` checked it.
+                issuer = self._issuers.route(verified.claims.all)
+                if issuer is not None:
+                    keys, policy = issuer.keys, issuer.policy
             if keys.get(verified.kid) is entry.key:
+                cache.count(hit=True)
                 claims = verified.claims
-                self._policies[TokenKind.ACCESS].check_times(claims.all, now)
+                policy.check_times(claims.all, now)
                 if audience is not None and audience not in claims.aud:
                     raise AudienceMismatchError
                 return verified
             cache.discard(digest)  # its key was rotated out or replaced: verify afresh
+        cache.count(hit=False)
         verified, key = self._decode_with_key(token, TokenKind.ACCESS, now, audience)
         cache.put(digest, verified, key, len(token))
         return verified

@@ -21,13 +21,14 @@ from grpc_reflection.v1alpha import reflection
 
 from authsidecar.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from sidecar.config import EnvoySettings, ListenSettings
+from sidecar.config import EnvoySettings, ListenSettings, TracingSettings
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
 from sidecar.transport.ext_authz import ExtAuthzServicer
 from sidecar.transport.interceptors import MetadataLimitInterceptor
 from sidecar.transport.metrics import Metrics, ObservingInterceptor
 from sidecar.transport.servicer import AuthServicer
+from sidecar.transport.tracing import TracingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def build_listeners(
     admin_socket: Path | None,
     envoy: EnvoySettings | None = None,
     metrics: Metrics | None = None,
+    tracing: TracingSettings | None = None,
 ) -> Listeners:
     """Bind every configured address; a bind failure is a ConfigError naming the address."""
     health = HealthServicer()
@@ -95,7 +97,14 @@ def build_listeners(
         ("grpc.so_reuseport", 0),
     ]
     public = _server(
-        service, health, listen, options, allow_issue=False, metrics=metrics, envoy=envoy
+        service,
+        health,
+        listen,
+        options,
+        allow_issue=False,
+        metrics=metrics,
+        envoy=envoy,
+        tracing=tracing,
     )
     listeners = Listeners(public=public, admin=None, health=health)
     if unix_socket is not None:
@@ -113,7 +122,9 @@ def build_listeners(
     if not listeners.addresses:
         raise ConfigError("setting listen: neither unix_socket nor tcp is configured")
     if admin_socket is not None:
-        admin = _server(service, health, listen, options, allow_issue=True, metrics=metrics)
+        admin = _server(
+            service, health, listen, options, allow_issue=True, metrics=metrics, tracing=tracing
+        )
         _prepare_socket_dir(admin_socket.parent, 0o700)
         _clear_stale_socket(admin_socket, "listen.admin_socket")
         _bind(admin, f"unix:{admin_socket}", "listen.admin_socket")
@@ -138,12 +149,16 @@ def _server(
     allow_issue: bool,
     metrics: Metrics | None = None,
     envoy: EnvoySettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> grpc.aio.Server:
     # ObservingInterceptor first: it sees (and counts) the metadata limit's refusals too.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ObservingInterceptor(metrics),
         MetadataLimitInterceptor(listen.max_metadata_bytes),
     ]
+    if tracing is not None and tracing.enabled:
+        # Inside Observing (its CallInfo carries the reason), outside the metadata limit.
+        interceptors.insert(1, TracingInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=options)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(service, allow_issue=allow_issue), server

@@ -6,6 +6,7 @@ scopes, the key ring) runs on a hit; a token that differs in any byte misses.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -23,10 +24,13 @@ from sidecar.errors import (
     ScopeMissingError,
     TokenError,
 )
+from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
 from sidecar.store.base import Revocation
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.cache import VerifyCache, entry_bytes
+from sidecar.tokens.claims import ClaimsPolicy
+from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.service import TokenService
 from tests.support.keys import make_key
@@ -136,6 +140,7 @@ def test_cache_entry_is_not_used_after_its_key_leaves_the_ring(clock: FixedClock
     with pytest.raises(BadSignatureError):
         service.verify(token)
     assert len(service.verify_cache) == 0
+    assert (service.verify_cache.hits, service.verify_cache.misses) == (0, 2)
 
 
 def test_failed_verifications_are_not_cached(clock: FixedClock) -> None:
@@ -177,3 +182,41 @@ def test_zero_entries_disables_the_cache(clock: FixedClock) -> None:
     token = _token(service.ring)
     assert service.verify(token) is not service.verify(token)
     assert len(service.verify_cache) == 0
+
+
+class _FakeExternalKeys:
+    """An external issuer's key set (our protocol `ExternalKeys`), without a network."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self._ring = ring
+
+    def get(self, kid: str) -> KeyMaterial | None:
+        return self._ring.get(kid)
+
+    def request_refetch(self, kid: str) -> asyncio.Task[bool] | None:
+        return None
+
+    async def refetch(self, kid: str) -> bool:
+        return False
+
+
+def test_cached_external_token_is_rechecked_with_its_issuers_rules(clock: FixedClock) -> None:
+    # Our leeway is 30 s, the external issuer's 0: a hit must apply the issuer's, as a miss does.
+    external_ring = KeyRing([make_key("ES256", "ext")])
+    policy = ClaimsPolicy(issuer="https://idp.example", leeway_s=0)
+    issuers = Issuers(
+        ISSUER, [Issuer("https://idp.example", _FakeExternalKeys(external_ring), policy)]
+    )
+    service = TokenService(
+        ring=KeyRing([make_key("ES256", "a")]),
+        store=MemoryTokenStore(),
+        settings=TokenSettings(issuer=ISSUER, leeway_s=30),
+        clock=clock,
+        issuers=issuers,
+    )
+    token = _token(external_ring, iss="https://idp.example")
+    service.verify(token)
+    clock.set(NOW + 610)  # 10 s past exp: inside our leeway, outside the issuer's
+    with pytest.raises(ExpiredTokenError):
+        service.verify(token)
+    assert service.verify_cache.hits == 1
