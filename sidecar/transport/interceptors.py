@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from sidecar.calls import record_reason
 from sidecar.errors import MetadataTooLargeError
 from sidecar.transport.status import to_status
 
@@ -50,6 +51,7 @@ def _refusing(
     status = to_status(error)
 
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        record_reason(error.reason)  # so metrics, audit and traces label it like any refusal
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     kwargs = {

@@ -101,8 +101,7 @@ async def test_metadata_limit_refusal_is_traced(
     code = dict(span.attributes or {})["rpc.grpc.status_code"]
     assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert span.status.status_code is StatusCode.ERROR
-    # The limit refuses before any handler runs and records no reason on the CallInfo (the
-    # metrics label it reason="" too), so the span has no authsidecar.reason here.
+    assert dict(span.attributes or {})["authsidecar.reason"] == "METADATA_TOO_LARGE"
     assert "x-big" not in str(span.attributes)
 
 
