@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from sidecar.errors import IssuerMismatchError, TokenError
 from sidecar.keys.material import KeyMaterial
-from sidecar.keys.ring import KeyRing
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.jws import KeyLookup, peek
 
@@ -83,11 +82,6 @@ class Issuers:
 
     def lookup(self, issuer: Issuer) -> KeyLookup:
         return self._lookups[issuer.name]
-
-    def keys_for(self, iss: str, own: KeyRing) -> KeyLookup:
-        """The current keys of a verified token's issuer (for the verify cache's check)."""
-        issuer = self._external.get(iss)
-        return own if issuer is None else issuer.keys
 
     async def refetch_for(self, token: str, *, max_bytes: int) -> bool:
         """After KEY_UNKNOWN: wait for the named external issuer's refetch (if one may run);
