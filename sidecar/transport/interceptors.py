@@ -65,3 +65,40 @@ def _refusing(
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
     return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+
+
+_MAX_WRAPPED = 256
+
+
+class UnaryWrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each unary-unary handler's behaviour once per method (`_wrap`); streaming
+    handlers (Health/Watch, reflection) pass through untouched.
+
+    The registered handler is the same object on every call, so the wrapped one is cached;
+    a refusing handler from an inner interceptor is new each time and is wrapped afresh.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
+
+    def _wrap(self, behavior: Any, method: str) -> Any:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # type: ignore[no-any-return]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._wrap(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        if len(self._wrapped) < _MAX_WRAPPED:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped

@@ -14,8 +14,8 @@ code knows nothing of metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeAlias
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -26,6 +26,7 @@ from sidecar.calls import CallInfo, current_call, request_id_from
 from sidecar.config import parse_host_port
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
+from sidecar.transport.interceptors import UnaryWrappingInterceptor
 
 REQUEST_ID = "x-request-id"
 # Verify answers in tens of microseconds; Issue/Refresh touch the store (milliseconds).
@@ -38,12 +39,6 @@ _REFRESH = "/authsidecar.v1.AuthService/Refresh"
 _REVOKE = "/authsidecar.v1.AuthService/Revoke"
 _REUSED = "REFRESH_TOKEN_REUSED"
 # Only registered methods reach the cache (unknown ones have no handler): a small bound.
-_MAX_WRAPPED = 256
-
-_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-_Continuation = Callable[
-    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
-]
 
 
 class Metrics:
@@ -156,37 +151,16 @@ class _StateCollector(Collector):
         )
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
+class ObservingInterceptor(UnaryWrappingInterceptor):
     """Outermost interceptor: opens the call's `CallInfo` (request id, peer), then counts and
     times the call. Only unary-unary handlers are wrapped (all of ours but reflection and
     Health/Watch, which are left alone)."""
 
     def __init__(self, metrics: Metrics | None) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
-    async def intercept_service(
-        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
-            return handler
-        method = handler_call_details.method
-        # The registered handler is the same object on every call: wrap it once. (A refusing
-        # handler from an inner interceptor is new each time and is wrapped afresh.)
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._observed(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        if len(self._wrapped) < _MAX_WRAPPED:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _observed(self, behavior: Any, method: str) -> Any:
+    def _wrap(self, behavior: Any, method: str) -> Any:
         metrics = self._metrics
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -19,29 +19,24 @@ record the reason), and outside the metadata limit, so its refusals are traced t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 
 from sidecar.calls import current_call
 from sidecar.errors import ConfigError
+from sidecar.transport.interceptors import UnaryWrappingInterceptor
 
 TRACER_NAME = "authsidecar"
 REASON_ATTRIBUTE = "authsidecar.reason"
 # Only registered methods reach the cache (unknown ones have no handler): a small bound.
-_MAX_WRAPPED = 256
-
-_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-_Continuation = Callable[
-    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
-]
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
+class TracingInterceptor(UnaryWrappingInterceptor):
     """Wraps unary-unary handlers (all of ours but reflection and Health/Watch) in a span."""
 
     def __init__(self) -> None:
+        super().__init__()
         try:
             from opentelemetry import propagate, trace
         except ImportError:
@@ -53,28 +48,8 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         self._extract = propagate.extract
         # A ProxyTracer when no provider is set yet: it follows the one set later.
         self._tracer = trace.get_tracer(TRACER_NAME)
-        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
-    async def intercept_service(
-        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._traced(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        if len(self._wrapped) < _MAX_WRAPPED:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _traced(self, behavior: Any, method: str) -> Any:
+    def _wrap(self, behavior: Any, method: str) -> Any:
         trace = self._trace
         tracer = self._tracer
         extract = self._extract
