@@ -28,7 +28,6 @@ from sidecar.errors import ConfigError, StoreUnavailableError
 from sidecar.keys.generate import generate_key, write_key_file
 from sidecar.keys.keyset import KeySource, load_key_set
 from sidecar.keys.remote import RemoteKeySet
-from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
 from sidecar.store.base import TokenStore
 from sidecar.store.memory import MemoryTokenStore
@@ -65,10 +64,6 @@ def key_source(settings: Settings) -> KeySource:
         _dev_key(settings.dev_key_path, keys.dev_alg)
         files = (KeyFile(path=settings.dev_key_path),)
     return KeySource(files=files, directory=keys.directory, signing_kid=keys.signing_kid)
-
-
-def load_keyring(settings: Settings) -> KeyRing:
-    return load_key_set(key_source(settings))[0]
 
 
 def _dev_key(path: Path, alg: str) -> None:
