@@ -1,9 +1,11 @@
 """Reference servers, each run as its own process: `python -m bench.servers KIND ...`.
 
 noop    the transport floor: AuthService.Verify answering an empty VerifyResponse at once,
-        on the same server stack as the sidecar (grpc.aio, the same options and
-        interceptors); `--bare` drops the interceptors; `--sync` runs it on the sync grpc
-        server (thread pool, no interceptors: ours are grpc.aio ones) instead.
+        on the same server stack as the sidecar (grpc.aio, the same options and call
+        layers, transport/layers.py); `--bare` drops the layers; `--interceptors` applies
+        the same layers through grpc.aio server interceptors, as the sidecar did before
+        (what that cost); `--sync` runs it on the sync grpc server (thread pool, no layers:
+        ours are grpc.aio ones) instead.
 naive   the tutorial sidecar: `jose.jwt.decode(token, jwk, algorithms=[alg], audience=...,
         issuer=...)` per request with the key as a JWK dict, claims into the Struct via JSON.
 legacy  the real sidecar as it was before issue 7's changes (claims Struct built through a
@@ -28,8 +30,8 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from authsidecar.v1 import auth_pb2
-from sidecar.transport.interceptors import MetadataLimitInterceptor
-from sidecar.transport.metrics import ObservingInterceptor
+from sidecar.transport.layers import LayeredServer, UnaryLayer, metadata_limit
+from sidecar.transport.metrics import observing
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 1 << 20),
@@ -40,14 +42,18 @@ SERVICE = "authsidecar.v1.AuthService"
 _PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
 
 
-def _verify_only(verify: Any) -> grpc.GenericRpcHandler:
-    """AuthService with only Verify, exactly as the generated `add_..._to_server` wires it."""
-    handler = grpc.unary_unary_rpc_method_handler(
-        verify,
-        request_deserializer=auth_pb2.VerifyRequest.FromString,
-        response_serializer=auth_pb2.VerifyResponse.SerializeToString,
-    )
-    return grpc.method_handlers_generic_handler(SERVICE, {"Verify": handler})
+def _register(server: Any, verify: Any) -> None:
+    """AuthService with only Verify, registered exactly as the generated `add_..._to_server`
+    does it (generic and registered-method handlers)."""
+    handlers = {
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            verify,
+            request_deserializer=auth_pb2.VerifyRequest.FromString,
+            response_serializer=auth_pb2.VerifyResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 async def _noop(request: Any, context: Any) -> auth_pb2.VerifyResponse:
@@ -92,20 +98,57 @@ class _Naive:
         )
 
 
-def _interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """The sidecar's own interceptors, in its order (transport/server.py), metrics off as in
+_MAX_METADATA = 16384  # the sidecar's default listen.max_metadata_bytes
+
+
+def _layered(server: grpc.aio.Server) -> LayeredServer:
+    """The sidecar's own call layers, as transport/server.py builds them, metrics off as in
     the bench sidecars: the floor pays for everything the sidecar's stack does per call."""
-    return [ObservingInterceptor(None), MetadataLimitInterceptor(16384)]
+    return LayeredServer(server, max_metadata_bytes=_MAX_METADATA, unary_layers=[observing(None)])
+
+
+class _LayerInterceptor(grpc.aio.ServerInterceptor):
+    """One layer applied through grpc.aio's per-call interceptor API (the handler wrapped once
+    per method and cached), exactly as the sidecar's two interceptors did before."""
+
+    def __init__(self, layer: UnaryLayer) -> None:
+        self._layer = layer
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._layer(handler.unary_unary, details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
 
 def _banner(unix: str, port: int) -> None:
     print(f"bench-server unix={unix} tcp=127.0.0.1:{port} pid={os.getpid()}", flush=True)
 
 
-async def _serve_aio(verify: Any, unix: str, *, bare: bool = False) -> None:
-    interceptors = [] if bare else _interceptors()
-    server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
-    server.add_generic_rpc_handlers((_verify_only(verify),))
+async def _serve_aio(verify: Any, unix: str, *, mode: str = "layers") -> None:
+    """`mode`: "layers" (the sidecar's stack), "bare" or "interceptors" (see the module)."""
+    server: grpc.aio.Server
+    if mode == "interceptors":
+        layers = [
+            _LayerInterceptor(observing(None)),
+            _LayerInterceptor(metadata_limit(_MAX_METADATA)),
+        ]
+        server = grpc.aio.server(interceptors=layers, options=_OPTIONS)
+    elif mode == "bare":
+        server = grpc.aio.server(options=_OPTIONS)
+    else:
+        server = _layered(grpc.aio.server(options=_OPTIONS))
+    _register(server, verify)
     server.add_insecure_port(f"unix:{unix}")
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -119,7 +162,7 @@ async def _serve_aio(verify: Any, unix: str, *, bare: bool = False) -> None:
 
 def _serve_sync(unix: str, threads: int) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=_OPTIONS)
-    server.add_generic_rpc_handlers((_verify_only(_sync_noop),))
+    _register(server, _sync_noop)
     server.add_insecure_port(f"unix:{unix}")
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -153,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=["noop", "naive", "legacy"])
     parser.add_argument("--unix", default="")
     parser.add_argument("--sync", action="store_true")
-    parser.add_argument("--bare", action="store_true", help="no interceptors (grpc.aio)")
+    parser.add_argument("--bare", action="store_true", help="no call layers (grpc.aio)")
+    parser.add_argument(
+        "--interceptors", action="store_true", help="the layers as grpc.aio interceptors"
+    )
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--key", type=Path)
     parser.add_argument("--issuer", default="urn:authsidecar:local")
@@ -163,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.kind == "noop" and args.sync:
         _serve_sync(args.unix, args.threads)
     elif args.kind == "noop":
-        asyncio.run(_serve_aio(_noop, args.unix, bare=args.bare))
+        mode = "bare" if args.bare else "interceptors" if args.interceptors else "layers"
+        asyncio.run(_serve_aio(_noop, args.unix, mode=mode))
     else:
         jwk = json.loads(args.key.read_text())
         asyncio.run(_serve_aio(_Naive(jwk, args.issuer).Verify, args.unix))

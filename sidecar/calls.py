@@ -1,10 +1,9 @@
 """Per-call context: the request id, method and caller of the RPC being served, and its outcome.
 
-The metrics interceptor (transport/metrics.py) opens a `CallInfo` for every call and puts it in
-a ContextVar; handlers record the refusal reason on it, the log formatter reads the request id
-from it, and the interceptor labels its metrics with the reason when the call ends. A
-ContextVar, not a parameter, because the log formatter and the error boundary sit far apart
-(the shape of grpc's async interceptor example).
+The observing call layer (transport/metrics.py) opens a `CallInfo` for every call and puts it
+in a ContextVar; handlers record the refusal reason on it, the log formatter reads the request
+id from it, and the layer labels its metrics with the reason when the call ends. A ContextVar,
+not a parameter, because the log formatter and the error boundary sit far apart.
 """
 
 from __future__ import annotations

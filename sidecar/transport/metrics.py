@@ -1,10 +1,10 @@
-"""Prometheus metrics: per-RPC counts and latency from one interceptor, plus scrape-time state.
+"""Prometheus metrics: per-RPC counts and latency from one call layer, plus scrape-time state.
 
 Everything lives in a `CollectorRegistry` owned by the App (no global registry), served by
 prometheus_client's HTTP server when `metrics.listen` is set. Names follow Prometheus
 conventions: base units (seconds), `_total` counters, `_info` for labelled constants.
 
-The interceptor is on the hot path, so it does as little as it can per call: one ContextVar
+The layer is on the hot path, so it does as little as it can per call: one ContextVar
 set/reset, two clock reads, and increments on label children cached per label tuple (no
 `labels()` lookup after the first call of each kind). The domain counters (tokens issued,
 refreshes, reuse, revocations) are derived from the method and its outcome, so the domain
@@ -26,7 +26,7 @@ from sidecar.calls import CallInfo, current_call, request_id_from
 from sidecar.config import parse_host_port
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
-from sidecar.transport.interceptors import UnaryWrappingInterceptor
+from sidecar.transport.layers import Behavior, UnaryLayer
 
 REQUEST_ID = "x-request-id"
 # Verify answers in tens of microseconds; Issue/Refresh touch the store (milliseconds).
@@ -38,7 +38,6 @@ _ISSUE = "/authsidecar.v1.AuthService/Issue"
 _REFRESH = "/authsidecar.v1.AuthService/Refresh"
 _REVOKE = "/authsidecar.v1.AuthService/Revoke"
 _REUSED = "REFRESH_TOKEN_REUSED"
-# Only registered methods reach the cache (unknown ones have no handler): a small bound.
 
 
 class Metrics:
@@ -151,18 +150,11 @@ class _StateCollector(Collector):
         )
 
 
-class ObservingInterceptor(UnaryWrappingInterceptor):
-    """Outermost interceptor: opens the call's `CallInfo` (request id, peer), then counts and
-    times the call. Only unary-unary handlers are wrapped (all of ours but reflection and
-    Health/Watch, which are left alone)."""
+def observing(metrics: Metrics | None) -> UnaryLayer:
+    """The outermost layer (transport/layers.py): opens the call's `CallInfo` (request id,
+    peer, and the reason handlers record), then counts and times the call."""
 
-    def __init__(self, metrics: Metrics | None) -> None:
-        super().__init__()
-        self._metrics = metrics
-
-    def _wrap(self, behavior: Any, method: str) -> Any:
-        metrics = self._metrics
-
+    def layer(behavior: Behavior, method: str) -> Behavior:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             supplied = None
             for key, value in context.invocation_metadata() or ():
@@ -185,6 +177,8 @@ class ObservingInterceptor(UnaryWrappingInterceptor):
                 current_call.reset(token)
 
         return observed
+
+    return layer
 
 
 def _code_name(code: Any, *, default: str) -> str:

@@ -25,10 +25,10 @@ from sidecar.config import EnvoySettings, ListenSettings, TracingSettings
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
 from sidecar.transport.ext_authz import ExtAuthzServicer
-from sidecar.transport.interceptors import MetadataLimitInterceptor
-from sidecar.transport.metrics import Metrics, ObservingInterceptor
+from sidecar.transport.layers import LayeredServer, UnaryLayer
+from sidecar.transport.metrics import Metrics, observing
 from sidecar.transport.servicer import AuthServicer
-from sidecar.transport.tracing import TracingInterceptor
+from sidecar.transport.tracing import TracingLayer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def build_listeners(
     health = HealthServicer()
     options = [
         ("grpc.max_receive_message_length", listen.max_message_bytes),
-        # The transport's own hard cap; the interceptor's softer one gives the clear reason.
+        # The transport's own hard cap; the layer's softer one gives the clear reason.
         ("grpc.max_metadata_size", listen.max_metadata_bytes * 2),
         ("grpc.so_reuseport", 0),
     ]
@@ -151,15 +151,16 @@ def _server(
     envoy: EnvoySettings | None = None,
     tracing: TracingSettings | None = None,
 ) -> grpc.aio.Server:
-    # ObservingInterceptor first: it sees (and counts) the metadata limit's refusals too.
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        ObservingInterceptor(metrics),
-        MetadataLimitInterceptor(listen.max_metadata_bytes),
-    ]
+    # Observing outermost: it sees (and counts) the metadata limit's refusals too. Tracing
+    # inside it (its CallInfo carries the reason); the limit is innermost (layers.py).
+    layers: list[UnaryLayer] = [observing(metrics)]
     if tracing is not None and tracing.enabled:
-        # Inside Observing (its CallInfo carries the reason), outside the metadata limit.
-        interceptors.insert(1, TracingInterceptor())
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+        layers.append(TracingLayer())
+    server = LayeredServer(
+        grpc.aio.server(options=options),
+        max_metadata_bytes=listen.max_metadata_bytes,
+        unary_layers=layers,
+    )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(service, allow_issue=allow_issue), server
     )

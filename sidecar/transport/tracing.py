@@ -1,6 +1,6 @@
 """Optional OpenTelemetry tracing: one SERVER span per RPC (config `tracing.enabled`).
 
-Off by default, and then this interceptor is not installed at all: the hot path is unchanged
+Off by default, and then this layer is not installed at all: the hot path is unchanged
 and `opentelemetry` is never imported. When on, `opentelemetry-api` is imported here (a
 missing package stops start-up with a ConfigError naming `tracing.enabled`); the SDK, its
 exporter and sampler are the operator's, set up the standard way (`opentelemetry-instrument`
@@ -13,8 +13,9 @@ ErrorInfo reason (`authsidecar.reason`). Its parent is the caller's W3C `tracepa
 whatever the configured propagator reads). Tokens, metadata values and claims are never
 recorded, nor exception text.
 
-It sits inside the ObservingInterceptor, which opens the call's `CallInfo` (where handlers
-record the reason), and outside the metadata limit, so its refusals are traced too.
+It is a call layer (transport/layers.py) inside the observing one, which opens the call's
+`CallInfo` (where handlers record the reason), and outside the metadata limit, so its
+refusals are traced too.
 """
 
 from __future__ import annotations
@@ -25,18 +26,16 @@ import grpc
 
 from sidecar.calls import current_call
 from sidecar.errors import ConfigError
-from sidecar.transport.interceptors import UnaryWrappingInterceptor
+from sidecar.transport.layers import Behavior
 
 TRACER_NAME = "authsidecar"
 REASON_ATTRIBUTE = "authsidecar.reason"
-# Only registered methods reach the cache (unknown ones have no handler): a small bound.
 
 
-class TracingInterceptor(UnaryWrappingInterceptor):
+class TracingLayer:
     """Wraps unary-unary handlers (all of ours but reflection and Health/Watch) in a span."""
 
     def __init__(self) -> None:
-        super().__init__()
         try:
             from opentelemetry import propagate, trace
         except ImportError:
@@ -49,7 +48,7 @@ class TracingInterceptor(UnaryWrappingInterceptor):
         # A ProxyTracer when no provider is set yet: it follows the one set later.
         self._tracer = trace.get_tracer(TRACER_NAME)
 
-    def _wrap(self, behavior: Any, method: str) -> Any:
+    def __call__(self, behavior: Behavior, method: str) -> Behavior:
         trace = self._trace
         tracer = self._tracer
         extract = self._extract

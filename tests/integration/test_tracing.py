@@ -159,13 +159,13 @@ async def test_no_token_or_metadata_text_in_any_span(
                 assert fragment not in text, (span.name, text)
 
 
-async def test_disabled_installs_no_interceptor_and_records_nothing(
+async def test_disabled_installs_no_tracing_layer_and_records_nothing(
     data_dir: Path, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse() -> None:
-        raise AssertionError("TracingInterceptor constructed with tracing disabled")
+        raise AssertionError("TracingLayer constructed with tracing disabled")
 
-    monkeypatch.setattr(server_module, "TracingInterceptor", refuse)
+    monkeypatch.setattr(server_module, "TracingLayer", refuse)
     async with running_sidecar(data_dir, tokens=TOKENS) as sidecar:
         assert not sidecar.settings.tracing.enabled
         grant = await sidecar.admin.Issue(
