@@ -274,27 +274,17 @@ class Suite:
             "floor", noop, "-", "no-op (grpc.aio)", core=True, loadgen="h2load", payloads=warm
         )
         if full:
-            bare = self._start(self.reference("noop", "--bare"))
-            sync = self._start(self.reference("noop", "--sync"))
-            for c in concurrencies:
-                self.plan(
-                    "floor",
-                    bare,
-                    "-",
-                    "no-op (grpc.aio, no interceptors)",
-                    core=True,
-                    concurrency=c,
-                    payloads=warm,
-                )
-                self.plan(
-                    "floor",
-                    sync,
-                    "-",
-                    "no-op (sync grpc, 16 threads)",
-                    core=True,
-                    concurrency=c,
-                    payloads=warm,
-                )
+            variants = (
+                ("--bare", "no-op (grpc.aio, no call layers)"),
+                ("--interceptors", "no-op (grpc.aio, layers as interceptors: before)"),
+                ("--sync", "no-op (sync grpc, 16 threads)"),
+            )
+            for flag, label in variants:
+                reference = self._start(self.reference("noop", flag))
+                for c in concurrencies:
+                    self.plan(
+                        "floor", reference, "-", label, core=True, concurrency=c, payloads=warm
+                    )
 
         for alg in ("HS256", "RS256", "ES256") if full else ("HS256",):
             minted = self.keys[alg]

@@ -284,6 +284,8 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
         on_change=service.replace_ring,
         interval_s=settings.keys.reload_interval_s,
     )
+    if metrics is not None:
+        metrics.watch_key_sources(app.key_watcher, remotes)
     app.start_background()
     return app
 

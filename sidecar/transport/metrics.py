@@ -14,7 +14,7 @@ code knows nothing of metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector
 from sidecar.calls import CallInfo, current_call, request_id_from
 from sidecar.config import parse_host_port
 from sidecar.errors import ConfigError
+from sidecar.keys.remote import RemoteKeySet
+from sidecar.keys.watch import KeyWatcher
 from sidecar.tokens.service import TokenService
 from sidecar.transport.layers import Behavior, UnaryLayer
 
@@ -76,8 +78,16 @@ class Metrics:
         )
         self.store_up.set(1)
         r.register(_StateCollector(service, now))
+        self._key_sources = _KeySourceCollector()
+        r.register(self._key_sources)
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
+
+    def watch_key_sources(self, watcher: KeyWatcher, remotes: Sequence[RemoteKeySet]) -> None:
+        """Export the key-set reloads and each external issuer's JWKS fetches, read at scrape
+        time; called once the app has built them."""
+        self._key_sources.watcher = watcher
+        self._key_sources.remotes = tuple(remotes)
 
     def observe(self, method: str, code: str, reason: str, seconds: float, request: Any) -> None:
         key = (method, code, reason)
@@ -148,6 +158,59 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "authsidecar_verify_cache_entries", "Entries in the Verify cache", value=len(cache)
         )
+
+
+class _KeySourceCollector(Collector):
+    """Where keys come from, and whether the last attempt to read them worked: a refused key
+    reload or a failing issuer JWKS keeps the last good keys, so nothing else shows it."""
+
+    def __init__(self) -> None:
+        self.watcher: KeyWatcher | None = None
+        self.remotes: tuple[RemoteKeySet, ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        if self.watcher is not None:
+            status = self.watcher.status
+            reloads = CounterMetricFamily(
+                "authsidecar_key_reloads",
+                "Key sets read from keys.directory, by result",
+                labels=["result"],
+            )
+            reloads.add_metric(["swapped"], status.reloads)
+            reloads.add_metric(["refused"], status.failures)
+            yield reloads
+            yield GaugeMetricFamily(
+                "authsidecar_key_reload_ok",
+                "1 unless the last key set read was refused (the last good set is in use)",
+                value=1 if status.healthy else 0,
+            )
+        if not self.remotes:
+            return
+        fetches = CounterMetricFamily(
+            "authsidecar_issuer_jwks_fetches",
+            "External issuers' JWKS fetches, by issuer and result",
+            labels=["issuer", "result"],
+        )
+        demand = CounterMetricFamily(
+            "authsidecar_issuer_jwks_demand_fetches",
+            "JWKS fetches started by a token naming a kid not yet known",
+            labels=["issuer"],
+        )
+        up = GaugeMetricFamily(
+            "authsidecar_issuer_jwks_ok",
+            "1 while the issuer's last JWKS fetch succeeded (else its last good keys are used)",
+            labels=["issuer"],
+        )
+        for key_set in sorted(self.remotes, key=lambda r: r.issuer):
+            issuer, remote = key_set.issuer, key_set.status
+            fetches.add_metric([issuer, "ok"], remote.fetches)
+            fetches.add_metric([issuer, "failed"], remote.failures)
+            demand.add_metric([issuer], remote.demand_fetches)
+            healthy = remote.version is not None and remote.last_error is None
+            up.add_metric([issuer], 1 if healthy else 0)
+        yield fetches
+        yield demand
+        yield up
 
 
 def observing(metrics: Metrics | None) -> UnaryLayer:

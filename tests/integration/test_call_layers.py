@@ -35,7 +35,7 @@ async def _refusal(call: Any) -> tuple[grpc.StatusCode, str]:
 async def test_unary_health_check_is_refused_over_the_metadata_limit(
     sidecar: RunningSidecar,
 ) -> None:
-    health = health_pb2_grpc.HealthStub(sidecar.channels[0])
+    health: Any = health_pb2_grpc.HealthStub(sidecar.channels[0])  # stubs untyped for aio
     ok = await health.Check(health_pb2.HealthCheckRequest())
     assert ok.status == health_pb2.HealthCheckResponse.SERVING
     call = health.Check(health_pb2.HealthCheckRequest(), metadata=_padding(sidecar))
@@ -45,7 +45,7 @@ async def test_unary_health_check_is_refused_over_the_metadata_limit(
 async def test_streaming_health_watch_is_refused_over_the_metadata_limit(
     sidecar: RunningSidecar,
 ) -> None:
-    health = health_pb2_grpc.HealthStub(sidecar.channels[0])
+    health: Any = health_pb2_grpc.HealthStub(sidecar.channels[0])  # stubs untyped for aio
     watch = health.Watch(health_pb2.HealthCheckRequest(), metadata=_padding(sidecar))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in watch:
@@ -59,7 +59,8 @@ async def test_streaming_health_watch_is_refused_over_the_metadata_limit(
 
 
 async def test_bidi_reflection_is_refused_over_the_metadata_limit(sidecar: RunningSidecar) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(sidecar.channels[2])  # the admin server
+    admin: Any = sidecar.channels[2]  # the stubs' types expect a sync channel
+    stub: Any = reflection_pb2_grpc.ServerReflectionStub(admin)
     ask = reflection_pb2.ServerReflectionRequest(list_services="")
     answer = stub.ServerReflectionInfo(iter([ask]))
     services = [s.name async for r in answer for s in r.list_services_response.service]
@@ -129,7 +130,7 @@ async def test_a_sync_streaming_handler_is_refused_at_registration() -> None:
     def watch(request: Any, context: Any) -> Any:
         yield request
 
-    handler = grpc.unary_stream_rpc_method_handler(watch)
+    handler: Any = grpc.unary_stream_rpc_method_handler(watch)
     server = LayeredServer(grpc.aio.server(), max_metadata_bytes=64)
     with pytest.raises(TypeError, match="must be async"):
         server.add_registered_method_handlers("x.Y", {"Watch": handler})

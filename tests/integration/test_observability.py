@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.request
 from pathlib import Path
 
@@ -13,9 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from authsidecar.v1 import auth_pb2
+from sidecar.clock import FixedClock
 from sidecar.config import load_settings
 from sidecar.errors import ConfigError
+from sidecar.keys.keyset import write_manifest
 from sidecar.logs import JsonFormatter, TextFormatter
+from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
+from tests.support.keys import write_jwk_file
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
 REQUEST_ID = "req-7f3a"
@@ -186,3 +191,75 @@ async def test_health_tcp_listener_serves_health_and_nothing_else(data_dir: Path
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await verify(auth_pb2.VerifyRequest(token="x"), timeout=10)
             assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_key_reload_refusals_are_exported_until_a_good_set_is_read(data_dir: Path) -> None:
+    keys = data_dir / "keyset"
+    keys.mkdir()
+    write_jwk_file(keys, "ES256", "k1")
+    write_manifest(keys, "k1", 0)
+    async with running_sidecar(
+        data_dir,
+        keys={"directory": str(keys), "reload_interval_s": 0},  # reload_now() only
+        metrics={"listen": "127.0.0.1:0"},
+    ) as sidecar:
+        watcher, server = sidecar.app.key_watcher, sidecar.app.metrics_server
+        assert watcher is not None and server is not None
+
+        async def reloads() -> tuple[float, float, float]:
+            samples = await asyncio.to_thread(_scrape, server.address)
+            return (
+                samples[("authsidecar_key_reloads_total", (("result", "swapped"),))],
+                samples[("authsidecar_key_reloads_total", (("result", "refused"),))],
+                samples[("authsidecar_key_reload_ok", ())],
+            )
+
+        assert await reloads() == (0, 0, 1)
+        (keys / "keyset.json").write_text('{"signing_kid": "nope"}')
+        assert not watcher.reload_now()
+        assert await reloads() == (0, 1, 0)
+        write_jwk_file(keys, "ES256", "k2")
+        write_manifest(keys, "k1", 0)
+        assert watcher.reload_now()
+        assert await reloads() == (1, 1, 1)
+
+
+async def test_external_issuer_jwks_fetches_are_exported(data_dir: Path) -> None:
+    ca = LocalCa.create(data_dir)
+    jwks = JwksServer(ca)
+    idp = ExternalIssuer()
+    idp.add_key("idp-1")
+    jwks.document = idp.jwks()
+    issuer = {
+        "issuer": ExternalIssuer.issuer,
+        "audiences": ["api://orders"],
+        "jwks_url": jwks.url,
+        "ca_file": str(ca.ca_file),
+        "refresh_s": 300,
+        "min_refetch_interval_s": 0,
+        "timeout_s": 2,
+    }
+    try:
+        async with running_sidecar(
+            data_dir,
+            clock=FixedClock(time.time()),  # PyJWT stamps iat/exp from the real clock
+            issuers=[issuer],
+            metrics={"listen": "127.0.0.1:0"},
+        ) as sidecar:
+            server = sidecar.app.metrics_server
+            assert server is not None
+            idp.add_key("idp-2")  # a token naming a new kid makes the sidecar fetch again
+            jwks.document = idp.jwks()
+            token = idp.token("idp-2")
+            await sidecar.public.Verify(auth_pb2.VerifyRequest(token=token))
+            jwks.stop()
+            (remote,) = sidecar.app.remote_keys
+            assert not await remote.refresh()
+            samples = await asyncio.to_thread(_scrape, server.address)
+    finally:
+        jwks.stop()
+    name = (("issuer", ExternalIssuer.issuer),)
+    assert samples[("authsidecar_issuer_jwks_fetches_total", (*name, ("result", "ok")))] == 2
+    assert samples[("authsidecar_issuer_jwks_fetches_total", (*name, ("result", "failed")))] == 1
+    assert samples[("authsidecar_issuer_jwks_demand_fetches_total", name)] == 1
+    assert samples[("authsidecar_issuer_jwks_ok", name)] == 0
