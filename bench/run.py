@@ -311,6 +311,26 @@ class Suite:
                     core=True,
                     payloads=cold,
                 )
+            if self.h2:
+                # h2load repeats one request body, so "cold" there is a sidecar with the
+                # cache off (every call runs the full verification) against the naive one.
+                off = self._start(
+                    self.sidecar(minted, AUTHSIDECAR_TOKENS__VERIFY_CACHE_ENTRIES="0")
+                )
+                for reference, label in (
+                    (off, "sidecar cache off"),
+                    (naive, "naive jose.jwt.decode"),
+                ):
+                    self._check_ok(reference, minted.tokens[0])
+                    self.plan(
+                        "verify",
+                        reference,
+                        alg,
+                        label,
+                        core=True,
+                        loadgen="h2load",
+                        payloads=[_verify_payload(minted.tokens[0])],
+                    )
             server = self._start(self.sidecar(minted))
             for transport in transports if alg == "HS256" else ("uds",):
                 for c in (1, 16):
