@@ -40,10 +40,9 @@ class Server:
         return f"unix:{self.unix}" if transport == "uds" else self.tcp
 
     def cpu_s(self) -> float:
-        """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
+        """utime + stime of the process (all threads) and of its live children (a server in
+        several processes), from /proc/<pid>/stat."""
+        return sum(_cpu_s(pid) for pid in (self.pid, *_children(self.pid)))
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -59,6 +58,22 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.communicate(timeout=5)
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # a child that just exited
+        return 0.0
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _children(pid: int) -> list[int]:
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
 
 
 def start(name: str, args: list[str], env: dict[str, str]) -> Server:

@@ -172,8 +172,8 @@ class Suite:
                 cell.server,
                 VERIFY,
                 o["payloads"][0],
-                clients=2,
-                streams=8,
+                clients=o.get("connections", 2),
+                streams=16 // o.get("connections", 2),
                 duration_s=self.p.duration_s,
                 warmup_s=self.p.warmup_s,
             )
@@ -273,6 +273,17 @@ class Suite:
         self.plan(
             "floor", noop, "-", "no-op (grpc.aio)", core=True, loadgen="h2load", payloads=warm
         )
+        if full and self.h2:
+            # The server-mode question's last candidate: two processes on one port. The
+            # kernel spreads connections, not calls, so both cells use 8 connections.
+            pair = self._start(self.reference("noop", "--processes", "2"))
+            for server, label in (
+                (noop, "no-op (grpc.aio), 8 connections"),
+                (pair, "no-op (grpc.aio) x2 processes, SO_REUSEPORT, 8 connections"),
+            ):
+                self.plan(
+                    "floor", server, "-", label, loadgen="h2load", payloads=warm, connections=8
+                )
         if full:
             variants = (
                 ("--bare", "no-op (grpc.aio, no call layers)"),

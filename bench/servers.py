@@ -21,6 +21,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 from concurrent import futures
 from pathlib import Path
@@ -135,22 +137,24 @@ def _banner(unix: str, port: int) -> None:
     print(f"bench-server unix={unix} tcp=127.0.0.1:{port} pid={os.getpid()}", flush=True)
 
 
-async def _serve_aio(verify: Any, unix: str, *, mode: str = "layers") -> None:
-    """`mode`: "layers" (the sidecar's stack), "bare" or "interceptors" (see the module)."""
+async def _serve_aio(verify: Any, unix: str, *, mode: str = "layers", port: int = 0) -> None:
+    """`mode`: "layers" (the sidecar's stack), "bare" or "interceptors" (see the module).
+    A non-zero `port` is shared with other processes (SO_REUSEPORT; see `_serve_processes`)."""
+    options = _OPTIONS if not port else [*_OPTIONS[:-1], ("grpc.so_reuseport", 1)]
     server: grpc.aio.Server
     if mode == "interceptors":
         layers = [
             _LayerInterceptor(observing(None)),
             _LayerInterceptor(metadata_limit(_MAX_METADATA)),
         ]
-        server = grpc.aio.server(interceptors=layers, options=_OPTIONS)
+        server = grpc.aio.server(interceptors=layers, options=options)
     elif mode == "bare":
-        server = grpc.aio.server(options=_OPTIONS)
+        server = grpc.aio.server(options=options)
     else:
-        server = _layered(grpc.aio.server(options=_OPTIONS))
+        server = _layered(grpc.aio.server(options=options))
     _register(server, verify)
     server.add_insecure_port(f"unix:{unix}")
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,6 +162,36 @@ async def _serve_aio(verify: Any, unix: str, *, mode: str = "layers") -> None:
     _banner(unix, port)
     await stop.wait()
     await server.stop(0)
+
+
+def _serve_processes(unix: str, processes: int) -> None:
+    """The no-op floor in `processes` processes sharing one TCP port (SO_REUSEPORT: the
+    kernel spreads connections over them): what several sidecar processes per pod could
+    serve. Measured with h2load over TCP (2 connections); each child has its own socket."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))  # reserves the port (never listens), children share it
+    port = holder.getsockname()[1]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.servers", "noop", "--unix", f"{unix}.{i}"]
+            + ["--port", str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    for child in children:
+        assert child.stdout is not None
+        if "bench-server" not in child.stdout.readline():
+            raise SystemExit("a child server did not start")
+    _banner(f"{unix}.0", port)
+    signal.sigwait({signal.SIGTERM})
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.wait(timeout=15)
+    holder.close()
 
 
 def _serve_sync(unix: str, threads: int) -> None:
@@ -201,16 +235,20 @@ def main(argv: list[str] | None = None) -> None:
         "--interceptors", action="store_true", help="the layers as grpc.aio interceptors"
     )
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1, help="no-op on a shared TCP port")
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--key", type=Path)
     parser.add_argument("--issuer", default="urn:authsidecar:local")
     args = parser.parse_args(argv)
     if args.kind == "legacy":
         _serve_legacy()
+    elif args.kind == "noop" and args.processes > 1:
+        _serve_processes(args.unix, args.processes)
     elif args.kind == "noop" and args.sync:
         _serve_sync(args.unix, args.threads)
     elif args.kind == "noop":
         mode = "bare" if args.bare else "interceptors" if args.interceptors else "layers"
-        asyncio.run(_serve_aio(_noop, args.unix, mode=mode))
+        asyncio.run(_serve_aio(_noop, args.unix, mode=mode, port=args.port))
     else:
         jwk = json.loads(args.key.read_text())
         asyncio.run(_serve_aio(_Naive(jwk, args.issuer).Verify, args.unix))
