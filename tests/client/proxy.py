@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 SERVICE = "authsidecar.v1.AuthService"
-METHODS = ("Issue", "Verify", "Refresh", "Introspect", "Revoke", "GetJwks")
+METHODS = ("Issue", "Verify", "VerifyBatch", "Refresh", "Introspect", "Revoke", "GetJwks")
 
 
 @dataclass

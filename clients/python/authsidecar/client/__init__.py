@@ -3,7 +3,10 @@
 Needs only grpcio, protobuf and googleapis-common-protos (for google.rpc.Status/ErrorInfo);
 cachetools only when a `VerifyCache` is used. Never imports the sidecar itself.
 
-* `AuthClient` / `AsyncAuthClient`: Issue, Verify, Refresh, Introspect, Revoke, GetJwks.
+* `AuthClient` / `AsyncAuthClient`: Issue, Verify, VerifyBatch, Refresh, Introspect, Revoke,
+  GetJwks.
+* `VerifyBatcher` / `AsyncVerifyBatcher`: `verify` as the client's, but concurrent callers
+  share one VerifyBatch call.
 * `BearerClientInterceptor` / `async_bearer_interceptors()`: outgoing calls carry a bearer
   token from a `TokenSource`; one retry with a renewed token on UNAUTHENTICATED.
 * `AuthServerInterceptor` / `AsyncAuthServerInterceptor`: incoming calls are verified at the
@@ -11,6 +14,7 @@ cachetools only when a `VerifyCache` is used. Never imports the sidecar itself.
 """
 
 from authsidecar.client.aio import AsyncAuthClient
+from authsidecar.client.batching import AsyncVerifyBatcher, VerifyBatcher
 from authsidecar.client.cache import VerifyCache
 from authsidecar.client.client import AuthClient
 from authsidecar.client.client_interceptor import (
@@ -37,7 +41,7 @@ from authsidecar.client.errors import (
     TokenInvalidError,
     error_reason,
 )
-from authsidecar.client.models import Introspection, TokenGrant, VerifiedClaims
+from authsidecar.client.models import Introspection, TokenGrant, VerifiedClaims, VerifyItem
 from authsidecar.client.policy import DEFAULT_EXEMPT, AuthPolicy, MethodRule
 from authsidecar.client.renewal import AsyncRenewingTokenSource, RenewingTokenSource
 from authsidecar.client.server_interceptor import (
@@ -52,6 +56,7 @@ __all__ = [
     "AsyncCallableTokenSource",
     "AsyncRenewingTokenSource",
     "AsyncTokenSource",
+    "AsyncVerifyBatcher",
     "AuthClient",
     "AuthClientError",
     "AuthPolicy",
@@ -70,7 +75,9 @@ __all__ = [
     "TokenInvalidError",
     "TokenSource",
     "VerifiedClaims",
+    "VerifyBatcher",
     "VerifyCache",
+    "VerifyItem",
     "async_bearer_interceptors",
     "async_sidecar_token_source",
     "bearer_call_credentials",

@@ -16,7 +16,9 @@ ADDRESS_ENV = "AUTHSIDECAR_ADDR"
 # The sidecar's default public TCP listener (sidecar/config.py ListenSettings.tcp).
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 SERVICE = "authsidecar.v1.AuthService"
-_RETRIED = ("Issue", "Verify", "Introspect", "Revoke", "GetJwks")
+# VerifyBatch only reads, like Verify, and is retried like it: a batched verify must fail
+# exactly when the unary one would (issue 7).
+_RETRIED = ("Issue", "Verify", "VerifyBatch", "Introspect", "Revoke", "GetJwks")
 
 
 def resolve_address(address: str | None) -> str:

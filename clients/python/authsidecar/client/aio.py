@@ -1,4 +1,4 @@
-"""`AsyncAuthClient`: the sidecar's six calls from asyncio code.
+"""`AsyncAuthClient`: the sidecar's calls from asyncio code.
 
 Same shape and semantics as `AuthClient` (address, deadlines, retry on UNAVAILABLE only,
 typed results and errors) over a `grpc.aio` channel, so no call blocks the event loop.
@@ -8,7 +8,7 @@ Construct it inside a running event loop.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -16,11 +16,14 @@ import grpc
 
 from authsidecar.client._transport import channel_options, resolve_address
 from authsidecar.client.client import DEFAULT_TIMEOUT_S
-from authsidecar.client.errors import from_rpc_error
+from authsidecar.client.errors import AuthClientError, from_rpc_error
 from authsidecar.client.models import (
     Introspection,
     TokenGrant,
     VerifiedClaims,
+    VerifyItem,
+    batch_request,
+    batch_results,
     claims_from,
     grant_from,
     introspection_from,
@@ -107,6 +110,22 @@ class AsyncAuthClient:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return claims_from(reply)
+
+    async def verify_batch(
+        self,
+        items: Iterable[str | VerifyItem],
+        *,
+        audience: str = "",
+        required_scopes: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> list[VerifiedClaims | AuthClientError]:
+        """As `AuthClient.verify_batch`: item errors returned, whole-call failures raised."""
+        request = batch_request(items, audience, required_scopes)
+        try:
+            reply = await self._stub.VerifyBatch(request, timeout=self._timeout(timeout_s))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return batch_results(reply, len(request.requests))
 
     async def refresh(
         self, refresh_token: str, *, scope: str = "", timeout_s: float | None = None

@@ -1,4 +1,4 @@
-"""`AuthClient`: the sidecar's six calls from synchronous code.
+"""`AuthClient`: the sidecar's calls from synchronous code.
 
 One address string (`unix:/run/authsidecar/auth.sock` or `127.0.0.1:50051`, default
 `$AUTHSIDECAR_ADDR`), a deadline on every call (`timeout_s`, per call or per client), and
@@ -10,17 +10,20 @@ sidecar's admin socket: give that address to the client that issues.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 import grpc
 
 from authsidecar.client._transport import channel_options, resolve_address
-from authsidecar.client.errors import from_rpc_error
+from authsidecar.client.errors import AuthClientError, from_rpc_error
 from authsidecar.client.models import (
     Introspection,
     TokenGrant,
     VerifiedClaims,
+    VerifyItem,
+    batch_request,
+    batch_results,
     claims_from,
     grant_from,
     introspection_from,
@@ -115,6 +118,35 @@ class AuthClient:
             return claims_from(self._stub.Verify(request, timeout=self._timeout(timeout_s)))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    def verify_batch(
+        self,
+        items: Iterable[str | VerifyItem],
+        *,
+        audience: str = "",
+        required_scopes: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> list[VerifiedClaims | AuthClientError]:
+        """One VerifyBatch call: per item, what `verify` returns or the error it would raise.
+
+        Item errors are returned, not raised, so one bad token never hides the others; a
+        bare token takes `audience`/`required_scopes`, a `VerifyItem` brings its own. Only a
+        failure of the whole call is raised, as `verify` raises it (also a batch over the
+        sidecar's cap, 256 by default: InvalidRequestError / INVALID_REQUEST).
+        """
+        request = batch_request(items, audience, required_scopes)
+        try:
+            reply = self._stub.VerifyBatch(request, timeout=self._timeout(timeout_s))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return batch_results(reply, len(request.requests))
+
+    def _verify_batch_future(
+        self, request: auth_pb2.VerifyBatchRequest, timeout_s: float
+    ) -> grpc.Future[auth_pb2.VerifyBatchResponse]:
+        """VerifyBatch without blocking, for `VerifyBatcher`: the thread that sends a batch
+        must not wait past its own deadline for batch-mates that have longer ones."""
+        return self._stub.VerifyBatch.future(request, timeout=timeout_s)
 
     def refresh(
         self, refresh_token: str, *, scope: str = "", timeout_s: float | None = None

@@ -15,6 +15,9 @@ from "sidecar down"::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
@@ -87,6 +90,11 @@ def error_reason(call: grpc.RpcError) -> str:
     return ""
 
 
+def error_for(code: grpc.StatusCode, reason: str, message: str) -> AuthClientError:
+    """The typed error for a status code: the one place a code picks its class."""
+    return _CLASSES.get(code, SidecarError)(code, reason, message)
+
+
 def from_rpc_error(error: grpc.RpcError) -> AuthClientError:
     """The typed error for a failed sidecar call."""
     if isinstance(error, grpc.Call | grpc.aio.AioRpcError):
@@ -94,5 +102,45 @@ def from_rpc_error(error: grpc.RpcError) -> AuthClientError:
         message = error.details() or ""
     else:
         code, message = grpc.StatusCode.UNKNOWN, "call failed"
-    cls = _CLASSES.get(code, SidecarError)
-    return cls(code, error_reason(error), message)
+    return error_for(code, error_reason(error), message)
+
+
+_C = grpc.StatusCode
+# The gRPC status each `ErrorReason` comes with, exactly as auth.proto documents it ("[CODE]"
+# in each value's comment; a test holds this table to those comments). A VerifyBatch item
+# carries only the reason, so this table is what makes its error the one Verify would raise.
+REASON_CODES: Mapping[str, grpc.StatusCode] = MappingProxyType(
+    {
+        "INVALID_REQUEST": _C.INVALID_ARGUMENT,
+        "TOKEN_MALFORMED": _C.UNAUTHENTICATED,
+        "TOKEN_TOO_LARGE": _C.UNAUTHENTICATED,
+        "ALGORITHM_NOT_ALLOWED": _C.UNAUTHENTICATED,
+        "KEY_UNKNOWN": _C.UNAUTHENTICATED,
+        "SIGNATURE_INVALID": _C.UNAUTHENTICATED,
+        "TOKEN_EXPIRED": _C.UNAUTHENTICATED,
+        "TOKEN_NOT_YET_VALID": _C.UNAUTHENTICATED,
+        "AUDIENCE_MISMATCH": _C.UNAUTHENTICATED,
+        "ISSUER_MISMATCH": _C.UNAUTHENTICATED,
+        "CLAIM_MISSING": _C.UNAUTHENTICATED,
+        "CLAIM_INVALID": _C.UNAUTHENTICATED,
+        "TOKEN_REVOKED": _C.UNAUTHENTICATED,
+        "WRONG_TOKEN_TYPE": _C.UNAUTHENTICATED,
+        "REFRESH_TOKEN_REUSED": _C.UNAUTHENTICATED,
+        "SCOPE_MISSING": _C.PERMISSION_DENIED,
+        "CALLER_NOT_ALLOWED": _C.PERMISSION_DENIED,
+        "STORE_UNAVAILABLE": _C.UNAVAILABLE,
+        "METADATA_TOO_LARGE": _C.INVALID_ARGUMENT,
+        "INTERNAL_ERROR": _C.INTERNAL,
+    }
+)
+
+
+def error_for_reason(reason: str) -> AuthClientError:
+    """The error Verify raises for `reason`, for a VerifyBatch item that failed with it.
+
+    Class, `code` and `reason` are Verify's; the message is generic ("token expired"), as the
+    sidecar's own messages are, since only the reason is the contract. A reason this library
+    does not know (a newer sidecar) is an INTERNAL `SidecarError` that still carries it.
+    """
+    code = REASON_CODES.get(reason, _C.INTERNAL)
+    return error_for(code, reason, reason.lower().replace("_", " "))

@@ -5,12 +5,14 @@ Token text is kept out of `repr()` so a logged result never leaks a credential.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
+from authsidecar.client.errors import AuthClientError, error_for, error_for_reason
 from authsidecar.v1 import auth_pb2
 
 
@@ -46,6 +48,15 @@ class VerifiedClaims:
     def scopes(self) -> frozenset[str]:
         """The granted scope tokens (RFC 6749 section 3.3)."""
         return frozenset(self.scope.split())
+
+
+@dataclass(frozen=True)
+class VerifyItem:
+    """One token of a `verify_batch`, with the requirements Verify would be given for it."""
+
+    token: str = field(repr=False)
+    audience: str = ""
+    required_scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,50 @@ def claims_from(reply: auth_pb2.VerifyResponse) -> VerifiedClaims:
         kid=reply.kid,
         claims=_claims(reply.claims),
     )
+
+
+def batch_request(
+    items: Iterable[str | VerifyItem], audience: str, required_scopes: Sequence[str]
+) -> auth_pb2.VerifyBatchRequest:
+    """A bare token takes the call's `audience`/`required_scopes`; a `VerifyItem` its own."""
+    request = auth_pb2.VerifyBatchRequest()
+    add = request.requests.add
+    for item in items:
+        if isinstance(item, str):
+            add(token=item, audience=audience, required_scopes=required_scopes)
+        else:
+            add(token=item.token, audience=item.audience, required_scopes=item.required_scopes)
+    return request
+
+
+_REASON_NAMES = {number: name for name, number in auth_pb2.ErrorReason.items() if number}
+
+
+def batch_results(
+    reply: auth_pb2.VerifyBatchResponse, expected: int
+) -> list[VerifiedClaims | AuthClientError]:
+    """Per item, Verify's result or the error Verify would have raised, returned not raised.
+
+    A reply that does not answer each request exactly once breaks the contract that pairs
+    results[i] with requests[i]: that is raised, as one INTERNAL error for the whole call,
+    rather than guessing which answer belongs to whom.
+    """
+    if len(reply.results) != expected:
+        raise error_for(
+            grpc.StatusCode.INTERNAL,
+            "",
+            f"VerifyBatch answered {len(reply.results)} results for {expected} requests",
+        )
+    results: list[VerifiedClaims | AuthClientError] = []
+    for result in reply.results:
+        outcome = result.WhichOneof("outcome")
+        if outcome == "ok":
+            results.append(claims_from(result.ok))
+        elif outcome == "error" and result.error in _REASON_NAMES:
+            results.append(error_for_reason(_REASON_NAMES[result.error]))
+        else:  # neither set, UNSPECIFIED, or a reason newer than this library
+            results.append(error_for(grpc.StatusCode.UNKNOWN, "", "VerifyBatch item unanswered"))
+    return results
 
 
 def introspection_from(reply: auth_pb2.IntrospectResponse) -> Introspection:

@@ -10,6 +10,9 @@ The check runs inside the wrapped handler, not in `intercept_service`: in the sy
 is the worker thread (grpc calls `intercept_service` on its single dispatch thread, which a
 Verify would stall for every call), and in asyncio it is an `await`, never a blocking call.
 
+Under load, pass a `VerifyBatcher` / `AsyncVerifyBatcher` instead of the client: its `verify`
+means the same, but calls waiting for authentication at the same moment share one VerifyBatch.
+
 Streams are checked once, when they start, like HTTP/2 requests; a token that expires later
 does not end them unless `AuthPolicy.check_expiry_per_message` is set, which refuses the
 stream (UNAUTHENTICATED / TOKEN_EXPIRED) at the first message received or yielded after `exp`.
@@ -35,6 +38,7 @@ from authsidecar.client._refusal import (
     refusal_for,
 )
 from authsidecar.client.aio import AsyncAuthClient
+from authsidecar.client.batching import AsyncVerifyBatcher, VerifyBatcher
 from authsidecar.client.cache import VerifyCache
 from authsidecar.client.client import AuthClient
 from authsidecar.client.context import bind_claims
@@ -80,7 +84,7 @@ class AuthServerInterceptor(grpc.ServerInterceptor):
 
     def __init__(
         self,
-        client: AuthClient,
+        client: AuthClient | VerifyBatcher,
         policy: AuthPolicy | None = None,
         *,
         cache: VerifyCache | None = None,
@@ -195,7 +199,7 @@ class AsyncAuthServerInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(
         self,
-        client: AsyncAuthClient,
+        client: AsyncAuthClient | AsyncVerifyBatcher,
         policy: AuthPolicy | None = None,
         *,
         cache: VerifyCache | None = None,
