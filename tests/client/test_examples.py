@@ -20,7 +20,7 @@ async def test_two_services_example_runs_against_the_sidecar(data_dir: Path) -> 
         "caller-service #0",
         "caller-service #1",
         "caller-service #2",
-        "without a token: UNAUTHENTICATED TOKEN_MALFORMED",
+        "without a token: UNAUTHENTICATED TOKEN_MISSING",
     ]
 
 

@@ -47,7 +47,7 @@ async def test_missing_token_is_unauthenticated(
         outcome = await call_b(aio, b, None, name)
     assert (outcome.code, outcome.reason, outcome.messages) == (
         UNAUTHENTICATED,
-        "TOKEN_MALFORMED",
+        "TOKEN_MISSING",
         [],
     )
 

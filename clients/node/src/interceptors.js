@@ -19,7 +19,7 @@ const { STATUS_DETAILS_KEY, encodeStatusDetails } = require('./status');
 const AUTHORIZATION = 'authorization';
 const CLAIMS_KEY = 'authsidecar-claims-bin';
 const DEFAULT_EXEMPT = ['/grpc.health.v1.Health/*', '/grpc.reflection.*'];
-const MISSING_TOKEN_REASON = 'TOKEN_MALFORMED';
+const MISSING_TOKEN_REASON = 'TOKEN_MISSING';
 
 function bearerInterceptor(source) {
   return (options, nextCall) => {

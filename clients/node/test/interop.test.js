@@ -69,7 +69,7 @@ test('the Node client calls a Python service through the sidecar', async () => {
     assert.deepEqual(await serverStream(withToken, '/demo.Greeter/Count', '2'),
       { code: grpc.status.OK, got: ['node-caller #0', 'node-caller #1'] });
     assert.deepEqual(await unary(anonymous, '/demo.Greeter/Hello', 'hi'),
-      { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MALFORMED' });
+      { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MISSING' });
     assert.deepEqual(await unary(wrongScope, '/demo.Greeter/Hello', 'hi'),
       { code: grpc.status.PERMISSION_DENIED, reason: 'SCOPE_MISSING' });
     assert.equal(source.renewals, 1);
@@ -125,7 +125,7 @@ test('a Python client calls a Node service through the sidecar', async () => {
       'caller-service #0',
       'caller-service #1',
       'caller-service #2',
-      'without a token: UNAUTHENTICATED TOKEN_MALFORMED',
+      'without a token: UNAUTHENTICATED TOKEN_MISSING',
     ]);
     // A spoofed claims header is dropped: the anonymous caller cannot pose as someone.
     const spoofer = new grpc.Client(address, grpc.credentials.createInsecure());
@@ -136,7 +136,7 @@ test('a Python client calls a Node service through the sidecar', async () => {
         Buffer.from('x'), md, {}, (error) => resolve({ code: error && error.code, reason: error && errorReason(error.metadata) }));
     });
     spoofer.close();
-    assert.deepEqual(spoofed, { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MALFORMED' });
+    assert.deepEqual(spoofed, { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MISSING' });
   } finally {
     server.forceShutdown();
   }

@@ -24,9 +24,10 @@ from authsidecar.client.errors import (
     TokenInvalidError,
 )
 
-# The contract has no "token missing" reason; an absent or non-Bearer authorization header is
-# reported as a malformed token (RFC 6750 section 3.1 leaves the error code out entirely).
-MISSING_TOKEN_REASON = "TOKEN_MALFORMED"  # noqa: S105 -- a reason code, not a secret
+# An absent or non-Bearer authorization header, or "Bearer " with nothing after it: the caller
+# sent no token at all, which its developer must be able to tell from a bad one (RFC 6750
+# section 3.1 leaves the error code out in that case; the ErrorInfo reason says it).
+MISSING_TOKEN_REASON = "TOKEN_MISSING"  # noqa: S105 -- a reason code, not a secret
 
 
 class Refusal(NamedTuple):

@@ -131,6 +131,7 @@ REASON_CODES: Mapping[str, grpc.StatusCode] = MappingProxyType(
         "STORE_UNAVAILABLE": _C.UNAVAILABLE,
         "METADATA_TOO_LARGE": _C.INVALID_ARGUMENT,
         "INTERNAL_ERROR": _C.INTERNAL,
+        "TOKEN_MISSING": _C.UNAUTHENTICATED,
     }
 )
 

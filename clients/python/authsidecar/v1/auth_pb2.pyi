@@ -110,6 +110,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[INVALID_ARGUMENT] Request metadata is larger than the configured limit."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 20
     """[INTERNAL] An unexpected failure; details are in the sidecar's log."""
+    TOKEN_MISSING: _ErrorReason.ValueType  # 21
+    """[UNAUTHENTICATED] No bearer token was presented: no `authorization`
+    metadata / header, or not of the form `Bearer <token>`. Sent by the client
+    libraries' server interceptors and by ext_authz (Check); the sidecar's own
+    RPCs answer an empty token field with INVALID_REQUEST instead.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable failure reasons carried in google.rpc.ErrorInfo.reason (by
@@ -177,6 +183,12 @@ METADATA_TOO_LARGE: ErrorReason.ValueType  # 19
 """[INVALID_ARGUMENT] Request metadata is larger than the configured limit."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
 """[INTERNAL] An unexpected failure; details are in the sidecar's log."""
+TOKEN_MISSING: ErrorReason.ValueType  # 21
+"""[UNAUTHENTICATED] No bearer token was presented: no `authorization`
+metadata / header, or not of the form `Bearer <token>`. Sent by the client
+libraries' server interceptors and by ext_authz (Check); the sidecar's own
+RPCs answer an empty token field with INVALID_REQUEST instead.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
