@@ -37,6 +37,7 @@ from sidecar.store.sqlite import SqliteTokenStore
 from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import Signer
 from sidecar.transport.jwks_http import JwksHttpServer
 from sidecar.transport.metrics import Metrics, MetricsHttpServer
 from sidecar.transport.server import (
@@ -106,6 +107,8 @@ class App:
     jwks_http: JwksHttpServer | None = None
     # External issuers' key sets (config `issuers`, docs/keys.md), refreshed in the background.
     remote_keys: list[RemoteKeySet] = field(default_factory=list)
+    # The signing threads (tokens.signing_threads), closed once the listeners have drained.
+    signer: Signer | None = None
 
     def reload_keys(self) -> None:
         """SIGHUP: re-read the key set now."""
@@ -125,6 +128,8 @@ class App:
         for remote in self.remote_keys:
             await remote.close()
         await self.listeners.stop(self.settings.listen.grace_period_s)
+        if self.signer is not None:
+            self.signer.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
         if self.jwks_http is not None:
@@ -239,10 +244,16 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     metrics_server: MetricsHttpServer | None = None
     jwks_http: JwksHttpServer | None = None
     remotes: list[RemoteKeySet] = []
+    signer = Signer(settings.tokens.signing_threads)
     try:
         issuers, remotes = await external_issuers(settings)
         service = TokenService(
-            ring=ring, store=store, settings=settings.tokens, clock=clock, issuers=issuers
+            ring=ring,
+            store=store,
+            settings=settings.tokens,
+            clock=clock,
+            issuers=issuers,
+            signer=signer,
         )
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
         await service.start()
@@ -266,6 +277,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
         await listeners.start()
         await set_store_health(listeners, settings, True)
     except BaseException:
+        signer.close()
         if metrics_server is not None:
             metrics_server.close()
         if jwks_http is not None:
@@ -277,6 +289,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     app = App(settings, service, store, listeners, metrics=metrics, metrics_server=metrics_server)
     app.jwks_http = jwks_http
     app.remote_keys = remotes
+    app.signer = signer
     app.key_watcher = KeyWatcher(
         source,
         ring=ring,

@@ -150,6 +150,12 @@ class TokenSettings(_Frozen):
     verify_cache_bytes: int = Field(default=32 << 20, ge=0, le=4 << 30)
     # Most tokens one VerifyBatch call may carry; more is INVALID_ARGUMENT / INVALID_REQUEST.
     max_verify_batch: int = Field(default=256, ge=1, le=10_000)
+    # Threads that compute costly signatures (RSA, PS*, ES384, ES512) off the event loop's
+    # thread (tokens/signing.py). Worth 1-2 only with an RSA/ES384/ES512 signing key AND a
+    # spare core: each hand-off costs CPU, so on a CPU-bound host it is a loss (measured,
+    # docs/performance.md). HMAC, ES256 and EdDSA keys sign in place whatever this says.
+    # 0 (default): every signature on the event loop's thread.
+    signing_threads: int = Field(default=0, ge=0, le=32)
 
     @field_validator("issuer")
     @classmethod

@@ -13,9 +13,10 @@ class TokenKind(enum.Enum):
     ACCESS = "at+jwt"  # RFC 9068
     REFRESH = "rt+jwt"  # ours: never accepted where an access token is expected
 
-    @property
-    def typ(self) -> str:
-        return self.value
+    def __init__(self, typ: str) -> None:
+        # The value as a plain attribute: Enum's `value` (and a property over it) costs
+        # ~0.45 µs per read, and every Verify reads it (issue 7).
+        self.typ = typ
 
 
 # Claims the sidecar sets itself; a caller's extra claims may not name them (RFC 7519 section

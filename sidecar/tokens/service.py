@@ -33,9 +33,10 @@ from sidecar.tokens import minting
 from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.issuers import Issuers
-from sidecar.tokens.jws import KeyLookup, decode_jws, decode_jws_routed, encode_jws
+from sidecar.tokens.jws import KeyLookup, decode_jws, decode_jws_routed
 from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
 from sidecar.tokens.revocation import RevocationMirror
+from sidecar.tokens.signing import Signer, SignJob
 
 log = logging.getLogger(__name__)
 # One VerifyBatch item: (token, audience or None, required scopes).
@@ -52,8 +53,12 @@ class TokenService:
         settings: TokenSettings,
         clock: Clock,
         issuers: Issuers | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._ring = ring
+        # Where signatures are computed (tokens/signing.py); its owner (app.py) closes it.
+        # None: every signature in place, on the calling thread.
+        self._signer = signer or Signer(0)
         # External issuers whose access tokens Verify accepts (tokens/issuers.py); None:
         # only our own tokens, and verification is exactly as without the feature.
         self._issuers = issuers
@@ -174,6 +179,29 @@ class TokenService:
                 results.append(error)
         return results
 
+    async def verify_batch_refetching(
+        self, items: Sequence[VerifyItem]
+    ) -> list[VerifiedToken | AuthSidecarError]:
+        """`verify_batch`, with `verify_refetching`'s one wait per item that failed only
+        because an external issuer's new kid is not known yet, so a batch accepts exactly
+        what the same Verify calls would. The refetch is single flight and rate limited per
+        issuer (keys/remote.py): many such items cost at most one fetch per issuer."""
+        results = self.verify_batch(items)
+        issuers = self._issuers
+        if issuers is None:
+            return results
+        max_bytes = self._settings.max_token_bytes
+        for i, outcome in enumerate(results):
+            if not isinstance(outcome, UnknownKeyError):
+                continue
+            token, audience, scopes = items[i]
+            if await issuers.refetch_for(token, max_bytes=max_bytes):
+                try:
+                    results[i] = self.verify(token, audience=audience, required_scopes=scopes)
+                except AuthSidecarError as error:
+                    results[i] = error
+        return results
+
     def _decode(
         self, token: str, kind: TokenKind, now: float, audience: str | None = None
     ) -> VerifiedToken:
@@ -252,7 +280,8 @@ class TokenService:
             max_ttl_s=s.max_access_ttl_s,
         )
         now = self._now()
-        family_id = rt = ""
+        family_id = ""
+        refresh_job: SignJob | None = None
         if request.refresh:
             family_id, rt_jti = minting.new_id(), minting.new_id()
             family = FamilyRecord(
@@ -270,8 +299,15 @@ class TokenService:
             # Recorded before any token leaves: a refresh token the store does not know
             # would be refused at its first use.
             await self._store.create_family(family)
-            rt = self._refresh_token(family, rt_jti, now)
-        at = self._access_token(request, request.extra_claims, now, request.expires_in, family_id)
+            refresh_job = self._refresh_token(family, rt_jti, now)
+        access_job = self._access_token(
+            request, request.extra_claims, now, request.expires_in, family_id
+        )
+        rt = ""
+        if refresh_job is None:
+            (at,) = await self._signer.encode_all((access_job,))
+        else:
+            at, rt = await self._signer.encode_all((access_job, refresh_job))
         return TokenGrant(at, request.expires_in, request.scope, rt)
 
     async def refresh(self, refresh_token: str, *, scope: str = "") -> TokenGrant:
@@ -330,10 +366,14 @@ class TokenService:
             expires_in=self._settings.access_ttl_s,
             refresh=True,
         )
-        at = self._access_token(
-            request, request.extra_claims, now, request.expires_in, family.family_id
+        at, rt = await self._signer.encode_all(
+            (
+                self._access_token(
+                    request, request.extra_claims, now, request.expires_in, family.family_id
+                ),
+                self._refresh_token(family, successor, minted_at),
+            )
         )
-        rt = self._refresh_token(family, successor, minted_at)
         return TokenGrant(at, request.expires_in, request.scope, rt)
 
     def _access_token(
@@ -343,7 +383,8 @@ class TokenService:
         now: int,
         ttl: int,
         family_id: str,
-    ) -> str:
+    ) -> SignJob:
+        """The access token to sign; the signing key is chosen here, once per token."""
         claims = minting.access_claims(
             issuer=self._settings.issuer,
             request=request,
@@ -353,9 +394,9 @@ class TokenService:
             ttl_s=ttl,
             family_id=family_id,
         )
-        return encode_jws(claims, self._signing_key(), typ=TokenKind.ACCESS.typ)
+        return SignJob(claims, self._signing_key(), TokenKind.ACCESS.typ)
 
-    def _refresh_token(self, family: FamilyRecord, jti: str, now: int) -> str:
+    def _refresh_token(self, family: FamilyRecord, jti: str, now: int) -> SignJob:
         exp = min(now + self._settings.refresh_ttl_s, family.expires_at)
         claims = minting.refresh_claims(
             issuer=family.issuer,
@@ -366,7 +407,7 @@ class TokenService:
             now=now,
             exp=exp,
         )
-        return encode_jws(claims, self._signing_key(), typ=TokenKind.REFRESH.typ)
+        return SignJob(claims, self._signing_key(), TokenKind.REFRESH.typ)
 
     def _signing_key(self) -> KeyMaterial:
         key = self._ring.signing_key

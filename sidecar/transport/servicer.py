@@ -19,6 +19,7 @@ from sidecar.tokens.model import Claims, TokenGrant, VerifiedToken
 from sidecar.tokens.service import TokenService
 from sidecar.transport.audit import audit_issued, audit_refusal, audit_revoked
 from sidecar.transport.status import internal_status, to_status
+from sidecar.transport.structs import fill_struct
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def _fill_verify_response(response: auth_pb2.VerifyResponse, verified: VerifiedT
     response.scope = claims.scope
     response.client_id = claims.client_id
     response.kid = verified.kid
-    response.claims.update(claims.all)
+    # The bytes of `response.claims.update(claims.all)`, ~40% cheaper (transport/structs.py).
+    fill_struct(response.claims, claims.all)
 
 
 def _verify_response(verified: VerifiedToken) -> auth_pb2.VerifyResponse:
@@ -206,8 +208,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def VerifyBatch(
         self, request: auth_pb2.VerifyBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.VerifyBatchResponse:
-        outcomes = self._service.verify_batch(
-            [(r.token, r.audience or None, tuple(r.required_scopes)) for r in request.requests]
+        # The repeated field itself is the scopes' Collection: no tuple copy per item (issue 7).
+        outcomes = await self._service.verify_batch_refetching(
+            [(r.token, r.audience or None, r.required_scopes) for r in request.requests]
         )
         return _batch_response(outcomes)
 

@@ -140,6 +140,26 @@ async def test_first_token_after_rotation_is_accepted_without_waiting(setup: Set
     assert await _refused(setup.sc, setup.idp.token("idp-1", key=retired)) == "KEY_UNKNOWN"
 
 
+async def test_verify_batch_learns_a_rotated_kid_like_verify_with_one_fetch(
+    setup: Setup,
+) -> None:
+    setup.idp.add_key("idp-2")
+    setup.server.document = setup.idp.jwks()
+    setup.idp.add_key("forged")  # never published
+    tokens = [setup.idp.token(kid) for kid in ("idp-2", "idp-1", "idp-2", "forged")]
+    request = auth_pb2.VerifyBatchRequest(
+        requests=[auth_pb2.VerifyRequest(token=t) for t in tokens]
+    )
+    response = await setup.sc.public.VerifyBatch(request)
+    outcomes = [
+        r.ok.kid if r.WhichOneof("outcome") == "ok" else auth_pb2.ErrorReason.Name(r.error)
+        for r in response.results
+    ]
+    assert outcomes == ["idp-2", "idp-1", "idp-2", "KEY_UNKNOWN"]
+    assert setup.server.hits() == 2  # start-up, then one fetch for the whole batch
+    assert setup.remote.status.demand_fetches == 1
+
+
 async def test_endpoint_down_keeps_the_last_good_keys(setup: Setup) -> None:
     token = setup.idp.token("idp-1")
     assert (await _verify(setup.sc, token)).kid == "idp-1"
