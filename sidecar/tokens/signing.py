@@ -70,11 +70,6 @@ class Signer:
     def threads(self) -> int:
         return self._threads if self._pool is not None else 0
 
-    async def encode(self, claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> str:
-        """`encode_jws`, with a costly signature computed on the pool."""
-        (token,) = await self.encode_all((SignJob(claims, key, typ),))
-        return token
-
     async def encode_all(self, jobs: Sequence[SignJob]) -> list[str]:
         """Compact JWSs for `jobs`, in order; raises as `encode_jws` does."""
         inputs = [jws_signing_input(job.claims, job.key, typ=job.typ) for job in jobs]

@@ -24,6 +24,12 @@ from sidecar.tokens.service import TokenService
 from sidecar.tokens.signing import THREAD_NAME_PREFIX, Signer, SignJob
 from tests.support.keys import make_key, private_key
 
+
+async def _encode(signer: Signer, claims: Any, key: KeyMaterial, *, typ: str) -> str:
+    (token,) = await signer.encode_all((SignJob(claims, key, typ),))
+    return token
+
+
 NOW = 1_800_000_000
 ISSUER = "urn:authsidecar:test"
 CLAIMS = {"iss": ISSUER, "sub": "alice", "aud": ["orders"], "exp": NOW + 60, "jti": "j"}
@@ -86,7 +92,7 @@ async def test_rs256_tokens_are_byte_identical_to_encode_jws(threads: int) -> No
     key = make_key("RS256", "det")
     signer = Signer(threads)
     try:
-        token = await signer.encode(CLAIMS, key, typ="at+jwt")
+        token = await _encode(signer, CLAIMS, key, typ="at+jwt")
     finally:
         signer.close()
     assert token == encode_jws(CLAIMS, key, typ="at+jwt")
@@ -94,7 +100,7 @@ async def test_rs256_tokens_are_byte_identical_to_encode_jws(threads: int) -> No
 
 async def test_costly_signatures_run_on_the_pool_threads(signer: Signer) -> None:
     before = _our_threads()
-    token = await signer.encode(CLAIMS, make_key("RS256", "pool"), typ="at+jwt")
+    token = await _encode(signer, CLAIMS, make_key("RS256", "pool"), typ="at+jwt")
     assert _our_threads() - before, "an RS256 signature did not go to the pool"
     assert decode_jws(token, _Ring(make_key("RS256", "pool"))).claims == CLAIMS
 
@@ -103,7 +109,7 @@ async def test_cheap_signatures_never_start_a_thread(signer: Signer) -> None:
     before = _our_threads()
     for alg in ("HS256", "ES256", "EdDSA"):
         key = make_key(alg, "inline")
-        token = await signer.encode(CLAIMS, key, typ="at+jwt")
+        token = await _encode(signer, CLAIMS, key, typ="at+jwt")
         assert decode_jws(token, _Ring(key)).claims == CLAIMS
     assert not _our_threads() - before
 
@@ -112,13 +118,13 @@ async def test_close_stops_the_threads_and_later_signatures_run_in_place() -> No
     signer = Signer(2)
     key = make_key("RS256", "close")
     before = _our_threads()
-    await asyncio.gather(*(signer.encode(CLAIMS, key, typ="at+jwt") for _ in range(4)))
+    await asyncio.gather(*(_encode(signer, CLAIMS, key, typ="at+jwt") for _ in range(4)))
     started = _our_threads() - before
     assert started
     signer.close()
     assert not any(thread.is_alive() for thread in started)
     assert signer.threads == 0
-    token = await signer.encode(CLAIMS, key, typ="at+jwt")
+    token = await _encode(signer, CLAIMS, key, typ="at+jwt")
     assert token == encode_jws(CLAIMS, key, typ="at+jwt")
     assert _our_threads() - before == set()
 
@@ -126,7 +132,7 @@ async def test_close_stops_the_threads_and_later_signatures_run_in_place() -> No
 async def test_many_concurrent_signatures_are_each_correct(signer: Signer) -> None:
     keys = [make_key(alg, f"many-{alg}") for alg in ("RS256", "ES256", "PS256", "ES384", "HS256")]
     jobs = [SignJob({**CLAIMS, "jti": f"j{i}"}, keys[i % len(keys)], "at+jwt") for i in range(60)]
-    tokens = await asyncio.gather(*(signer.encode(j.claims, j.key, typ=j.typ) for j in jobs))
+    tokens = await asyncio.gather(*(_encode(signer, j.claims, j.key, typ=j.typ) for j in jobs))
     ring = _Ring(*keys)
     for job, token in zip(jobs, tokens, strict=True):
         verified = decode_jws(token, ring)
@@ -148,7 +154,7 @@ async def test_claims_that_are_not_strict_json_are_refused_before_any_hand_off(
 ) -> None:
     before = _our_threads()
     with pytest.raises(InvalidRequestError):
-        await signer.encode({**CLAIMS, "x": math.nan}, make_key("RS256", "nan"), typ="at+jwt")
+        await _encode(signer, {**CLAIMS, "x": math.nan}, make_key("RS256", "nan"), typ="at+jwt")
     assert not _our_threads() - before
 
 
@@ -158,7 +164,7 @@ async def test_a_verification_only_key_is_refused_beside_pooled_signatures(
     rsa_private = private_key("RS256", "verify-only")
     public = asymmetric_key(rsa_private.public_key(), "RS256", "verify-only")  # type: ignore[union-attr]
     with pytest.raises(KeyMaterialError):
-        await signer.encode(CLAIMS, public, typ="at+jwt")
+        await _encode(signer, CLAIMS, public, typ="at+jwt")
     # Mixed with a costly key that the pool signs: the error still surfaces, nothing hangs.
     jobs = [SignJob(CLAIMS, make_key("RS256", "ok"), "at+jwt"), SignJob(CLAIMS, public, "at+jwt")]
     with pytest.raises(KeyMaterialError):
