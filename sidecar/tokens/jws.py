@@ -414,7 +414,7 @@ def jws_signing_input(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) 
     """
     if type(typ) is not str or not typ:
         raise ValueError("typ must be a non-empty string")
-    header = _compact_json({"alg": key.alg, "kid": key.kid, "typ": typ})
+    header = _encoded_header(key.alg, key.kid, typ)
     try:
         payload = _compact_json(dict(claims))
         # json.dumps turns non-string names into strings (so {1: a, "1": b} would give a
@@ -422,7 +422,14 @@ def jws_signing_input(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) 
         _parse_json(payload)
     except (TypeError, ValueError):  # UnicodeEncodeError and _Refused are ValueErrors
         raise InvalidRequestError("claims are not serialisable as strict JSON") from None
-    return _b64encode(header) + b"." + _b64encode(payload)
+    return header + b"." + _b64encode(payload)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_header(alg: str, kid: str, typ: str) -> bytes:
+    """The protected header, encoded: a function of its three members alone, and the same
+    few (signing key x token type) for every token, so it is built once (Issue, Refresh)."""
+    return _b64encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
 
 
 def jws_compact(signing_input: bytes, signature: bytes) -> str:

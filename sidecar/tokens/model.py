@@ -78,6 +78,10 @@ class TokenGrant:
     scope: str
     refresh_token: str = ""
     token_type: str = "Bearer"  # noqa: S105 - RFC 6750 token type name, not a secret
+    # The access token's `sub` and `jti` as signed: the audit line names them without
+    # parsing the token again.
+    subject: str = ""
+    jti: str = ""
 
 
 @dataclass(frozen=True, slots=True)

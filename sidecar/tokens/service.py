@@ -308,7 +308,7 @@ class TokenService:
             (at,) = await self._signer.encode_all((access_job,))
         else:
             at, rt = await self._signer.encode_all((access_job, refresh_job))
-        return TokenGrant(at, request.expires_in, request.scope, rt)
+        return _grant(at, rt, request, access_job)
 
     async def refresh(self, refresh_token: str, *, scope: str = "") -> TokenGrant:
         """Rotate (RFC 9700 section 4.14.2); see docs/lifecycle.md.
@@ -366,15 +366,13 @@ class TokenService:
             expires_in=self._settings.access_ttl_s,
             refresh=True,
         )
-        at, rt = await self._signer.encode_all(
-            (
-                self._access_token(
-                    request, request.extra_claims, now, request.expires_in, family.family_id
-                ),
-                self._refresh_token(family, successor, minted_at),
-            )
+        access_job = self._access_token(
+            request, request.extra_claims, now, request.expires_in, family.family_id
         )
-        return TokenGrant(at, request.expires_in, request.scope, rt)
+        at, rt = await self._signer.encode_all(
+            (access_job, self._refresh_token(family, successor, minted_at))
+        )
+        return _grant(at, rt, request, access_job)
 
     def _access_token(
         self,
@@ -489,3 +487,16 @@ class TokenService:
 
     def _now(self) -> int:
         return int(self._clock.now())
+
+
+def _grant(
+    access_token: str, refresh_token: str, request: minting.IssueRequest, access: SignJob
+) -> TokenGrant:
+    return TokenGrant(
+        access_token,
+        request.expires_in,
+        request.scope,
+        refresh_token,
+        subject=access.claims["sub"],
+        jti=access.claims["jti"],
+    )

@@ -71,9 +71,9 @@ def audit_refusal(rpc: str, error: AuthSidecarError, request: Any) -> None:
     audit(rpc.lower(), "refused", sub=sub, jti=jti, reason=error.reason, claims_verified=False)
 
 
-def audit_issued(rpc: str, access_token: str, *, refresh: bool) -> None:
-    """Issue or Refresh succeeded: the ids of the access token we just signed."""
-    sub, jti = claimed_ids(access_token, _PEEK_MAX_BYTES)
+def audit_issued(rpc: str, *, sub: str, jti: str, refresh: bool) -> None:
+    """Issue or Refresh succeeded: the ids of the access token we just signed (from the
+    claims we signed, not parsed back out of the token)."""
     audit(rpc.lower(), "ok", sub=sub, jti=jti, refresh_token=refresh)
 
 

@@ -19,6 +19,7 @@ from sidecar.config import load_settings
 from sidecar.errors import ConfigError
 from sidecar.keys.keyset import write_manifest
 from sidecar.logs import JsonFormatter, TextFormatter
+from sidecar.transport.audit import claimed_ids
 from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import write_jwk_file
 from tests.support.sidecar import RunningSidecar, running_sidecar
@@ -138,7 +139,7 @@ async def test_audit_lines_name_subject_jti_reason_and_request_id(
     async with running_sidecar(
         data_dir, tokens={"audiences": ["svc-a"], "refresh_grace_s": 0}
     ) as sidecar:
-        await _exercise(sidecar)
+        tokens = await _exercise(sidecar)
     entries = [
         json.loads(JsonFormatter().format(r))
         for r in caplog.records
@@ -152,8 +153,11 @@ async def test_audit_lines_name_subject_jti_reason_and_request_id(
         ("refresh", "refused", "REFRESH_TOKEN_REUSED"),
         ("revoke", "ok", ""),
     ]
-    issue = entries[0]
+    issue, refresh = entries[0], entries[2]
     assert issue["sub"] == "alice" and len(issue["jti"]) > 8
+    # The ids are the issued access tokens' own (Issue's, then Refresh's new one).
+    assert (issue["sub"], issue["jti"]) == claimed_ids(tokens[0], 65536)
+    assert (refresh["sub"], refresh["jti"]) == claimed_ids(tokens[2], 65536)
     assert issue["request_id"] == REQUEST_ID
     assert issue["peer"].startswith("unix:")
     # Refused tokens: the ids they claim, marked unverified; ids generated when none is sent.

@@ -8,6 +8,8 @@ here (construction never connects): no Sentinel or Cluster deployment runs in th
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -63,6 +65,17 @@ async def test_standalone_url_builds_a_client_with_timeouts() -> None:
     assert isinstance(client, Redis)
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["path"], kwargs["db"], kwargs["socket_timeout"]) == ("/run/redis.sock", 2, 1.0)
+    await client.aclose()
+
+
+async def test_replies_are_parsed_by_hiredis() -> None:
+    """redis-py falls back to its pure-Python parser without hiredis, silently: that costs
+    ~100 µs of a Refresh on Redis (docs/performance.md), so losing the dependency fails here."""
+    settings = StoreSettings(backend="redis", redis_url="redis://127.0.0.1:6379/0")
+    client = RedisConnector(settings).client()
+    assert isinstance(client, Redis)
+    pool: Any = client.connection_pool  # make_connection is unannotated in redis-py
+    assert type(pool.make_connection()._parser).__name__ == "_AsyncHiredisParser"
     await client.aclose()
 
 

@@ -164,14 +164,34 @@ def test_batch_response_serialises_as_before() -> None:
     assert _batch_response(outcomes).SerializeToString() == reference.SerializeToString()
 
 
-def test_response_memo_is_a_bounded_lru_of_identical_tokens() -> None:
+def test_response_memo_answers_the_same_token_object_with_the_same_response() -> None:
+    memo = _ResponseMemo(4)
+    a, b = _verified({"n": 1}), _verified({"n": 2})
+    first_a, first_b = memo.response(a), memo.response(b)
+    assert memo.response(a) is first_a and memo.response(b) is first_b
+    assert first_a.SerializeToString() != first_b.SerializeToString()
+    assert memo.response(_verified({"n": 1})) is not first_a  # equal, but not the same object
+
+
+def test_response_memo_is_emptied_when_full_and_rebuilds_identically() -> None:
     memo = _ResponseMemo(2)
     a, b, c = _verified({"n": 1}), _verified({"n": 2}), _verified({"n": 3})
-    first_a, first_b = memo.response(a), memo.response(b)
-    assert memo.response(a) is first_a  # a hit, and a is now the most recent
-    memo.response(c)  # evicts b, the least recently used
-    assert memo.response(a) is first_a
-    rebuilt = memo.response(b)
-    assert rebuilt is not first_b
-    assert rebuilt.SerializeToString() == first_b.SerializeToString()
-    assert memo.response(_verified({"n": 1})) is not first_a  # equal, but not the same object
+    first_a = memo.response(a)
+    memo.response(b)
+    assert len(memo) == 2
+    memo.response(c)  # full: emptied, then c stored
+    assert len(memo) == 1
+    rebuilt = memo.response(a)
+    assert rebuilt is not first_a
+    assert rebuilt.SerializeToString() == first_a.SerializeToString()
+    assert memo.response(a) is rebuilt
+    for n in range(50):
+        memo.response(_verified({"n": n}))
+        assert len(memo) <= 2
+
+
+def test_response_memo_of_size_zero_stores_nothing() -> None:
+    memo = _ResponseMemo(0)
+    a = _verified({"n": 1})
+    assert memo.response(a) is not memo.response(a)
+    assert len(memo) == 0
