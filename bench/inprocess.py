@@ -1,8 +1,9 @@
 """In-process references, one thread, pre-built keys: what a call costs with no RPC at all.
 
-python-jose and PyJWT decode (the libraries users compare with), the raw primitives under
-them, the sidecar's own verify (cache off, miss, hit) and signing, and the verify cache's
-memory per entry (tracemalloc) against the estimate that bounds it.
+python-jose and PyJWT decode (the libraries users compare with, where they implement the
+algorithm), the raw primitives under them (for every supported algorithm: the floor next to
+each figure), the sidecar's own verify (cache off, miss, hit) and signing, and the verify
+cache's memory per entry (tracemalloc) against the estimate that bounds it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import hashlib
 import hmac
 import time
 import tracemalloc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import jose
 import jwt as pyjwt
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from jose import constants as jose_constants
 from jose import jwk as jose_jwk
 from jose import jwt as jose_jwt
 
 from bench.tokens import Minted
 from sidecar.config import TokenSettings
+from sidecar.keys.algorithms import PSS_ALGS
+from sidecar.keys.material import EC_ALGS, HMAC_ALGS, OKP_ALGS, RSA_ALGS
 from sidecar.tokens.cache import VerifyCache, entry_bytes
 from sidecar.tokens.jws import encode_jws
 
@@ -45,67 +51,163 @@ def per_second(fn: Callable[[], object], seconds: float) -> float:
             return n / (now - began)
 
 
+# The "cache miss" verifier's cache: smaller than any pool, so every call misses.
+MISS_CACHE_ENTRIES = 16
+# What the primitives sign: about the length of a token's signing input.
+_SIGNING_INPUT = b"x" * 400
+_SHA: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
+}
+_HMAC_SHA = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
+
+
+def _jose_decoder(minted: Minted) -> Callable[[], object]:
+    token, alg, issuer = minted.tokens[0], minted.alg, minted.issuer
+    key = jose_jwk.construct(minted.public_jwk, alg)
+    return lambda: jose_jwt.decode(token, key, algorithms=[alg], audience="svc", issuer=issuer)
+
+
+def _pyjwt_decoder(minted: Minted) -> Callable[[], object]:
+    token, alg, issuer = minted.tokens[0], minted.alg, minted.issuer
+    key = pyjwt.PyJWK(minted.public_jwk, alg).key
+    return lambda: pyjwt.decode(token, key, algorithms=[alg], audience="svc", issuer=issuer)
+
+
+class Reference(NamedTuple):
+    library: str
+    algs: frozenset[str]
+    decoder: Callable[[Minted], Callable[[], object]]
+
+
+# The references run only where the library implements the algorithm (python-jose 3.5.0
+# has no PS* and no EdDSA): a missing row is said in a note (`reference_gaps`), never faked.
+_REFERENCES = {
+    "python-jose decode": Reference(
+        f"python-jose {jose.__version__}",
+        frozenset(jose_constants.ALGORITHMS.SUPPORTED),
+        _jose_decoder,
+    ),
+    "PyJWT decode": Reference(
+        f"PyJWT {pyjwt.__version__}",
+        frozenset(pyjwt.algorithms.get_default_algorithms()),
+        _pyjwt_decoder,
+    ),
+}
+
+
 def _decoders(minted: Minted) -> dict[str, Callable[[], object]]:
-    token, alg, jwk = minted.tokens[0], minted.alg, minted.public_jwk
-    jose_key = jose_jwk.construct(jwk, alg)
-    pyjwt_key = pyjwt.PyJWK(jwk, alg).key
-    issuer = minted.issuer
     return {
-        "python-jose decode": lambda: jose_jwt.decode(
-            token, jose_key, algorithms=[alg], audience="svc", issuer=issuer
-        ),
-        "PyJWT decode": lambda: pyjwt.decode(
-            token, pyjwt_key, algorithms=[alg], audience="svc", issuer=issuer
-        ),
+        name: ref.decoder(minted) for name, ref in _REFERENCES.items() if minted.alg in ref.algs
     }
 
 
-def _primitive(minted: Minted) -> tuple[str, Callable[[], object]]:
-    data, alg, key = b"x" * 400, minted.alg, minted.crypto_key
-    if alg == "HS256":
-        return "HMAC-SHA256", lambda: hmac.new(key, data, hashlib.sha256).digest()
-    if alg == "RS256":
-        sig = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        pub = key.public_key()
-        return "RSA-2048 verify", lambda: pub.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
-    sig = key.sign(data, ec.ECDSA(hashes.SHA256()))
-    pub = key.public_key()
-    return "ECDSA P-256 verify", lambda: pub.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+def reference_gaps(algs: Iterable[str]) -> list[str]:
+    """One note per reference library that lacks some of `algs`: why its rows are absent."""
+    notes = []
+    for name, ref in _REFERENCES.items():
+        missing = [alg for alg in algs if alg not in ref.algs]
+        if missing:
+            notes.append(
+                f"in-process {name}: no rows for {', '.join(missing)} "
+                f"({ref.library} does not implement them)"
+            )
+    return notes
 
 
-def _sign_primitive(minted: Minted) -> Callable[[], object] | None:
-    data, alg, key = b"x" * 400, minted.alg, minted.crypto_key
-    if alg == "RS256":
-        return lambda: key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    if alg == "ES256":
-        return lambda: key.sign(data, ec.ECDSA(hashes.SHA256()))
-    return None
+@dataclass(frozen=True)
+class Primitive:
+    """The `cryptography` (or `hmac`) call under an algorithm's signature, without JOSE
+    around it: the floor of that algorithm's verify and sign figures."""
+
+    name: str
+    verify: Callable[[], object]
+    # None for HMAC: signing is the same MAC as `verify`, already measured.
+    sign: Callable[[], object] | None
 
 
-def measure(minted: Minted, seconds: float) -> list[Row]:
+def _hmac(secret: bytes, alg: str) -> Primitive:
+    digest, data = _HMAC_SHA[alg[2:]], _SIGNING_INPUT
+    return Primitive(f"HMAC-SHA{alg[2:]}", lambda: hmac.new(secret, data, digest).digest(), None)
+
+
+def _rsa(key: rsa.RSAPrivateKey, alg: str) -> Primitive:
+    """PKCS #1 v1.5 for RS*; for PS* RSASSA-PSS with MGF1 on the same hash and a salt of
+    the hash's length (RFC 7518 sections 3.3 and 3.5)."""
+    digest, data = _SHA[alg[2:]](), _SIGNING_INPUT
+    pad: padding.AsymmetricPadding = padding.PKCS1v15()
+    scheme = "RSA"
+    if alg in PSS_ALGS:
+        pad = padding.PSS(mgf=padding.MGF1(_SHA[alg[2:]]()), salt_length=digest.digest_size)
+        scheme = "RSASSA-PSS"
+    sig, pub = key.sign(data, pad, digest), key.public_key()
+    return Primitive(
+        f"{scheme}-{key.key_size} verify",
+        lambda: pub.verify(sig, data, pad, digest),
+        lambda: key.sign(data, pad, digest),
+    )
+
+
+def _ecdsa(key: ec.EllipticCurvePrivateKey, alg: str, curve: str) -> Primitive:
+    """ECDSA with the hash its algorithm names (the curve was checked to match at load)."""
+    scheme, data = ec.ECDSA(_SHA[alg[2:]]()), _SIGNING_INPUT
+    sig, pub = key.sign(data, scheme), key.public_key()
+    return Primitive(
+        f"ECDSA {curve} verify",
+        lambda: pub.verify(sig, data, scheme),
+        lambda: key.sign(data, scheme),
+    )
+
+
+def _ed25519(key: ed25519.Ed25519PrivateKey) -> Primitive:
+    data = _SIGNING_INPUT
+    sig, pub = key.sign(data), key.public_key()
+    return Primitive("Ed25519 verify", lambda: pub.verify(sig, data), lambda: key.sign(data))
+
+
+def _primitive(minted: Minted) -> Primitive:
+    alg, key = minted.alg, minted.crypto_key
+    if alg in HMAC_ALGS:
+        return _hmac(key, alg)
+    if alg in RSA_ALGS | PSS_ALGS:
+        return _rsa(key, alg)
+    if alg in EC_ALGS:
+        return _ecdsa(key, alg, minted.jwk["crv"])
+    if alg in OKP_ALGS:
+        return _ed25519(key)
+    raise ValueError(f"no raw primitive for {alg!r}")
+
+
+def measure(minted: Minted, seconds: float, *, cache_hit: bool = True) -> list[Row]:
+    """Every in-process row of one algorithm. `cache_hit=False` leaves out the hit, which
+    costs the same whatever the algorithm (a digest lookup and the time checks)."""
     rows: list[Row] = []
     alg = minted.alg
 
-    def add(name: str, fn: Callable[[], object]) -> None:
+    def add(name: str, kind: str, fn: Callable[[], object]) -> None:
         rate = per_second(fn, seconds)
-        rows.append({"name": name, "alg": alg, "per_s": rate, "us_per_call": 1e6 / rate})
+        rows.append(
+            {"name": name, "alg": alg, "kind": kind, "per_s": rate, "us_per_call": 1e6 / rate}
+        )
 
     for name, fn in _decoders(minted).items():
-        add(name, fn)
-    add(*_primitive(minted))
+        add(name, "reference", fn)
+    primitive = _primitive(minted)
+    add(primitive.name, "primitive verify", primitive.verify)
     off = minted.service(cache_entries=0)
     pool = minted.tokens
     it = iter(range(1 << 62))
-    add("sidecar verify (cache off)", lambda: off.verify(pool[next(it) % len(pool)]))
-    small = minted.service(cache_entries=16)
-    add("sidecar verify (cache miss)", lambda: small.verify(pool[next(it) % len(pool)]))
-    warm = minted.service(cache_entries=1024)
-    add("sidecar verify (cache hit)", lambda: warm.verify(pool[next(it) % 8]))
+    add("sidecar verify (cache off)", "sidecar", lambda: off.verify(pool[next(it) % len(pool)]))
+    small = minted.service(cache_entries=MISS_CACHE_ENTRIES)
+    add("sidecar verify (cache miss)", "sidecar", lambda: small.verify(pool[next(it) % len(pool)]))
+    if cache_hit:
+        warm = minted.service(cache_entries=1024)
+        add("sidecar verify (cache hit)", "sidecar", lambda: warm.verify(pool[next(it) % 8]))
     key, claims = minted.signing_key, minted.sample_claims
-    add("sidecar sign (encode_jws)", lambda: encode_jws(claims, key, typ="at+jwt"))
-    raw = _sign_primitive(minted)
-    if raw is not None:
-        add(f"raw {alg} sign primitive", raw)
+    add("sidecar sign (encode_jws)", "sidecar", lambda: encode_jws(claims, key, typ="at+jwt"))
+    if primitive.sign is not None:
+        add(f"raw {alg} sign primitive", "primitive sign", primitive.sign)
     return rows
 
 

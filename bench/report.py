@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 Row = dict[str, Any]
+# The unary cold Verify cell of the algorithms the verify group does not cover.
+ALGORITHMS_CELL = "sidecar cold (every algorithm)"
 
 
 def _num(value: Any, fmt: str = "{:.0f}") -> str:
@@ -188,6 +190,69 @@ def targets(doc: dict[str, Any]) -> list[Row]:
     return out
 
 
+def _us(doc: dict[str, Any], alg: str, **where: Any) -> float | None:
+    """µs/call of the in-process row of `alg` matching `where`; None if not measured."""
+    row = _find(doc.get("inprocess", []), alg=alg, **where)
+    return None if row is None else float(row["us_per_call"])
+
+
+def _cold(rows: list[Row], alg: str) -> Row | None:
+    """The unary cold Verify cell of `alg` (UDS, 16 in flight, Python load): the verify
+    group's for its algorithms, the algorithms group's for the rest."""
+    uds16: dict[str, Any] = {"transport": "uds", "concurrency": 16, "loadgen": "python"}
+    for server in ("sidecar cold", ALGORITHMS_CELL):
+        row = _find(rows, server=server, alg=alg, **uds16)
+        if row is not None:
+            return row
+    return None
+
+
+def algorithms(doc: dict[str, Any], algs: tuple[str, ...]) -> list[Row]:
+    """One row per algorithm, in `algs`' order: the in-process µs/call of the sidecar, the
+    references and the raw primitives, and the unary cold Verify. None where not measured:
+    a library without the algorithm, HMAC signing (its MAC is the raw verify), --quick."""
+    out: list[Row] = []
+    for alg in algs:
+        primitive = _find(doc.get("inprocess", []), alg=alg, kind="primitive verify")
+        cold = _cold(doc["rows"], alg)
+        cpu = None if cold is None else cold["server_cpu_s_per_1k"]
+        out.append(
+            {
+                "alg": alg,
+                "verify_cache_off_us": _us(doc, alg, name="sidecar verify (cache off)"),
+                "python_jose_us": _us(doc, alg, name="python-jose decode"),
+                "pyjwt_us": _us(doc, alg, name="PyJWT decode"),
+                "primitive": None if primitive is None else primitive["name"],
+                "raw_verify_us": _us(doc, alg, kind="primitive verify"),
+                "sign_us": _us(doc, alg, name="sidecar sign (encode_jws)"),
+                "raw_sign_us": _us(doc, alg, kind="primitive sign"),
+                "cold_calls_per_s": None if cold is None else cold["calls_per_s"],
+                "cold_server_cpu_us": None if cpu is None else cpu * 1000,
+            }
+        )
+    return out
+
+
+def algorithms_table(rows: list[Row]) -> str:
+    out = [
+        "| alg | sidecar verify, cache off µs | python-jose µs | PyJWT µs | raw verify µs "
+        "| primitive | sidecar sign µs | raw sign µs | cold Verify calls/s "
+        "| server CPU µs/call |\n",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
+    ]
+    for r in rows:
+        us = [
+            _num(r[k], "{:.1f}")
+            for k in ("verify_cache_off_us", "python_jose_us", "pyjwt_us", "raw_verify_us")
+        ]
+        out.append(
+            f"| {r['alg']} | {' | '.join(us)} | {r['primitive'] or '-'} | "
+            f"{_num(r['sign_us'], '{:.1f}')} | {_num(r['raw_sign_us'], '{:.1f}')} | "
+            f"{_num(r['cold_calls_per_s'])} | {_num(r['cold_server_cpu_us'])} |\n"
+        )
+    return "".join(out)
+
+
 _HEADER = (
     "| group | server | alg | transport | conc | load | calls/s | tokens/s | p50 ms | p99 ms "
     "| p999 ms | server CPU s / 1k calls | errors |\n"
@@ -258,6 +323,13 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['alg']} | {r['entries']} | {r['token_chars']} | "
             f"{r['measured_bytes_per_entry']} | {r['estimated_bytes_per_entry']} |\n"
         )
+    parts.append(
+        "\n## Every supported algorithm\n\n"
+        "In-process µs/call (one thread, pre-built keys) and unary cold Verify (UDS, 16 in "
+        "flight, Python load; distinct tokens, so every call misses the cache). `-`: not "
+        "measured (the notes say why; HMAC signing is its MAC, the raw verify figure).\n\n"
+    )
+    parts.append(algorithms_table(doc["algorithms"]))
     if doc["notes"]:
         parts.append("\nNotes:\n\n" + "".join(f"- {n}\n" for n in doc["notes"]))
     return "".join(parts)

@@ -1,10 +1,10 @@
 """The benchmark suite: `python -m bench` (see docs/performance.md).
 
 Starts every server under test as its own process (the sidecar with an HS256, RS256 and ES256
-key file; the no-op floor; the naive python-jose sidecar; the pre-issue-7 sidecar), drives
-each from separate load-generator processes, measures the in-process references in this
-process, and writes bench/results/latest.json and latest.md. All ratios in the report come
-from this one run.
+key file, and one per other supported algorithm; the no-op floor; the naive python-jose
+sidecar; the pre-issue-7 sidecar), drives each from separate load-generator processes,
+measures the in-process references in this process, and writes bench/results/latest.json and
+latest.md. All ratios in the report come from this one run.
 
   python -m bench            full run (a few minutes)
   python -m bench --quick    a few seconds per group: proves the suite works, numbers rough
@@ -14,6 +14,7 @@ from this one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import platform
@@ -30,7 +31,7 @@ import grpc
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from bench import h2load, inprocess, procs, report
-from bench.tokens import AUDIENCE, Minted, make_key
+from bench.tokens import ALGORITHMS, AUDIENCE, Minted, make_key
 
 VERIFY = "/authsidecar.v1.AuthService/Verify"
 VERIFY_BATCH = "/authsidecar.v1.AuthService/VerifyBatch"
@@ -39,6 +40,10 @@ INTROSPECT = "/authsidecar.v1.AuthService/Introspect"
 RESULTS = Path(__file__).resolve().parent / "results"
 # The bench sidecars' verify cache: smaller than the cold pool, so cold calls always miss.
 CACHE_ENTRIES = 256
+# The algorithms of the verify group (and of the targets); the "algorithms" group covers the
+# rest of ALGORITHMS.
+CORE_ALGS = ("HS256", "RS256", "ES256")
+OTHER_ALGS = tuple(alg for alg in ALGORITHMS if alg not in CORE_ALGS)
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,27 @@ class Profile:
     inprocess_s: float
     batch: int
     full: bool
+    # The "algorithms" group (OTHER_ALGS): its token pools and its in-process seconds a row.
+    alg_pool: int
+    alg_inprocess_s: float
 
 
-FULL = Profile(duration_s=3.0, warmup_s=0.7, cold_pool=2048, inprocess_s=1.0, batch=100, full=True)
+FULL = Profile(
+    duration_s=3.0,
+    warmup_s=0.7,
+    cold_pool=2048,
+    inprocess_s=1.0,
+    batch=100,
+    full=True,
+    # Two load generators get disjoint halves of the pool: each half twice the cache, so
+    # every call misses whatever their relative speed. Not the 2,048 of the core pools:
+    # minting is most of this group's setup (RS512/PS512 sign at RSA-4096 speed; the
+    # `keys` lines of the output say how long each key took).
+    alg_pool=CACHE_ENTRIES * 4,
+    # Under half the core rows' window: ten algorithms of six or seven rows each would
+    # otherwise add more than a minute; this is still hundreds of RSA-4096 signatures.
+    alg_inprocess_s=0.4,
+)
 QUICK = Profile(
     duration_s=0.4,
     warmup_s=0.2,
@@ -59,6 +82,9 @@ QUICK = Profile(
     inprocess_s=0.05,
     batch=20,
     full=False,
+    # No gRPC cells for these in --quick: the pool only has to outnumber the miss cache.
+    alg_pool=inprocess.MISS_CACHE_ENTRIES * 4,
+    alg_inprocess_s=0.05,
 )
 
 
@@ -108,6 +134,7 @@ class Suite:
         self.rows: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.keys: dict[str, Minted] = {}
+        self.alg_keys: dict[str, Minted] = {}
         self.cells: list[Cell] = []
         self.servers: list[procs.Server] = []
         self.redis: subprocess.Popen[bytes] | None = None
@@ -223,12 +250,15 @@ class Suite:
     # -- groups ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        for alg in ("HS256", "RS256", "ES256"):
+        for alg in CORE_ALGS:
             self.keys[alg] = make_key(self.dir, alg, self.p.cold_pool)
+        for alg in OTHER_ALGS:
+            self.alg_keys[alg] = self._timed_key(alg, self.p.alg_pool)
         try:
             self.verify_group()
             self.batch_group()
             self.issue_refresh_group()
+            self.algorithms_group()
             self.execute()
         finally:
             for server in self.servers:
@@ -237,6 +267,14 @@ class Suite:
                 self.redis.terminate()
                 self.redis.wait(timeout=10)
         self.inprocess_group()
+
+    def _timed_key(self, alg: str, pool: int) -> Minted:
+        """make_key, saying how long it took: RSA-4096 key generation and signing dominate
+        the setup of the algorithms group, so the pool sizes are chosen from these lines."""
+        began = time.perf_counter()
+        minted = make_key(self.dir, alg, pool)
+        print(f"  keys {alg:6} {pool} tokens in {time.perf_counter() - began:.1f} s", flush=True)
+        return minted
 
     def _check_ok(self, server: procs.Server, token: str) -> None:
         """h2load counts HTTP 200 as success: make sure the call really verifies first."""
@@ -297,7 +335,7 @@ class Suite:
                         "floor", reference, "-", label, core=True, concurrency=c, payloads=warm
                     )
 
-        for alg in ("HS256", "RS256", "ES256") if full else ("HS256",):
+        for alg in CORE_ALGS if full else ("HS256",):
             minted = self.keys[alg]
             cold = [_verify_payload(t) for t in minted.tokens]
             hot = [_verify_payload(t) for t in minted.tokens[:16]]
@@ -424,6 +462,18 @@ class Suite:
         self.plan("refresh", server, "ES256", "Refresh (sqlite store)", mode="refresh")
         self.redis_refresh(minted)
 
+    def algorithms_group(self) -> None:
+        """Unary cold Verify (UDS, 16 in flight) for each algorithm the verify group leaves
+        out, one sidecar each: what the choice of algorithm costs a call. Run once (no
+        target reads them); --quick has only their in-process rows, to stay fast."""
+        if not self.p.full:
+            self.notes.append(f"{report.ALGORITHMS_CELL}: not run in --quick (in-process only)")
+            return
+        for alg, minted in self.alg_keys.items():
+            server = self._start(self.sidecar(minted))
+            payloads = [_verify_payload(t) for t in minted.tokens]
+            self.plan("algorithms", server, alg, report.ALGORITHMS_CELL, payloads=payloads)
+
     def redis_refresh(self, minted: Minted) -> None:
         if importlib.util.find_spec("sidecar.store.redis") is None:
             self.notes.append("Refresh (redis): skipped, sidecar/store/redis.py does not exist")
@@ -461,10 +511,16 @@ class Suite:
         self.plan("refresh", server, "ES256", "Refresh (redis store)", core=True, mode="refresh")
 
     def inprocess_group(self) -> None:
+        """Every row for the core algorithms; the others without the cache hit (the same
+        for every algorithm) and on shorter windows, to keep the full run's growth small."""
         rows: list[dict[str, Any]] = []
         for minted in self.keys.values():
             rows.extend(inprocess.measure(minted, self.p.inprocess_s))
+        for minted in self.alg_keys.values():
+            rows.extend(inprocess.measure(minted, self.p.alg_inprocess_s, cache_hit=False))
         self.inprocess = rows
+        measured = {**self.keys, **self.alg_keys}
+        self.notes.extend(inprocess.reference_gaps(a for a in ALGORITHMS if a in measured))
         self.cache_cost = [
             inprocess.cache_cost(self.keys[a], 500 if self.p.full else 50) for a in self.keys
         ]
@@ -545,14 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     if args.duration:
-        profile = Profile(
-            args.duration,
-            profile.warmup_s,
-            profile.cold_pool,
-            profile.inprocess_s,
-            profile.batch,
-            profile.full,
-        )
+        profile = dataclasses.replace(profile, duration_s=args.duration)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="asb-", dir="/tmp") as tmp:
         rounds = args.rounds or (1 if args.quick else 3)
@@ -579,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": suite.notes,
     }
     document["targets"] = report.targets(document)
+    document["algorithms"] = report.algorithms(document, ALGORITHMS)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(
         json.dumps(report.clean(document), indent=1, allow_nan=False)

@@ -17,7 +17,7 @@ import jwt as pyjwt
 from sidecar.clock import SystemClock
 from sidecar.config import TokenSettings
 from sidecar.keys.generate import generate_key, write_key_file
-from sidecar.keys.material import KeyMaterial
+from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
 from sidecar.keys.ring import KeyRing
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.service import TokenService
@@ -25,6 +25,16 @@ from sidecar.tokens.service import TokenService
 ISSUER = "urn:authsidecar:local"
 AUDIENCE = "svc"
 _PRIVATE = {"d", "p", "q", "dp", "dq", "qi"}
+_FAMILIES = ("HS", "RS", "PS", "ES", "Ed")
+
+
+def _family_order(alg: str) -> tuple[int, str]:
+    return _FAMILIES.index(alg[:2]), alg
+
+
+# Every algorithm the sidecar supports, by family then hash size: the order of the report's
+# tables (SUPPORTED_ALGS is a set). A new family fails here, not silently out of the bench.
+ALGORITHMS = tuple(sorted(SUPPORTED_ALGS, key=_family_order))
 
 
 @dataclass

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sidecar.keys.material import SUPPORTED_ALGS
+
 ROOT = Path(__file__).resolve().parents[2]
+_SIDECAR_ROWS = (
+    "sidecar verify (cache off)",
+    "sidecar verify (cache miss)",
+    "sidecar sign (encode_jws)",
+)
+_REFERENCES = ("python-jose decode", "PyJWT decode")
 
 
 @pytest.mark.timeout(600)
@@ -44,4 +54,27 @@ def test_bench_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     assert {"python-jose decode", "PyJWT decode", "sidecar verify (cache hit)"} <= names
     assert all(entry["measured_bytes_per_entry"] > 0 for entry in document["cache_cost"])
     assert {t["target"] for t in document["targets"]} >= {"Issue ES256 /s"}
-    assert "| target | value | goal | met |" in (tmp_path / "latest.md").read_text()
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "| target | value | goal | met |" in markdown
+    _check_every_algorithm(document, markdown)
+
+
+def _check_every_algorithm(document: dict[str, Any], markdown: str) -> None:
+    """Every supported algorithm has its sidecar rows and its raw primitive in-process (the
+    test fails if one is dropped), and each reference library is either measured for it or
+    said, in a note, to lack it."""
+    kinds: dict[str, dict[str, str]] = {}
+    for row in document["inprocess"]:
+        kinds.setdefault(row["alg"], {})[row["name"]] = row["kind"]
+    assert set(kinds) == SUPPORTED_ALGS
+    for alg, by_name in kinds.items():
+        assert set(_SIDECAR_ROWS) <= set(by_name), alg
+        assert "primitive verify" in by_name.values(), alg
+        for reference in _REFERENCES:
+            gaps = [n for n in document["notes"] if n.startswith(f"in-process {reference}:")]
+            said = any(re.search(rf"\b{alg}\b", note) for note in gaps)
+            assert (reference in by_name) != said, (alg, reference)
+    summary = {entry["alg"]: entry for entry in document["algorithms"]}
+    assert set(summary) == SUPPORTED_ALGS
+    assert all(entry["raw_verify_us"] > 0 for entry in summary.values())
+    assert "## Every supported algorithm" in markdown
