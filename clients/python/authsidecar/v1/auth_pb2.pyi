@@ -676,3 +676,231 @@ class GetJwksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    """The `epoch` of the stream being resumed (from any event it sent); empty
+    for a first subscription.
+    """
+    after_sequence: _builtins.int
+    """The last `sequence` the subscriber applied in that epoch. When the
+    sidecar still holds every event after it, they are replayed and the
+    `sync` event says `reset: false`; otherwise `reset: true`.
+    """
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    TOKEN_REVOKED_FIELD_NUMBER: _builtins.int
+    FAMILY_REVOKED_FIELD_NUMBER: _builtins.int
+    KEY_RETIRED_FIELD_NUMBER: _builtins.int
+    DECISIONS_RESET_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    """Names this sidecar process's event log; a different epoch than the one
+    a subscriber resumed means a new log (for example after a restart).
+    """
+    sequence: _builtins.int
+    """Position in the log. Revocation, key and reset events take consecutive
+    numbers starting at 1; `sync` and `heartbeat` carry the latest number
+    assigned without taking one. A subscriber that sees a gap must act as on
+    `reset`.
+    """
+    @_builtins.property
+    def sync(self) -> Global___WatchSync: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___WatchHeartbeat: ...
+    @_builtins.property
+    def token_revoked(self) -> Global___TokenRevoked: ...
+    @_builtins.property
+    def family_revoked(self) -> Global___FamilyRevoked: ...
+    @_builtins.property
+    def key_retired(self) -> Global___KeyRetired: ...
+    @_builtins.property
+    def decisions_reset(self) -> Global___DecisionsReset: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        sync: Global___WatchSync | None = ...,
+        heartbeat: Global___WatchHeartbeat | None = ...,
+        token_revoked: Global___TokenRevoked | None = ...,
+        family_revoked: Global___FamilyRevoked | None = ...,
+        key_retired: Global___KeyRetired | None = ...,
+        decisions_reset: Global___DecisionsReset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decisions_reset", b"decisions_reset", "event", b"event", "family_revoked", b"family_revoked", "heartbeat", b"heartbeat", "key_retired", b"key_retired", "sync", b"sync", "token_revoked", b"token_revoked"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions_reset", b"decisions_reset", "epoch", b"epoch", "event", b"event", "family_revoked", b"family_revoked", "heartbeat", b"heartbeat", "key_retired", b"key_retired", "sequence", b"sequence", "sync", b"sync", "token_revoked", b"token_revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["sync", "heartbeat", "token_revoked", "family_revoked", "key_retired", "decisions_reset"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class WatchSync(_message.Message):
+    """The first event of every stream: where the subscriber now stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESET_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    reset: _builtins.bool
+    """True when the events since the requested position cannot be replayed
+    (unknown or different epoch, or they left the buffer): the subscriber
+    must drop every decision it holds. False: the missed events follow.
+    """
+    heartbeat_interval_ms: _builtins.int
+    """How often heartbeats are sent; a subscriber's staleness bound should be
+    a small multiple of it.
+    """
+    def __init__(
+        self,
+        *,
+        reset: _builtins.bool = ...,
+        heartbeat_interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "reset", b"reset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSync: _TypeAlias = WatchSync  # noqa: Y015
+
+@_typing.final
+class WatchHeartbeat(_message.Message):
+    """Nothing changed; the stream is alive and `sequence` is the latest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchHeartbeat: _TypeAlias = WatchHeartbeat  # noqa: Y015
+
+@_typing.final
+class TokenRevoked(_message.Message):
+    """The access token with this `iss` and `jti` is revoked (RFC 7009): drop
+    any decision about it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISS_FIELD_NUMBER: _builtins.int
+    JTI_FIELD_NUMBER: _builtins.int
+    iss: _builtins.str
+    jti: _builtins.str
+    def __init__(
+        self,
+        *,
+        iss: _builtins.str = ...,
+        jti: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iss", b"iss", "jti", b"jti"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRevoked: _TypeAlias = TokenRevoked  # noqa: Y015
+
+@_typing.final
+class FamilyRevoked(_message.Message):
+    """Every token of the refresh family `sid` of issuer `iss` is revoked
+    (logout, or reuse detected under RFC 9700 section 4.14.2).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISS_FIELD_NUMBER: _builtins.int
+    SID_FIELD_NUMBER: _builtins.int
+    iss: _builtins.str
+    sid: _builtins.str
+    def __init__(
+        self,
+        *,
+        iss: _builtins.str = ...,
+        sid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iss", b"iss", "sid", b"sid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FamilyRevoked: _TypeAlias = FamilyRevoked  # noqa: Y015
+
+@_typing.final
+class KeyRetired(_message.Message):
+    """The key `kid` no longer verifies tokens here (removed or retired from the
+    key set, or dropped from an external issuer's JWKS): every decision made
+    with it is void.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KID_FIELD_NUMBER: _builtins.int
+    kid: _builtins.str
+    def __init__(
+        self,
+        *,
+        kid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kid", b"kid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyRetired: _TypeAlias = KeyRetired  # noqa: Y015
+
+@_typing.final
+class DecisionsReset(_message.Message):
+    """Every decision is void (a change to what verification accepts that no
+    narrower event describes). The subscriber drops all it holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecisionsReset: _TypeAlias = DecisionsReset  # noqa: Y015

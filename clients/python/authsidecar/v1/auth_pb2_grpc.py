@@ -70,6 +70,11 @@ class AuthServiceStub:
                 request_serializer=authsidecar_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=authsidecar_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/authsidecar.v1.AuthService/Watch',
+                request_serializer=authsidecar_dot_v1_dot_auth__pb2.WatchRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -147,6 +152,33 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Watch streams the events that can change a Verify decision a caller may
+        hold (issue 15): the client libraries' server interceptors keep the
+        sidecar's decision for a token and skip the Verify hop while they are
+        current, and drop a decision the moment an event voids it.
+
+        The stream starts with one `sync` event, then sends events in `sequence`
+        order and a `heartbeat` every `WatchSync.heartbeat_interval_ms`. A
+        subscriber is current while it has received a message within its
+        staleness bound; when it is not (stream down, heartbeat late) it must
+        serve no cached decision and ask Verify instead, so an outage never
+        turns into accepting a revoked token.
+
+        Ordering guarantee: an event is sent only after Verify at this sidecar
+        refuses what it voids. So a subscriber that notes its last applied
+        sequence before sending a Verify, and on the response checks the events
+        applied since, never caches a decision an event has already voided.
+
+        Events carry identifiers (`iss`, `jti`, `sid`, `kid`), never token text.
+        A subscriber whose unread events exceed the sidecar's bounded buffer is
+        dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
+        public listeners, like Verify.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +216,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetJwks,
                     request_deserializer=authsidecar_dot_v1_dot_auth__pb2.GetJwksRequest.FromString,
                     response_serializer=authsidecar_dot_v1_dot_auth__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__pb2.WatchRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,6 +413,33 @@ class AuthService:
             '/authsidecar.v1.AuthService/GetJwks',
             authsidecar_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
             authsidecar_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/Watch',
+            authsidecar_dot_v1_dot_auth__pb2.WatchRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -99,6 +99,29 @@ class AuthServiceStub:
     (RFC 7517 section 5), for services that verify tokens locally. Symmetric
     (HS*) keys are never published.
     """
+    Watch: _grpc.UnaryStreamMultiCallable[_auth_pb2.WatchRequest, _auth_pb2.WatchEvent]
+    """Watch streams the events that can change a Verify decision a caller may
+    hold (issue 15): the client libraries' server interceptors keep the
+    sidecar's decision for a token and skip the Verify hop while they are
+    current, and drop a decision the moment an event voids it.
+
+    The stream starts with one `sync` event, then sends events in `sequence`
+    order and a `heartbeat` every `WatchSync.heartbeat_interval_ms`. A
+    subscriber is current while it has received a message within its
+    staleness bound; when it is not (stream down, heartbeat late) it must
+    serve no cached decision and ask Verify instead, so an outage never
+    turns into accepting a revoked token.
+
+    Ordering guarantee: an event is sent only after Verify at this sidecar
+    refuses what it voids. So a subscriber that notes its last applied
+    sequence before sending a Verify, and on the response checks the events
+    applied since, never caches a decision an event has already voided.
+
+    Events carry identifiers (`iss`, `jti`, `sid`, `kid`), never token text.
+    A subscriber whose unread events exceed the sidecar's bounded buffer is
+    dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
+    public listeners, like Verify.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -147,6 +170,29 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """GetJwks returns the public verification keys as a JWKS document
     (RFC 7517 section 5), for services that verify tokens locally. Symmetric
     (HS*) keys are never published.
+    """
+    Watch: _aio.UnaryStreamMultiCallable[_auth_pb2.WatchRequest, _auth_pb2.WatchEvent]  # type: ignore[assignment]
+    """Watch streams the events that can change a Verify decision a caller may
+    hold (issue 15): the client libraries' server interceptors keep the
+    sidecar's decision for a token and skip the Verify hop while they are
+    current, and drop a decision the moment an event voids it.
+
+    The stream starts with one `sync` event, then sends events in `sequence`
+    order and a `heartbeat` every `WatchSync.heartbeat_interval_ms`. A
+    subscriber is current while it has received a message within its
+    staleness bound; when it is not (stream down, heartbeat late) it must
+    serve no cached decision and ask Verify instead, so an outage never
+    turns into accepting a revoked token.
+
+    Ordering guarantee: an event is sent only after Verify at this sidecar
+    refuses what it voids. So a subscriber that notes its last applied
+    sequence before sending a Verify, and on the response checks the events
+    applied since, never caches a decision an event has already voided.
+
+    Events carry identifiers (`iss`, `jti`, `sid`, `kid`), never token text.
+    A subscriber whose unread events exceed the sidecar's bounded buffer is
+    dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
+    public listeners, like Verify.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -235,6 +281,35 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetJwks returns the public verification keys as a JWKS document
         (RFC 7517 section 5), for services that verify tokens locally. Symmetric
         (HS*) keys are never published.
+        """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _auth_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_auth_pb2.WatchEvent], _abc.AsyncIterator[_auth_pb2.WatchEvent]]:
+        """Watch streams the events that can change a Verify decision a caller may
+        hold (issue 15): the client libraries' server interceptors keep the
+        sidecar's decision for a token and skip the Verify hop while they are
+        current, and drop a decision the moment an event voids it.
+
+        The stream starts with one `sync` event, then sends events in `sequence`
+        order and a `heartbeat` every `WatchSync.heartbeat_interval_ms`. A
+        subscriber is current while it has received a message within its
+        staleness bound; when it is not (stream down, heartbeat late) it must
+        serve no cached decision and ask Verify instead, so an outage never
+        turns into accepting a revoked token.
+
+        Ordering guarantee: an event is sent only after Verify at this sidecar
+        refuses what it voids. So a subscriber that notes its last applied
+        sequence before sending a Verify, and on the response checks the events
+        applied since, never caches a decision an event has already voided.
+
+        Events carry identifiers (`iss`, `jti`, `sid`, `kid`), never token text.
+        A subscriber whose unread events exceed the sidecar's bounded buffer is
+        dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
+        public listeners, like Verify.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
