@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -260,3 +260,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.GetJwksResponse:
         return auth_pb2.GetJwksResponse(jwks=json.dumps(self._service.jwks(), sort_keys=True))
+
+    async def Watch(
+        self, request: auth_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[auth_pb2.WatchEvent]:
+        """Placeholder while the event log is built (issue 15): the RPC is declared, not served.
+
+        Async so the call layers can wrap it; answers UNIMPLEMENTED before yielding anything.
+        """
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served yet")
+        yield auth_pb2.WatchEvent()  # pragma: no cover - abort raises
