@@ -4,8 +4,8 @@ What is verified: hadolint passes; the recipe's structure (digest-pinned base, f
 UID, HEALTHCHECK, OCI labels, install through deploy/container/install.sh with the lock);
 the install script itself, run into a clean virtual environment as the build stage runs it;
 and the HEALTHCHECK command, run from that environment against a sidecar started with the
-image's ENV (its paths moved under a temporary directory). Not verified: the image build, the
-base image's contents, and running with a read-only root filesystem or as UID 65532.
+image's ENV (its paths moved under a temporary directory). The image itself is built and run by
+test_container_image.py (podman, scripts/container_image.py).
 """
 
 from __future__ import annotations
