@@ -44,7 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "localhost/authsidecar-base:bookworm-py311"
-IMAGE_TAG = "localhost/authsidecar:check"
+# One tag per run: concurrent runs (several checkouts on one machine) never swap images.
+IMAGE_TAG = f"localhost/authsidecar:check-{uuid.uuid4().hex[:8]}"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 TOOLS = {"podman": "podman", "buildah": "buildah", "runc": "runc", "debootstrap": "debootstrap"}
 # Written by podman itself for every container (bind mounts it manages), not by the image.
@@ -295,6 +296,7 @@ class Checks:
     def cleanup(self) -> None:
         self.podman("rm", "-f", self.name)
         self.podman("volume", "rm", "-f", *self.volumes)
+        self.podman("rmi", "-f", IMAGE_TAG)
 
 
 def main() -> int:
