@@ -116,6 +116,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     libraries' server interceptors and by ext_authz (Check); the sidecar's own
     RPCs answer an empty token field with INVALID_REQUEST instead.
     """
+    WATCH_SUBSCRIBER_LIMIT: _ErrorReason.ValueType  # 22
+    """[RESOURCE_EXHAUSTED] Watch: `watch.max_subscribers` streams are open
+    already at this sidecar; retry later with backoff.
+    """
+    WATCH_SUBSCRIBER_DROPPED: _ErrorReason.ValueType  # 23
+    """[UNAVAILABLE] Watch: the subscriber's unread events exceeded the
+    sidecar's bounded queue (it stopped reading or fell behind); it was
+    dropped and must resubscribe (with its epoch and last applied sequence).
+    """
+    SHUTTING_DOWN: _ErrorReason.ValueType  # 24
+    """[UNAVAILABLE] The sidecar is stopping; long-lived calls (Watch) end with
+    this so the drain finishes. Retry, after a backoff, at a sidecar that serves.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable failure reasons carried in google.rpc.ErrorInfo.reason (by
@@ -188,6 +201,19 @@ TOKEN_MISSING: ErrorReason.ValueType  # 21
 metadata / header, or not of the form `Bearer <token>`. Sent by the client
 libraries' server interceptors and by ext_authz (Check); the sidecar's own
 RPCs answer an empty token field with INVALID_REQUEST instead.
+"""
+WATCH_SUBSCRIBER_LIMIT: ErrorReason.ValueType  # 22
+"""[RESOURCE_EXHAUSTED] Watch: `watch.max_subscribers` streams are open
+already at this sidecar; retry later with backoff.
+"""
+WATCH_SUBSCRIBER_DROPPED: ErrorReason.ValueType  # 23
+"""[UNAVAILABLE] Watch: the subscriber's unread events exceeded the
+sidecar's bounded queue (it stopped reading or fell behind); it was
+dropped and must resubscribe (with its epoch and last applied sequence).
+"""
+SHUTTING_DOWN: ErrorReason.ValueType  # 24
+"""[UNAVAILABLE] The sidecar is stopping; long-lived calls (Watch) end with
+this so the drain finishes. Retry, after a backoff, at a sidecar that serves.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
