@@ -1,0 +1,363 @@
+"""The Watch stream (issue 15) on real sidecars: real sockets, real gRPC clients, real keys.
+
+Each event is checked against Verify's answer at the same sidecar: an event is only sent
+once Verify there refuses what it voids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from authsidecar.v1 import auth_pb2, auth_pb2_grpc
+from sidecar.keys.keyset import write_manifest
+from tests.support.keys import write_jwk_file
+from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
+from tests.support.watch import WatchStream, claim_of
+
+AUD = "svc-a"
+FAST = {"heartbeat_interval_ms": 100}
+REVOKED = (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+
+
+@pytest.fixture
+async def sc(data_dir: Path) -> AsyncIterator[RunningSidecar]:
+    async with running_sidecar(
+        data_dir, tokens={"audiences": [AUD], "refresh_grace_s": 0}, watch=FAST
+    ) as running:
+        yield running
+
+
+async def issue(sc: RunningSidecar, *, refresh: bool = False) -> auth_pb2.IssueResponse:
+    request = auth_pb2.IssueRequest(subject="alice", audience=[AUD], refresh_token=refresh)
+    return await sc.admin.Issue(request)
+
+
+async def revoke_one(sc: RunningSidecar) -> str:
+    """Issue a token, revoke it over the public socket; its jti."""
+    token = (await issue(sc)).access_token
+    await sc.public.Revoke(auth_pb2.RevokeRequest(token=token))
+    return claim_of(token, "jti")
+
+
+async def verify_reason(sc: RunningSidecar, token: str) -> tuple[grpc.StatusCode, str]:
+    try:
+        await sc.public.Verify(auth_pb2.VerifyRequest(token=token, audience=AUD))
+    except grpc.aio.AioRpcError as error:
+        return reason_of(error)
+    return grpc.StatusCode.OK, ""
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_watch_starts_with_sync_carrying_reset_and_the_heartbeat_interval(
+    sc: RunningSidecar,
+) -> None:
+    for stub in (sc.public, sc.tcp, sc.admin):
+        stream = WatchStream(stub)
+        first = await stream.sync()
+        assert first.sync.reset is True  # a first subscription holds nothing to keep
+        assert first.sync.heartbeat_interval_ms == 100
+        assert first.epoch == sc.app.service.events.epoch and len(first.epoch) >= 16
+        assert first.sequence == 0
+        await stream.close()
+
+
+async def test_revoke_sends_token_revoked_with_iss_and_jti_after_verify_refuses(
+    sc: RunningSidecar,
+) -> None:
+    stream = WatchStream(sc.public)
+    await stream.sync()
+    token = (await issue(sc)).access_token
+    assert await verify_reason(sc, token) == (grpc.StatusCode.OK, "")
+    await sc.public.Revoke(auth_pb2.RevokeRequest(token=token))
+    event = await stream.next_event()
+    assert event.WhichOneof("event") == "token_revoked"
+    assert event.token_revoked.iss == sc.settings.tokens.issuer
+    assert event.token_revoked.jti == claim_of(token, "jti")
+    assert event.sequence == 1
+    assert await verify_reason(sc, token) == REVOKED
+    # Revoking again changes nothing and sends nothing: the next message is a heartbeat.
+    await sc.public.Revoke(auth_pb2.RevokeRequest(token=token))
+    beat = await stream.next()
+    assert beat.WhichOneof("event") == "heartbeat" and beat.sequence == 1
+    assert (await stream.next()).WhichOneof("event") == "heartbeat"
+    await stream.close()
+
+
+async def test_refresh_reuse_sends_family_revoked_for_the_family(sc: RunningSidecar) -> None:
+    stream = WatchStream(sc.public)
+    await stream.sync()
+    grant = await issue(sc, refresh=True)
+    sid = claim_of(grant.refresh_token, "sid")
+    await sc.public.Refresh(auth_pb2.RefreshRequest(refresh_token=grant.refresh_token))
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await sc.public.Refresh(auth_pb2.RefreshRequest(refresh_token=grant.refresh_token))
+    assert reason_of(reused.value)[1] == "REFRESH_TOKEN_REUSED"
+    event = await stream.next_event()
+    assert event.WhichOneof("event") == "family_revoked"
+    assert (event.family_revoked.iss, event.family_revoked.sid) == (
+        sc.settings.tokens.issuer,
+        sid,
+    )
+    assert await verify_reason(sc, grant.access_token) == REVOKED
+    await stream.close()
+
+
+async def test_revoking_a_refresh_token_sends_family_revoked(sc: RunningSidecar) -> None:
+    stream = WatchStream(sc.public)
+    await stream.sync()
+    grant = await issue(sc, refresh=True)
+    await sc.public.Revoke(auth_pb2.RevokeRequest(token=grant.refresh_token))
+    event = await stream.next_event()
+    assert event.WhichOneof("event") == "family_revoked"
+    assert event.family_revoked.sid == claim_of(grant.refresh_token, "sid")
+    await stream.close()
+
+
+async def test_heartbeats_carry_the_latest_sequence(sc: RunningSidecar) -> None:
+    stream = WatchStream(sc.public)
+    await stream.sync()
+    jtis = [await revoke_one(sc) for _ in range(3)]
+    got = [(await stream.next_event()).token_revoked.jti for _ in jtis]
+    assert got == jtis
+    beats = [await stream.next() for _ in range(3)]
+    assert [(b.WhichOneof("event"), b.sequence) for b in beats] == [("heartbeat", 3)] * 3
+    assert {b.epoch for b in beats} == {sc.app.service.events.epoch}
+    await stream.close()
+
+
+async def test_resume_with_epoch_and_sequence_replays_exactly_the_missed_events(
+    sc: RunningSidecar,
+) -> None:
+    stream = WatchStream(sc.public)
+    epoch = (await stream.sync()).epoch
+    first = await revoke_one(sc)
+    event = await stream.next_event()
+    assert (event.sequence, event.token_revoked.jti) == (1, first)
+    await stream.close()
+    missed = [await revoke_one(sc) for _ in range(3)]
+    resumed = WatchStream(sc.public, epoch=epoch, after_sequence=1)
+    sync = await resumed.sync()
+    assert sync.sync.reset is False and sync.sequence == 4
+    replayed = [await resumed.next() for _ in missed]
+    assert [(m.sequence, m.token_revoked.jti) for m in replayed] == [
+        (2, missed[0]),
+        (3, missed[1]),
+        (4, missed[2]),
+    ]
+    live = await revoke_one(sc)
+    after = await resumed.next_event()
+    assert (after.sequence, after.token_revoked.jti) == (5, live)  # no gap, no duplicate
+    await resumed.close()
+    # Resuming exactly at the head replays nothing and is not a reset.
+    current = WatchStream(sc.public, epoch=epoch, after_sequence=5)
+    assert (await current.sync()).sync.reset is False
+    assert (await current.next()).WhichOneof("event") == "heartbeat"
+    await current.close()
+
+
+async def test_unknown_epoch_sequence_beyond_the_ring_or_hostile_values_reset(
+    data_dir: Path,
+) -> None:
+    watch = {**FAST, "replay_buffer_size": 2}
+    async with running_sidecar(data_dir, tokens={"audiences": [AUD]}, watch=watch) as sc:
+        epoch = sc.app.service.events.epoch
+        for _ in range(4):
+            await revoke_one(sc)
+        cases = [
+            (epoch, 0),  # events 1 and 2 left the ring
+            (epoch, 1),
+            (epoch, 5),  # from the future
+            (epoch, 2**64 - 1),
+            ("another-process", 3),
+            ("", 4),
+            ("\u00e9" * 5000, 3),
+        ]
+        for resume_epoch, after in cases:
+            stream = WatchStream(sc.public, epoch=resume_epoch, after_sequence=after)
+            sync = await stream.sync()
+            assert sync.sync.reset is True, (resume_epoch[:20], after)
+            assert sync.sequence == 4 and sync.epoch == epoch
+            # Nothing is replayed after a reset: the next message is a heartbeat.
+            assert (await stream.next()).WhichOneof("event") == "heartbeat"
+            await stream.close()
+        stream = WatchStream(sc.public, epoch=epoch, after_sequence=2)
+        assert (await stream.sync()).sync.reset is False
+        assert [(await stream.next()).sequence for _ in range(2)] == [3, 4]
+        await stream.close()
+
+
+async def test_key_reload_that_removes_a_kid_sends_key_retired(data_dir: Path) -> None:
+    keys = data_dir / "keyset"
+    keys.mkdir()
+    write_jwk_file(keys, "ES256", "k1")
+    write_jwk_file(keys, "ES256", "k2")
+    write_manifest(keys, "k1", 0)
+    key_settings = {"directory": str(keys), "reload_interval_s": 0}
+    async with running_sidecar(
+        data_dir, keys=key_settings, tokens={"audiences": [AUD]}, watch=FAST
+    ) as sc:
+        token = (await issue(sc)).access_token  # signed with k1
+        stream = WatchStream(sc.public)
+        await stream.sync()
+        write_manifest(keys, "k2", 0)  # promote k2: k1 still verifies, nothing is void
+        sc.app.reload_keys()
+        await until(lambda: _signing_kid(sc) == "k2", "k2 promoted")
+        (keys / "k1.jwk.json").unlink()  # retire k1
+        sc.app.reload_keys()
+        event = await stream.next_event()
+        assert event.WhichOneof("event") == "key_retired"
+        assert (event.key_retired.kid, event.sequence) == ("k1", 1)
+        assert await verify_reason(sc, token) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_UNKNOWN")
+        await stream.close()
+
+
+def _signing_kid(sc: RunningSidecar) -> str | None:
+    key = sc.app.service.ring.signing_key
+    return key.kid if key is not None else None
+
+
+async def test_a_subscriber_that_stops_reading_is_dropped_without_affecting_others(
+    data_dir: Path,
+) -> None:
+    watch = {**FAST, "subscriber_queue_size": 8}
+    async with running_sidecar(data_dir, tokens={"audiences": [AUD]}, watch=watch) as sc:
+        events = sc.app.service.events
+        # No BDP probing: the stream's flow-control window stays at its initial 64 KiB, so a
+        # client that does not read blocks the sidecar's writes after a few hundred events.
+        options = [("grpc.http2.bdp_probe", 0)]
+        async with grpc.aio.insecure_channel(sc.tcp_target, options=options) as channel:
+            idle_call = auth_pb2_grpc.AuthServiceStub(channel).Watch(auth_pb2.WatchRequest())
+            reader = WatchStream(sc.public)
+            await reader.sync()
+            await until(lambda: events.subscriber_count == 2, "both subscribed")
+            received: list[int] = []
+
+            async def read_all() -> None:
+                while True:
+                    message = await reader.next()
+                    if message.WhichOneof("event") == "token_revoked":
+                        received.append(message.sequence)
+
+            reading = asyncio.create_task(read_all())
+            tokens = [(await issue(sc)).access_token for _ in range(200)]
+            revoked = 0
+            while events.dropped == 0:
+                assert revoked < 20_000, "the idle subscriber was never dropped"
+                if not tokens:
+                    tokens = [(await issue(sc)).access_token for _ in range(200)]
+                await asyncio.gather(
+                    *(sc.public.Revoke(auth_pb2.RevokeRequest(token=t)) for t in tokens[:50])
+                )
+                del tokens[:50]
+                revoked += 50
+            assert events.dropped == 1, revoked
+            assert events.subscriber_count == 1  # the reader stays subscribed
+            await until(lambda: len(received) == events.sequence, "the reader caught up")
+            assert received == list(range(1, events.sequence + 1))
+            # The dropped stream, read now, ends UNAVAILABLE with the reason after what the
+            # transport had buffered.
+            code, reason = await _end_of(idle_call)
+            assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "WATCH_SUBSCRIBER_DROPPED")
+            reading.cancel()
+            await reader.close()
+
+
+async def _end_of(call: Any) -> tuple[grpc.StatusCode, str]:
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as error:
+        return reason_of(error)
+    return grpc.StatusCode.OK, ""
+
+
+async def test_subscribers_beyond_the_limit_are_refused_resource_exhausted(
+    data_dir: Path,
+) -> None:
+    async with running_sidecar(
+        data_dir, watch={**FAST, "max_subscribers": 2}, tokens={"audiences": [AUD]}
+    ) as sc:
+        first, second = WatchStream(sc.public), WatchStream(sc.tcp)
+        await first.sync()
+        await second.sync()
+        third = WatchStream(sc.public)
+        assert await third.end() == (grpc.StatusCode.RESOURCE_EXHAUSTED, "WATCH_SUBSCRIBER_LIMIT")
+        await first.close()  # a client going away frees its place
+        events = sc.app.service.events
+        await until(lambda: events.subscriber_count == 1, "the cancelled stream unsubscribed")
+        fourth = WatchStream(sc.public)
+        await fourth.sync()
+        await second.close()
+        await fourth.close()
+        await until(lambda: events.subscriber_count == 0, "all unsubscribed")
+
+
+async def test_watch_is_held_to_the_metadata_limit(sc: RunningSidecar) -> None:
+    stream = WatchStream(sc.public, metadata=(("x-padding", "p" * 20_000),))
+    assert await stream.end() == (grpc.StatusCode.INVALID_ARGUMENT, "METADATA_TOO_LARGE")
+    assert sc.app.service.events.subscriber_count == 0
+
+
+async def test_watch_streams_end_when_the_sidecar_stops(data_dir: Path) -> None:
+    # A grace period far longer than the test: streams must end at the start of shutdown,
+    # not when the grace period runs out (that would end them CANCELLED).
+    listen = {"grace_period_s": 120.0}
+    cm = running_sidecar(data_dir, listen=listen, watch=FAST, tokens={"audiences": [AUD]})
+    sc = await cm.__aenter__()
+    try:
+        streams = [WatchStream(sc.public), WatchStream(sc.tcp)]
+        for stream in streams:
+            await stream.sync()
+        # Channels of our own, so the helper's closing of its channels is not what ends them.
+        own = grpc.aio.insecure_channel(sc.tcp_target)
+        mine = WatchStream(auth_pb2_grpc.AuthServiceStub(own))
+        await mine.sync()
+        stopping = asyncio.create_task(sc.app.stop())
+        assert await mine.end() == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        await asyncio.wait_for(stopping, 60)
+        assert sc.app.service.events.subscriber_count == 0
+        await own.close()
+    finally:
+        for channel in sc.channels:
+            await channel.close()
+
+
+async def test_watch_metrics_count_subscribers_and_events_by_kind(data_dir: Path) -> None:
+    async with running_sidecar(
+        data_dir, metrics={"listen": "127.0.0.1:0"}, watch=FAST, tokens={"audiences": [AUD]}
+    ) as sc:
+        server = sc.app.metrics_server
+        assert server is not None
+        stream = WatchStream(sc.public)
+        await stream.sync()
+        await revoke_one(sc)
+        await stream.next_event()
+        text = await asyncio.to_thread(_scrape, server.address)
+        assert "authsidecar_watch_subscribers 1.0" in text
+        assert 'authsidecar_watch_events_published_total{kind="token_revoked"} 1.0' in text
+        assert 'authsidecar_watch_events_published_total{kind="key_retired"} 0.0' in text
+        assert "authsidecar_watch_subscribers_dropped_total 0.0" in text
+        assert "authsidecar_watch_sequence 1.0" in text
+        await stream.close()
+
+
+def _scrape(address: str) -> str:
+    url = f"http://{address}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - our own loopback endpoint
+        text: str = reply.read().decode()
+        return text
