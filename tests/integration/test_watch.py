@@ -7,6 +7,7 @@ once Verify there refuses what it voids.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,9 @@ import pytest
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.keys.keyset import write_manifest
+from tests.support.fleet import fleet
 from tests.support.keys import write_jwk_file
+from tests.support.redis import delete_prefix, unique_prefix
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
 from tests.support.watch import WatchStream, claim_of
 
@@ -315,26 +318,31 @@ async def test_watch_is_held_to_the_metadata_limit(sc: RunningSidecar) -> None:
 
 async def test_watch_streams_end_when_the_sidecar_stops(data_dir: Path) -> None:
     # A grace period far longer than the test: streams must end at the start of shutdown,
-    # not when the grace period runs out (that would end them CANCELLED).
+    # not when the grace period runs out (that would end them CANCELLED, minutes later).
     listen = {"grace_period_s": 120.0}
     cm = running_sidecar(data_dir, listen=listen, watch=FAST, tokens={"audiences": [AUD]})
     sc = await cm.__aenter__()
+    stopping: asyncio.Task[None] | None = None
+    own = grpc.aio.insecure_channel(sc.tcp_target)
     try:
-        streams = [WatchStream(sc.public), WatchStream(sc.tcp)]
+        streams = [
+            WatchStream(sc.public),
+            WatchStream(sc.tcp),
+            WatchStream(auth_pb2_grpc.AuthServiceStub(own)),
+        ]
         for stream in streams:
             await stream.sync()
-        # Channels of our own, so the helper's closing of its channels is not what ends them.
-        own = grpc.aio.insecure_channel(sc.tcp_target)
-        mine = WatchStream(auth_pb2_grpc.AuthServiceStub(own))
-        await mine.sync()
         stopping = asyncio.create_task(sc.app.stop())
-        assert await mine.end() == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        for stream in streams:
+            assert await stream.end() == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
         await asyncio.wait_for(stopping, 60)
         assert sc.app.service.events.subscriber_count == 0
-        await own.close()
     finally:
+        await own.close()
         for channel in sc.channels:
             await channel.close()
+        if stopping is None:
+            await sc.app.stop()
 
 
 async def test_watch_metrics_count_subscribers_and_events_by_kind(data_dir: Path) -> None:
@@ -361,3 +369,40 @@ def _scrape(address: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - our own loopback endpoint
         text: str = reply.read().decode()
         return text
+
+
+@pytest.mark.redis
+async def test_a_revocation_at_one_sidecar_reaches_a_subscriber_of_another(
+    redis_url: str,
+) -> None:
+    prefix = unique_prefix()
+    try:
+        async with fleet(
+            2,
+            redis_url,
+            prefix,
+            STORE__SYNC_INTERVAL_S="60",  # so the event can only come through the feed
+            WATCH__HEARTBEAT_INTERVAL_MS="100",
+            LISTEN__GRACE_PERIOD_S="60",
+        ) as running:
+            a, b = running.sidecars
+            stream = WatchStream(b.stub)
+            await stream.sync()
+            grant = await a.admin_stub.Issue(
+                auth_pb2.IssueRequest(subject="alice", audience=["svc"]), timeout=5
+            )
+            await b.stub.Verify(auth_pb2.VerifyRequest(token=grant.access_token), timeout=5)
+            await a.stub.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
+            event = await stream.next_event()
+            assert event.WhichOneof("event") == "token_revoked"
+            assert event.token_revoked.jti == claim_of(grant.access_token, "jti")
+            # Sent only once B itself refuses the token.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await b.stub.Verify(auth_pb2.VerifyRequest(token=grant.access_token), timeout=5)
+            assert reason_of(refused.value) == REVOKED
+            # SIGTERM: the stream ends at once, long before the 60 s grace period would.
+            b.proc.send_signal(signal.SIGTERM)
+            assert await stream.end() == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+            assert await asyncio.wait_for(b.proc.wait(), 50) == 0
+    finally:
+        delete_prefix(redis_url, prefix)
