@@ -18,8 +18,10 @@ import grpc
 import pytest
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
+from sidecar.clock import FixedClock
 from sidecar.keys.keyset import write_manifest
 from tests.support.fleet import fleet
+from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import write_jwk_file
 from tests.support.redis import delete_prefix, unique_prefix
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
@@ -50,9 +52,11 @@ async def revoke_one(sc: RunningSidecar) -> str:
     return claim_of(token, "jti")
 
 
-async def verify_reason(sc: RunningSidecar, token: str) -> tuple[grpc.StatusCode, str]:
+async def verify_reason(
+    sc: RunningSidecar, token: str, audience: str = AUD
+) -> tuple[grpc.StatusCode, str]:
     try:
-        await sc.public.Verify(auth_pb2.VerifyRequest(token=token, audience=AUD))
+        await sc.public.Verify(auth_pb2.VerifyRequest(token=token, audience=audience))
     except grpc.aio.AioRpcError as error:
         return reason_of(error)
     return grpc.StatusCode.OK, ""
@@ -406,3 +410,47 @@ async def test_a_revocation_at_one_sidecar_reaches_a_subscriber_of_another(
             assert await asyncio.wait_for(b.proc.wait(), 50) == 0
     finally:
         delete_prefix(redis_url, prefix)
+
+
+async def test_an_external_issuer_dropping_a_kid_sends_key_retired(data_dir: Path) -> None:
+    ca = LocalCa.create(data_dir)
+    server = JwksServer(ca)
+    try:
+        idp = ExternalIssuer()
+        idp.add_key("idp-1")
+        idp.add_key("idp-2")
+        server.document = idp.jwks()
+        issuer = {
+            "issuer": ExternalIssuer.issuer,
+            "audiences": ["api://orders"],
+            "jwks_url": server.url,
+            "ca_file": str(ca.ca_file),
+            "refresh_s": 300,
+            "timeout_s": 2,
+        }
+        async with running_sidecar(
+            data_dir,
+            clock=FixedClock(time.time()),  # the IdP stamps iat/exp from the real clock
+            tokens={"audiences": [AUD]},
+            issuers=[issuer],
+            watch=FAST,
+        ) as sc:
+            (remote,) = sc.app.remote_keys
+            retired = idp.keys.pop("idp-1")
+            token = idp.token("idp-1", key=retired)
+            assert await verify_reason(sc, token, "api://orders") == (grpc.StatusCode.OK, "")
+            stream = WatchStream(sc.public)
+            await stream.sync()
+            idp.add_key("idp-3")  # an added key voids nothing
+            server.document = idp.jwks()
+            assert await remote.refresh()
+            event = await stream.next_event()
+            assert (event.WhichOneof("event"), event.key_retired.kid) == ("key_retired", "idp-1")
+            assert event.sequence == 1
+            assert await verify_reason(sc, token, "api://orders") == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "KEY_UNKNOWN",
+            )
+            await stream.close()
+    finally:
+        server.stop()
