@@ -75,11 +75,19 @@ class Subscription:
         "_waiter",
         "_state",
         "reset",
+        "position",
         "on_end",
     )
 
     def __init__(
-        self, log: EventLog, replay: Sequence[Event], *, reset: bool, limit: int, state: str
+        self,
+        log: EventLog,
+        replay: Sequence[Event],
+        *,
+        reset: bool,
+        position: int,
+        limit: int,
+        state: str,
     ) -> None:
         self._log = log
         self._loop = asyncio.get_running_loop()
@@ -90,6 +98,9 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._state = state  # "live", "dropped" or "closed"
         self.reset = reset
+        # Where the subscriber stands: the queued events continue from here (the requested
+        # position when replaying; the latest sequence after a reset).
+        self.position = position
         # Called on the subscriber's loop once it is dropped or the log closes (not after
         # `close`): the transport ends a stream that may be blocked writing.
         self.on_end: Callable[[], None] | None = None
@@ -261,18 +272,25 @@ class EventLog:
         SubscriberLimitError when `max_subscribers` are subscribed already."""
         with self._lock:
             if self._closed:
-                return Subscription(self, (), reset=True, limit=0, state="closed")
+                return Subscription(
+                    self, (), reset=True, position=self._sequence, limit=0, state="closed"
+                )
             if len(self._subscribers) >= self._max_subscribers:
                 raise SubscriberLimitError()
             latest, ring = self._sequence, self._ring
             missed = latest - after_sequence
             if epoch == self.epoch and 0 <= missed <= len(ring):
                 replay = list(islice(ring, len(ring) - missed, None))
-                reset = False
+                reset, position = False, after_sequence
             else:
-                replay, reset = [], True
+                replay, reset, position = [], True, latest
             subscription = Subscription(
-                self, replay, reset=reset, limit=self._queue_size, state="live"
+                self,
+                replay,
+                reset=reset,
+                position=position,
+                limit=self._queue_size,
+                state="live",
             )
             self._subscribers.add(subscription)
             return subscription

@@ -3,8 +3,9 @@
 Thin on purpose: the log decides replay or reset, orders events and bounds memory; this
 module converts, sends heartbeats and ends streams with a precise status.
 
-* First message: `sync` (reset flag, heartbeat interval), then the replayed events, then
-  live ones, each as soon as it is published.
+* First message: `sync` (reset flag, heartbeat interval; its sequence is the position the
+  events that follow continue from), then the replayed events, then live ones, each as
+  soon as it is published.
 * A heartbeat every `watch.heartbeat_interval_ms`, whatever else is sent, carrying the
   latest sequence the subscriber now has every event up to (events queued before it are
   sent before it).
@@ -86,7 +87,7 @@ class WatchStreams:
         events, latest = _take(subscription)
         yield auth_pb2.WatchEvent(
             epoch=epoch,
-            sequence=latest,
+            sequence=subscription.position,
             sync=auth_pb2.WatchSync(
                 reset=subscription.reset, heartbeat_interval_ms=self._interval_ms
             ),

@@ -159,7 +159,8 @@ async def test_resume_with_epoch_and_sequence_replays_exactly_the_missed_events(
     missed = [await revoke_one(sc) for _ in range(3)]
     resumed = WatchStream(sc.public, epoch=epoch, after_sequence=1)
     sync = await resumed.sync()
-    assert sync.sync.reset is False and sync.sequence == 4
+    # The stream continues from the requested position: the replay follows without a gap.
+    assert sync.sync.reset is False and sync.sequence == 1
     replayed = [await resumed.next() for _ in missed]
     assert [(m.sequence, m.token_revoked.jti) for m in replayed] == [
         (2, missed[0]),
@@ -203,7 +204,8 @@ async def test_unknown_epoch_sequence_beyond_the_ring_or_hostile_values_reset(
             assert (await stream.next()).WhichOneof("event") == "heartbeat"
             await stream.close()
         stream = WatchStream(sc.public, epoch=epoch, after_sequence=2)
-        assert (await stream.sync()).sync.reset is False
+        sync = await stream.sync()
+        assert (sync.sync.reset, sync.sequence) == (False, 2)
         assert [(await stream.next()).sequence for _ in range(2)] == [3, 4]
         await stream.close()
 

@@ -41,7 +41,7 @@ async def test_resume_replays_exactly_the_events_after_the_position() -> None:
     for i in range(5):
         _jti(log, f"j{i}")
     subscription = log.subscribe(log.epoch, 2)
-    assert subscription.reset is False
+    assert (subscription.reset, subscription.position) == (False, 2)
     _jti(log, "live")
     assert _taken(subscription) == ([(3, "j2"), (4, "j3"), (5, "j4"), (6, "live")], 6)
     assert _taken(subscription) == ([], 6)
@@ -64,7 +64,7 @@ async def test_unreplayable_positions_reset_and_replay_nothing(epoch: str, after
     for i in range(5):
         _jti(log, f"j{i}")
     subscription = log.subscribe(log.epoch if epoch == "SAME" else epoch, after)
-    assert subscription.reset is True
+    assert (subscription.reset, subscription.position) == (True, 5)
     assert _taken(subscription) == ([], 5)
 
 
