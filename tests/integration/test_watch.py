@@ -23,7 +23,7 @@ from sidecar.keys.keyset import write_manifest
 from tests.support.fleet import fleet
 from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import write_jwk_file
-from tests.support.redis import delete_prefix, unique_prefix
+from tests.support.redis import RedisServer, delete_prefix, unique_prefix
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
 from tests.support.watch import WatchStream, claim_of
 
@@ -456,3 +456,60 @@ async def test_an_external_issuer_dropping_a_kid_sends_key_retired(data_dir: Pat
             await stream.close()
     finally:
         server.stop()
+
+
+async def test_reconciliation_finding_a_revocation_sends_it_once(data_dir: Path) -> None:
+    """Two sidecars on one SQLite file: B learns of A's revocation only by its poll (the
+    mirror's full reload), and tells its subscribers exactly once."""
+    key_file = write_jwk_file(data_dir, "ES256", "shared")
+    common: dict[str, Any] = {
+        "keys": {"files": [str(key_file)]},
+        "tokens": {"audiences": [AUD]},
+        "watch": FAST,
+    }
+    db = data_dir / "shared.db"
+    store = {"backend": "sqlite", "sqlite_path": str(db), "sync_interval_s": 0.1}
+    (data_dir / "a").mkdir()
+    (data_dir / "b").mkdir()
+    async with (
+        running_sidecar(data_dir / "a", store=store, **common) as a,
+        running_sidecar(data_dir / "b", store=store, **common) as b,
+    ):
+        stream = WatchStream(b.public)
+        await stream.sync()
+        token = (await issue(a)).access_token
+        assert await verify_reason(b, token) == (grpc.StatusCode.OK, "")
+        await a.public.Revoke(auth_pb2.RevokeRequest(token=token))
+        event = await stream.next_event()
+        assert (event.token_revoked.jti, event.sequence) == (claim_of(token, "jti"), 1)
+        assert await verify_reason(b, token) == REVOKED
+        # Later polls find nothing new: only heartbeats, still at sequence 1.
+        for _ in range(5):
+            beat = await stream.next()
+            assert (beat.WhichOneof("event"), beat.sequence) == ("heartbeat", 1)
+        await stream.close()
+
+
+@pytest.mark.redis
+async def test_store_lost_under_refuse_sends_decisions_reset(
+    data_dir: Path, redis_server: RedisServer
+) -> None:
+    store = {
+        "backend": "redis",
+        "redis_url": redis_server.url,
+        "redis_key_prefix": unique_prefix(),
+        "redis_timeout_s": 0.5,
+        "sync_interval_s": 0.1,
+        "on_unavailable": "refuse",
+    }
+    async with running_sidecar(
+        data_dir, store=store, tokens={"audiences": [AUD]}, watch=FAST
+    ) as sc:
+        token = (await issue(sc)).access_token
+        stream = WatchStream(sc.public)
+        await stream.sync()
+        redis_server.stop()
+        event = await stream.next_event()
+        assert event.WhichOneof("event") == "decisions_reset"
+        assert await verify_reason(sc, token) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+        await stream.close()
