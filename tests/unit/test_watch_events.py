@@ -7,7 +7,13 @@ import threading
 
 import pytest
 
-from sidecar.errors import StoreUnavailableError, SubscriberDroppedError, SubscriberLimitError
+from sidecar.config import load_settings
+from sidecar.errors import (
+    ConfigError,
+    StoreUnavailableError,
+    SubscriberDroppedError,
+    SubscriberLimitError,
+)
 from sidecar.keys.ring import KeyRing
 from sidecar.store.base import Revocation
 from sidecar.tokens.events import Event, EventLog, Subscription, retired_kids
@@ -239,3 +245,28 @@ def test_a_mirror_turning_stale_under_refuse_resets_decisions_after_refusing() -
         mirror.set_stale(True)
         mirror.set_stale(False)
         assert resets == ([True] if refuse else [])
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("heartbeat_interval_ms", 0),
+        ("heartbeat_interval_ms", 10),
+        ("replay_buffer_size", -1),
+        ("subscriber_queue_size", 0),
+        ("max_subscribers", 0),
+    ],
+)
+def test_watch_settings_out_of_range_stop_start_up_naming_the_setting(
+    setting: str, value: int
+) -> None:
+    with pytest.raises(ConfigError, match=f"watch.{setting}"):
+        load_settings(None, watch={setting: value})
+
+
+def test_watch_settings_default_and_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings(None).watch
+    assert (defaults.heartbeat_interval_ms, defaults.replay_buffer_size) == (1000, 4096)
+    assert (defaults.subscriber_queue_size, defaults.max_subscribers) == (1024, 10_000)
+    monkeypatch.setenv("AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS", "250")
+    assert load_settings(None).watch.heartbeat_interval_ms == 250
