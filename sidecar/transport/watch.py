@@ -71,9 +71,14 @@ class WatchStreams:
             async with contextlib.aclosing(self._messages(subscription)) as messages:
                 async for message in messages:
                     yield message
-        except (SubscriberDroppedError, ShuttingDownError):
-            # The ending task sends the status; wait for it so the call ends with it.
-            if ender is not None:
+        except (SubscriberDroppedError, ShuttingDownError) as error:
+            if ender is None:
+                # Seen here before the log's notice arrived (an overflow on a worker
+                # thread): end the call from here, and the late notice does nothing.
+                subscription.on_end = None
+                await _end(context, _noted(error, context))
+            else:
+                # The ending task sends the status; wait for it so the call ends with it.
                 await asyncio.shield(ender)
         finally:
             subscription.close()
@@ -101,9 +106,11 @@ class WatchStreams:
                 yield auth_pb2.WatchEvent(
                     epoch=epoch, sequence=latest, heartbeat=auth_pb2.WatchHeartbeat()
                 )
-                # Paced from the schedule, not from the send, but never a burst after a
-                # slow write: at most one heartbeat per interval.
-                next_beat = max(next_beat + interval_s, now)
+                # Paced from the schedule, not from the send; after a slow write the
+                # schedule restarts from now rather than sending a burst.
+                next_beat += interval_s
+                if next_beat <= now:
+                    next_beat = now + interval_s
             await subscription.wait(max(0.0, next_beat - loop.time()))
             events, latest = _take(subscription)
 
@@ -113,12 +120,17 @@ class WatchStreams:
             subscription.take()
             error: AuthSidecarError = ShuttingDownError()
         except SubscriberDroppedError as dropped:
-            error = dropped
-            log.warning("watch subscriber %s dropped: it fell behind", context.peer())
+            error = _noted(dropped, context)
         if context.done():
             return
         with contextlib.suppress(Exception):  # a call that ended meanwhile
             await _end(context, error)
+
+
+def _noted(error: AuthSidecarError, context: Context) -> AuthSidecarError:
+    if isinstance(error, SubscriberDroppedError):
+        log.warning("watch subscriber %s dropped: it fell behind", context.peer())
+    return error
 
 
 def _take(subscription: Subscription) -> tuple[list[Event], int]:
