@@ -72,6 +72,7 @@ class Subscription:
         "_thread",
         "_queue",
         "_limit",
+        "_live_limit",
         "_waiter",
         "_state",
         "reset",
@@ -93,8 +94,10 @@ class Subscription:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._queue: deque[Event] = deque(replay)
-        # The replay does not count against the live bound: it is bounded by the ring.
+        # The replay does not count against the live bound (it is bounded by the ring):
+        # until the first `take`, the queue may hold it on top of `limit` live events.
         self._limit = limit + len(replay)
+        self._live_limit = limit
         self._waiter: asyncio.Future[None] | None = None
         self._state = state  # "live", "dropped" or "closed"
         self.reset = reset
@@ -123,6 +126,7 @@ class Subscription:
                 return None
             events = list(self._queue)
             self._queue.clear()
+            self._limit = self._live_limit
             return events, log._sequence
 
     async def wait(self, timeout_s: float) -> None:

@@ -137,6 +137,14 @@ async def test_a_replay_does_not_count_against_the_live_bound() -> None:
     assert subscription.live
     _jti(log, "c")
     assert not subscription.live
+    # Once the replay is taken, the bound is the live one again.
+    resumed = log.subscribe(log.epoch, 0)
+    assert len(_taken(resumed)[0]) == 9
+    _jti(log, "d")
+    _jti(log, "e")
+    assert resumed.live
+    _jti(log, "f")
+    assert not resumed.live
 
 
 async def test_subscribers_beyond_the_limit_are_refused_until_one_leaves() -> None:
