@@ -375,8 +375,10 @@ class WatchSettings(_Frozen):
     # Unread live events one subscriber may hold; beyond it the subscriber is dropped
     # (its stream ends UNAVAILABLE / WATCH_SUBSCRIBER_DROPPED) and resubscribes.
     subscriber_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
-    # Concurrent streams; one more is refused RESOURCE_EXHAUSTED / WATCH_SUBSCRIBER_LIMIT.
-    max_subscribers: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Concurrent streams over all listeners; one more is refused RESOURCE_EXHAUSTED /
+    # WATCH_SUBSCRIBER_LIMIT. Each costs ~24 KiB (docs/performance.md): the default bounds
+    # Watch at ~25 MiB against a local caller opening streams without end.
+    max_subscribers: int = Field(default=1000, ge=1, le=100_000)
 
 
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")

@@ -195,7 +195,7 @@ class EventLog:
         *,
         replay_size: int = 4096,
         queue_size: int = 1024,
-        max_subscribers: int = 10_000,
+        max_subscribers: int = 1000,
         epoch: str | None = None,
     ) -> None:
         self.epoch = epoch or secrets.token_hex(16)

@@ -275,6 +275,6 @@ def test_watch_settings_out_of_range_stop_start_up_naming_the_setting(
 def test_watch_settings_default_and_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = load_settings(None).watch
     assert (defaults.heartbeat_interval_ms, defaults.replay_buffer_size) == (1000, 4096)
-    assert (defaults.subscriber_queue_size, defaults.max_subscribers) == (1024, 10_000)
+    assert (defaults.subscriber_queue_size, defaults.max_subscribers) == (1024, 1000)
     monkeypatch.setenv("AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS", "250")
     assert load_settings(None).watch.heartbeat_interval_ms == 250
