@@ -14,8 +14,12 @@ module converts, sends heartbeats and ends streams with a precise status.
   anything is sent; a subscriber that fell behind, UNAVAILABLE / WATCH_SUBSCRIBER_DROPPED;
   shutdown (`EventLog.close`), UNAVAILABLE / SHUTTING_DOWN. A stream blocked writing to a
   client that stopped reading cannot notice either by itself, so the end is sent from a
-  separate task (`Subscription.on_end`): the call ends at once and the drain never waits
-  for it. A client that goes away cancels the handler, which unsubscribes.
+  separate task (`Subscription.on_end`): the handler finishes and frees what it holds at
+  once. HTTP/2 delivers the status behind the events flow control still holds, so such a
+  client sees it when it reads again; one that never reads again keeps its call open until
+  it disconnects, or at shutdown until grpc cancels the calls left at the end of the grace
+  period. Clients that read see the end at once. A client that goes away cancels the
+  handler, which unsubscribes.
 """
 
 from __future__ import annotations

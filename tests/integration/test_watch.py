@@ -20,6 +20,7 @@ import pytest
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.clock import FixedClock
 from sidecar.keys.keyset import write_manifest
+from sidecar.store.base import Revocation
 from tests.support.fleet import fleet
 from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import write_jwk_file
@@ -512,3 +513,52 @@ async def test_store_lost_under_refuse_sends_decisions_reset(
         assert event.WhichOneof("event") == "decisions_reset"
         assert await verify_reason(sc, token) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
         await stream.close()
+
+
+async def test_a_stream_blocked_on_a_client_that_stopped_reading_ends_shutting_down(
+    data_dir: Path,
+) -> None:
+    """The queue is large enough never to drop it: only shutdown can end this stream, and
+    its handler is stuck in a write (flow control) when shutdown begins. The end is queued
+    at once, but HTTP/2 delivers it only behind the unread events: the client sees them,
+    then UNAVAILABLE / SHUTTING_DOWN, as soon as it reads again. (A client that never reads
+    again holds the drain until grpc cancels its call at the end of the grace period.)"""
+    watch = {**FAST, "subscriber_queue_size": 100_000}
+    cm = running_sidecar(
+        data_dir, listen={"grace_period_s": 120.0}, watch=watch, tokens={"audiences": [AUD]}
+    )
+    sc = await cm.__aenter__()
+    stopping: asyncio.Task[None] | None = None
+    options = [("grpc.http2.bdp_probe", 0)]  # the stream's window stays at 64 KiB
+    channel = grpc.aio.insecure_channel(sc.tcp_target, options=options)
+    try:
+        events = sc.app.service.events
+        call = auth_pb2_grpc.AuthServiceStub(channel).Watch(auth_pb2.WatchRequest())
+        await until(lambda: events.subscriber_count == 1, "subscribed")
+        published = 3000  # ~300 KB of events: far beyond the window
+        mirror = sc.app.service.revocations
+        for i in range(published):
+            # The entry point of the store's revocation feed.
+            mirror.add(Revocation("jti", sc.settings.tokens.issuer, f"jti-{i}", 2_000_000_000))
+            if i % 100 == 0:
+                await asyncio.sleep(0.01)  # let the handler write what the window allows
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(sc.app.stop())
+        await until(lambda: events.closed, "shutdown began")
+        await asyncio.sleep(0.5)
+        received = 0
+        try:
+            async for message in call:
+                received += message.WhichOneof("event") == "token_revoked"
+            outcome = (grpc.StatusCode.OK, "")
+        except grpc.aio.AioRpcError as error:
+            outcome = reason_of(error)
+        assert outcome == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        assert received < published  # it was blocked: the rest never left the sidecar
+        await asyncio.wait_for(stopping, 60)  # far inside the 120 s grace period
+    finally:
+        await channel.close()
+        for own in sc.channels:
+            await own.close()
+        if stopping is None:
+            await sc.app.stop()
