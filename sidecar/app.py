@@ -35,6 +35,7 @@ from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.sqlite import SqliteTokenStore
 from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
+from sidecar.tokens.events import EventLog, retired_kids
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.service import TokenService
 from sidecar.tokens.signing import Signer
@@ -120,6 +121,9 @@ class App:
         return self._reachable
 
     async def stop(self) -> None:
+        # Watch streams never end by themselves: end them first, so the drain is not spent
+        # waiting on them (they end UNAVAILABLE / SHUTTING_DOWN; subscribers resubscribe).
+        self.service.events.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -247,6 +251,14 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     signer = Signer(settings.tokens.signing_threads)
     try:
         issuers, remotes = await external_issuers(settings)
+        watch = settings.watch
+        events = EventLog(
+            replay_size=watch.replay_buffer_size,
+            queue_size=watch.subscriber_queue_size,
+            max_subscribers=watch.max_subscribers,
+        )
+        for remote in remotes:
+            remote.on_replace = lambda old, new: events.publish_retired(retired_kids(old, new))
         service = TokenService(
             ring=ring,
             store=store,
@@ -254,6 +266,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             clock=clock,
             issuers=issuers,
             signer=signer,
+            events=events,
         )
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
         await service.start()
@@ -266,6 +279,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             envoy=settings.envoy,
             metrics=metrics,
             tracing=settings.tracing,
+            watch=watch,
         )
         if metrics is not None:
             metrics_server = MetricsHttpServer(metrics, settings.metrics.listen)

@@ -363,6 +363,24 @@ class ExternalIssuerSettings(_Frozen):
         return self
 
 
+class WatchSettings(_Frozen):
+    """The Watch stream (issue 15, docs/lifecycle.md "Watch")."""
+
+    # A heartbeat carrying the latest sequence is sent this often on every stream;
+    # subscribers derive their staleness bound from it.
+    heartbeat_interval_ms: int = Field(default=1000, ge=50, le=60_000)
+    # Events kept for resuming subscribers (epoch + after_sequence); one further back is a
+    # reset. About 200 bytes each.
+    replay_buffer_size: int = Field(default=4096, ge=0, le=1_000_000)
+    # Unread live events one subscriber may hold; beyond it the subscriber is dropped
+    # (its stream ends UNAVAILABLE / WATCH_SUBSCRIBER_DROPPED) and resubscribes.
+    subscriber_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+    # Concurrent streams over all listeners; one more is refused RESOURCE_EXHAUSTED /
+    # WATCH_SUBSCRIBER_LIMIT. Each costs ~24 KiB (docs/performance.md): the default bounds
+    # Watch at ~25 MiB against a local caller opening streams without end.
+    max_subscribers: int = Field(default=1000, ge=1, le=100_000)
+
+
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _RESERVED_HEADERS = frozenset({"authorization", "host", "content-length", "te", "cookie"})
 
@@ -389,6 +407,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     # Other issuers whose access tokens Verify accepts (docs/keys.md, "External issuers").
     issuers: tuple[ExternalIssuerSettings, ...] = ()
+    watch: WatchSettings = Field(default_factory=WatchSettings)
 
     @model_validator(mode="after")
     def _distinct_issuers(self) -> Settings:

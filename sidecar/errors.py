@@ -25,6 +25,9 @@ are generic on purpose: token text, key material and library exception text neve
     │  ├─ ScopeMissingError           SCOPE_MISSING
     │  └─ CallerNotAllowedError       CALLER_NOT_ALLOWED
     ├─ StoreUnavailableError          STORE_UNAVAILABLE      -> UNAVAILABLE
+    ├─ SubscriberDroppedError         WATCH_SUBSCRIBER_DROPPED -> UNAVAILABLE
+    ├─ ShuttingDownError              SHUTTING_DOWN          -> UNAVAILABLE
+    ├─ SubscriberLimitError           WATCH_SUBSCRIBER_LIMIT -> RESOURCE_EXHAUSTED
     └─ StartupError                   (never sent: start-up stops with its message)
        ├─ ConfigError
        └─ KeyMaterialError
@@ -165,6 +168,27 @@ class CallerNotAllowedError(PermissionDeniedError):
 class StoreUnavailableError(AuthSidecarError):
     reason = "STORE_UNAVAILABLE"
     message = "token store unavailable"
+
+
+class SubscriberDroppedError(AuthSidecarError):
+    """A Watch subscriber fell behind its bounded queue and was dropped; it resubscribes."""
+
+    reason = "WATCH_SUBSCRIBER_DROPPED"
+    message = "watch subscriber fell behind and was dropped; resubscribe"
+
+
+class ShuttingDownError(AuthSidecarError):
+    """The sidecar is stopping: long-lived calls (Watch) end so the drain can finish."""
+
+    reason = "SHUTTING_DOWN"
+    message = "the sidecar is shutting down"
+
+
+class SubscriberLimitError(AuthSidecarError):
+    """`watch.max_subscribers` streams are open already."""
+
+    reason = "WATCH_SUBSCRIBER_LIMIT"
+    message = "too many watch subscribers"
 
 
 class StartupError(AuthSidecarError):

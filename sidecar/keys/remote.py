@@ -160,6 +160,9 @@ class RemoteKeySet:
                     "could not be loaded"
                 ) from exc
         self.status = RemoteStatus()
+        # Told (old ring, new ring) after a fetch replaced a key set, once the new one is in
+        # force: the composition root turns dropped kids into Watch KeyRetired events.
+        self.on_replace: Callable[[KeyRing, KeyRing], None] | None = None
 
     @property
     def source(self) -> str:
@@ -275,6 +278,8 @@ class RemoteKeySet:
                 ring.version,
                 sorted(key.kid for key in ring.keys),
             )
+            if old is not None and self.on_replace is not None:
+                self.on_replace(old, ring)
         return True
 
     def _failed(self, reason: str) -> bool:

@@ -10,11 +10,19 @@ Staleness (issue 3, `store.on_unavailable`): while the store is unreachable the 
 the last known revocations and may miss newer ones. The composition root marks it stale; with
 `refuse_while_stale` every lookup then raises StoreUnavailableError (Verify fails UNAVAILABLE),
 otherwise lookups answer from the last known state ("degrade", the default).
+
+Watch (issue 15): `on_new` hears of every entry new to the mirror, whichever path brought it
+(this sidecar's Revoke and refresh reuse, the store's feed, reconciliation), and only after
+the entry is in place, so Verify here refuses what the event voids before it is sent. A
+duplicate or a longer horizon for a known entry voids nothing new and is not reported. The
+first full load is the baseline and reports nothing (no subscriber can hold a decision of a
+log that did not exist yet). `on_reset` hears of the mirror turning stale under
+`refuse_while_stale`: from then on Verify refuses everything, so every cached decision is void.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation, RevocationKind
@@ -27,6 +35,9 @@ class RevocationMirror:
         self._entries: dict[_Key, int] = {}
         self.refuse_while_stale = refuse_while_stale
         self._stale = False
+        self._loaded = False
+        self.on_new: Callable[[Sequence[Revocation]], None] | None = None
+        self.on_reset: Callable[[], None] | None = None
 
     @property
     def stale(self) -> bool:
@@ -34,16 +45,21 @@ class RevocationMirror:
 
     def set_stale(self, stale: bool) -> None:
         """The store became unreachable (True) or the mirror was reloaded from it (False)."""
-        self._stale = stale
+        was, self._stale = self._stale, stale
+        if stale and not was and self.refuse_while_stale and self.on_reset is not None:
+            self.on_reset()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, revocation: Revocation) -> None:
         key = (revocation.kind, revocation.issuer, revocation.key)
+        known = key in self._entries
         # Keep the longest horizon if the same thing is revoked twice.
         if self._entries.get(key, 0) < revocation.expires_at:
             self._entries[key] = revocation.expires_at
+        if not known and self.on_new is not None:
+            self.on_new((revocation,))
 
     def replace(self, revocations: Iterable[Revocation]) -> None:
         """Swap in the store's full view (start-up and reconciliation)."""
@@ -51,7 +67,17 @@ class RevocationMirror:
         for r in revocations:
             key = (r.kind, r.issuer, r.key)
             fresh[key] = max(fresh.get(key, 0), r.expires_at)
-        self._entries = fresh
+        old, self._entries = self._entries, fresh
+        baseline, self._loaded = not self._loaded, True
+        if baseline or self.on_new is None:
+            return
+        new = [
+            Revocation(kind, iss, k, until)
+            for (kind, iss, k), until in fresh.items()
+            if (kind, iss, k) not in old
+        ]
+        if new:
+            self.on_new(new)
 
     def is_revoked(self, issuer: str, jti: str, family_id: str) -> bool:
         """Raises StoreUnavailableError when stale and `refuse_while_stale` (fail closed)."""

@@ -32,6 +32,7 @@ from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, TokenSto
 from sidecar.tokens import minting
 from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
+from sidecar.tokens.events import EventLog, retired_kids
 from sidecar.tokens.issuers import Issuers
 from sidecar.tokens.jws import KeyLookup, decode_jws, decode_jws_routed
 from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
@@ -54,6 +55,7 @@ class TokenService:
         clock: Clock,
         issuers: Issuers | None = None,
         signer: Signer | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self._ring = ring
         # Where signatures are computed (tokens/signing.py); its owner (app.py) closes it.
@@ -66,6 +68,11 @@ class TokenService:
         self._settings = settings
         self._clock = clock
         self._mirror = RevocationMirror()
+        # What the Watch stream sends (tokens/events.py): fed by the mirror and by key-ring
+        # swaps, each after the change is in force here.
+        self._events = events or EventLog()
+        self._mirror.on_new = self._events.publish_revocations
+        self._mirror.on_reset = self._events.publish_reset
         self._cache = VerifyCache(
             max_entries=settings.verify_cache_entries, max_bytes=settings.verify_cache_bytes
         )
@@ -99,9 +106,15 @@ class TokenService:
     def verify_cache(self) -> VerifyCache:
         return self._cache
 
+    @property
+    def events(self) -> EventLog:
+        return self._events
+
     def replace_ring(self, ring: KeyRing) -> None:
-        """Swap the key set atomically (one attribute store); calls in flight keep the old."""
-        self._ring = ring
+        """Swap the key set atomically (one attribute store); calls in flight keep the old.
+        Then KeyRetired for every kid that no longer verifies as before (Watch)."""
+        old, self._ring = self._ring, ring
+        self._events.publish_retired(retired_kids(old, ring))
 
     async def start(self) -> None:
         """Check the store answers and load the live revocations into the mirror."""

@@ -78,6 +78,7 @@ class Metrics:
         )
         self.store_up.set(1)
         r.register(_StateCollector(service, now))
+        r.register(_WatchCollector(service))
         self._key_sources = _KeySourceCollector()
         r.register(self._key_sources)
         self._requests: dict[tuple[str, str, str], Any] = {}
@@ -157,6 +158,40 @@ class _StateCollector(Collector):
         yield misses
         yield GaugeMetricFamily(
             "authsidecar_verify_cache_entries", "Entries in the Verify cache", value=len(cache)
+        )
+
+
+class _WatchCollector(Collector):
+    """The Watch event log (issue 15), read at scrape time: the log counts, metrics reads."""
+
+    def __init__(self, service: TokenService) -> None:
+        self._events = service.events
+
+    def collect(self) -> Iterator[Metric]:
+        events = self._events
+        yield GaugeMetricFamily(
+            "authsidecar_watch_subscribers",
+            "Watch streams subscribed to this sidecar's event log",
+            value=events.subscriber_count,
+        )
+        published = CounterMetricFamily(
+            "authsidecar_watch_events_published",
+            "Watch events published, by kind",
+            labels=["kind"],
+        )
+        for kind, count in events.published.items():
+            published.add_metric([kind], count)
+        yield published
+        dropped = CounterMetricFamily(
+            "authsidecar_watch_subscribers_dropped",
+            "Watch subscribers dropped because their bounded queue overflowed",
+        )
+        dropped.add_metric([], events.dropped)
+        yield dropped
+        yield GaugeMetricFamily(
+            "authsidecar_watch_sequence",
+            "The latest Watch event sequence of this process's log",
+            value=events.sequence,
         )
 
 

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authsidecar.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from sidecar.config import EnvoySettings, ListenSettings, TracingSettings
+from sidecar.config import EnvoySettings, ListenSettings, TracingSettings, WatchSettings
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
 from sidecar.transport.ext_authz import ExtAuthzServicer
@@ -87,6 +87,7 @@ def build_listeners(
     envoy: EnvoySettings | None = None,
     metrics: Metrics | None = None,
     tracing: TracingSettings | None = None,
+    watch: WatchSettings | None = None,
 ) -> Listeners:
     """Bind every configured address; a bind failure is a ConfigError naming the address."""
     health = HealthServicer()
@@ -105,6 +106,7 @@ def build_listeners(
         metrics=metrics,
         envoy=envoy,
         tracing=tracing,
+        watch=watch,
     )
     listeners = Listeners(public=public, admin=None, health=health)
     if unix_socket is not None:
@@ -123,7 +125,14 @@ def build_listeners(
         raise ConfigError("setting listen: neither unix_socket nor tcp is configured")
     if admin_socket is not None:
         admin = _server(
-            service, health, listen, options, allow_issue=True, metrics=metrics, tracing=tracing
+            service,
+            health,
+            listen,
+            options,
+            allow_issue=True,
+            metrics=metrics,
+            tracing=tracing,
+            watch=watch,
         )
         _prepare_socket_dir(admin_socket.parent, 0o700)
         _clear_stale_socket(admin_socket, "listen.admin_socket")
@@ -150,6 +159,7 @@ def _server(
     metrics: Metrics | None = None,
     envoy: EnvoySettings | None = None,
     tracing: TracingSettings | None = None,
+    watch: WatchSettings | None = None,
 ) -> grpc.aio.Server:
     # Observing outermost: it sees (and counts) the metadata limit's refusals too. Tracing
     # inside it (its CallInfo carries the reason); the limit is innermost (layers.py).
@@ -162,7 +172,7 @@ def _server(
         unary_layers=layers,
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(service, allow_issue=allow_issue), server
+        AuthServicer(service, allow_issue=allow_issue, watch=watch), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]

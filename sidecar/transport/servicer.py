@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -13,12 +14,14 @@ from google.protobuf import json_format, struct_pb2
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.calls import record_reason
+from sidecar.config import WatchSettings
 from sidecar.errors import AuthSidecarError, CallerNotAllowedError
 from sidecar.tokens.model import Claims, TokenGrant, VerifiedToken
 from sidecar.tokens.service import TokenService
 from sidecar.transport.audit import audit_issued, audit_refusal, audit_revoked
 from sidecar.transport.status import internal_status, to_status
 from sidecar.transport.structs import fill_struct
+from sidecar.transport.watch import WatchStreams
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +178,17 @@ def _claim_fields(claims: Claims) -> dict[str, Any]:
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """`allow_issue` is true only on the admin listener: minting is privileged."""
 
-    def __init__(self, service: TokenService, *, allow_issue: bool) -> None:
+    def __init__(
+        self,
+        service: TokenService,
+        *,
+        allow_issue: bool,
+        watch: WatchSettings | None = None,
+    ) -> None:
         self._service = service
         self._allow_issue = allow_issue
+        interval_ms = (watch or WatchSettings()).heartbeat_interval_ms
+        self._watch = WatchStreams(service.events, heartbeat_interval_ms=interval_ms)
         # Only tokens served from the verify cache come back as the same object, so a memo
         # larger than the cache could never hit.
         cache = service.verify_cache
@@ -263,10 +274,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def Watch(
         self, request: auth_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[auth_pb2.WatchEvent]:
-        """Placeholder while the event log is built (issue 15): the RPC is declared, not served.
-
-        Async so the call layers can wrap it; answers UNIMPLEMENTED before yielding anything.
-        """
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served yet")
-        yield auth_pb2.WatchEvent()  # pragma: no cover - abort raises
+    ) -> AsyncGenerator[auth_pb2.WatchEvent, None]:
+        """Server streaming (issue 15): transport/watch.py. An async generator, so the call
+        layers wrap it with the metadata limit like any streaming handler."""
+        async with contextlib.aclosing(self._watch.stream(request, context)) as events:
+            async for event in events:
+                yield event

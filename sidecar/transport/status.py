@@ -16,7 +16,10 @@ from sidecar.errors import (
     AuthSidecarError,
     InvalidRequestError,
     PermissionDeniedError,
+    ShuttingDownError,
     StoreUnavailableError,
+    SubscriberDroppedError,
+    SubscriberLimitError,
     TokenError,
 )
 
@@ -27,6 +30,9 @@ _CODES: tuple[tuple[type[AuthSidecarError], grpc.StatusCode], ...] = (
     (TokenError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (SubscriberDroppedError, grpc.StatusCode.UNAVAILABLE),
+    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (SubscriberLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 

@@ -116,6 +116,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     libraries' server interceptors and by ext_authz (Check); the sidecar's own
     RPCs answer an empty token field with INVALID_REQUEST instead.
     """
+    WATCH_SUBSCRIBER_LIMIT: _ErrorReason.ValueType  # 22
+    """[RESOURCE_EXHAUSTED] Watch: `watch.max_subscribers` streams are open
+    already at this sidecar; retry later with backoff.
+    """
+    WATCH_SUBSCRIBER_DROPPED: _ErrorReason.ValueType  # 23
+    """[UNAVAILABLE] Watch: the subscriber's unread events exceeded the
+    sidecar's bounded queue (it stopped reading or fell behind); it was
+    dropped and must resubscribe (with its epoch and last applied sequence).
+    """
+    SHUTTING_DOWN: _ErrorReason.ValueType  # 24
+    """[UNAVAILABLE] The sidecar is stopping; long-lived calls (Watch) end with
+    this so the drain finishes. Retry, after a backoff, at a sidecar that serves.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable failure reasons carried in google.rpc.ErrorInfo.reason (by
@@ -188,6 +201,19 @@ TOKEN_MISSING: ErrorReason.ValueType  # 21
 metadata / header, or not of the form `Bearer <token>`. Sent by the client
 libraries' server interceptors and by ext_authz (Check); the sidecar's own
 RPCs answer an empty token field with INVALID_REQUEST instead.
+"""
+WATCH_SUBSCRIBER_LIMIT: ErrorReason.ValueType  # 22
+"""[RESOURCE_EXHAUSTED] Watch: `watch.max_subscribers` streams are open
+already at this sidecar; retry later with backoff.
+"""
+WATCH_SUBSCRIBER_DROPPED: ErrorReason.ValueType  # 23
+"""[UNAVAILABLE] Watch: the subscriber's unread events exceeded the
+sidecar's bounded queue (it stopped reading or fell behind); it was
+dropped and must resubscribe (with its epoch and last applied sequence).
+"""
+SHUTTING_DOWN: ErrorReason.ValueType  # 24
+"""[UNAVAILABLE] The sidecar is stopping; long-lived calls (Watch) end with
+this so the drain finishes. Retry, after a backoff, at a sidecar that serves.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
@@ -724,9 +750,12 @@ class WatchEvent(_message.Message):
     """
     sequence: _builtins.int
     """Position in the log. Revocation, key and reset events take consecutive
-    numbers starting at 1; `sync` and `heartbeat` carry the latest number
-    assigned without taking one. A subscriber that sees a gap must act as on
-    `reset`.
+    numbers starting at 1; `sync` and `heartbeat` take none. `sync` carries
+    the position the stream continues from (the requested `after_sequence`
+    when the missed events are replayed, else the latest number assigned),
+    so the next event is always `sequence + 1`. `heartbeat` carries the latest
+    number assigned; every event up to it was sent before the heartbeat. A
+    subscriber that sees a gap must act as on `reset`.
     """
     @_builtins.property
     def sync(self) -> Global___WatchSync: ...
@@ -813,7 +842,9 @@ Global___WatchHeartbeat: _TypeAlias = WatchHeartbeat  # noqa: Y015
 @_typing.final
 class TokenRevoked(_message.Message):
     """The access token with this `iss` and `jti` is revoked (RFC 7009): drop
-    any decision about it.
+    any decision about it. Sent once per revocation new to this sidecar,
+    whichever path brought it (a Revoke here, another sidecar's through the
+    shared store's feed, or reconciliation with the store).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -865,8 +896,11 @@ Global___FamilyRevoked: _TypeAlias = FamilyRevoked  # noqa: Y015
 @_typing.final
 class KeyRetired(_message.Message):
     """The key `kid` no longer verifies tokens here (removed or retired from the
-    key set, or dropped from an external issuer's JWKS): every decision made
-    with it is void.
+    key set, bound to other key material or another algorithm, or dropped from
+    an external issuer's JWKS): every decision made with it is void. Kids are
+    not qualified by issuer here: drop the decisions made with this kid for
+    any issuer. Adding a key or changing which key signs voids nothing and
+    sends nothing.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -889,7 +923,11 @@ Global___KeyRetired: _TypeAlias = KeyRetired  # noqa: Y015
 @_typing.final
 class DecisionsReset(_message.Message):
     """Every decision is void (a change to what verification accepts that no
-    narrower event describes). The subscriber drops all it holds.
+    narrower event describes). The subscriber drops all it holds. Sent today
+    when the token store becomes unreachable under `store.on_unavailable:
+    refuse` (Verify then refuses every token), and instead of many revocation
+    events at once (more than the replay buffer holds, e.g. reconciliation
+    after a long partition).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -121,6 +121,17 @@ class AuthServiceStub:
     A subscriber whose unread events exceed the sidecar's bounded buffer is
     dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
     public listeners, like Verify.
+
+    The stream never ends by itself. It ends UNAVAILABLE with ErrorInfo
+    reason WATCH_SUBSCRIBER_DROPPED (fell behind) or SHUTTING_DOWN (the
+    sidecar is stopping: streams end when shutdown begins, not at the end of
+    its grace period; a subscriber that stopped reading gets the end behind
+    the events it has not read), or RESOURCE_EXHAUSTED /
+    WATCH_SUBSCRIBER_LIMIT before the `sync` when `watch.max_subscribers`
+    streams are open. Whatever the end, the subscriber is no longer current
+    and resubscribes (with backoff) with the `epoch` and the last `sequence`
+    it applied. A WatchRequest is never refused for its values: a position
+    the sidecar cannot replay from is a reset.
     """
 
 @_typing.type_check_only
@@ -193,6 +204,17 @@ class AuthServiceAsyncStub(AuthServiceStub):
     A subscriber whose unread events exceed the sidecar's bounded buffer is
     dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
     public listeners, like Verify.
+
+    The stream never ends by itself. It ends UNAVAILABLE with ErrorInfo
+    reason WATCH_SUBSCRIBER_DROPPED (fell behind) or SHUTTING_DOWN (the
+    sidecar is stopping: streams end when shutdown begins, not at the end of
+    its grace period; a subscriber that stopped reading gets the end behind
+    the events it has not read), or RESOURCE_EXHAUSTED /
+    WATCH_SUBSCRIBER_LIMIT before the `sync` when `watch.max_subscribers`
+    streams are open. Whatever the end, the subscriber is no longer current
+    and resubscribes (with backoff) with the `epoch` and the last `sequence`
+    it applied. A WatchRequest is never refused for its values: a position
+    the sidecar cannot replay from is a reset.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -310,6 +332,17 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         A subscriber whose unread events exceed the sidecar's bounded buffer is
         dropped (the stream ends UNAVAILABLE) and resubscribes. Served on the
         public listeners, like Verify.
+
+        The stream never ends by itself. It ends UNAVAILABLE with ErrorInfo
+        reason WATCH_SUBSCRIBER_DROPPED (fell behind) or SHUTTING_DOWN (the
+        sidecar is stopping: streams end when shutdown begins, not at the end of
+        its grace period; a subscriber that stopped reading gets the end behind
+        the events it has not read), or RESOURCE_EXHAUSTED /
+        WATCH_SUBSCRIBER_LIMIT before the `sync` when `watch.max_subscribers`
+        streams are open. Whatever the end, the subscriber is no longer current
+        and resubscribes (with backoff) with the `epoch` and the last `sequence`
+        it applied. A WatchRequest is never refused for its values: a position
+        the sidecar cannot replay from is a reset.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
