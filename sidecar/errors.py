@@ -25,6 +25,7 @@ are generic on purpose: token text, key material and library exception text neve
     │  ├─ ScopeMissingError           SCOPE_MISSING
     │  └─ CallerNotAllowedError       CALLER_NOT_ALLOWED
     ├─ StoreUnavailableError          STORE_UNAVAILABLE      -> UNAVAILABLE
+    │  └─ StoreDeadlineError          (a late write, not applied)
     └─ StartupError                   (never sent: start-up stops with its message)
        ├─ ConfigError
        └─ KeyMaterialError
@@ -165,6 +166,16 @@ class CallerNotAllowedError(PermissionDeniedError):
 class StoreUnavailableError(AuthSidecarError):
     reason = "STORE_UNAVAILABLE"
     message = "token store unavailable"
+
+
+class StoreDeadlineError(StoreUnavailableError):
+    """A store write reached the store after its deadline and was not applied (issue 13).
+
+    Same reason code as any unavailability: to the caller both mean "not done, retry"; the
+    subclass lets tests and logs tell "the store refused a late write" from "no answer".
+    """
+
+    message = "token store write arrived after its deadline"
 
 
 class StartupError(AuthSidecarError):
