@@ -101,13 +101,13 @@ else
     -- RFC 9700 section 4.14.2: a retired token came back, so the whole family dies; the
     -- revocation (covering the access tokens minted at the family's end) is recorded and
     -- published in this same step, so it cannot be lost or cut short.
-    local until = expires_at + tonumber(ARGV[12])
+    local horizon = expires_at + tonumber(ARGV[12])
     redis.call('HSET', KEYS[1], 'revoked', '1')
-    redis.call('ZADD', KEYS[2], 'GT', until, f[6])
-    extend_ttl(KEYS[2], math.max(until - now, 0) + tonumber(ARGV[6]))
-    publish(KEYS[3], f[6], until, ARGV[7], ARGV[8])
+    redis.call('ZADD', KEYS[2], 'GT', horizon, f[6])
+    extend_ttl(KEYS[2], math.max(horizon - now, 0) + tonumber(ARGV[6]))
+    publish(KEYS[3], f[6], horizon, ARGV[7], ARGV[8])
     outcome = 'reused'
-    extra = {tostring(until)}
+    extra = {tostring(horizon)}
   end
 end
 local result = redis.call('HGETALL', KEYS[1])

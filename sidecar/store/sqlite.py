@@ -156,14 +156,17 @@ class SqliteTokenStore:
 
     async def epoch(self, candidate: str, *, deadline_ms: int) -> str:
         def epoch_sync() -> str:
+            select = "SELECT value FROM meta WHERE name = 'epoch'"
+            found = self._db().execute(select).fetchone()
+            if found is not None:
+                return str(found[0])  # already set: a read, no deadline to miss
             with self._transaction(deadline_ms) as db:
                 db.execute(
                     "INSERT INTO meta (name, value) VALUES ('epoch', ?)"
                     " ON CONFLICT (name) DO NOTHING",
                     (candidate,),
                 )
-                value: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
-                return value
+                return str(db.execute(select).fetchone()[0])
 
         return await self._run(epoch_sync)
 
