@@ -56,13 +56,21 @@ def _sha(name: str) -> str:
 class Monitor:
     """MONITOR on a direct connection: every command Redis runs, scripts' inner ones too."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.commands: list[dict[str, Any]] = []
+        self.since = 0
+
+    def mark(self) -> None:
+        """Look only at commands seen from now on."""
+        self.since = len(self.commands)
 
     def script_run(self, sha: str, needle: str = "") -> list[str] | None:
-        """The commands run inside the first EVALSHA of `sha` (whose arguments contain
-        `needle`), or None while none has arrived."""
+        """The commands run inside the first EVALSHA of `sha` since `mark` (whose arguments
+        contain `needle`), or None while none has arrived."""
         for i, entry in enumerate(self.commands):
+            if i < self.since:
+                continue
             command = str(entry.get("command", ""))
             if command.startswith(f"EVALSHA {sha}") and needle in command:
                 inner = []
@@ -74,30 +82,30 @@ class Monitor:
         return None
 
     async def until_script_ran(self, sha: str, needle: str = "", limit_s: float = 15) -> list[str]:
+        """Wait for the EVALSHA, then for a marker sent after it on a direct connection:
+        Redis runs one command at a time and a script to its end, so once the marker shows,
+        every command of the script is in the list before it."""
         deadline = time.monotonic() + limit_s
-        while True:
-            inner = self.script_run(sha, needle)
-            # The script's own lines follow its EVALSHA line at once (scripts are atomic), so
-            # wait for the next line after them before reading the list as complete.
-            if inner is not None and len(self.commands) > self._index_after(sha, needle):
-                return inner
+        while self.script_run(sha, needle) is None:
             assert time.monotonic() < deadline, "the held command never reached Redis"
             await asyncio.sleep(0.02)
-
-    def _index_after(self, sha: str, needle: str) -> int:
-        for i, entry in enumerate(self.commands):
-            command = str(entry.get("command", ""))
-            if command.startswith(f"EVALSHA {sha}") and needle in command:
-                j = i + 1
-                while j < len(self.commands) and self.commands[j].get("client_type") == "lua":
-                    j += 1
-                return j
-        return len(self.commands)
+        marker = f"barrier-{time.monotonic_ns()}"
+        client = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        try:
+            await client.echo(marker)
+        finally:
+            await client.aclose()
+        while not any(marker in str(entry.get("command", "")) for entry in self.commands):
+            assert time.monotonic() < deadline, "MONITOR never showed the barrier"
+            await asyncio.sleep(0.02)
+        inner = self.script_run(sha, needle)
+        assert inner is not None
+        return inner
 
 
 @contextlib.asynccontextmanager
 async def monitoring(url: str) -> AsyncIterator[Monitor]:
-    monitor = Monitor()
+    monitor = Monitor(url)
     client = redis.asyncio.Redis.from_url(url, decode_responses=True)
 
     async def read() -> None:
@@ -144,6 +152,7 @@ async def test_refresh_failed_on_a_cut_link_is_not_applied_when_it_heals(
     async with proxied_sidecar(redis_server) as (sc, proxy), monitoring(redis_server.url) as mon:
         grant = await issue(sc, refresh=True)
         presented = jti_of(grant.refresh_token)
+        mon.mark()
         proxy.cut()
         assert await refresh(sc, grant.refresh_token) == UNAVAILABLE
         proxy.heal()
@@ -164,6 +173,7 @@ async def test_revoke_failed_on_a_cut_link_is_not_applied_when_it_heals(
     async with proxied_sidecar(redis_server) as (sc, proxy), monitoring(redis_server.url) as mon:
         grant = await issue(sc)
         jti = jti_of(grant.access_token)
+        mon.mark()
         proxy.cut()
         revoke = sc.stub.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
         assert await outcome(revoke) == UNAVAILABLE
@@ -188,6 +198,7 @@ async def test_issue_with_refresh_failed_on_a_cut_link_creates_no_family_when_it
 ) -> None:
     async with proxied_sidecar(redis_server) as (sc, proxy), monitoring(redis_server.url) as mon:
         families = _families(redis_server.url)
+        mon.mark()
         proxy.cut()
         assert await outcome(issue(sc, refresh=True)) == UNAVAILABLE
         proxy.heal()
@@ -197,3 +208,45 @@ async def test_issue_with_refresh_failed_on_a_cut_link_creates_no_family_when_it
         retried = await issue(sc, refresh=True)
         assert _families(redis_server.url) == families + 1
         assert not isinstance(await refresh(sc, retried.refresh_token), tuple)
+
+
+async def test_sidecar_killed_between_the_reuse_script_and_its_reply_leaves_the_family_dead(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 12: the reuse revocation, at its full horizon, is part of the one script. The
+    script runs whole (MONITOR shows it), its reply is held, the sidecar is SIGKILLed before
+    hearing it: nothing is left for the dead process to finish. Every token of the family is
+    refused at a sidecar started afterwards, and the revocation lasts past the family's end
+    by the longest access-token lifetime plus leeway (defaults: 3600 + 30 s)."""
+    async with (
+        tcp_proxy("127.0.0.1", redis_server.port) as proxy,
+        fleet(1, proxy.url, PREFIX, **SETTINGS) as f,
+        monitoring(redis_server.url) as mon,
+    ):
+        sc = f.sidecars[0]
+        stolen = await issue(sc, refresh=True)
+        rotated = await refresh(sc, stolen.refresh_token)
+        assert not isinstance(rotated, tuple), rotated
+        mon.mark()
+        proxy.cut(replies_only=True)
+        reuse = asyncio.create_task(refresh(sc, stolen.refresh_token))
+        inner = await mon.until_script_ran(_sha("ROTATE"), jti_of(stolen.refresh_token))
+        assert {"HSET", "ZADD", "XADD"} <= set(inner), inner  # the whole reuse, in one step
+        sc.proc.kill()
+        await sc.proc.wait()
+        await reuse  # the call died with the process
+        proxy.heal()
+
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            (family_key,) = client.scan_iter(match="{" + PREFIX + "}:fam:*")
+            family = client.hgetall(family_key)
+            horizon = client.zscore("{" + PREFIX + "}:revoked", family["revocation"])
+        finally:
+            client.close()
+        assert family["revoked"] == "1"
+        assert horizon == int(family["expires_at"]) + 3600 + 30
+        restarted = await f.restart(0)
+        for token in (stolen.access_token, rotated.access_token):
+            assert await verify(restarted, token) == REVOKED
+        assert await refresh(restarted, rotated.refresh_token) == REVOKED

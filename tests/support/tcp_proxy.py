@@ -2,10 +2,11 @@
 
 `cut()` models a network path that drops packets without telling anyone (a partition, a
 firewall dropping a flow): both directions stop forwarding, nothing is closed or reset, and
-every byte sent meanwhile is held in order. `heal()` delivers what was held, as TCP would
-deliver its retransmissions once the path is back, including a close the client made while
-cut (its FIN follows its data). That is how a command sent into a dead link reaches Redis
-after its client gave up on it (issue 13, finding 2).
+every byte sent meanwhile is held in order. `cut(replies_only=True)` holds only the server's
+replies: the command arrives and runs, its answer does not (a reply lost in transit).
+`heal()` delivers what was held, as TCP would deliver its retransmissions once the path is
+back, including a close the client made while cut (its FIN follows its data). That is how a
+command sent into a dead link reaches Redis after its client gave up on it (issue 13).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ _CHUNK = 65536
 class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self._upstream = (upstream_host, upstream_port)
-        self._flowing = asyncio.Event()
+        self._flowing = asyncio.Event()  # client -> server
         self._flowing.set()
+        self._replying = asyncio.Event()  # server -> client
+        self._replying.set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -39,16 +42,19 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def cut(self) -> None:
-        self._flowing.clear()
+    def cut(self, *, replies_only: bool = False) -> None:
+        self._replying.clear()
+        if not replies_only:
+            self._flowing.clear()
 
     def heal(self) -> None:
         self._flowing.set()
+        self._replying.set()
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        self._flowing.set()
+        self.heal()
         for writer in list(self._writers):
             writer.close()
         for task in list(self._tasks):
@@ -73,11 +79,12 @@ class TcpProxy:
     async def _pump(
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, upstream: bool
     ) -> None:
+        gate = self._flowing if upstream else self._replying
         try:
             while True:
                 chunk = await source.read(_CHUNK)
-                held = not self._flowing.is_set()
-                await self._flowing.wait()  # cut: hold the bytes (and the EOF) in order
+                held = not gate.is_set()
+                await gate.wait()  # cut: hold the bytes (and the EOF) in order
                 if not chunk:
                     if sink.can_write_eof():
                         sink.write_eof()
