@@ -26,6 +26,7 @@ warns in one line whenever the answer is one that loses data on a restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -57,9 +58,16 @@ class StoreSync:
         self.epoch_changes = 0
         self.restored = 0
         self.persistence = ""
+        # The poll and the feed's reconnection may both reconcile: one at a time, so a loss
+        # is written back and reported once, not once per path.
+        self._lock = asyncio.Lock()
 
     async def reconcile(self) -> None:
         """One reconciliation; raises StoreUnavailableError (the next one tries again)."""
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         now_s = self._clock.now()
         now = int(now_s)
         held = self._mirror.held()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -65,15 +64,10 @@ def _revoked_count(url: str) -> int:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A private Redis configured as many are by default: nothing on disk."""
-    with short_tmpdir() as workdir:
-        server = RedisServer(workdir, persist=False)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.kill()
+def private_redis(redis_server: RedisServer) -> RedisServer:
+    """A private Redis configured as many are by default: nothing on disk (`--save ""`,
+    `--appendonly no`); `restart_empty` kills it and starts it again with no data."""
+    return redis_server
 
 
 async def test_store_sync_writes_back_what_an_emptied_redis_lost(
@@ -144,7 +138,11 @@ async def test_a_mirror_entry_the_store_lacks_is_kept_even_with_the_same_epoch(
         (("--rename-command", "CONFIG", ""), "unknown"),
     ],
 )
-async def test_persistence_is_read_from_redis(extra_args: tuple[str, ...], mode: str) -> None:
+async def test_persistence_is_read_from_redis(
+    redis_server: RedisServer, extra_args: tuple[str, ...], mode: str
+) -> None:
+    """(`redis_server` makes this skip, or fail in CI, as every private-Redis test does when
+    redis-server is missing; the servers measured here are started below.)"""
     with short_tmpdir() as workdir:
         server = RedisServer(workdir, persist=False, extra_args=extra_args)
         server.start()
