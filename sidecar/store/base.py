@@ -218,8 +218,10 @@ class TokenStore(Protocol):
         ...
 
     async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
-        """`revoke` for many at once, all or nothing: how a sidecar writes back the
-        revocations a lost store forgot (issue 13). Duplicates are harmless."""
+        """`revoke` for many at once: how a sidecar writes back the revocations a lost store
+        forgot (issue 13). Duplicates are harmless. SQLite and memory apply all in one step;
+        Redis in batches of one script each (a failure part way leaves earlier batches
+        written, which a retry writes again). Past `deadline_ms` a step writes nothing."""
         ...
 
     async def revocations(self, now: int) -> list[Revocation]:

@@ -100,17 +100,17 @@ class RedisTokenStore:
 
     async def persistence(self) -> str:
         """From CONFIG GET appendonly / appendfsync / save; "unknown" when CONFIG is renamed,
-        disabled or refused by an ACL (managed Redis often does), or the reply is odd."""
+        disabled or refused by an ACL (managed Redis often does). Not through `_call`: a
+        refusal here is an answer, not a failure to log on every poll."""
+        self._check_open()
+        found: dict[str, str] = {}
         try:
-            found: dict[str, str] = await self._call(
-                self._client.config_get("appendonly")  # type: ignore[arg-type]
-            )
-            found.update(await self._call(self._client.config_get("appendfsync")))  # type: ignore[arg-type]
-            found.update(await self._call(self._client.config_get("save")))  # type: ignore[arg-type]
-        except StoreUnavailableError as exc:
-            if isinstance(exc.__cause__, ResponseError):
-                return "unknown"  # the server answered, but not this command
-            raise
+            for name in ("appendonly", "appendfsync", "save"):
+                found.update(await self._client.config_get(name))  # type: ignore[arg-type]
+        except ResponseError:
+            return "unknown"  # the server answered, but not this command
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailableError() from exc
         return _persistence_mode(found)
 
     async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:

@@ -41,8 +41,15 @@ _ISSUE = "/authsidecar.v1.AuthService/Issue"
 _REFRESH = "/authsidecar.v1.AuthService/Refresh"
 _REVOKE = "/authsidecar.v1.AuthService/Revoke"
 _REUSED = "REFRESH_TOKEN_REUSED"
-# Refresh outcomes the domain reports for a refused call.
+# Refresh outcomes the domain reports: for an answered call, and for a refused one.
+_ACCEPTED = ("rotated", "grace")
 _REFUSED = ("reused", "revoked")
+
+
+def _refresh_outcome(ok: bool, outcome: str) -> str:
+    """The label of one Refresh: the domain's own word, or "refused" for any other refusal
+    (bad token, store unavailable, a failure after an accepted rotation)."""
+    return outcome if outcome in (_ACCEPTED if ok else _REFUSED) else "refused"
 
 
 class Metrics:
@@ -119,10 +126,7 @@ class Metrics:
                 self.revocations.inc()
             return
         if method == _REFRESH:
-            # The domain's outcome (a failure after it, e.g. signing, is still "refused").
-            self.refreshes.labels(
-                outcome if outcome and (ok or outcome in _REFUSED) else "refused"
-            ).inc()
+            self.refreshes.labels(_refresh_outcome(ok, outcome)).inc()
             if reason == _REUSED:
                 self.reuse_detected.inc()
         if ok:
