@@ -12,6 +12,10 @@ Every reconciliation (start-up, each poll, each reconnection of the feed) does, 
    lacks. Any sidecar may do it, several may do it at once (a revocation written twice is one
    revocation), and a sidecar started after the loss loads what the others wrote back.
 
+Clock skew between sidecars can make one write back an entry another's purge just dropped
+(its clock says the entry is still in force); the write is harmless and stops once the slower
+clock passes the entry's horizon.
+
 A loss is reported once per reconciliation that finds one: one warning line, and the counters
 `restored` and `epoch_changes` (exported as `authsidecar_store_revocations_restored_total` and
 `authsidecar_store_epoch_changes_total`). What cannot be restored: refresh families. Only the
