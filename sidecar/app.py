@@ -11,6 +11,10 @@ with `store.on_unavailable: degrade` (default) "" and `authsidecar.v1.AuthServic
 (Verify answers from signatures plus the last known revocations), with `refuse` they go
 NOT_SERVING too and Verify fails UNAVAILABLE. Reachability is regained only after the mirror
 was reloaded in full, so no revocation written meanwhile is missed.
+
+Durability (issue 13): start-up reads how the store persists (`store_persistence=` in the
+banner, one warning line when a restart would lose data, re-read on every poll) and every
+reconciliation writes back revocations a lost store forgot (tokens/store_sync.py).
 """
 
 from __future__ import annotations
@@ -77,14 +81,15 @@ def _dev_key(path: Path, alg: str) -> None:
 
 async def open_store(settings: Settings, clock: Clock) -> TokenStore:
     if settings.store.backend == "memory":
-        return MemoryTokenStore()
+        return MemoryTokenStore(clock=clock)
     if settings.store.backend == "redis":
         store = settings.store
         # The clock times the TTLs the store sets; nothing connects until start's ping.
         return RedisTokenStore(
             RedisConnector(store), clock=clock, key_prefix=store.redis_key_prefix
         )
-    sqlite = SqliteTokenStore(settings.sqlite_path)
+    # The clock also judges write deadlines (issue 13), as the service's clock set them.
+    sqlite = SqliteTokenStore(settings.sqlite_path, clock=clock)
     await sqlite.open()
     return sqlite
 
@@ -157,6 +162,7 @@ class App:
             try:
                 await self.store.ping()
                 await self.service.sync_revocations()
+                await self.service.store_sync.check_persistence()
                 self._poll_ok = True
             except StoreUnavailableError:
                 self._poll_ok = False
@@ -270,6 +276,7 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
         )
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
         await service.start()
+        await service.store_sync.check_persistence()
         metrics = Metrics(service) if settings.metrics.listen else None
         listeners = build_listeners(
             service,
@@ -335,6 +342,7 @@ def banner(app: App) -> str:
         parts.append(f"http={app.jwks_http.address}")
     parts.append(f"signing_kid={signing.kid if signing else '-'}")
     parts.append(f"keys={len(ring.keys)} store={app.settings.store.backend}")
+    parts.append(f"store_persistence={app.service.store_sync.persistence or '-'}")
     return " ".join(parts)
 
 

@@ -24,6 +24,9 @@ class CallInfo:
     peer: str
     # The AuthSidecarError reason of a refused call ("" while the call is fine).
     reason: str = ""
+    # What the domain did, in its own words (tokens/refresh.py: rotated, grace, reused,
+    # revoked), so metrics count outcomes instead of guessing them; "" when not reported.
+    outcome: str = ""
 
 
 current_call: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
@@ -43,3 +46,10 @@ def record_reason(reason: str) -> None:
     call = current_call.get()
     if call is not None:
         call.reason = reason
+
+
+def record_outcome(outcome: str) -> None:
+    """Note what the domain decided for the current call (issue 12), for its metrics."""
+    call = current_call.get()
+    if call is not None:
+        call.outcome = outcome

@@ -25,6 +25,7 @@ are generic on purpose: token text, key material and library exception text neve
     │  ├─ ScopeMissingError           SCOPE_MISSING
     │  └─ CallerNotAllowedError       CALLER_NOT_ALLOWED
     ├─ StoreUnavailableError          STORE_UNAVAILABLE      -> UNAVAILABLE
+    │  └─ StoreDeadlineError          (a late write, not applied)
     ├─ SubscriberDroppedError         WATCH_SUBSCRIBER_DROPPED -> UNAVAILABLE
     ├─ ShuttingDownError              SHUTTING_DOWN          -> UNAVAILABLE
     ├─ SubscriberLimitError           WATCH_SUBSCRIBER_LIMIT -> RESOURCE_EXHAUSTED
@@ -189,6 +190,16 @@ class SubscriberLimitError(AuthSidecarError):
 
     reason = "WATCH_SUBSCRIBER_LIMIT"
     message = "too many watch subscribers"
+
+
+class StoreDeadlineError(StoreUnavailableError):
+    """A store write reached the store after its deadline and was not applied (issue 13).
+
+    Same reason code as any unavailability: to the caller both mean "not done, retry"; the
+    subclass lets tests and logs tell "the store refused a late write" from "no answer".
+    """
+
+    message = "token store write arrived after its deadline"
 
 
 class StartupError(AuthSidecarError):

@@ -6,8 +6,21 @@ revocation. Every method may raise `StoreUnavailableError` when the backend cann
 (or after `close`); nothing else escapes, except `ValueError` from `create_family` for a family
 id already taken, which is a caller bug (ids are random), never a backend condition.
 
-Atomicity is the store's job: `rotate` is one transaction (SQLite) or one script (Redis), so two
-sidecars presenting the same refresh token at the same instant see exactly one ROTATED.
+Atomicity is the store's job: `rotate` is one transaction (SQLite, memory under its lock) or
+one script (Redis) that takes the WHOLE refresh decision (issue 12): subject/issuer match,
+revoked or ended, reuse (with the revocation recorded at its full horizon), scope narrowing,
+rotation or grace. Nothing is written before every check has passed, so a refused refresh
+never consumes its token and a reuse is never half recorded.
+
+Deadlines (issue 13): every write carries `deadline_ms`, absolute epoch milliseconds by the
+caller's clock, no later than the moment the caller stops waiting and reports UNAVAILABLE. A
+write that reaches the store after it does nothing and raises `StoreDeadlineError` (Redis
+compares with the server's `TIME`, so the clocks must agree to well under the store timeout;
+SQLite and memory compare with their clock just before committing). So "unavailable" means
+"not applied", with one exception no protocol can close: a write applied before its deadline
+whose reply was then lost in transit is reported unavailable although applied (a retried
+rotation is then ROTATED again, see `rotate`; a revocation stays revoked; a family created for
+a failed Issue is never referenced and expires).
 
 Racing presenters: when N callers present the same current token at once, one gets ROTATED.
 With `grace_s = 0` the next one to run presents a now-retired token and gets REUSED (revoking
@@ -15,6 +28,12 @@ the family, as RFC 9700 section 4.14.2 reuse detection requires), and the rest f
 revoked and get REVOKED. With a grace window (issue 3: the client that lost the first response
 and retries), every other presenter within `grace_s` of the rotation gets GRACE and the same
 successor, and only a presentation after the window is REUSED.
+
+Identity (issue 13): `epoch` names the store's data set; it is written once (set if absent) and
+changes only when the data is gone (Redis restarted empty, a failover to a replica that never
+had it, a new SQLite file). Sidecars use it to notice a lost store and write back the
+revocations they still hold (tokens/revocation.py); refresh families are not restored: their
+refresh tokens are refused (UNKNOWN) from then on, which fails closed.
 
 Forgetting: nothing is kept past its `expires_at`. `revocations(now)` purges expired
 revocations and ended families, so `rotate`/`get_family` on an ended family may answer
@@ -24,7 +43,7 @@ UNKNOWN/None instead of REVOKED; both refuse, and the refresh token has expired 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -60,6 +79,30 @@ class RotateOutcome(enum.Enum):
     REUSED = "reused"  # presented was retired: the family is now revoked
     REVOKED = "revoked"  # the family was already revoked (or has ended)
     UNKNOWN = "unknown"  # no such family
+    MISMATCH = "mismatch"  # the presented subject/issuer are not the family's: nothing changed
+    SCOPE_WIDENED = "scope_widened"  # the requested scope is not within the family's: nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """One refresh, as the store decides it: everything the decision needs, in one value.
+
+    `subject`/`issuer` are the presented refresh token's `sub`/`iss`; `scope` is the narrowed
+    scope asked for ("" keeps the family's); `revoke_extra_s` is how long past the family's
+    end a reuse revocation must last (the longest access-token lifetime plus leeway: access
+    tokens minted at the family's last refresh outlive it); `deadline_ms` as for every write.
+    """
+
+    family_id: str
+    presented_jti: str
+    next_jti: str
+    now: int
+    deadline_ms: int
+    subject: str
+    issuer: str
+    scope: str = ""
+    grace_s: int = 0
+    revoke_extra_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +110,8 @@ class RotateResult:
     outcome: RotateOutcome
     # The family after the operation (None when UNKNOWN).
     family: FamilyRecord | None
+    # REUSED only: the family revocation recorded in the same transaction (full horizon).
+    revocation: Revocation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +145,31 @@ class RevocationFeed(Protocol):
 
 
 class TokenStore(Protocol):
+    @property
+    def timeout_s(self) -> float:
+        """How long one call may wait on the backend before the caller hears UNAVAILABLE:
+        the longest budget a write's deadline may be given (Redis: its socket timeout;
+        SQLite: its lock wait)."""
+        ...
+
     async def ping(self) -> None:
         """Return when the backend answers; raise StoreUnavailableError otherwise."""
         ...
 
-    async def create_family(self, family: FamilyRecord) -> None:
+    async def epoch(self, candidate: str, *, deadline_ms: int) -> str:
+        """The store's identity: `candidate` is recorded if the store has none (set once, never
+        overwritten), and the recorded one is returned. A different answer than last time
+        means the data set was replaced or lost."""
+        ...
+
+    async def persistence(self) -> str:
+        """How the backend keeps data across its own restart, for operators (issue 13):
+        "aof-always", "aof-everysec", "aof-no", "rdb", "none" (Redis), "fsync" (SQLite),
+        "process" (memory: dies with the process, and so does every mirror), or "unknown"
+        when the backend will not say (Redis with CONFIG renamed or refused)."""
+        ...
+
+    async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:
         """Record a new family whose first refresh token is `family.current_jti`.
 
         Raises ValueError when `family.family_id` is already taken: never overwrite, since
@@ -114,36 +179,49 @@ class TokenStore(Protocol):
 
     async def get_family(self, family_id: str) -> FamilyRecord | None: ...
 
-    async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
-    ) -> RotateResult:
-        """Atomically retire `presented_jti` in favour of `next_jti`.
+    async def rotate(self, rotation: Rotation) -> RotateResult:
+        """The whole refresh decision for `rotation`, in one atomic step.
 
-        Checked in this order, all in one atomic step:
+        Raises StoreDeadlineError, changing nothing, when it runs after `deadline_ms`.
+        Otherwise checked in this order:
 
         1. UNKNOWN when there is no such family (`family` is None);
-        2. REVOKED when the family is already revoked or has ended (`now >= expires_at`),
+        2. MISMATCH when `subject`/`issuer` are not the family's; nothing changes;
+        3. REVOKED when the family is already revoked or has ended (`now >= expires_at`),
            whatever jti was presented; nothing changes;
-        3. ROTATED when `presented_jti` is the current token: `next_jti` becomes current,
-           `presented_jti` becomes `previous_jti` and `rotated_at` becomes `now`;
-        4. GRACE when `presented_jti` is `previous_jti` and `now < rotated_at + grace_s`:
-           nothing changes, and `family.current_jti` is the successor minted at that
-           rotation (so `grace_s = 0` disables the window; times are whole seconds, so the
-           window is between `grace_s - 1` and `grace_s` seconds long);
-        5. REUSED otherwise: the family is marked revoked and a family revocation
-           (`issuer` = the family's, `key` = `family_id`, until `expires_at`) is recorded in
-           the same transaction, so the revocation is never lost between the two writes.
+        4. ROTATED again, changing nothing, when `presented_jti` is `previous_jti` and
+           `next_jti` is current: the same rotation retried after a lost reply (the driver's
+           one retry on a broken connection), so the retry gets what the first run made;
+        5. when `presented_jti` is current, or is `previous_jti` with `now < rotated_at +
+           grace_s` (GRACE: `grace_s = 0` disables the window; times are whole seconds, so
+           the window is between `grace_s - 1` and `grace_s` seconds long):
+           SCOPE_WIDENED, changing nothing, when `scope` is not a subset of the family's
+           (so a bad request does not cost the caller its token); otherwise ROTATED
+           (`next_jti` becomes current, `presented_jti` becomes `previous_jti`,
+           `rotated_at` becomes `now`) or GRACE (nothing changes; `family.current_jti` is
+           the successor minted at that rotation);
+        6. REUSED otherwise: the family is marked revoked and a family revocation
+           (`issuer` = the family's, `key` = `family_id`, until `expires_at +
+           revoke_extra_s`) is recorded and published in the same step (`revocation`).
 
         `family` in the result is the record after the step.
         """
         ...
 
-    async def revoke(self, revocation: Revocation) -> None:
+    async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
         """Record a revocation (idempotent; a repeat keeps the later `expires_at`).
 
         A family revocation also marks the family with that id revoked, in the same step,
         whatever the revocation's `issuer`: failing closed beats a mismatch leaving it live.
+        Raises StoreDeadlineError, recording nothing, when it runs after `deadline_ms`.
         """
+        ...
+
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
+        """`revoke` for many at once: how a sidecar writes back the revocations a lost store
+        forgot (issue 13). Duplicates are harmless. SQLite and memory apply all in one step;
+        Redis in batches of one script each (a failure part way leaves earlier batches
+        written, which a retry writes again). Past `deadline_ms` a step writes nothing."""
         ...
 
     async def revocations(self, now: int) -> list[Revocation]:
@@ -163,3 +241,21 @@ class TokenStore(Protocol):
     async def close(self) -> None:
         """Release the backend (idempotent); every later call raises StoreUnavailableError."""
         ...
+
+
+def scope_within(requested: str, granted: str) -> bool:
+    """Whether every scope token of `requested` is in `granted` (space-separated)."""
+    return set(requested.split()) <= set(granted.split())
+
+
+def past(deadline_ms: int, now_s: float) -> bool:
+    """Whether a write decided at `now_s` (epoch seconds) is past `deadline_ms`."""
+    return now_s * 1000 > deadline_ms
+
+
+def deadline_for(now_s: float, timeout_s: float, time_left_s: float | None = None) -> int:
+    """The deadline (epoch ms) of a write started at `now_s`: no later than the moment its
+    caller stops waiting, i.e. the store's own timeout or the call's remaining time (a gRPC
+    deadline), whichever comes first."""
+    budget = timeout_s if time_left_s is None else max(0.0, min(timeout_s, time_left_s))
+    return int((now_s + budget) * 1000)

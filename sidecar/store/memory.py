@@ -3,14 +3,24 @@
 For tests and single-process deployments: state dies with the process, and two sidecars never
 share it. It defines the behaviour the other stores must match (the contract suite runs against
 all of them), so it stays as plain as the protocol allows.
+
+Atomicity without a journal: every write decides and applies under one lock with no `await`
+between its first read and its last write, so on one event loop nothing can interleave with it
+and a cancelled caller cannot stop it half way (cancellation lands only on an `await`, and the
+only one is taking the lock, before anything is read). A crash loses the whole store and every
+mirror with it (same process), so no crash can leave a reuse half recorded either. The deadline
+is checked on the store's clock once the lock is held, before anything is read or written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
+from collections.abc import Sequence
 
-from sidecar.errors import StoreUnavailableError
+from sidecar.clock import Clock, SystemClock
+from sidecar.errors import StoreDeadlineError, StoreUnavailableError
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
@@ -18,6 +28,9 @@ from sidecar.store.base import (
     RevocationKind,
     RotateOutcome,
     RotateResult,
+    Rotation,
+    past,
+    scope_within,
 )
 
 _RevocationKey = tuple[RevocationKind, str, str]
@@ -26,11 +39,15 @@ _RevocationKey = tuple[RevocationKind, str, str]
 class MemoryTokenStore:
     """A `TokenStore` over dicts; every method may raise StoreUnavailableError after `close`."""
 
-    def __init__(self) -> None:
+    timeout_s = 1.0  # nothing here waits; the budget only bounds a caller's deadline
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._families: dict[str, FamilyRecord] = {}
         self._revocations: dict[_RevocationKey, Revocation] = {}
-        # Every multi-step operation holds this lock. Today none of them awaits between its
-        # read and its write, so the event loop alone makes them atomic; the lock keeps them
+        self._epoch = ""
+        # Every multi-step operation holds this lock. None of them awaits between its read
+        # and its write, so the event loop alone makes them atomic; the lock keeps them
         # atomic if one ever does (an await there would otherwise let two rotates interleave).
         self._lock = asyncio.Lock()
         self._closed = False
@@ -39,51 +56,84 @@ class MemoryTokenStore:
         if self._closed:
             raise StoreUnavailableError()
 
+    def _check_deadline(self, deadline_ms: int) -> None:
+        if past(deadline_ms, self._clock.now()):
+            raise StoreDeadlineError()
+
     async def ping(self) -> None:
         self._check_open()
 
-    async def create_family(self, family: FamilyRecord) -> None:
+    async def epoch(self, candidate: str, *, deadline_ms: int) -> str:
+        self._check_open()
+        async with self._lock:
+            if not self._epoch:
+                self._check_deadline(deadline_ms)
+                self._epoch = candidate or secrets.token_hex(8)
+            return self._epoch
+
+    async def persistence(self) -> str:
+        self._check_open()
+        return "process"
+
+    async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:
         self._check_open()
         async with self._lock:
             if family.family_id in self._families:
                 raise ValueError("family id already exists")
+            self._check_deadline(deadline_ms)
             self._families[family.family_id] = family
 
     async def get_family(self, family_id: str) -> FamilyRecord | None:
         self._check_open()
         return self._families.get(family_id)
 
-    async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
-    ) -> RotateResult:
+    async def rotate(self, rotation: Rotation) -> RotateResult:
         self._check_open()
+        r = rotation
         async with self._lock:
-            family = self._families.get(family_id)
+            self._check_deadline(r.deadline_ms)
+            family = self._families.get(r.family_id)
             if family is None:
                 return RotateResult(RotateOutcome.UNKNOWN, None)
-            if family.revoked or now >= family.expires_at:
+            if family.subject != r.subject or family.issuer != r.issuer:
+                return RotateResult(RotateOutcome.MISMATCH, family)
+            if family.revoked or r.now >= family.expires_at:
                 return RotateResult(RotateOutcome.REVOKED, family)
-            if presented_jti == family.current_jti:
+            if r.presented_jti == family.previous_jti and r.next_jti == family.current_jti:
+                return RotateResult(RotateOutcome.ROTATED, family)  # the same call, retried
+            current = r.presented_jti == family.current_jti
+            grace = r.presented_jti == family.previous_jti and r.now < family.rotated_at + r.grace_s
+            if current or grace:
+                if r.scope and not scope_within(r.scope, family.scope):
+                    return RotateResult(RotateOutcome.SCOPE_WIDENED, family)
+                if grace:
+                    return RotateResult(RotateOutcome.GRACE, family)
                 rotated = dataclasses.replace(
-                    family, current_jti=next_jti, previous_jti=presented_jti, rotated_at=now
+                    family, current_jti=r.next_jti, previous_jti=r.presented_jti, rotated_at=r.now
                 )
-                self._families[family_id] = rotated
+                self._families[r.family_id] = rotated
                 return RotateResult(RotateOutcome.ROTATED, rotated)
-            if presented_jti == family.previous_jti and now < family.rotated_at + grace_s:
-                return RotateResult(RotateOutcome.GRACE, family)
             # A retired token came back: RFC 9700 section 4.14.2 says revoke the whole family.
+            revocation = Revocation(
+                "family", family.issuer, r.family_id, family.expires_at + r.revoke_extra_s
+            )
             revoked = self._revoke_family(family)
-            self._put_revocation(Revocation("family", family.issuer, family_id, family.expires_at))
-            return RotateResult(RotateOutcome.REUSED, revoked)
+            self._put_revocation(revocation)
+            return RotateResult(RotateOutcome.REUSED, revoked, revocation)
 
-    async def revoke(self, revocation: Revocation) -> None:
+    async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
+        await self.restore((revocation,), deadline_ms=deadline_ms)
+
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
         self._check_open()
         async with self._lock:
-            self._put_revocation(revocation)
-            if revocation.kind == "family":
-                family = self._families.get(revocation.key)
-                if family is not None:
-                    self._revoke_family(family)
+            self._check_deadline(deadline_ms)
+            for revocation in revocations:
+                self._put_revocation(revocation)
+                if revocation.kind == "family":
+                    family = self._families.get(revocation.key)
+                    if family is not None:
+                        self._revoke_family(family)
 
     async def revocations(self, now: int) -> list[Revocation]:
         self._check_open()

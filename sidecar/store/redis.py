@@ -17,6 +17,10 @@ until the first call; `await store.close()`.
   script. `open_revocation_feed` reads it with XREAD BLOCK on a dedicated connection from the
   position it found on opening, so delivery is gap-free while connected; the consumer reloads
   `revocations(now)` after opening (and after every reconnection).
+* Deadlines (issue 13): every write passes its `deadline_ms` to its script, which does nothing
+  past it (server `TIME`) and answers `late`, raised as StoreDeadlineError.
+* Identity: `{prefix}:epoch` is set once (SET NX); a Redis that lost its data has none, or one
+  a sidecar set after the loss, so the sidecars notice and write back their revocations.
 * Failure: every driver error (connection refused or lost, timeout, cluster down, a failover
   in progress, an error reply) becomes StoreUnavailableError with a generic message; the cause
   is chained for operators and logged without values.
@@ -27,15 +31,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from sidecar.clock import Clock
-from sidecar.errors import StoreUnavailableError
+from sidecar.errors import StoreDeadlineError, StoreUnavailableError
 from sidecar.store import redis_scripts
-from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, RotateResult
+from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, RotateResult, Rotation
 from sidecar.store.redis_connect import RedisClient, RedisConnector
 from sidecar.store.redis_keys import (
     FAMILY_FIELDS,
@@ -58,6 +62,8 @@ FEED_TTL_S = 86_400
 # silently dead connection: the socket read timeout is this plus `redis_timeout_s`).
 FEED_BLOCK_S = 5.0
 PURGE_BATCH = 1_000
+# Revocations written back per script call (issue 13), so one call stays short.
+RESTORE_BATCH = 500
 _DRIVER_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
@@ -72,22 +78,52 @@ class RedisTokenStore:
         self._create = self._client.register_script(redis_scripts.CREATE_FAMILY)
         self._rotate = self._client.register_script(redis_scripts.ROTATE)
         self._revoke = self._client.register_script(redis_scripts.REVOKE)
+        self._epoch = self._client.register_script(redis_scripts.EPOCH)
         self._purge = self._client.register_script(redis_scripts.PURGE_AND_LIST)
         self._feeds: set[_StreamFeed] = set()
         self._closed = False
 
+    @property
+    def timeout_s(self) -> float:
+        return self._connector.timeout_s
+
     async def ping(self) -> None:
         await self._call(self._client.ping())
 
-    async def create_family(self, family: FamilyRecord) -> None:
+    async def epoch(self, candidate: str, *, deadline_ms: int) -> str:
+        reply: Any = await self._call(
+            self._epoch(keys=[self._keys.epoch], args=[deadline_ms, candidate])
+        )
+        if isinstance(reply, list):
+            raise StoreDeadlineError()
+        return str(reply)
+
+    async def persistence(self) -> str:
+        """From CONFIG GET appendonly / appendfsync / save; "unknown" when CONFIG is renamed,
+        disabled or refused by an ACL (managed Redis often does). Not through `_call`: a
+        refusal here is an answer, not a failure to log on every poll."""
+        self._check_open()
+        found: dict[str, str] = {}
+        try:
+            for name in ("appendonly", "appendfsync", "save"):
+                found.update(await self._client.config_get(name))  # type: ignore[arg-type]
+        except ResponseError:
+            return "unknown"  # the server answered, but not this command
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailableError() from exc
+        return _persistence_mode(found)
+
+    async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:
         fields = _family_fields(family)
         fields[FAMILY_REVOCATION_FIELD] = encode_member("family", family.issuer, family.family_id)
         ttl = self._ttl(family.expires_at)
-        args: list[str | int] = [ttl, family.expires_at, family.family_id]
+        args: list[str | int] = [deadline_ms, ttl, family.expires_at, family.family_id]
         for name, value in fields.items():
             args += [name, value]
         keys = [self._keys.family(family.family_id), self._keys.families]
         created = await self._call(self._create(keys=keys, args=args))
+        if created == redis_scripts.LATE:
+            raise StoreDeadlineError()
         if int(created) != 1:
             raise ValueError("family id already exists")
 
@@ -97,28 +133,49 @@ class RedisTokenStore:
         )
         return _family_from(fields) if fields else None
 
-    async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
-    ) -> RotateResult:
-        keys = [self._keys.family(family_id), self._keys.revoked, self._keys.feed]
+    async def rotate(self, rotation: Rotation) -> RotateResult:
+        r = rotation
+        keys = [self._keys.family(r.family_id), self._keys.revoked, self._keys.feed]
         args: list[str | int] = [
-            presented_jti, next_jti, now, grace_s, TTL_MARGIN_S, FEED_MAXLEN, FEED_TTL_S
+            r.deadline_ms, r.presented_jti, r.next_jti, r.now, r.grace_s, TTL_MARGIN_S,
+            FEED_MAXLEN, FEED_TTL_S, r.subject, r.issuer, r.scope, r.revoke_extra_s,
         ]  # fmt: skip
         reply: list[str] = await self._call(self._rotate(keys=keys, args=args))
+        if reply[0] == redis_scripts.LATE:
+            raise StoreDeadlineError()
         outcome = RotateOutcome(reply[0])
         if outcome is RotateOutcome.UNKNOWN:
             return RotateResult(outcome, None)
-        fields = dict(zip(reply[1::2], reply[2::2], strict=True))
-        return RotateResult(outcome, _family_from(fields))
+        rest = reply[1:]
+        until = int(rest.pop(0)) if outcome is RotateOutcome.REUSED else 0
+        family = _family_from(dict(zip(rest[0::2], rest[1::2], strict=True)))
+        revocation = None
+        if outcome is RotateOutcome.REUSED:
+            revocation = Revocation("family", family.issuer, family.family_id, until)
+        return RotateResult(outcome, family, revocation)
 
-    async def revoke(self, revocation: Revocation) -> None:
-        member = encode_member(revocation.kind, revocation.issuer, revocation.key)
+    async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
+        await self.restore((revocation,), deadline_ms=deadline_ms)
+
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
+        """In batches of RESTORE_BATCH, each one script (one step); a failure part way
+        leaves the earlier batches written, which is what a retry would write again."""
+        for start in range(0, len(revocations), RESTORE_BATCH):
+            await self._revoke_batch(revocations[start : start + RESTORE_BATCH], deadline_ms)
+
+    async def _revoke_batch(self, batch: Sequence[Revocation], deadline_ms: int) -> None:
         keys = [self._keys.revoked, self._keys.feed]
-        if revocation.kind == "family":
-            keys.append(self._keys.family(revocation.key))
-        ttl = self._ttl(revocation.expires_at)
-        args: list[str | int] = [member, revocation.expires_at, ttl, FEED_MAXLEN, FEED_TTL_S]
-        await self._call(self._revoke(keys=keys, args=args))
+        latest = max(r.expires_at for r in batch)
+        args: list[str | int] = [deadline_ms, self._ttl(latest), FEED_MAXLEN, FEED_TTL_S]
+        for r in batch:
+            family_index = 0
+            if r.kind == "family":
+                keys.append(self._keys.family(r.key))
+                family_index = len(keys)
+            args += [encode_member(r.kind, r.issuer, r.key), r.expires_at, family_index]
+        done = await self._call(self._revoke(keys=keys, args=args))
+        if done == redis_scripts.LATE:
+            raise StoreDeadlineError()
 
     async def revocations(self, now: int) -> list[Revocation]:
         keys = [self._keys.revoked, self._keys.families]
@@ -211,6 +268,16 @@ class _StreamFeed:
         self._closed = True
         self._store._feeds.discard(self)
         await _close_quietly(self._client)
+
+
+def _persistence_mode(config: dict[str, str]) -> str:
+    """The store's durability, from its CONFIG (see `TokenStore.persistence`)."""
+    if "appendonly" not in config or "save" not in config:
+        return "unknown"
+    if config["appendonly"] == "yes":
+        fsync = config.get("appendfsync", "")
+        return f"aof-{fsync}" if fsync in ("always", "everysec", "no") else "unknown"
+    return "rdb" if config["save"].strip() else "none"
 
 
 def _entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

@@ -14,9 +14,9 @@ The driver retries a command once, immediately, and only after a ConnectionError
 what a pooled connection broken by a Redis restart, a failover or `CLIENT KILL` gives, and
 without the retry the first call after every reconnection would fail. A timeout is never
 retried. If a connection breaks after the server ran a rotation but before the reply, the
-retry presents a just-retired token: within `tokens.refresh_grace_s` that is GRACE with the
-same successor (the retry is harmless); with the window disabled it is reuse, which fails
-closed.
+retry carries the same successor jti, which the rotation script recognises and answers ROTATED
+again without changing anything (issue 13). The retry keeps the first attempt's deadline, so a
+retry that reaches the server too late does nothing (StoreDeadlineError).
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ class RedisConnector:
     @property
     def mode(self) -> str:
         return self._settings.redis_mode
+
+    @property
+    def timeout_s(self) -> float:
+        """The read timeout of a command: after it the caller is told UNAVAILABLE."""
+        return self._settings.redis_timeout_s
 
     def client(self, *, read_timeout_s: float | None = None) -> RedisClient:
         """A client with its own connections; `read_timeout_s` overrides the read timeout

@@ -12,6 +12,7 @@ families but split a reuse across slots, reopening the gap between "family revok
     {p}:families          zset   family_id by expires_at: ended families purged on sync
     {p}:revoked           zset   revocation member by expires_at: the live revocation set
     {p}:feed              stream one entry per revocation write, read by every sidecar
+    {p}:epoch             string the data set's identity, set once (SET NX), no TTL
 
 Keys are family ids and `(kind, iss, jti)` triples, never token text (issue 3).
 """
@@ -72,6 +73,10 @@ class KeyLayout:
     @property
     def feed(self) -> str:
         return f"{self.tag}:feed"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.tag}:epoch"
 
 
 def encode_member(kind: str, issuer: str, key: str) -> str:

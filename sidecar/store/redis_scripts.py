@@ -2,15 +2,22 @@
 
 Redis runs a script to completion before any other command, and a SIGKILLed client cannot cut
 one short (the server has the whole script before it starts), so a rotation is either wholly
-done or not at all, and a reuse revokes the family, records the revocation and publishes it in
-the same step. All keys of a deployment share one hash tag, so each script touches one slot
-(Cluster requirement); keys built inside a script (`fam:` in PURGE) carry that tag too.
+done or not at all, and a reuse revokes the family, records the revocation at its full horizon
+and publishes it in the same step. All keys of a deployment share one hash tag, so each script
+touches one slot (Cluster requirement); keys built inside a script (`fam:` in PURGE) carry that
+tag too.
 
-Times come from the caller (`now`), never from the server clock, so a store can be tested with
-a fixed clock; TTLs are relative seconds computed from that same `now`, plus a margin.
+Deadlines (issue 13): every write script first reads the server's `TIME` and, past the
+caller's `deadline_ms`, returns `late` having done nothing. A script delayed in the network
+(a link cut silently, then healed) therefore never applies after its caller was told
+UNAVAILABLE. Reading `TIME` before writing needs effect replication (Redis >= 5; the default
+from 7). Token times otherwise come from the caller (`now`), never from the server clock, so a
+store can be tested with a fixed clock; TTLs are relative seconds computed from that `now`.
 """
 
 from __future__ import annotations
+
+LATE = "late"
 
 # Shared helpers, prepended to every script.
 _LIB = """
@@ -23,73 +30,123 @@ local function publish(feed, member, expires_at, maxlen, feed_ttl)
   redis.call('XADD', feed, 'MAXLEN', '~', maxlen, '*', 'r', member, 'e', expires_at)
   extend_ttl(feed, feed_ttl)
 end
+local function too_late(deadline_ms)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline_ms)
+end
+local function within(requested, granted)
+  local have = {}
+  for s in string.gmatch(granted, '%S+') do have[s] = true end
+  for s in string.gmatch(requested, '%S+') do
+    if not have[s] then return false end
+  end
+  return true
+end
 """
 
-# KEYS: fam, families. ARGV: ttl, expires_at, family_id, then field/value pairs.
-# Returns 1 when created, 0 when the id is taken (nothing is overwritten).
+# KEYS: fam, families. ARGV: deadline_ms, ttl, expires_at, family_id, then field/value pairs.
+# Returns 1 when created, 0 when the id is taken (nothing is overwritten), 'late'.
 CREATE_FAMILY = (
     _LIB
     + """
+if too_late(ARGV[1]) then return 'late' end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local ttl = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 extend_ttl(KEYS[2], ttl)
 return 1
 """
 )
 
 # KEYS: fam, revoked, feed.
-# ARGV: presented, next, now, grace_s, margin_s, feed_maxlen, feed_ttl.
-# Returns {outcome, field, value, ...} with the family after the step ({'unknown'} if none).
-# The order of checks is TokenStore.rotate's: unknown, revoked/ended, rotated, grace, reused.
+# ARGV: deadline_ms, presented, next, now, grace_s, margin_s, feed_maxlen, feed_ttl,
+#       subject, issuer, scope, revoke_extra_s.
+# Returns {outcome, field, value, ...} with the family after the step ({'unknown'} if none,
+# {'late'} past the deadline); on reuse the outcome is followed by the revocation's
+# expires_at, then the fields. The order of checks is TokenStore.rotate's.
 ROTATE = (
     _LIB
     + """
+if too_late(ARGV[1]) then return {'late'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
 local f = redis.call('HMGET', KEYS[1], 'revoked', 'expires_at', 'current_jti',
-                     'previous_jti', 'rotated_at', 'revocation')
-local now = tonumber(ARGV[3])
+                     'previous_jti', 'rotated_at', 'revocation', 'subject', 'issuer', 'scope')
+local presented, nxt = ARGV[2], ARGV[3]
+local now = tonumber(ARGV[4])
 local expires_at = tonumber(f[2])
 local outcome
-if f[1] == '1' or now >= expires_at then
+local extra = {}
+if f[7] ~= ARGV[9] or f[8] ~= ARGV[10] then
+  outcome = 'mismatch'
+elseif f[1] == '1' or now >= expires_at then
   outcome = 'revoked'
-elseif ARGV[1] == f[3] then
-  redis.call('HSET', KEYS[1], 'current_jti', ARGV[2], 'previous_jti', ARGV[1],
-             'rotated_at', ARGV[3])
-  outcome = 'rotated'
-elseif ARGV[1] == f[4] and now < tonumber(f[5]) + tonumber(ARGV[4]) then
-  outcome = 'grace'
+elseif presented == f[4] and nxt == f[3] then
+  outcome = 'rotated'  -- the same rotation retried after a lost reply: nothing to do
 else
-  -- RFC 9700 section 4.14.2: a retired token came back, so the whole family dies; the
-  -- revocation is recorded and published in this same step, so it cannot be lost.
-  redis.call('HSET', KEYS[1], 'revoked', '1')
-  redis.call('ZADD', KEYS[2], 'GT', expires_at, f[6])
-  local ttl = math.max(expires_at - now, 0) + tonumber(ARGV[5])
-  extend_ttl(KEYS[2], ttl)
-  publish(KEYS[3], f[6], expires_at, ARGV[6], ARGV[7])
-  outcome = 'reused'
+  local current = presented == f[3]
+  local grace = presented == f[4] and now < tonumber(f[5]) + tonumber(ARGV[5])
+  if current or grace then
+    if ARGV[11] ~= '' and not within(ARGV[11], f[9]) then
+      outcome = 'scope_widened'
+    elseif grace then
+      outcome = 'grace'
+    else
+      redis.call('HSET', KEYS[1], 'current_jti', nxt, 'previous_jti', presented,
+                 'rotated_at', ARGV[4])
+      outcome = 'rotated'
+    end
+  else
+    -- RFC 9700 section 4.14.2: a retired token came back, so the whole family dies; the
+    -- revocation (covering the access tokens minted at the family's end) is recorded and
+    -- published in this same step, so it cannot be lost or cut short.
+    local horizon = expires_at + tonumber(ARGV[12])
+    redis.call('HSET', KEYS[1], 'revoked', '1')
+    redis.call('ZADD', KEYS[2], 'GT', horizon, f[6])
+    extend_ttl(KEYS[2], math.max(horizon - now, 0) + tonumber(ARGV[6]))
+    publish(KEYS[3], f[6], horizon, ARGV[7], ARGV[8])
+    outcome = 'reused'
+    extra = {tostring(horizon)}
+  end
 end
 local result = redis.call('HGETALL', KEYS[1])
+for i = #extra, 1, -1 do table.insert(result, 1, extra[i]) end
 table.insert(result, 1, outcome)
 return result
 """
 )
 
-# KEYS: revoked, feed[, fam]. ARGV: member, expires_at, ttl, feed_maxlen, feed_ttl.
-# A repeat keeps the later expires_at (ZADD GT). With a third key (a family revocation), the
-# family is marked revoked in the same step if it exists.
+# KEYS: revoked, feed, then the family key of each family revocation (in order).
+# ARGV: deadline_ms, ttl, feed_maxlen, feed_ttl, then (member, expires_at, family key index or
+# 0) per revocation, applied as one step; a repeat keeps the later expires_at (ZADD GT still
+# adds a new member); a family revocation also marks its family revoked if it exists.
 REVOKE = (
     _LIB
     + """
-redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
-extend_ttl(KEYS[1], tonumber(ARGV[3]))
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HSET', KEYS[3], 'revoked', '1')
+if too_late(ARGV[1]) then return 'late' end
+for i = 5, #ARGV, 3 do
+  local member, expires_at, fam = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  redis.call('ZADD', KEYS[1], 'GT', expires_at, member)
+  if fam > 0 and redis.call('EXISTS', KEYS[fam]) == 1 then
+    redis.call('HSET', KEYS[fam], 'revoked', '1')
+  end
+  publish(KEYS[2], member, expires_at, ARGV[3], ARGV[4])
 end
-publish(KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5])
+extend_ttl(KEYS[1], tonumber(ARGV[2]))
 return 1
+"""
+)
+
+# KEYS: epoch. ARGV: deadline_ms, candidate. Sets the epoch if absent; returns the epoch.
+EPOCH = (
+    _LIB
+    + """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+if too_late(ARGV[1]) then return {'late'} end
+redis.call('SET', KEYS[1], ARGV[2], 'NX')
+return redis.call('GET', KEYS[1])
 """
 )
 

@@ -20,6 +20,10 @@ Durability choices:
 * Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before the read, so
   two processes rotating the same token serialise and exactly one sees it current; a SIGKILL
   mid-transaction leaves the old state (SQLite's journal guarantees all or nothing).
+* Deadlines (issue 13): a write compares its `deadline_ms` with the store's clock just before
+  COMMIT and rolls back past it, so a write that waited for the lock (or behind other calls on
+  the worker thread) longer than its caller did is never applied after the caller gave up.
+* Identity: the `meta` table holds the store's epoch (written once); a new file is a new epoch.
 
 Every sqlite3 or OS error becomes StoreUnavailableError with a generic message (the original is
 chained as `__cause__` for operators; SQL text carries no values, all of them are bound).
@@ -32,21 +36,25 @@ import dataclasses
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from sidecar.errors import StoreUnavailableError
+from sidecar.clock import Clock, SystemClock
+from sidecar.errors import StoreDeadlineError, StoreUnavailableError
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
     RevocationFeed,
     RotateOutcome,
     RotateResult,
+    Rotation,
+    past,
+    scope_within,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _T = TypeVar("_T")
 
@@ -82,6 +90,14 @@ ALTER TABLE families ADD COLUMN previous_jti TEXT NOT NULL DEFAULT '';
 ALTER TABLE families ADD COLUMN rotated_at INTEGER NOT NULL DEFAULT 0;
 """
 
+# v3 (issue 13): the store's identity, written once.
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+"""
+
 # Literal SQL, no string building: every value is a bound parameter.
 _INSERT_FAMILY = (
     "INSERT INTO families (family_id, issuer, subject, audience, scope, client_id, claims_json,"
@@ -103,9 +119,12 @@ _UPSERT_REVOCATION = (
 class SqliteTokenStore:
     """A `TokenStore` in the SQLite file at `path` (":memory:" for a private in-memory one)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = 5000, clock: Clock | None = None
+    ) -> None:
         self._path = str(path)
         self._busy_timeout_ms = busy_timeout_ms
+        self._clock: Clock = clock or SystemClock()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -128,10 +147,34 @@ class SqliteTokenStore:
             self._executor = None
             raise
 
+    @property
+    def timeout_s(self) -> float:
+        return self._busy_timeout_ms / 1000
+
     async def ping(self) -> None:
         await self._run(lambda: self._db().execute("SELECT 1").fetchone())
 
-    async def create_family(self, family: FamilyRecord) -> None:
+    async def epoch(self, candidate: str, *, deadline_ms: int) -> str:
+        def epoch_sync() -> str:
+            select = "SELECT value FROM meta WHERE name = 'epoch'"
+            found = self._db().execute(select).fetchone()
+            if found is not None:
+                return str(found[0])  # already set: a read, no deadline to miss
+            with self._transaction(deadline_ms) as db:
+                db.execute(
+                    "INSERT INTO meta (name, value) VALUES ('epoch', ?)"
+                    " ON CONFLICT (name) DO NOTHING",
+                    (candidate,),
+                )
+                return str(db.execute(select).fetchone()[0])
+
+        return await self._run(epoch_sync)
+
+    async def persistence(self) -> str:
+        await self.ping()
+        return "process" if self._path == ":memory:" else "fsync"
+
+    async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:
         row = (
             family.family_id,
             family.issuer,
@@ -150,7 +193,7 @@ class SqliteTokenStore:
 
         def insert() -> None:
             try:
-                with self._transaction() as db:
+                with self._transaction(deadline_ms) as db:
                     db.execute(_INSERT_FAMILY, row)
             except sqlite3.IntegrityError:
                 raise ValueError("family id already exists") from None
@@ -160,50 +203,69 @@ class SqliteTokenStore:
     async def get_family(self, family_id: str) -> FamilyRecord | None:
         return await self._run(lambda: self._select_family(self._db(), family_id))
 
-    async def rotate(
-        self, family_id: str, presented_jti: str, next_jti: str, now: int, grace_s: int = 0
-    ) -> RotateResult:
+    async def rotate(self, rotation: Rotation) -> RotateResult:
+        r = rotation
+
         def rotate_sync() -> RotateResult:
-            with self._transaction() as db:
-                family = self._select_family(db, family_id)
-                if family is None:
-                    return RotateResult(RotateOutcome.UNKNOWN, None)
-                if family.revoked or now >= family.expires_at:
-                    return RotateResult(RotateOutcome.REVOKED, family)
-                if presented_jti == family.current_jti:
-                    db.execute(
-                        "UPDATE families SET current_jti = ?, previous_jti = ?, rotated_at = ?"
-                        " WHERE family_id = ?",
-                        (next_jti, presented_jti, now, family_id),
-                    )
-                    rotated = dataclasses.replace(
-                        family, current_jti=next_jti, previous_jti=presented_jti, rotated_at=now
-                    )
-                    return RotateResult(RotateOutcome.ROTATED, rotated)
-                if presented_jti == family.previous_jti and now < family.rotated_at + grace_s:
-                    return RotateResult(RotateOutcome.GRACE, family)
-                # A retired token came back: RFC 9700 section 4.14.2, revoke the whole family.
-                db.execute("UPDATE families SET revoked = 1 WHERE family_id = ?", (family_id,))
-                db.execute(
-                    _UPSERT_REVOCATION, ("family", family.issuer, family_id, family.expires_at)
-                )
-                return RotateResult(RotateOutcome.REUSED, dataclasses.replace(family, revoked=True))
+            # Read-only outcomes commit nothing, but still end inside the transaction (and
+            # its deadline check): a late call must not answer as if it had been on time.
+            with self._transaction(r.deadline_ms) as db:
+                return self._rotate_in(db, r)
 
         return await self._run(rotate_sync)
 
-    async def revoke(self, revocation: Revocation) -> None:
-        def revoke_sync() -> None:
-            with self._transaction() as db:
-                db.execute(
-                    _UPSERT_REVOCATION,
-                    (revocation.kind, revocation.issuer, revocation.key, revocation.expires_at),
-                )
-                if revocation.kind == "family":
-                    db.execute(
-                        "UPDATE families SET revoked = 1 WHERE family_id = ?", (revocation.key,)
-                    )
+    def _rotate_in(self, db: sqlite3.Connection, r: Rotation) -> RotateResult:
+        """The decision of `TokenStore.rotate`, inside the caller's transaction."""
+        family = self._select_family(db, r.family_id)
+        if family is None:
+            return RotateResult(RotateOutcome.UNKNOWN, None)
+        if family.subject != r.subject or family.issuer != r.issuer:
+            return RotateResult(RotateOutcome.MISMATCH, family)
+        if family.revoked or r.now >= family.expires_at:
+            return RotateResult(RotateOutcome.REVOKED, family)
+        if r.presented_jti == family.previous_jti and r.next_jti == family.current_jti:
+            return RotateResult(RotateOutcome.ROTATED, family)  # the same call, retried
+        current = r.presented_jti == family.current_jti
+        grace = r.presented_jti == family.previous_jti and r.now < family.rotated_at + r.grace_s
+        if current or grace:
+            if r.scope and not scope_within(r.scope, family.scope):
+                return RotateResult(RotateOutcome.SCOPE_WIDENED, family)
+            if grace:
+                return RotateResult(RotateOutcome.GRACE, family)
+            db.execute(
+                "UPDATE families SET current_jti = ?, previous_jti = ?, rotated_at = ?"
+                " WHERE family_id = ?",
+                (r.next_jti, r.presented_jti, r.now, r.family_id),
+            )
+            rotated = dataclasses.replace(
+                family, current_jti=r.next_jti, previous_jti=r.presented_jti, rotated_at=r.now
+            )
+            return RotateResult(RotateOutcome.ROTATED, rotated)
+        # A retired token came back: RFC 9700 section 4.14.2, revoke the whole family.
+        revocation = Revocation(
+            "family", family.issuer, r.family_id, family.expires_at + r.revoke_extra_s
+        )
+        db.execute("UPDATE families SET revoked = 1 WHERE family_id = ?", (r.family_id,))
+        db.execute(
+            _UPSERT_REVOCATION,
+            (revocation.kind, revocation.issuer, revocation.key, revocation.expires_at),
+        )
+        revoked = dataclasses.replace(family, revoked=True)
+        return RotateResult(RotateOutcome.REUSED, revoked, revocation)
 
-        await self._run(revoke_sync)
+    async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
+        await self.restore((revocation,), deadline_ms=deadline_ms)
+
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
+        rows = [(r.kind, r.issuer, r.key, r.expires_at) for r in revocations]
+        families = [(r.key,) for r in revocations if r.kind == "family"]
+
+        def restore_sync() -> None:
+            with self._transaction(deadline_ms) as db:
+                db.executemany(_UPSERT_REVOCATION, rows)
+                db.executemany("UPDATE families SET revoked = 1 WHERE family_id = ?", families)
+
+        await self._run(restore_sync)
 
     async def revocations(self, now: int) -> list[Revocation]:
         def revocations_sync() -> list[Revocation]:
@@ -297,7 +359,7 @@ class SqliteTokenStore:
                 raise StoreUnavailableError(
                     f"token store schema version {version} is newer than {SCHEMA_VERSION}"
                 )
-            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2))
+            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3))
             for step_version, script in steps:
                 if version < step_version:
                     for statement in script.split(";"):
@@ -306,8 +368,10 @@ class SqliteTokenStore:
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db())
+    def _transaction(self, deadline_ms: int | None = None) -> _Transaction:
+        """A write transaction; with `deadline_ms`, one that rolls back instead of committing
+        past it (StoreDeadlineError)."""
+        return _Transaction(self._db(), deadline_ms, self._clock)
 
     @staticmethod
     def _select_family(db: sqlite3.Connection, family_id: str) -> FamilyRecord | None:
@@ -322,10 +386,13 @@ class SqliteTokenStore:
 
 
 class _Transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception (then re-raised)."""
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception (then re-raised), and
+    `ROLLBACK` + StoreDeadlineError when the deadline has passed by the time it would commit."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, deadline_ms: int | None, clock: Clock) -> None:
         self._db = db
+        self._deadline_ms = deadline_ms
+        self._clock = clock
 
     def __enter__(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
@@ -333,6 +400,9 @@ class _Transaction:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None:
+            if self._deadline_ms is not None and past(self._deadline_ms, self._clock.now()):
+                self._rollback()
+                raise StoreDeadlineError()
             try:
                 self._db.execute("COMMIT")
             except BaseException:

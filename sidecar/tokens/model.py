@@ -82,6 +82,8 @@ class TokenGrant:
     # parsing the token again.
     subject: str = ""
     jti: str = ""
+    # Refresh only: how the store decided it ("rotated" or "grace"; tokens/refresh.py).
+    outcome: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,14 @@ writes, and (with a shared store) by the store's change feed. An entry outlives 
 revokes (`expires_at` is the token's or family's end), so dropping expired entries never
 un-revokes a token that could still verify.
 
+Entries leave only by their own horizon (`purge`), never because the store lacks them
+(issue 13): a store that lost its data (Redis restarted empty, a failover to a replica that
+missed writes) would otherwise un-revoke them at every sidecar. `reconcile` merges the store's
+view in and returns what the store lacks, for the caller to write back
+(tokens/store_sync.py). Every entry ever added went through the store first (own writes after
+the store accepted them, the feed and loads from it), so an entry held before a load that the
+load lacks was lost by the store.
+
 Staleness (issue 3, `store.on_unavailable`): while the store is unreachable the mirror holds
 the last known revocations and may miss newer ones. The composition root marks it stale; with
 `refuse_while_stale` every lookup then raises StoreUnavailableError (Verify fails UNAVAILABLE),
@@ -61,23 +69,44 @@ class RevocationMirror:
         if not known and self.on_new is not None:
             self.on_new((revocation,))
 
-    def replace(self, revocations: Iterable[Revocation]) -> None:
-        """Swap in the store's full view (start-up and reconciliation)."""
-        fresh: dict[_Key, int] = {}
-        for r in revocations:
+    def held(self) -> list[Revocation]:
+        """Every entry now held (a snapshot; take it before reading the store's view)."""
+        entries = self._entries.items()
+        return [Revocation(kind, iss, key, until) for (kind, iss, key), until in entries]
+
+    def reconcile(
+        self, store_view: Iterable[Revocation], held_before: Iterable[Revocation], now: int
+    ) -> list[Revocation]:
+        """Merge the store's full view in (keeping the longest horizon, as `add`), forget
+        what has expired by `now`, and return the entries of `held_before` (a `held()` taken
+        before the view was read) still in force that the view lacks or holds with a shorter
+        horizon: the store lost them. Nothing in force is ever dropped here.
+
+        This replaced `replace` (issue 13): swapping in the store's view un-revoked every
+        token whose revocation the store had lost.
+        """
+        in_store: dict[_Key, int] = {}
+        new: list[Revocation] = []
+        entries = self._entries
+        for r in store_view:
             key = (r.kind, r.issuer, r.key)
-            fresh[key] = max(fresh.get(key, 0), r.expires_at)
-        old, self._entries = self._entries, fresh
-        baseline, self._loaded = not self._loaded, True
-        if baseline or self.on_new is None:
-            return
-        new = [
-            Revocation(kind, iss, k, until)
-            for (kind, iss, k), until in fresh.items()
-            if (kind, iss, k) not in old
+            in_store[key] = max(in_store.get(key, 0), r.expires_at)
+            if key not in entries:
+                new.append(r)
+            # Keep the longest horizon, as `add` does (no per-entry callback: one batch below).
+            if entries.get(key, 0) < r.expires_at:
+                entries[key] = r.expires_at
+        lost = [
+            r
+            for r in held_before
+            if r.expires_at > now and in_store.get((r.kind, r.issuer, r.key), 0) < r.expires_at
         ]
-        if new:
+        self.purge(now)
+        # The first full load is the Watch baseline: no subscriber holds a decision yet.
+        baseline, self._loaded = not self._loaded, True
+        if new and not baseline and self.on_new is not None:
             self.on_new(new)
+        return lost
 
     def is_revoked(self, issuer: str, jti: str, family_id: str) -> bool:
         """Raises StoreUnavailableError when stale and `refuse_while_stale` (fail closed)."""

@@ -17,10 +17,8 @@ from sidecar.config import TokenSettings
 from sidecar.errors import (
     AudienceMismatchError,
     AuthSidecarError,
-    ClaimError,
     InvalidRequestError,
     KeyMaterialError,
-    RefreshReuseError,
     RevokedTokenError,
     ScopeMissingError,
     TokenError,
@@ -28,7 +26,7 @@ from sidecar.errors import (
 )
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
-from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, TokenStore
+from sidecar.store.base import FamilyRecord, Revocation, TokenStore, deadline_for
 from sidecar.tokens import minting
 from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
@@ -36,8 +34,10 @@ from sidecar.tokens.events import EventLog, retired_kids
 from sidecar.tokens.issuers import Issuers
 from sidecar.tokens.jws import KeyLookup, decode_jws, decode_jws_routed
 from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
+from sidecar.tokens.refresh import Refresher, family_revocation
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.signing import Signer, SignJob
+from sidecar.tokens.store_sync import StoreSync
 
 log = logging.getLogger(__name__)
 # One VerifyBatch item: (token, audience or None, required scopes).
@@ -73,6 +73,8 @@ class TokenService:
         self._events = events or EventLog()
         self._mirror.on_new = self._events.publish_revocations
         self._mirror.on_reset = self._events.publish_reset
+        self._refresher = Refresher(store=store, mirror=self._mirror, settings=settings)
+        self._sync = StoreSync(store, self._mirror, clock)
         self._cache = VerifyCache(
             max_entries=settings.verify_cache_entries, max_bytes=settings.verify_cache_bytes
         )
@@ -110,6 +112,11 @@ class TokenService:
     def events(self) -> EventLog:
         return self._events
 
+    @property
+    def store_sync(self) -> StoreSync:
+        """The mirror's reconciliation with the store: epoch, restored revocations."""
+        return self._sync
+
     def replace_ring(self, ring: KeyRing) -> None:
         """Swap the key set atomically (one attribute store); calls in flight keep the old.
         Then KeyRetired for every kid that no longer verifies as before (Watch)."""
@@ -122,8 +129,13 @@ class TokenService:
         await self.sync_revocations()
 
     async def sync_revocations(self) -> None:
-        now = self._now()
-        self._mirror.replace(await self._store.revocations(now))
+        """Reconcile the mirror with the store, writing back what a lost store forgot
+        (tokens/store_sync.py); raises StoreUnavailableError."""
+        await self._sync.reconcile()
+
+    def _deadline(self, time_left_s: float | None) -> int:
+        """A store write's deadline (issue 13): see `store.base.deadline_for`."""
+        return deadline_for(self._clock.now(), self._store.timeout_s, time_left_s)
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -278,7 +290,10 @@ class TokenService:
         client_id: str = "",
         expires_in: int = 0,
         refresh_token: bool = False,
+        time_left_s: float | None = None,
     ) -> TokenGrant:
+        """`time_left_s`: the call's remaining time (its gRPC deadline), which bounds the
+        store write's deadline; a family not recorded by then is never recorded."""
         s = self._settings
         request = minting.checked_request(
             subject=subject,
@@ -311,7 +326,7 @@ class TokenService:
             )
             # Recorded before any token leaves: a refresh token the store does not know
             # would be refused at its first use.
-            await self._store.create_family(family)
+            await self._store.create_family(family, deadline_ms=self._deadline(time_left_s))
             refresh_job = self._refresh_token(family, rt_jti, now)
         access_job = self._access_token(
             request, request.extra_claims, now, request.expires_in, family_id
@@ -323,57 +338,30 @@ class TokenService:
             at, rt = await self._signer.encode_all((access_job, refresh_job))
         return _grant(at, rt, request, access_job)
 
-    async def refresh(self, refresh_token: str, *, scope: str = "") -> TokenGrant:
-        """Rotate (RFC 9700 section 4.14.2); see docs/lifecycle.md.
+    async def refresh(
+        self, refresh_token: str, *, scope: str = "", time_left_s: float | None = None
+    ) -> TokenGrant:
+        """Rotate (RFC 9700 section 4.14.2): tokens/refresh.py decides, in one store
+        transaction; docs/lifecycle.md.
 
         A retired refresh token presented again within `refresh_grace_s` of its rotation gets
         a refresh token for the same successor jti (same claims as the one first returned,
         so either copy works, once) and a fresh access token; after the window it is reuse
-        and revokes the family. Raises StoreUnavailableError when the store is unreachable.
+        and revokes the family. Raises StoreUnavailableError when the store is unreachable
+        or the write missed its deadline (`time_left_s` bounds it): then nothing changed.
         """
         if not refresh_token:
             raise InvalidRequestError("refresh_token required")
         now = self._now()
         claims = self._decode(refresh_token, TokenKind.REFRESH, now).claims
-        if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
-            raise RevokedTokenError()
-        narrowed = minting.normalise_scope(scope) if scope else ""
-        if narrowed:
-            # Checked before rotating, so a bad request does not cost the caller its token.
-            known = await self._store.get_family(claims.sid)
-            if known is not None and not set(narrowed.split()) <= set(known.scope.split()):
-                raise InvalidRequestError("scope may only narrow the family's scope")
-        next_jti = minting.new_id()
-        result = await self._store.rotate(
-            claims.sid, claims.jti, next_jti, now, self._settings.refresh_grace_s
+        rotated = await self._refresher.rotate(
+            claims, scope=scope, now=now, deadline_ms=self._deadline(time_left_s)
         )
-        family = result.family
-        if result.outcome is RotateOutcome.REUSED and family is not None:
-            # The store revoked the family in the rotate transaction; this widens the
-            # horizon to cover access tokens that outlive the family's last refresh.
-            revocation = self._family_revocation(family.issuer, family.family_id, family)
-            self._mirror.add(revocation)
-            await self._store.revoke(revocation)
-            log.warning(
-                "refresh token reuse: family revoked sub=%s sid=%s",
-                family.subject,
-                family.family_id,
-            )
-            raise RefreshReuseError()
-        if family is None or result.outcome not in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
-            raise RevokedTokenError()
-        successor, minted_at = next_jti, now
-        if result.outcome is RotateOutcome.GRACE:
-            # The client lost the response to the rotation that retired this token: hand it
-            # the successor that rotation recorded, minted as it was then.
-            successor, minted_at = family.current_jti, family.rotated_at
-            log.info("refresh retry within grace window sid=%s", family.family_id)
-        if family.subject != claims.sub or family.issuer != claims.iss:
-            raise ClaimError("sub", "refresh token does not match its family")
+        family = rotated.family
         request = minting.IssueRequest(
             subject=family.subject,
             audience=family.audience,
-            scope=narrowed or family.scope,
+            scope=rotated.scope,
             client_id=family.client_id,
             claims_json=family.claims_json,
             expires_in=self._settings.access_ttl_s,
@@ -383,9 +371,9 @@ class TokenService:
             request, request.extra_claims, now, request.expires_in, family.family_id
         )
         at, rt = await self._signer.encode_all(
-            (access_job, self._refresh_token(family, successor, minted_at))
+            (access_job, self._refresh_token(family, rotated.successor_jti, rotated.minted_at))
         )
-        return _grant(at, rt, request, access_job)
+        return _grant(at, rt, request, access_job, outcome=rotated.outcome.value)
 
     def _access_token(
         self,
@@ -457,11 +445,12 @@ class TokenService:
             return None, None
         return claims, kind
 
-    async def revoke(self, token: str) -> None:
+    async def revoke(self, token: str, *, time_left_s: float | None = None) -> None:
         """RFC 7009: revoking an invalid, foreign or already revoked token succeeds quietly.
 
         Only the signature is required: an expired token may still be revoked (it is a
-        no-op in effect), but a token we did not sign revokes nothing.
+        no-op in effect), but a token we did not sign revokes nothing. StoreUnavailableError
+        means not revoked (the write has a deadline, `time_left_s` bounds it).
         """
         if not token:
             raise InvalidRequestError("token required")
@@ -481,19 +470,12 @@ class TokenService:
             revocation = Revocation("jti", iss, jti, until)
         elif typ == TokenKind.REFRESH.typ and isinstance(claims.get("sid"), str):
             family = await self._store.get_family(claims["sid"])
-            revocation = self._family_revocation(iss, claims["sid"], family, until)
+            end = family.expires_at if family is not None else until
+            revocation = family_revocation(self._settings, iss, claims["sid"], end)
         else:
             return
-        await self._store.revoke(revocation)
+        await self._store.revoke(revocation, deadline_ms=self._deadline(time_left_s))
         self._mirror.add(revocation)
-
-    def _family_revocation(
-        self, issuer: str, family_id: str, family: FamilyRecord | None, fallback: int = 0
-    ) -> Revocation:
-        """A family's access tokens may outlive its last refresh by one access lifetime."""
-        end = family.expires_at if family is not None else fallback
-        until = end + self._settings.max_access_ttl_s + self._settings.leeway_s
-        return Revocation("family", issuer, family_id, until)
 
     def jwks(self) -> dict[str, Any]:
         return self._ring.jwks()
@@ -503,7 +485,12 @@ class TokenService:
 
 
 def _grant(
-    access_token: str, refresh_token: str, request: minting.IssueRequest, access: SignJob
+    access_token: str,
+    refresh_token: str,
+    request: minting.IssueRequest,
+    access: SignJob,
+    *,
+    outcome: str = "",
 ) -> TokenGrant:
     return TokenGrant(
         access_token,
@@ -512,4 +499,5 @@ def _grant(
         refresh_token,
         subject=access.claims["sub"],
         jti=access.claims["jti"],
+        outcome=outcome,
     )

@@ -7,8 +7,9 @@ conventions: base units (seconds), `_total` counters, `_info` for labelled const
 The layer is on the hot path, so it does as little as it can per call: one ContextVar
 set/reset, two clock reads, and increments on label children cached per label tuple (no
 `labels()` lookup after the first call of each kind). The domain counters (tokens issued,
-refreshes, reuse, revocations) are derived from the method and its outcome, so the domain
-code knows nothing of metrics.
+reuse, revocations) are derived from the method and its outcome; refreshes are counted by the
+outcome the domain reported on the call (`sidecar.calls.record_outcome`: rotated, grace,
+reused, revoked; "refused" for any other refusal), so the domain code knows nothing of metrics.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ _ISSUE = "/authsidecar.v1.AuthService/Issue"
 _REFRESH = "/authsidecar.v1.AuthService/Refresh"
 _REVOKE = "/authsidecar.v1.AuthService/Revoke"
 _REUSED = "REFRESH_TOKEN_REUSED"
+# Refresh outcomes the domain reports: for an answered call, and for a refused one.
+_ACCEPTED = ("rotated", "grace")
+_REFUSED = ("reused", "revoked")
+
+
+def _refresh_outcome(ok: bool, outcome: str) -> str:
+    """The label of one Refresh: the domain's own word, or "refused" for any other refusal
+    (bad token, store unavailable, a failure after an accepted rotation)."""
+    return outcome if outcome in (_ACCEPTED if ok else _REFUSED) else "refused"
 
 
 class Metrics:
@@ -90,7 +100,15 @@ class Metrics:
         self._key_sources.watcher = watcher
         self._key_sources.remotes = tuple(remotes)
 
-    def observe(self, method: str, code: str, reason: str, seconds: float, request: Any) -> None:
+    def observe(
+        self,
+        method: str,
+        code: str,
+        reason: str,
+        seconds: float,
+        request: Any,
+        outcome: str = "",
+    ) -> None:
         key = (method, code, reason)
         child = self._requests.get(key)
         if child is None:
@@ -101,15 +119,15 @@ class Metrics:
             timer = self._durations[method] = self.duration.labels(method)
         timer.observe(seconds)
         if method in (_ISSUE, _REFRESH, _REVOKE):
-            self._domain(method, code == "OK", reason, request)
+            self._domain(method, code == "OK", reason, request, outcome)
 
-    def _domain(self, method: str, ok: bool, reason: str, request: Any) -> None:
+    def _domain(self, method: str, ok: bool, reason: str, request: Any, outcome: str) -> None:
         if method == _REVOKE:
             if ok:
                 self.revocations.inc()
             return
         if method == _REFRESH:
-            self.refreshes.labels("rotated" if ok else "refused").inc()
+            self.refreshes.labels(_refresh_outcome(ok, outcome)).inc()
             if reason == _REUSED:
                 self.reuse_detected.inc()
         if ok:
@@ -159,6 +177,27 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "authsidecar_verify_cache_entries", "Entries in the Verify cache", value=len(cache)
         )
+        sync = self._service.store_sync
+        restored = CounterMetricFamily(
+            "authsidecar_store_revocations_restored",
+            "Unexpired revocations this sidecar wrote back to a store that had lost them",
+        )
+        restored.add_metric([], sync.restored)
+        yield restored
+        epochs = CounterMetricFamily(
+            "authsidecar_store_epoch_changes",
+            "Times the store's identity changed under this sidecar (its data set was lost)",
+        )
+        epochs.add_metric([], sync.epoch_changes)
+        yield epochs
+        persistence = GaugeMetricFamily(
+            "authsidecar_store_persistence_info",
+            "How the store persists (aof-always, aof-everysec, aof-no, rdb, none, fsync,"
+            " process, unknown)",
+            labels=["mode"],
+        )
+        persistence.add_metric([sync.persistence or "unknown"], 1)
+        yield persistence
 
 
 class _WatchCollector(Collector):
@@ -271,7 +310,8 @@ def observing(metrics: Metrics | None) -> UnaryLayer:
                 raise
             finally:
                 if metrics is not None:
-                    metrics.observe(method, code, call.reason, time.perf_counter() - start, request)
+                    elapsed = time.perf_counter() - start
+                    metrics.observe(method, code, call.reason, elapsed, request, call.outcome)
                 current_call.reset(token)
 
         return observed

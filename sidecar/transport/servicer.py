@@ -208,6 +208,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             client_id=request.client_id,
             expires_in=request.expires_in,
             refresh_token=request.refresh_token,
+            time_left_s=context.time_remaining(),
         )
         audit_issued("issue", sub=grant.subject, jti=grant.jti, refresh=bool(grant.refresh_token))
         return _grant(auth_pb2.IssueResponse, grant)
@@ -237,7 +238,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Refresh(
         self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.RefreshResponse:
-        grant = await self._service.refresh(request.refresh_token, scope=request.scope)
+        grant = await self._service.refresh(
+            request.refresh_token, scope=request.scope, time_left_s=context.time_remaining()
+        )
         audit_issued("refresh", sub=grant.subject, jti=grant.jti, refresh=True)
         return _grant(auth_pb2.RefreshResponse, grant)
 
@@ -262,7 +265,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Revoke(
         self, request: auth_pb2.RevokeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.RevokeResponse:
-        await self._service.revoke(request.token)
+        await self._service.revoke(request.token, time_left_s=context.time_remaining())
         audit_revoked(request.token)
         return auth_pb2.RevokeResponse()
 

@@ -103,10 +103,15 @@ async def test_metrics_count_requests_outcomes_and_token_lifecycle(data_dir: Pat
     assert value("authsidecar_tokens_issued_total", kind="access") == 2
     assert value("authsidecar_tokens_issued_total", kind="refresh") == 2
     assert value("authsidecar_refreshes_total", outcome="rotated") == 1
-    assert value("authsidecar_refreshes_total", outcome="refused") == 1
+    # The domain's outcome (issue 12), not a guess from the status code.
+    assert value("authsidecar_refreshes_total", outcome="reused") == 1
+    assert ("authsidecar_refreshes_total", (("outcome", "refused"),)) not in samples
     assert value("authsidecar_refresh_reuse_detected_total") == 1
     assert value("authsidecar_revocations_total") == 1
     assert value("authsidecar_store_up") == 1
+    assert value("authsidecar_store_revocations_restored_total") == 0
+    assert value("authsidecar_store_epoch_changes_total") == 0
+    assert value("authsidecar_store_persistence_info", mode="process") == 1
     signing = ring.signing_key
     assert signing is not None
     assert value("authsidecar_keyset_info", version=ring.version, signing_kid=signing.kid) == 1

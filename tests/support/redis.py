@@ -82,7 +82,14 @@ class RedisServer:
     set is saved to `workdir` on shutdown and loaded again (what an operator's Redis does).
     """
 
-    def __init__(self, workdir: Path, *, persist: bool = True, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        persist: bool = True,
+        cluster: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not on PATH")
@@ -90,6 +97,8 @@ class RedisServer:
         self.workdir = workdir
         self.persist = persist
         self.cluster = cluster
+        # Appended to the command line, e.g. ("--appendonly", "yes") or a renamed CONFIG.
+        self.extra_args = extra_args
         self.port = free_port()
         while cluster and not _bindable(self.port + 10_000):  # the Cluster bus port
             self.port = free_port()
@@ -109,6 +118,7 @@ class RedisServer:
             args += ["--dbfilename", "dump.rdb"]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while redis_problem(self.url) is not None:
@@ -151,3 +161,15 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def restart_empty(self) -> None:
+        """SIGKILL, delete anything it could reload, start again on the same port: a Redis
+        that lost its data (no persistence, or a failover to a replica that never had it)."""
+        self.kill()
+        for leftover in ("dump.rdb", "appendonly.aof", "appendonlydir"):
+            path = self.workdir / leftover
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.start()

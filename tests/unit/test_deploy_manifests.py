@@ -110,3 +110,16 @@ def test_pods_are_locked_down_and_share_the_socket(name: str) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["authsidecar-socket"]
     assert volumes["authsidecar-keys"]["secret"]["secretName"] == "authsidecar-keys"
+
+
+def test_the_redis_overlay_states_the_persistence_production_needs() -> None:
+    """Issue 13: a Redis without persistence loses every family on restart; the overlay
+    must say what to run, and the operations guide must explain each choice's risk."""
+    overlay = DEPLOY / "overlays" / "redis"
+    text = (overlay / "kustomization.yaml").read_text()
+    for needed in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"):
+        assert needed in text, needed
+    guide = (DEPLOY.parents[1] / "docs" / "operations.md").read_text()
+    assert "## Redis persistence" in guide
+    for mode in ("aof-always", "aof-everysec", "aof-no", "rdb", "none", "unknown"):
+        assert f"`{mode}`" in guide, mode

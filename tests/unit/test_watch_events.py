@@ -209,16 +209,18 @@ def test_the_mirror_reports_only_entries_new_to_it_after_they_are_in_place() -> 
         reported.append([(r.kind, r.key) for r in revocations])
 
     mirror.on_new = on_new
-    mirror.replace([_revocation("baseline")])  # the first load is the baseline
+    mirror.reconcile([_revocation("baseline")], [], 0)  # the first load is the baseline
     assert reported == []
     mirror.add(_revocation("j1"))
     mirror.add(_revocation("j1", until=500))  # a longer horizon voids nothing new
     mirror.add(_revocation("f1", kind="family"))
     assert reported == [[("jti", "j1")], [("family", "f1")]]
     # Reconciliation: only what the mirror did not have.
-    mirror.replace([_revocation("baseline"), _revocation("j1"), _revocation("j2")])
+    mirror.reconcile(
+        [_revocation("baseline"), _revocation("j1"), _revocation("j2")], mirror.held(), 0
+    )
     assert reported[-1] == [("jti", "j2")]
-    mirror.replace([_revocation("j2")])
+    mirror.reconcile([_revocation("j2")], mirror.held(), 0)  # a store that lost entries
     assert len(reported) == 3
 
 
