@@ -18,7 +18,11 @@ A batch is sent as soon as `max_batch` callers are waiting, or `max_delay_s` aft
 caller arrived. The asyncio default delay is 0, which means "at the next turn of the event
 loop": that turn gathers every caller that became ready during the current one. Batches
 therefore grow with load on their own, and a lone caller waits for nothing. Threads have no
-such turn, so `VerifyBatcher` waits 1 ms. Any number of batches may be in flight.
+such turn, so `VerifyBatcher` waits 1 ms, unless it is given `max_in_flight`: then a batch is
+also sent at once whenever fewer than that many batches are in flight, so a lone caller waits
+for nothing and the callers that arrive while batches are in flight go out together when one
+comes back (the server interceptors use `max_in_flight=1`). Any number of batches may be in
+flight.
 `close()` sends whatever is waiting and then waits for the batches in flight. The client
 belongs to the caller: close it after the batcher.
 """
@@ -204,6 +208,11 @@ class AsyncVerifyBatcher:
             outcomes = _unexpected(error, len(batch))
         _settle(batch, outcomes)
 
+    @property
+    def client(self) -> AsyncAuthClient:
+        """The client that sends the batches (the batcher never closes it)."""
+        return self._client
+
     async def close(self) -> None:
         """Send what waits, then wait for the batches in flight (their deadlines bound this)."""
         self._closed = True
@@ -244,13 +253,24 @@ class VerifyBatcher:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = DEFAULT_THREAD_DELAY_S,
+        max_in_flight: int | None = None,
     ) -> None:
         """Arguments as for `AsyncVerifyBatcher`. With `max_delay_s=0` only callers that
-        arrive together with the `max_batch`-th one share a call."""
+        arrive together with the `max_batch`-th one share a call.
+
+        `max_in_flight`: when set, a batch is sent at once while fewer than this many batches
+        are in flight (a lone caller waits for nothing), and otherwise when one comes back,
+        `max_batch` callers wait, or `max_delay_s` passed, whichever is first. None: the
+        batch always waits `max_delay_s` for company.
+        """
         _check(max_batch, max_delay_s)
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
         self._client = client
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.max_in_flight = max_in_flight
+        self._sending = 0  # batches sealed and not yet answered
         self._lock = threading.Lock()
         # Signalled when a batch is sealed (its opener sends it) or answered (for close()).
         self._changed = threading.Condition(self._lock)
@@ -285,7 +305,9 @@ class VerifyBatcher:
                 self._seal(batch)
             elif opener:
                 mine = batch
-                self._changed.wait_for(lambda: mine.sealed, timeout=self.max_delay_s)
+                self._changed.wait_for(
+                    lambda: mine.sealed or self._has_room(), timeout=self.max_delay_s
+                )
                 self._seal(batch)
         if opener:
             self._send(batch)
@@ -294,10 +316,20 @@ class VerifyBatcher:
         except TimeoutError:
             raise _deadline_exceeded() from None
 
+    @property
+    def client(self) -> AuthClient:
+        """The client that sends the batches (the batcher never closes it)."""
+        return self._client
+
+    def _has_room(self) -> bool:
+        """With the lock held: may a batch go out now rather than wait for company?"""
+        return self.max_in_flight is not None and self._sending < self.max_in_flight
+
     def _seal(self, batch: _Batch) -> None:
         """With the lock held. A sealed batch takes no more callers; its opener sends it."""
         if not batch.sealed:
             batch.sealed = True
+            self._sending += 1
             if self._open is batch:
                 self._open = None
             self._changed.notify_all()
@@ -336,6 +368,7 @@ class VerifyBatcher:
         finally:
             with self._lock:
                 self._unfinished -= 1
+                self._sending -= 1
                 self._changed.notify_all()
 
     def close(self) -> None:
