@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -53,6 +53,10 @@ INVALIDATION_KINDS = (
     "resync",  # a sync with reset: true (new epoch, or events no longer replayable)
     "gap",  # a missing sequence number, an unknown event kind, or a broken stream contract
 )
+
+
+def _no_invalidations() -> Mapping[str, int]:
+    return MappingProxyType(dict.fromkeys(INVALIDATION_KINDS, 0))
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class DecisionStats:
     expirations: int = 0
     entries: int = 0
     bytes: int = 0
-    invalidations: Mapping[str, int] = MappingProxyType(dict.fromkeys(INVALIDATION_KINDS, 0))
+    invalidations: Mapping[str, int] = field(default_factory=_no_invalidations)
     dropped: int = 0
     current: bool = False
     staleness_s: float | None = None
