@@ -268,7 +268,9 @@ def test_an_answer_is_not_kept_across_a_cut_a_lapse_or_a_reset() -> None:
     assert state.apply(heartbeat(0))
     assert not state.admit(position, key, claims("ja"), 1, NOW)
     _, position = state.consult(key, NOW)
-    assert state.apply(auth_pb2.WatchEvent(epoch=EPOCH, sequence=1, decisions_reset={}))
+    assert state.apply(
+        auth_pb2.WatchEvent(epoch=EPOCH, sequence=1, decisions_reset=auth_pb2.DecisionsReset())
+    )
     assert not state.admit(position, key, claims("ja"), 1, NOW)
     _, position = state.consult(key, NOW)
     assert state.admit(position, key, claims("ja"), 1, NOW)

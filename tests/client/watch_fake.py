@@ -36,6 +36,7 @@ class FakeWatchSidecar:
     heartbeat_interval_ms: int = 50
     heartbeats: bool = True  # False: the streams stay open but go silent
     refuse: grpc.StatusCode | None = None  # answer Watch with this status instead
+    delay_s: float = 0.0  # added to every forwarded Verify / VerifyBatch
     sequence: int = 0  # the latest number assigned
     log: list[auth_pb2.WatchEvent] = field(default_factory=list)
     requests: list[auth_pb2.WatchRequest] = field(default_factory=list)
@@ -132,6 +133,7 @@ async def fake_watch_sidecar(upstream: str, socket_dir: Path) -> AsyncIterator[F
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             fake.attempts[name] += 1
+            await asyncio.sleep(fake.delay_s)
             try:
                 reply: bytes = await upstream_call(request, metadata=context.invocation_metadata())
             except grpc.aio.AioRpcError as error:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ _log = logging.getLogger("authsidecar.client.watch")
 
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 5.0
+GUARD_POLL_S = 0.25  # the sync watcher's silence check runs at least this often
 
 
 class _Backoff:
@@ -73,7 +75,7 @@ class ThreadWatcher:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call: _SyncStream | None = None
-        self._progress = 0  # messages received on the live stream, for the silence check
+        self._heard_at = time.monotonic()  # the live stream's last message (or its start)
         self._threads = [
             threading.Thread(target=self._run, name="authsidecar-watch", daemon=True),
             threading.Thread(target=self._guard, name="authsidecar-watch-guard", daemon=True),
@@ -88,16 +90,18 @@ class ThreadWatcher:
         while not self._stop.is_set():
             try:
                 call = self._open(self._state.request())
-            except ValueError:  # the client's channel is closed
+            except ValueError:  # the client's channel is closed: nothing left to watch
+                self._stop.set()  # the guard too
                 break
             with self._lock:
                 if self._stop.is_set():
                     call.cancel()
                     break
                 self._call = call
+                self._heard_at = time.monotonic()
             try:
                 for event in call:
-                    self._progress += 1
+                    self._heard_at = time.monotonic()
                     if not self._state.apply(event):
                         break
                     if event.HasField("sync"):
@@ -114,12 +118,11 @@ class ThreadWatcher:
 
     def _guard(self) -> None:
         """Cut the live stream when nothing arrived within the read timeout."""
-        seen = -1
-        while not self._stop.wait(self._state.read_timeout_s()):
+        while not self._stop.wait(min(self._state.read_timeout_s() / 4, GUARD_POLL_S)):
             with self._lock:
-                if self._call is not None and self._progress == seen:
+                silent_s = time.monotonic() - self._heard_at
+                if self._call is not None and silent_s > self._state.read_timeout_s():
                     self._call.cancel()
-                seen = self._progress
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop both threads and cancel the stream; idempotent."""

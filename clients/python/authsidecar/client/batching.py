@@ -18,10 +18,10 @@ A batch is sent as soon as `max_batch` callers are waiting, or `max_delay_s` aft
 caller arrived. The asyncio default delay is 0, which means "at the next turn of the event
 loop": that turn gathers every caller that became ready during the current one. Batches
 therefore grow with load on their own, and a lone caller waits for nothing. Threads have no
-such turn, so `VerifyBatcher` waits 1 ms, unless it is given `max_in_flight`: then a batch is
-also sent at once whenever fewer than that many batches are in flight, so a lone caller waits
-for nothing and the callers that arrive while batches are in flight go out together when one
-comes back (the server interceptors use `max_in_flight=1`). Any number of batches may be in
+such turn, so `VerifyBatcher` waits 1 ms. Both take `max_in_flight`: then a batch is sent at
+once whenever fewer than that many batches are in flight, so a lone caller waits for nothing,
+and the callers that arrive while batches are in flight go out together when one comes back
+(the server interceptors use `max_in_flight=1`). Without it, any number of batches may be in
 flight.
 `close()` sends whatever is waiting and then waits for the batches in flight. The client
 belongs to the caller: close it after the batcher.
@@ -132,6 +132,7 @@ class AsyncVerifyBatcher:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = 0.0,
+        max_in_flight: int | None = None,
     ) -> None:
         """
         Args:
@@ -139,11 +140,18 @@ class AsyncVerifyBatcher:
             max_batch: send as soon as this many callers wait (1..256).
             max_delay_s: send at the latest this long after a batch's first caller; 0 means
                 at the next turn of the event loop.
+            max_in_flight: when set, a batch goes out at the next loop turn while fewer
+                than this many batches are in flight, and otherwise when one comes back,
+                `max_batch` callers wait, or (if > 0) `max_delay_s` passed: callers that
+                arrive over many loop turns while the sidecar is busy share one call.
         """
         _check(max_batch, max_delay_s)
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
         self._client = client
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.max_in_flight = max_in_flight
         self._waiting: list[_Waiter[asyncio.Future[VerifiedClaims]]] = []
         self._timer: asyncio.Handle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -168,15 +176,28 @@ class AsyncVerifyBatcher:
         if len(self._waiting) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            delay = self.max_delay_s
-            self._timer = (
-                loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
-            )
+            self._schedule(loop)
         try:
             async with asyncio.timeout_at(waiter.deadline):
                 return await future
         except TimeoutError:
             raise _deadline_exceeded() from None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = self.max_delay_s
+        if self.max_in_flight is not None and len(self._in_flight) >= self.max_in_flight:
+            if delay:  # otherwise `_landed` sends it
+                self._timer = loop.call_later(delay, self._flush)
+        elif delay and self.max_in_flight is None:
+            self._timer = loop.call_later(delay, self._flush)
+        else:
+            self._timer = loop.call_soon(self._flush)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        room = self.max_in_flight is not None and len(self._in_flight) < self.max_in_flight
+        if room and self._waiting:
+            self._flush()
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -187,7 +208,7 @@ class AsyncVerifyBatcher:
         if batch:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._landed)
 
     async def _send(self, batch: list[_Waiter[asyncio.Future[VerifiedClaims]]]) -> None:
         """Every waiter of `batch` ends with a result or an error. Raises nothing but its own

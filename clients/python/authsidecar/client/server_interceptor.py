@@ -312,7 +312,7 @@ class AsyncAuthServerInterceptor(grpc.aio.ServerInterceptor):
         sidecar = client.client if isinstance(client, AsyncVerifyBatcher) else client
         self._owned_batcher: AsyncVerifyBatcher | None = None
         if isinstance(client, AsyncAuthClient) and coalesce_misses:
-            self._owned_batcher = AsyncVerifyBatcher(client)
+            self._owned_batcher = AsyncVerifyBatcher(client, max_in_flight=1)
         self._client: AsyncAuthClient | AsyncVerifyBatcher = self._owned_batcher or client
         self._watcher: AsyncWatcher | None = None
         if self._gate.state is not None:
