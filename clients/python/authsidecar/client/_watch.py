@@ -48,7 +48,7 @@ class _Backoff:
         self._warned = False
 
     def failed(self, error: grpc.RpcError) -> None:
-        code = error.code() if isinstance(error, grpc.Call) else None
+        code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
         if code == grpc.StatusCode.UNIMPLEMENTED:
             self.next_s = MAX_BACKOFF_S
         if not self._warned:  # once per outage, not once per attempt
