@@ -220,13 +220,16 @@ def test_a_cut_stream_serves_nothing_and_a_resumed_one_replays_before_serving() 
     state.disconnected()
     assert hit(state, "a") is None
     assert state.request() == auth_pb2.WatchRequest(epoch=EPOCH, after_sequence=1)
-    # Resumed: events 2 and 3 happened during the cut and are replayed after the sync.
-    assert state.apply(sync(3, reset=False))
-    assert hit(state, "b") is None  # not caught up yet: event 2 might void it
+    # Resumed: the sync continues from 1; events 2 and 3 happened during the cut and are
+    # replayed after it. Only the heartbeat after them says the replay is complete.
+    assert state.apply(sync(1, reset=False))
+    assert hit(state, "b") is None  # event 2 might void it
     assert state.apply(revoked(2, "ja"))
-    assert hit(state, "b") is None
     assert state.apply(revoked(3, "other"))
+    assert hit(state, "b") is None
+    assert state.apply(heartbeat(3))
     assert hit(state, "a") is None and hit(state, "b") is not None
+    assert state.stats().invalidations["resync"] == 1  # resumed, not reset
 
 
 def test_a_resync_with_reset_or_a_new_epoch_drops_everything() -> None:
@@ -262,6 +265,7 @@ def test_an_answer_is_not_kept_across_a_cut_a_lapse_or_a_reset() -> None:
     _, position = state.consult(key, NOW)
     state.disconnected()
     assert state.apply(sync(0, reset=False))
+    assert state.apply(heartbeat(0))
     assert not state.admit(position, key, claims("ja"), 1, NOW)  # events may have been lost
     _, position = state.consult(key, NOW)
     clock.t += 1.0  # silent past the bound, then a heartbeat: current again, but was not

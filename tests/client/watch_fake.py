@@ -97,7 +97,9 @@ class FakeWatchSidecar:
             sync = auth_pb2.WatchSync(
                 reset=not resume, heartbeat_interval_ms=self.heartbeat_interval_ms
             )
-            yield auth_pb2.WatchEvent(epoch=self.epoch, sequence=self.sequence, sync=sync)
+            # The position the stream continues from: the next event is `sequence + 1`.
+            position = request.after_sequence if resume else self.sequence
+            yield auth_pb2.WatchEvent(epoch=self.epoch, sequence=position, sync=sync)
             if resume:
                 for event in self.log:
                     if event.sequence > request.after_sequence:

@@ -4,8 +4,9 @@ Both do the same thing around the same `WatchState`: open `Watch` with the epoch
 sequence applied, hand every message to `state.apply`, and when the stream ends, fails, is
 silent past the staleness bound, or breaks the contract, mark the state disconnected (no hits
 from then on) and resubscribe after an exponential backoff with jitter (reset once a stream
-delivers its sync). A sidecar that does not serve Watch (UNIMPLEMENTED) is retried at the
-longest backoff; the interceptor meanwhile verifies every call, as without a cache.
+delivers its sync). A sidecar that does not serve Watch (UNIMPLEMENTED) or has no room for
+another subscriber (RESOURCE_EXHAUSTED) is retried at the longest backoff; the interceptor
+meanwhile verifies every call, as without a cache.
 
 A loop ends when it is closed, or when its client's channel is closed (opening a stream then
 fails with a usage error): there is nothing left to watch for.
@@ -49,7 +50,8 @@ class _Backoff:
 
     def failed(self, error: grpc.RpcError) -> None:
         code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        # No Watch at this sidecar, or its subscriber limit reached: no point hurrying.
+        if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
             self.next_s = MAX_BACKOFF_S
         if not self._warned:  # once per outage, not once per attempt
             self._warned = True

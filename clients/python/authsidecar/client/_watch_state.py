@@ -6,12 +6,13 @@ same object (`_watch.py`), and the sync and asyncio interceptors read it the sam
 
 The rules, from auth.proto's comments on `Watch`:
 
-* **Current** means: a `sync` was received on the live stream, the replay it announced has
-  been applied (`sequence` caught up with the sync's), no gap was seen, and some message
-  arrived within the staleness bound (`staleness_s`, default 3x the stream's
-  `heartbeat_interval_ms`). Not current: `lookup` serves no hit and the interceptor asks
-  Verify. Decisions are kept across a cut; a resubscription with `reset: false` replays what
-  was missed before they are served again, and `reset: true` drops them all.
+* **Current** means: a `sync` was received on the live stream; after a resumed sync
+  (`reset: false`) a heartbeat has confirmed the replay is complete (a heartbeat follows every
+  event up to its number); no gap was seen; and some message arrived within the staleness
+  bound (`staleness_s`, default 3x the stream's `heartbeat_interval_ms`). Not current:
+  `consult` serves no hit and the interceptor asks Verify. Decisions are kept across a cut; a
+  resubscription with `reset: false` replays what was missed before they are served again,
+  and `reset: true` drops them all.
 * **Gaps**: a numbered event (`TokenRevoked`, `FamilyRevoked`, `KeyRetired`,
   `DecisionsReset`) must take `sequence` last+1, and a heartbeat must carry last; otherwise
   the state acts as on reset (drops every decision). An event kind this library does not
@@ -141,7 +142,9 @@ class WatchState:
         self._lock = threading.Lock()
         self._epoch = ""
         self._sequence = 0  # the last numbered event applied in `_epoch`
-        self._target = 0  # the sync's sequence: current only once caught up with it
+        # After a resumed sync: the missed events are being replayed, and only the next
+        # heartbeat (sent after every event up to its number) says they all arrived.
+        self._replaying = False
         self._bound_s = 0.0  # staleness bound of the live stream; 0 = never current
         self._connected = False  # a sync was applied on the live stream
         self._last_message_at: float | None = None
@@ -190,7 +193,8 @@ class WatchState:
             if kind == "heartbeat":
                 if event.sequence != self._sequence:
                     self._reset("gap")
-                    self._sequence = self._target = event.sequence
+                    self._sequence = event.sequence
+                self._replaying = False
                 return True
             if kind is None or event.sequence != self._sequence + 1:
                 self._reset("gap")  # unknown kind (newer server) or a missing number
@@ -216,7 +220,7 @@ class WatchState:
             self._reset("resync")
             self._sequence = event.sequence
         self._epoch = event.epoch
-        self._target = event.sequence
+        self._replaying = resumed
         interval_s = event.sync.heartbeat_interval_ms / 1000
         self._bound_s = self._configured_staleness_s or STALENESS_HEARTBEATS * interval_s
         self._connected = True
@@ -253,7 +257,7 @@ class WatchState:
         return (
             self._connected
             and self._bound_s > 0
-            and self._sequence >= self._target
+            and not self._replaying
             and not self._lapsed(self._monotonic())
         )
 
