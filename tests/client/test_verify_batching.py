@@ -313,6 +313,11 @@ async def test_max_batch_stays_within_the_sidecar_default_cap() -> None:
     with AuthClient("unix:/nonexistent.sock") as sync_client:
         with pytest.raises(ValueError):
             VerifyBatcher(sync_client, max_delay_s=-1)
+        with pytest.raises(ValueError):
+            VerifyBatcher(sync_client, max_in_flight=0)
+    async with AsyncAuthClient("unix:/nonexistent.sock") as client:
+        with pytest.raises(ValueError):
+            AsyncVerifyBatcher(client, max_in_flight=0)
 
 
 @contextlib.asynccontextmanager
