@@ -108,6 +108,28 @@ async def test_a_pushed_revocation_refuses_the_token_the_callee_had_cached(
 
 
 @AIO
+async def test_an_answer_voided_while_it_was_on_its_way_is_not_cached(
+    sidecar: RunningSidecar, socket_dir: Path, aio: bool
+) -> None:
+    token = await mint(sidecar)
+    revoked = await identity(sidecar, token)
+    async with watched(aio, sidecar, socket_dir) as (fake, b):
+        fake.reply_delay_s = 0.5
+        in_flight = asyncio.create_task(whoami(aio, b, token))
+        await eventually(lambda: fake.answered == 1)  # the sidecar said OK...
+        await sidecar.public.Revoke(auth_pb2.RevokeRequest(token=token))
+        fake.revoke_token(revoked.iss, revoked.jti)  # ...and the event overtook the answer
+        await eventually(lambda: b.interceptor.stats().invalidations["token_revoked"] == 1)
+        answered = await in_flight
+        fake.reply_delay_s = 0.0
+        after = await whoami(aio, b, token)
+        stats = b.interceptor.stats()
+    assert answered.code == OK  # what the sidecar decided when it was asked
+    assert (after.code, after.reason) == (UNAUTHENTICATED, "TOKEN_REVOKED")  # not a stale hit
+    assert (stats.stored, stats.not_stored, stats.hits) == (0, 1, 0)
+
+
+@AIO
 async def test_a_revoked_family_refuses_its_cached_access_tokens(
     sidecar: RunningSidecar, socket_dir: Path, aio: bool
 ) -> None:

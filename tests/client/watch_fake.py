@@ -37,6 +37,8 @@ class FakeWatchSidecar:
     heartbeats: bool = True  # False: the streams stay open but go silent
     refuse: grpc.StatusCode | None = None  # answer Watch with this status instead
     delay_s: float = 0.0  # added to every forwarded Verify / VerifyBatch
+    reply_delay_s: float = 0.0  # added after the sidecar answered, before replying
+    answered: int = 0  # forwarded calls the sidecar has answered
     sequence: int = 0  # the latest number assigned
     log: list[auth_pb2.WatchEvent] = field(default_factory=list)
     requests: list[auth_pb2.WatchRequest] = field(default_factory=list)
@@ -140,6 +142,8 @@ async def fake_watch_sidecar(upstream: str, socket_dir: Path) -> AsyncIterator[F
                 reply: bytes = await upstream_call(request, metadata=context.invocation_metadata())
             except grpc.aio.AioRpcError as error:
                 await context.abort(error.code(), error.details() or "", error.trailing_metadata())
+            fake.answered += 1
+            await asyncio.sleep(fake.reply_delay_s)
             return reply
 
         return grpc.unary_unary_rpc_method_handler(forward)
