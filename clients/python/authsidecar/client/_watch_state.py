@@ -146,6 +146,7 @@ class WatchState:
         # heartbeat (sent after every event up to its number) says they all arrived.
         self._replaying = False
         self._bound_s = 0.0  # staleness bound of the live stream; 0 = never current
+        self._interval_s = 0.0  # the live stream's heartbeat interval
         self._connected = False  # a sync was applied on the live stream
         self._last_message_at: float | None = None
         self._generation = 0
@@ -164,9 +165,12 @@ class WatchState:
             return auth_pb2.WatchRequest(epoch=self._epoch, after_sequence=self._sequence)
 
     def read_timeout_s(self) -> float:
-        """How long the watcher waits for the next message before cutting a silent stream."""
+        """How long the watcher waits for the next message before cutting a silent stream:
+        the staleness bound, but never less than 3 heartbeat intervals (a bound configured
+        below the interval makes hits rarer; it must not cut healthy streams)."""
         with self._lock:
-            return self._bound_s if self._connected and self._bound_s else CONNECT_TIMEOUT_S
+            silent_s = max(self._bound_s, STALENESS_HEARTBEATS * self._interval_s)
+            return silent_s if self._connected and silent_s else CONNECT_TIMEOUT_S
 
     def disconnected(self) -> None:
         """The stream ended (or was cut): no hits until the next one has caught up."""
@@ -221,8 +225,8 @@ class WatchState:
             self._sequence = event.sequence
         self._epoch = event.epoch
         self._replaying = resumed
-        interval_s = event.sync.heartbeat_interval_ms / 1000
-        self._bound_s = self._configured_staleness_s or STALENESS_HEARTBEATS * interval_s
+        self._interval_s = event.sync.heartbeat_interval_ms / 1000
+        self._bound_s = self._configured_staleness_s or STALENESS_HEARTBEATS * self._interval_s
         self._connected = True
         return True
 
