@@ -46,7 +46,9 @@ async def count(request: bytes, context: Any) -> AsyncIterator[bytes]:
 async def serve(listen: str, sidecar: str | None) -> None:
     policy = AuthPolicy(audience="greeter", method_scopes={f"/{SERVICE}/*": ("greet",)})
     auth = AsyncAuthClient(sidecar)
-    server = grpc.aio.server(interceptors=[AsyncAuthServerInterceptor(auth, policy)])
+    # Caches the sidecar's decisions while its Watch stream is current; closed below.
+    interceptor = AsyncAuthServerInterceptor(auth, policy)
+    server = grpc.aio.server(interceptors=[interceptor])
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Hello": grpc.unary_unary_rpc_method_handler(hello),
         "Count": grpc.unary_stream_rpc_method_handler(count),
@@ -60,6 +62,7 @@ async def serve(listen: str, sidecar: str | None) -> None:
     try:
         await server.wait_for_termination()
     finally:
+        await interceptor.aclose()
         await auth.close()
 
 

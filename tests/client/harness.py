@@ -26,7 +26,6 @@ from authsidecar.client import (
     AuthServerInterceptor,
     BearerClientInterceptor,
     TokenSource,
-    VerifyCache,
     async_bearer_interceptors,
     error_reason,
 )
@@ -44,44 +43,67 @@ class Outcome:
     messages: list[bytes] = field(default_factory=list)
 
 
+@dataclass
+class Callee:
+    """Service B as a test sees it: where to call it, and its interceptor (for `stats()`)."""
+
+    target: str
+    interceptor: AuthServerInterceptor | AsyncAuthServerInterceptor
+
+
+@contextlib.asynccontextmanager
+async def callee(
+    aio: bool,
+    sidecar_target: str,
+    policy: AuthPolicy | None = None,
+    **options: Any,
+) -> AsyncIterator[Callee]:
+    """Service B (the callee) with the server interceptor built with `options`; the
+    interceptor is closed (watcher stopped) before its client, as the docs ask."""
+    if aio:
+        client = AsyncAuthClient(sidecar_target)
+        interceptor = AsyncAuthServerInterceptor(client, policy, **options)
+        server = grpc.aio.server(interceptors=[interceptor])
+        server.add_generic_rpc_handlers((services.handler(aio=True),))
+        health_pb2_grpc.add_HealthServicer_to_server(AsyncHealthServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            yield Callee(f"127.0.0.1:{port}", interceptor)
+        finally:
+            await server.stop(None)
+            await interceptor.aclose()
+            await client.close()
+        return
+    sync_client = AuthClient(sidecar_target)
+    sync_interceptor = AuthServerInterceptor(sync_client, policy, **options)
+    sync_server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[sync_interceptor])
+    sync_server.add_generic_rpc_handlers((services.handler(aio=False),))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), sync_server)
+    port = sync_server.add_insecure_port("127.0.0.1:0")
+    sync_server.start()
+    try:
+        yield Callee(f"127.0.0.1:{port}", sync_interceptor)
+    finally:
+        await asyncio.to_thread(lambda: sync_server.stop(None).wait())
+        await asyncio.to_thread(sync_interceptor.close)
+        sync_client.close()
+
+
 @contextlib.asynccontextmanager
 async def service_b(
     aio: bool,
     sidecar_target: str,
     policy: AuthPolicy | None = None,
     *,
-    cache: VerifyCache | None = None,
     now: Callable[[], float] | None = None,
+    **options: Any,
 ) -> AsyncIterator[str]:
     """Service B (the callee) with the server interceptor; yields its address."""
-    extra: dict[str, Any] = {"cache": cache} if now is None else {"cache": cache, "now": now}
-    if aio:
-        client = AsyncAuthClient(sidecar_target)
-        server = grpc.aio.server(interceptors=[AsyncAuthServerInterceptor(client, policy, **extra)])
-        server.add_generic_rpc_handlers((services.handler(aio=True),))
-        health_pb2_grpc.add_HealthServicer_to_server(AsyncHealthServicer(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            await server.stop(None)
-            await client.close()
-        return
-    sync_client = AuthClient(sidecar_target)
-    sync_server = grpc.server(
-        ThreadPoolExecutor(max_workers=16),
-        interceptors=[AuthServerInterceptor(sync_client, policy, **extra)],
-    )
-    sync_server.add_generic_rpc_handlers((services.handler(aio=False),))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), sync_server)
-    port = sync_server.add_insecure_port("127.0.0.1:0")
-    sync_server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await asyncio.to_thread(lambda: sync_server.stop(None).wait())
-        sync_client.close()
+    if now is not None:
+        options["now"] = now
+    async with callee(aio, sidecar_target, policy, **options) as b:
+        yield b.target
 
 
 def _sync_call(

@@ -3,6 +3,10 @@
 It forwards every AuthService call byte for byte, after `delay_s`, and answers the first
 `fail_first[method]` attempts of a method with UNAVAILABLE instead. It counts the attempts
 it saw per method, which is how the tests count sidecar round trips and retries.
+
+The Watch stream is forwarded message by message. `cut_streams()` ends every forwarded
+stream with UNAVAILABLE (what a subscriber sees when the path to the sidecar breaks), and
+`block_watch` answers new Watch calls with UNAVAILABLE until it is cleared.
 """
 
 from __future__ import annotations
@@ -21,12 +25,21 @@ SERVICE = "authsidecar.v1.AuthService"
 METHODS = ("Issue", "Verify", "VerifyBatch", "Refresh", "Introspect", "Revoke", "GetJwks")
 
 
+_CUT = object()
+
+
 @dataclass
 class SidecarProxy:
     target: str
     attempts: collections.Counter[str] = field(default_factory=collections.Counter)
     delay_s: float = 0.0
     fail_first: dict[str, int] = field(default_factory=dict)
+    block_watch: bool = False
+    streams: set[asyncio.Queue[object]] = field(default_factory=set)
+
+    def cut_streams(self) -> None:
+        for stream in self.streams:
+            stream.put_nowait(_CUT)
 
 
 @contextlib.asynccontextmanager
@@ -54,10 +67,46 @@ async def sidecar_proxy(upstream: str, socket_dir: Path) -> AsyncIterator[Sideca
 
         return grpc.unary_unary_rpc_method_handler(forward)
 
+    async def watch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        proxy.attempts["Watch"] += 1
+        if proxy.block_watch:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy blocks Watch")
+        open_upstream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            f"/{SERVICE}/Watch"
+        )
+        upstream_call = open_upstream(request, metadata=context.invocation_metadata())
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for message in upstream_call:
+                    queue.put_nowait(message)
+                queue.put_nowait(None)
+            except grpc.aio.AioRpcError as error:
+                queue.put_nowait(error)
+
+        pumping = asyncio.create_task(pump())
+        proxy.streams.add(queue)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if item is _CUT:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy cut the stream")
+                if isinstance(item, grpc.aio.AioRpcError):
+                    await context.abort(item.code(), item.details() or "")
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            proxy.streams.discard(queue)
+            upstream_call.cancel()
+            pumping.cancel()
+
+    handlers = {m: forwarder(m) for m in METHODS}
+    handlers["Watch"] = grpc.unary_stream_rpc_method_handler(watch)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {m: forwarder(m) for m in METHODS}),)
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(proxy.target)
     await server.start()
     try:

@@ -28,10 +28,8 @@ async def test_call_credentials_carry_the_bearer_token(
     token = await mint(sidecar)
     target = f"unix:{socket_dir / 'b.sock'}"
     client = AuthClient(sidecar.unix_target)
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=4),
-        interceptors=[AuthServerInterceptor(client, AuthPolicy(audience="svc-b"))],
-    )
+    interceptor = AuthServerInterceptor(client, AuthPolicy(audience="svc-b"))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), interceptors=[interceptor])
     server.add_generic_rpc_handlers((services.handler(aio=False),))
     server.add_secure_port(target, grpc.local_server_credentials(UDS))
     server.start()
@@ -49,4 +47,5 @@ async def test_call_credentials_carry_the_bearer_token(
         assert await asyncio.to_thread(call) == b"alice"
     finally:
         await asyncio.to_thread(lambda: server.stop(None).wait())
+        await asyncio.to_thread(interceptor.close)
         client.close()

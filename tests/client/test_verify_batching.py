@@ -313,6 +313,11 @@ async def test_max_batch_stays_within_the_sidecar_default_cap() -> None:
     with AuthClient("unix:/nonexistent.sock") as sync_client:
         with pytest.raises(ValueError):
             VerifyBatcher(sync_client, max_delay_s=-1)
+        with pytest.raises(ValueError):
+            VerifyBatcher(sync_client, max_in_flight=0)
+    async with AsyncAuthClient("unix:/nonexistent.sock") as client:
+        with pytest.raises(ValueError):
+            AsyncVerifyBatcher(client, max_in_flight=0)
 
 
 @contextlib.asynccontextmanager
@@ -324,7 +329,8 @@ async def service_verifying_in_batches(aio: bool, sidecar_target: str) -> AsyncI
         # Each test call opens its own channel, so calls arrive over several loop turns:
         # a short delay gathers them (the default, 0, batches only what arrives together).
         batcher = AsyncVerifyBatcher(client, max_delay_s=0.02)
-        server = grpc.aio.server(interceptors=[AsyncAuthServerInterceptor(batcher, policy)])
+        interceptor = AsyncAuthServerInterceptor(batcher, policy)
+        server = grpc.aio.server(interceptors=[interceptor])
         server.add_generic_rpc_handlers((services.handler(aio=True),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -332,15 +338,14 @@ async def service_verifying_in_batches(aio: bool, sidecar_target: str) -> AsyncI
             yield f"127.0.0.1:{port}"
         finally:
             await server.stop(None)
+            await interceptor.aclose()
             await batcher.close()
             await client.close()
         return
     sync_client = AuthClient(sidecar_target)
     sync_batcher = VerifyBatcher(sync_client, max_delay_s=0.02)
-    sync_server = grpc.server(
-        ThreadPoolExecutor(max_workers=16),
-        interceptors=[AuthServerInterceptor(sync_batcher, policy)],
-    )
+    sync_interceptor = AuthServerInterceptor(sync_batcher, policy)
+    sync_server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[sync_interceptor])
     sync_server.add_generic_rpc_handlers((services.handler(aio=False),))
     port = sync_server.add_insecure_port("127.0.0.1:0")
     sync_server.start()
@@ -348,6 +353,7 @@ async def service_verifying_in_batches(aio: bool, sidecar_target: str) -> AsyncI
         yield f"127.0.0.1:{port}"
     finally:
         await asyncio.to_thread(lambda: sync_server.stop(None).wait())
+        await asyncio.to_thread(sync_interceptor.close)
         await asyncio.to_thread(sync_batcher.close)
         sync_client.close()
 

@@ -1,7 +1,7 @@
 """authsidecar.client: talk to the sidecar, and make any gRPC service a one-line integration.
 
-Needs only grpcio, protobuf and googleapis-common-protos (for google.rpc.Status/ErrorInfo);
-cachetools only when a `VerifyCache` is used. Never imports the sidecar itself.
+Needs only grpcio, protobuf and googleapis-common-protos (for google.rpc.Status/ErrorInfo).
+Never imports the sidecar itself.
 
 * `AuthClient` / `AsyncAuthClient`: Issue, Verify, VerifyBatch, Refresh, Introspect, Revoke,
   GetJwks.
@@ -10,12 +10,14 @@ cachetools only when a `VerifyCache` is used. Never imports the sidecar itself.
 * `BearerClientInterceptor` / `async_bearer_interceptors()`: outgoing calls carry a bearer
   token from a `TokenSource`; one retry with a renewed token on UNAUTHENTICATED.
 * `AuthServerInterceptor` / `AsyncAuthServerInterceptor`: incoming calls are verified at the
-  sidecar under an `AuthPolicy`; handlers read `current_claims()`.
+  sidecar under an `AuthPolicy`; handlers read `current_claims()`. Decisions are cached and
+  kept consistent by the sidecar's Watch stream, misses coalesced (`DecisionStats` from
+  `stats()`).
 """
 
+from authsidecar.client._watch_state import DecisionStats
 from authsidecar.client.aio import AsyncAuthClient
 from authsidecar.client.batching import AsyncVerifyBatcher, VerifyBatcher
-from authsidecar.client.cache import VerifyCache
 from authsidecar.client.client import AuthClient
 from authsidecar.client.client_interceptor import (
     BearerClientInterceptor,
@@ -63,6 +65,7 @@ __all__ = [
     "AuthServerInterceptor",
     "BearerClientInterceptor",
     "CallableTokenSource",
+    "DecisionStats",
     "Introspection",
     "InvalidRequestError",
     "MethodRule",
@@ -76,7 +79,6 @@ __all__ = [
     "TokenSource",
     "VerifiedClaims",
     "VerifyBatcher",
-    "VerifyCache",
     "VerifyItem",
     "async_bearer_interceptors",
     "async_sidecar_token_source",

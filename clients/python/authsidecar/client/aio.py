@@ -127,6 +127,13 @@ class AsyncAuthClient:
             raise from_rpc_error(error) from None
         return batch_results(reply, len(request.requests))
 
+    def _watch(
+        self, request: auth_pb2.WatchRequest
+    ) -> grpc.aio.UnaryStreamCall[auth_pb2.WatchRequest, auth_pb2.WatchEvent]:
+        """The Watch stream, for the server interceptor's watcher (`_watch.AsyncWatcher`):
+        no deadline, since it lives as long as the interceptor; cancelled to end it."""
+        return self._stub.Watch(request)
+
     async def refresh(
         self, refresh_token: str, *, scope: str = "", timeout_s: float | None = None
     ) -> TokenGrant:

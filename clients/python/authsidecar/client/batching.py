@@ -18,7 +18,11 @@ A batch is sent as soon as `max_batch` callers are waiting, or `max_delay_s` aft
 caller arrived. The asyncio default delay is 0, which means "at the next turn of the event
 loop": that turn gathers every caller that became ready during the current one. Batches
 therefore grow with load on their own, and a lone caller waits for nothing. Threads have no
-such turn, so `VerifyBatcher` waits 1 ms. Any number of batches may be in flight.
+such turn, so `VerifyBatcher` waits 1 ms. Both take `max_in_flight`: then a batch is sent at
+once whenever fewer than that many batches are in flight, so a lone caller waits for nothing,
+and the callers that arrive while batches are in flight go out together when one comes back
+(the server interceptors use `max_in_flight=1`). Without it, any number of batches may be in
+flight.
 `close()` sends whatever is waiting and then waits for the batches in flight. The client
 belongs to the caller: close it after the batcher.
 """
@@ -128,6 +132,7 @@ class AsyncVerifyBatcher:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = 0.0,
+        max_in_flight: int | None = None,
     ) -> None:
         """
         Args:
@@ -135,11 +140,18 @@ class AsyncVerifyBatcher:
             max_batch: send as soon as this many callers wait (1..256).
             max_delay_s: send at the latest this long after a batch's first caller; 0 means
                 at the next turn of the event loop.
+            max_in_flight: when set, a batch goes out at the next loop turn while fewer
+                than this many batches are in flight, and otherwise when one comes back,
+                `max_batch` callers wait, or (if > 0) `max_delay_s` passed: callers that
+                arrive over many loop turns while the sidecar is busy share one call.
         """
         _check(max_batch, max_delay_s)
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
         self._client = client
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.max_in_flight = max_in_flight
         self._waiting: list[_Waiter[asyncio.Future[VerifiedClaims]]] = []
         self._timer: asyncio.Handle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -164,15 +176,28 @@ class AsyncVerifyBatcher:
         if len(self._waiting) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            delay = self.max_delay_s
-            self._timer = (
-                loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
-            )
+            self._schedule(loop)
         try:
             async with asyncio.timeout_at(waiter.deadline):
                 return await future
         except TimeoutError:
             raise _deadline_exceeded() from None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = self.max_delay_s
+        if self.max_in_flight is not None and len(self._in_flight) >= self.max_in_flight:
+            if delay:  # otherwise `_landed` sends it
+                self._timer = loop.call_later(delay, self._flush)
+        elif delay and self.max_in_flight is None:
+            self._timer = loop.call_later(delay, self._flush)
+        else:
+            self._timer = loop.call_soon(self._flush)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        room = self.max_in_flight is not None and len(self._in_flight) < self.max_in_flight
+        if room and self._waiting:
+            self._flush()
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -183,7 +208,7 @@ class AsyncVerifyBatcher:
         if batch:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._landed)
 
     async def _send(self, batch: list[_Waiter[asyncio.Future[VerifiedClaims]]]) -> None:
         """Every waiter of `batch` ends with a result or an error. Raises nothing but its own
@@ -203,6 +228,11 @@ class AsyncVerifyBatcher:
         except Exception as error:
             outcomes = _unexpected(error, len(batch))
         _settle(batch, outcomes)
+
+    @property
+    def client(self) -> AsyncAuthClient:
+        """The client that sends the batches (the batcher never closes it)."""
+        return self._client
 
     async def close(self) -> None:
         """Send what waits, then wait for the batches in flight (their deadlines bound this)."""
@@ -244,13 +274,24 @@ class VerifyBatcher:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = DEFAULT_THREAD_DELAY_S,
+        max_in_flight: int | None = None,
     ) -> None:
         """Arguments as for `AsyncVerifyBatcher`. With `max_delay_s=0` only callers that
-        arrive together with the `max_batch`-th one share a call."""
+        arrive together with the `max_batch`-th one share a call.
+
+        `max_in_flight`: when set, a batch is sent at once while fewer than this many batches
+        are in flight (a lone caller waits for nothing), and otherwise when one comes back,
+        `max_batch` callers wait, or `max_delay_s` passed, whichever is first. None: the
+        batch always waits `max_delay_s` for company.
+        """
         _check(max_batch, max_delay_s)
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
         self._client = client
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.max_in_flight = max_in_flight
+        self._sending = 0  # batches sealed and not yet answered
         self._lock = threading.Lock()
         # Signalled when a batch is sealed (its opener sends it) or answered (for close()).
         self._changed = threading.Condition(self._lock)
@@ -285,7 +326,9 @@ class VerifyBatcher:
                 self._seal(batch)
             elif opener:
                 mine = batch
-                self._changed.wait_for(lambda: mine.sealed, timeout=self.max_delay_s)
+                self._changed.wait_for(
+                    lambda: mine.sealed or self._has_room(), timeout=self.max_delay_s
+                )
                 self._seal(batch)
         if opener:
             self._send(batch)
@@ -294,10 +337,20 @@ class VerifyBatcher:
         except TimeoutError:
             raise _deadline_exceeded() from None
 
+    @property
+    def client(self) -> AuthClient:
+        """The client that sends the batches (the batcher never closes it)."""
+        return self._client
+
+    def _has_room(self) -> bool:
+        """With the lock held: may a batch go out now rather than wait for company?"""
+        return self.max_in_flight is not None and self._sending < self.max_in_flight
+
     def _seal(self, batch: _Batch) -> None:
         """With the lock held. A sealed batch takes no more callers; its opener sends it."""
         if not batch.sealed:
             batch.sealed = True
+            self._sending += 1
             if self._open is batch:
                 self._open = None
             self._changed.notify_all()
@@ -336,6 +389,7 @@ class VerifyBatcher:
         finally:
             with self._lock:
                 self._unfinished -= 1
+                self._sending -= 1
                 self._changed.notify_all()
 
     def close(self) -> None:

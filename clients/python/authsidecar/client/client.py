@@ -148,6 +148,11 @@ class AuthClient:
         must not wait past its own deadline for batch-mates that have longer ones."""
         return self._stub.VerifyBatch.future(request, timeout=timeout_s)
 
+    def _watch(self, request: auth_pb2.WatchRequest) -> grpc._CallIterator[auth_pb2.WatchEvent]:
+        """The Watch stream, for the server interceptor's watcher (`_watch.ThreadWatcher`):
+        no deadline, since it lives as long as the interceptor; cancelled to end it."""
+        return self._stub.Watch(request)
+
     def refresh(
         self, refresh_token: str, *, scope: str = "", timeout_s: float | None = None
     ) -> TokenGrant:

@@ -6,12 +6,20 @@ run the handler with the claims bound for `current_claims()`. Refusals carry the
 reason in ErrorInfo (domain `authsidecar.v1`): UNAUTHENTICATED for a missing or bad token,
 PERMISSION_DENIED for a missing scope, UNAVAILABLE when the sidecar cannot be reached.
 
+Decisions are cached by default (issue 15): the sidecar's answer for a token and the same
+requirements is kept, and a repeat call skips the hop, while the interceptor's Watch stream
+is current; every event that voids a decision drops it, an entry never outlives the token's
+`exp` nor precedes its `nbf`, and when the stream is down or late the interceptor verifies
+every call (`_watch_state.py` says exactly when a hit is served and when an answer is kept).
+Misses are coalesced by default: calls that miss at the same moment share one VerifyBatch,
+and a lone miss is sent at once. `cache_decisions=False` and `coalesce_misses=False` give
+the plain Verify-per-call interceptor. The interceptor owns a watcher (a daemon thread, or an
+asyncio task): `close()` / `aclose()` it, or use it as a context manager; it never closes the
+client. `stats()` reports hits, misses, invalidations and staleness (`DecisionStats`).
+
 The check runs inside the wrapped handler, not in `intercept_service`: in the sync server that
 is the worker thread (grpc calls `intercept_service` on its single dispatch thread, which a
 Verify would stall for every call), and in asyncio it is an `await`, never a blocking call.
-
-Under load, pass a `VerifyBatcher` / `AsyncVerifyBatcher` instead of the client: its `verify`
-means the same, but calls waiting for authentication at the same moment share one VerifyBatch.
 
 Streams are checked once, when they start, like HTTP/2 requests; a token that expires later
 does not end them unless `AuthPolicy.check_expiry_per_message` is set, which refuses the
@@ -22,14 +30,24 @@ write with `context.write()` instead of yielding are checked on received message
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
 
+from authsidecar.client._decisions import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DecisionCache,
+    Key,
+    decision_key,
+)
 from authsidecar.client._refusal import (
     EXPIRED_MID_STREAM,
     MISSING_TOKEN,
@@ -37,9 +55,10 @@ from authsidecar.client._refusal import (
     bearer_token,
     refusal_for,
 )
+from authsidecar.client._watch import AsyncWatcher, ThreadWatcher
+from authsidecar.client._watch_state import DecisionStats, Position, WatchState
 from authsidecar.client.aio import AsyncAuthClient
 from authsidecar.client.batching import AsyncVerifyBatcher, VerifyBatcher
-from authsidecar.client.cache import VerifyCache
 from authsidecar.client.client import AuthClient
 from authsidecar.client.context import bind_claims
 from authsidecar.client.errors import AuthClientError
@@ -54,24 +73,47 @@ def _rebuild(handler: _Handler, **behaviours: Any) -> _Handler:
     return handler._replace(**behaviours)  # type: ignore[attr-defined, no-any-return]
 
 
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """One call's visit to the cache: the hit, or what is needed to keep Verify's answer."""
+
+    claims: VerifiedClaims | None = None
+    key: Key | None = None
+    position: Position | None = None
+
+
 class _Gate:
-    """What both interceptors share: the policy, the cache, the expiry clock."""
+    """What both interceptors share: the policy, the decisions, the expiry clock."""
 
     def __init__(
-        self, policy: AuthPolicy | None, cache: VerifyCache | None, now: Callable[[], float]
+        self,
+        policy: AuthPolicy | None,
+        now: Callable[[], float],
+        cache_decisions: bool,
+        max_entries: int,
+        max_bytes: int,
+        staleness_s: float | None,
     ) -> None:
         self.policy = policy or AuthPolicy()
-        self.cache = cache
         self.now = now
+        self.state: WatchState | None = None
+        if cache_decisions:
+            cache = DecisionCache(max_entries=max_entries, max_bytes=max_bytes)
+            self.state = WatchState(cache, staleness_s=staleness_s)
 
-    def cached(self, token: str, rule: MethodRule) -> VerifiedClaims | None:
-        if self.cache is None:
-            return None
-        return self.cache.get(token, self.policy.audience, rule.scopes)
+    def lookup(self, token: str, rule: MethodRule) -> _Lookup:
+        if self.state is None:
+            return _Lookup()
+        key = decision_key(token, self.policy.audience, rule.scopes)
+        claims, position = self.state.consult(key, self.now())
+        return _Lookup(claims, key, position)
 
-    def remember(self, token: str, rule: MethodRule, claims: VerifiedClaims) -> None:
-        if self.cache is not None:
-            self.cache.put(token, self.policy.audience, rule.scopes, claims)
+    def remember(self, lookup: _Lookup, token: str, claims: VerifiedClaims) -> None:
+        if self.state is not None and lookup.key is not None:
+            self.state.admit(lookup.position, lookup.key, claims, len(token), self.now())
+
+    def stats(self) -> DecisionStats:
+        return DecisionStats() if self.state is None else self.state.stats()
 
     def expired(self, claims: VerifiedClaims) -> bool:
         if not self.policy.check_expiry_per_message:
@@ -79,19 +121,75 @@ class _Gate:
         return self.now() >= claims.exp + self.policy.expiry_leeway_s
 
 
+_OPTIONS_DOC = """
+        Args:
+            client: the sidecar client (or a batcher around one) that Verify and Watch use;
+                never closed by the interceptor.
+            policy: which methods need which scopes (default: every method, no scope).
+            cache_decisions: keep the sidecar's decisions while the Watch stream is current
+                (default True). False: every call is verified, no watcher runs.
+            coalesce_misses: send the calls that miss at the same moment as one VerifyBatch
+                (default True); ignored when `client` is already a batcher.
+            max_entries / max_bytes: bounds of the decision cache (least recently used out).
+            staleness_s: no hit is served when the stream was silent this long (default 3x
+                the heartbeat interval the sidecar announces).
+            now: the epoch clock that `exp`/`nbf` are compared with.
+"""
+
+
 class AuthServerInterceptor(grpc.ServerInterceptor):
-    """For `grpc.server(..., interceptors=[AuthServerInterceptor(AuthClient(addr), policy)])`."""
+    """For `grpc.server(..., interceptors=[AuthServerInterceptor(AuthClient(addr), policy)])`.
+
+    Runs a watcher thread while decisions are cached: `close()` it (or `with` it) when the
+    server stops, before closing the client.
+    """
 
     def __init__(
         self,
         client: AuthClient | VerifyBatcher,
         policy: AuthPolicy | None = None,
         *,
-        cache: VerifyCache | None = None,
+        cache_decisions: bool = True,
+        coalesce_misses: bool = True,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        staleness_s: float | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
-        self._gate = _Gate(policy, cache, now)
+        self._gate = _Gate(policy, now, cache_decisions, max_entries, max_bytes, staleness_s)
+        sidecar = client.client if isinstance(client, VerifyBatcher) else client
+        self._owned_batcher: VerifyBatcher | None = None
+        if isinstance(client, AuthClient) and coalesce_misses:
+            self._owned_batcher = VerifyBatcher(client, max_in_flight=1)
+        self._client: AuthClient | VerifyBatcher = self._owned_batcher or client
+        self._watcher: ThreadWatcher | None = None
+        if self._gate.state is not None:
+            self._watcher = ThreadWatcher(self._gate.state, sidecar._watch)
+            self._watcher.start()
+
+    __init__.__doc__ = _OPTIONS_DOC
+
+    def stats(self) -> DecisionStats:
+        """Counters of the decision cache and its stream (all zero when not caching)."""
+        return self._gate.stats()
+
+    def close(self) -> None:
+        """Stop the watcher and send the misses still waiting; the client stays open."""
+        if self._watcher is not None:
+            self._watcher.close()
+        if self._owned_batcher is not None:
+            self._owned_batcher.close()
+
+    def __enter__(self) -> AuthServerInterceptor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def intercept_service(
         self,
@@ -112,15 +210,16 @@ class AuthServerInterceptor(grpc.ServerInterceptor):
     ) -> VerifiedClaims:
         if token is None:
             context.abort_with_status(MISSING_TOKEN.status())
-        claims = self._gate.cached(token, rule)
-        if claims is None:
-            try:
-                claims = self._client.verify(
-                    token, audience=self._gate.policy.audience, required_scopes=rule.scopes
-                )
-            except AuthClientError as error:
-                context.abort_with_status(refusal_for(error).status())
-            self._gate.remember(token, rule, claims)
+        lookup = self._gate.lookup(token, rule)
+        if lookup.claims is not None:
+            return lookup.claims
+        try:
+            claims = self._client.verify(
+                token, audience=self._gate.policy.audience, required_scopes=rule.scopes
+            )
+        except AuthClientError as error:
+            context.abort_with_status(refusal_for(error).status())
+        self._gate.remember(lookup, token, claims)
         return claims
 
     def _wrap(self, handler: _Handler, token: str | None, rule: MethodRule) -> _Handler:
@@ -202,17 +301,60 @@ class AsyncAuthServerInterceptor(grpc.aio.ServerInterceptor):
         client: AsyncAuthClient | AsyncVerifyBatcher,
         policy: AuthPolicy | None = None,
         *,
-        cache: VerifyCache | None = None,
+        cache_decisions: bool = True,
+        coalesce_misses: bool = True,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        staleness_s: float | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
-        self._gate = _Gate(policy, cache, now)
+        self._gate = _Gate(policy, now, cache_decisions, max_entries, max_bytes, staleness_s)
+        sidecar = client.client if isinstance(client, AsyncVerifyBatcher) else client
+        self._owned_batcher: AsyncVerifyBatcher | None = None
+        if isinstance(client, AsyncAuthClient) and coalesce_misses:
+            self._owned_batcher = AsyncVerifyBatcher(client, max_in_flight=1)
+        self._client: AsyncAuthClient | AsyncVerifyBatcher = self._owned_batcher or client
+        self._watcher: AsyncWatcher | None = None
+        if self._gate.state is not None:
+            self._watcher = AsyncWatcher(self._gate.state, sidecar._watch)
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # started by the first call, on the server's loop
+            else:
+                self._watcher.start()
+
+    __init__.__doc__ = _OPTIONS_DOC
+
+    def stats(self) -> DecisionStats:
+        """Counters of the decision cache and its stream (all zero when not caching)."""
+        return self._gate.stats()
+
+    async def aclose(self) -> None:
+        """Stop the watcher and send the misses still waiting; the client stays open."""
+        if self._watcher is not None:
+            await self._watcher.aclose()
+        if self._owned_batcher is not None:
+            await self._owned_batcher.close()
+
+    async def __aenter__(self) -> AsyncAuthServerInterceptor:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
+        if self._watcher is not None and not self._watcher.started:
+            self._watcher.start()
         handler: _Handler | None = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -228,13 +370,14 @@ class AsyncAuthServerInterceptor(grpc.aio.ServerInterceptor):
         refusal: Refusal | None = MISSING_TOKEN if token is None else None
         claims = None
         if token is not None:
-            claims = self._gate.cached(token, rule)
+            lookup = self._gate.lookup(token, rule)
+            claims = lookup.claims
             if claims is None:
                 try:
                     claims = await self._client.verify(
                         token, audience=self._gate.policy.audience, required_scopes=rule.scopes
                     )
-                    self._gate.remember(token, rule, claims)
+                    self._gate.remember(lookup, token, claims)
                 except AuthClientError as error:
                     refusal = refusal_for(error)
         if refusal is not None or claims is None:
