@@ -3,10 +3,18 @@
 Our own rules, not python-jose's: its `int()` coercion lets `"1700000000"` and `true` pass as
 times, `exp == now` is accepted, a future `iat` is accepted and nothing is required
 (../shared/SECURITY.md). Here every time is a real finite number, every string claim a
-string, and the order of checks is fixed so a token always gets the same reason code:
+string, and the order of checks is fixed so a token always gets the same reason code.
 
-typ -> required -> time types -> exp -> nbf / iat -> lifetime -> iss -> aud -> sub, jti ->
-scope, client_id, sid.
+The rules come in two parts, because the verifier caches the first (tokens/verifier.py):
+
+* `check_static`, a function of the token and the policy alone:
+  typ -> required -> time types -> lifetime -> iss -> the policy's aud -> sub, jti, scope,
+  client_id, sid types;
+* `check_times`, the time window against the clock: exp -> nbf -> iat.
+
+Before either, the claim set was parsed as a strict JSON object with I-JSON numbers
+(tokens/strict_json.py: TOKEN_MALFORMED, or CLAIM_INVALID for a number out of range).
+`validate` runs both parts and the per-call audience, in the verifier's order.
 """
 
 from __future__ import annotations
@@ -60,6 +68,22 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
             raise ClaimError(name)
         return value  # type: ignore[no-any-return]
     raise ClaimError(name)  # bool is not int here (type() is exact), nor are str, list...
+
+
+def _media_type(typ: str) -> str:
+    """RFC 7515 section 4.1.9: `typ` is a media type, compared case-insensitively (RFC 2045
+    section 5.1), with "application/" implied when the value holds no '/'."""
+    lowered = typ.lower()
+    return lowered if "/" in lowered else "application/" + lowered
+
+
+def _typ_matches(typ: object, kind: TokenKind) -> bool:
+    """Our own tokens: `at+jwt` or `rt+jwt` as a media type. RFC 9068 section 4 asks a
+    resource server to accept `at+jwt` and `application/at+jwt`; the same spellings of
+    `rt+jwt` are the refresh token's. Never one kind for the other (RFC 8725 section 3.11)."""
+    if type(typ) is not str:
+        return False
+    return typ == kind.typ or _media_type(typ) == kind.media_type
 
 
 def _floor(value: int | float | None) -> int:
@@ -128,8 +152,8 @@ class ClaimsPolicy:
     ) -> tuple[int | float | None, int | float | None, int | float | None]:
         """`exp`, `nbf`, `iat` against `now` with the leeway; returns (exp, iat, nbf) as sent.
 
-        The clock-dependent part of `validate`, also run on every verify-cache hit
-        (tokens/cache.py) on the claims as received, not the floored `Claims` fields.
+        Run on the claims as received (not the floored `Claims` fields), by the verifier on
+        every call, cached or not.
         """
         exp = _numeric_date(claims, "exp")
         iat = _numeric_date(claims, "iat")
@@ -144,27 +168,20 @@ class ClaimsPolicy:
             raise NotYetValidError
         return exp, iat, nbf
 
-    def validate(
-        self,
-        header: Mapping[str, Any],
-        claims: Mapping[str, Any],
-        *,
-        kind: TokenKind,
-        now: float,
-        audience: str | None = None,
+    def check_static(
+        self, header: Mapping[str, Any], claims: Mapping[str, Any], *, kind: TokenKind
     ) -> Claims:
-        """Check a verified token's header `typ` and claims; return them typed.
+        """Every rule that depends only on the token and this policy; return the claims typed.
 
-        `audience`, when given, must be one of the token's `aud` values (per-call check on
-        top of the policy's `audiences`). Raises only `TokenError` subclasses for any
-        `claims` that came out of `decode_jws`.
+        Raises only `TokenError` subclasses for any `claims` that came out of
+        `strict_json.parse_claims`.
         """
         # RFC 8725 section 3.11 / RFC 9068 section 4: explicit typing keeps a refresh token
         # out of places that expect an access token. A missing typ is a wrong typ.
         typ = header.get("typ")
         accepted = self.accepted_typs
         if accepted is None:
-            if type(typ) is not str or typ != kind.typ:
+            if not _typ_matches(typ, kind):
                 raise WrongTokenTypeError
         elif (typ.lower() if type(typ) is str else typ) not in accepted:
             raise WrongTokenTypeError
@@ -173,7 +190,9 @@ class ClaimsPolicy:
             missing = min(name for name in self.required if name not in claims)
             raise ClaimError(missing, missing=True)  # min: the same claim whatever the hash seed
 
-        exp, iat, nbf = self.check_times(claims, now)
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf")
         if exp is not None and iat is not None and exp - iat > self.max_lifetime_s:
             raise ClaimError("exp")
 
@@ -186,8 +205,6 @@ class ClaimsPolicy:
             aud = _audiences(claims["aud"])
         if self.audiences and self._audience_set.isdisjoint(aud):
             raise AudienceMismatchError  # an absent aud matches nothing
-        if audience is not None and audience not in aud:
-            raise AudienceMismatchError
 
         sub = _optional_str(claims, "sub", non_empty=True)
         jti = _optional_str(claims, "jti", non_empty=True)
@@ -208,3 +225,20 @@ class ClaimsPolicy:
             sid,
             dict(claims),
         )
+
+    def validate(
+        self,
+        header: Mapping[str, Any],
+        claims: Mapping[str, Any],
+        *,
+        kind: TokenKind,
+        now: float,
+        audience: str | None = None,
+    ) -> Claims:
+        """`check_static`, then `check_times`, then the per-call `audience` (when given, one
+        of the token's `aud` values): the verifier's order, for callers without a cache."""
+        checked = self.check_static(header, claims, kind=kind)
+        self.check_times(claims, now)
+        if audience is not None and audience not in checked.aud:
+            raise AudienceMismatchError
+        return checked
