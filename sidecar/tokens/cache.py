@@ -29,6 +29,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from sidecar.keys.material import KeyMaterial
+from sidecar.tokens.claims import TimeWindow
 from sidecar.tokens.issuers import Issuer
 from sidecar.tokens.model import VerifiedToken
 
@@ -53,6 +54,8 @@ def entry_bytes(token_length: int) -> int:
 @dataclass(frozen=True, slots=True)
 class CachedVerification:
     verified: VerifiedToken
+    # exp, iat, nbf as sent, for the time window checked on every hit.
+    window: TimeWindow
     # The key that verified the signature, and whose it is (None: our own ring).
     key: KeyMaterial
     issuer: Issuer | None
@@ -108,12 +111,14 @@ class VerifyCache:
         verified: VerifiedToken,
         key: KeyMaterial,
         length: int,
-        issuer: Issuer | None = None,
+        *,
+        issuer: Issuer | None,
+        window: TimeWindow,
     ) -> None:
         size = entry_bytes(length)
         if not self.enabled or size > self.max_bytes:
             return
-        entry = CachedVerification(verified, key, issuer, size)
+        entry = CachedVerification(verified, window, key, issuer, size)
         with self._lock:
             entries = self._entries
             while len(entries) >= self.max_entries and digest not in entries:
@@ -129,36 +134,24 @@ class VerifyCache:
             self._entries.clear()
 
 
-class HeaderMemo:
-    """Verified headers by exact base64url segment (`jws.HeaderLookup`).
+class HeaderMemo(dict[bytes, Mapping[str, Any]]):
+    """Verified headers by exact base64url segment (`jws.HeaderLookup`: the dict's own
+    `get`, so a lookup costs what a dict lookup costs).
 
-    A header enters only once a token carrying it passed the signature check, so
-    unauthenticated senders cannot fill it; what it holds is what `jws.parse_compact`
-    produced from those very bytes (a pure function of them), so reading it never skips a
-    check that could fail.
+    A header enters only through `remember`, once a token carrying it passed the signature
+    check, so unauthenticated senders cannot fill it; what it holds is what
+    `jws.parse_compact` produced from those very bytes (a pure function of them), so
+    reading it never skips a check that could fail.
     """
 
     def __init__(self, max_entries: int = MAX_VERIFIED_HEADERS) -> None:
-        self._entries: dict[bytes, Mapping[str, Any]] = {}
-        self._max_entries = max_entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, segment: object) -> bool:
-        return segment in self._entries
-
-    def get(self, segment: bytes) -> Mapping[str, Any] | None:
-        return self._entries.get(segment)
+        super().__init__()
+        self.max_entries = max_entries
 
     def remember(self, segment: bytes, header: Mapping[str, Any]) -> None:
-        """After the signature check: keep a freshly parsed header (a view of it)."""
-        if type(header) is not dict or self._max_entries <= 0:
+        """After the signature check: keep a freshly parsed header (a read-only view)."""
+        if type(header) is not dict or self.max_entries <= 0:
             return  # it came from here already
-        entries = self._entries
-        if len(entries) >= self._max_entries:
-            entries.clear()
-        entries[segment] = MappingProxyType(header)
-
-    def clear(self) -> None:
-        self._entries.clear()
+        if len(self) >= self.max_entries:
+            self.clear()
+        self[segment] = MappingProxyType(header)

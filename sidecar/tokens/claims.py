@@ -10,7 +10,8 @@ The rules come in two parts, because the verifier caches the first (tokens/verif
 * `check_static`, a function of the token and the policy alone:
   typ -> required -> time types -> lifetime -> iss -> the policy's aud -> sub, jti, scope,
   client_id, sid types;
-* `check_times`, the time window against the clock: exp -> nbf -> iat.
+* `check_window`, the time window against the clock: exp -> nbf -> iat, on the values
+  `check_static` validated (the verifier keeps them with a cached result).
 
 Before either, the claim set was parsed as a strict JSON object with I-JSON numbers
 (tokens/strict_json.py: TOKEN_MALFORMED, or CLAIM_INVALID for a number out of range).
@@ -35,7 +36,13 @@ from sidecar.errors import (
 )
 from sidecar.tokens.model import Claims, TokenKind
 
-__all__ = ["DEFAULT_REQUIRED_CLAIMS", "EXTERNAL_ACCESS_TYPS", "MAX_NUMERIC_DATE", "ClaimsPolicy"]
+__all__ = [
+    "DEFAULT_REQUIRED_CLAIMS",
+    "EXTERNAL_ACCESS_TYPS",
+    "MAX_NUMERIC_DATE",
+    "ClaimsPolicy",
+    "TimeWindow",
+]
 
 DEFAULT_REQUIRED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
 # 9999-12-31T23:59:59Z. NumericDate (RFC 7519 section 2) has no upper bound, but ours go into
@@ -47,6 +54,8 @@ MAX_NUMERIC_DATE = 253_402_300_799
 EXTERNAL_ACCESS_TYPS: frozenset[str | None] = frozenset(
     {None, "jwt", "application/jwt", "at+jwt", "application/at+jwt"}
 )
+# `exp`, `iat`, `nbf` as the token sent them (None: absent), once validated as NumericDates.
+TimeWindow = tuple[int | float | None, int | float | None, int | float | None]
 # Without these a policy could not enforce what SECURITY.md makes mandatory.
 _ALWAYS_REQUIRED = frozenset({"iss", "exp"})
 
@@ -147,17 +156,11 @@ class ClaimsPolicy:
             raise ConfigError("claims policy: required claims must include iss and exp")
         object.__setattr__(self, "_audience_set", frozenset(self.audiences))
 
-    def check_times(
-        self, claims: Mapping[str, Any], now: float
-    ) -> tuple[int | float | None, int | float | None, int | float | None]:
-        """`exp`, `nbf`, `iat` against `now` with the leeway; returns (exp, iat, nbf) as sent.
-
-        Run on the claims as received (not the floored `Claims` fields), by the verifier on
-        every call, cached or not.
-        """
-        exp = _numeric_date(claims, "exp")
-        iat = _numeric_date(claims, "iat")
-        nbf = _numeric_date(claims, "nbf")
+    def check_window(self, window: TimeWindow, now: float) -> None:
+        """The time window against `now` with the leeway, on `exp`, `iat`, `nbf` as sent (not
+        the floored `Claims` fields) and as `check_static` validated them. Run by the
+        verifier on every call, cached or not, with the same values."""
+        exp, iat, nbf = window
         leeway = self.leeway_s
         # RFC 7519 section 4.1.4: the token must not be accepted "on or after" exp.
         if exp is not None and now >= exp + leeway:
@@ -166,12 +169,19 @@ class ClaimsPolicy:
             raise NotYetValidError
         if iat is not None and iat > now + leeway:  # issued in the future: clock skew or forgery
             raise NotYetValidError
-        return exp, iat, nbf
+
+    def check_times(self, claims: Mapping[str, Any], now: float) -> TimeWindow:
+        """`exp`, `iat`, `nbf` validated as NumericDates, then `check_window`; returns them."""
+        window = (_numeric_date(claims, "exp"), _numeric_date(claims, "iat"),
+                  _numeric_date(claims, "nbf"))  # fmt: skip
+        self.check_window(window, now)
+        return window
 
     def check_static(
         self, header: Mapping[str, Any], claims: Mapping[str, Any], *, kind: TokenKind
-    ) -> Claims:
-        """Every rule that depends only on the token and this policy; return the claims typed.
+    ) -> tuple[Claims, TimeWindow]:
+        """Every rule that depends only on the token and this policy; return the claims typed
+        and their time window as sent (for `check_window`).
 
         Raises only `TokenError` subclasses for any `claims` that came out of
         `strict_json.parse_claims`.
@@ -212,7 +222,7 @@ class ClaimsPolicy:
         client_id = _optional_str(claims, "client_id")
         sid = _optional_str(claims, "sid")
 
-        return Claims(
+        typed = Claims(
             iss,
             sub,
             aud,
@@ -225,6 +235,7 @@ class ClaimsPolicy:
             sid,
             dict(claims),
         )
+        return typed, (exp, iat, nbf)
 
     def validate(
         self,
@@ -237,8 +248,8 @@ class ClaimsPolicy:
     ) -> Claims:
         """`check_static`, then `check_times`, then the per-call `audience` (when given, one
         of the token's `aud` values): the verifier's order, for callers without a cache."""
-        checked = self.check_static(header, claims, kind=kind)
-        self.check_times(claims, now)
+        checked, window = self.check_static(header, claims, kind=kind)
+        self.check_window(window, now)
         if audience is not None and audience not in checked.aud:
             raise AudienceMismatchError
         return checked

@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from sidecar.errors import (
     BadSignatureError,
@@ -109,12 +109,12 @@ class HeaderLookup(Protocol):
     def get(self, segment: bytes) -> Mapping[str, Any] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedJws:
+class ParsedJws(NamedTuple):
     """Steps 1-5 passed: nothing here is authenticated yet.
 
     `header` is a fresh `dict` when this parse built it, the shared read-only view when it
-    came from a `HeaderLookup` (the same bytes passed these very checks before).
+    came from a `HeaderLookup` (the same bytes passed these very checks before). A tuple,
+    not a frozen dataclass: built once per token on the hot path, ~1 µs cheaper.
     """
 
     header: Mapping[str, Any]
@@ -178,7 +178,6 @@ def _error_boundary(function: Callable[_P, _T]) -> Callable[_P, _T]:
     return guarded
 
 
-@_error_boundary
 def parse_compact(
     token: str | bytes, *, max_bytes: int, known_headers: HeaderLookup | None = None
 ) -> ParsedJws:
@@ -187,7 +186,20 @@ def parse_compact(
     Every segment is decoded (step 2) before the header is looked at (steps 3-5), from
     `known_headers` or not, so a token failing both gets step 2's reason either way; and
     a known header is one whose bytes passed steps 3-5 before, so reading it skips nothing.
+    Raises only `TokenError` subclasses (the boundary of `_error_boundary`, written out:
+    this is the hot path, and forwarding keyword arguments through a wrapper costs).
     """
+    try:
+        return _parse_compact(token, max_bytes, known_headers)
+    except TokenError:
+        raise
+    except Exception:  # noqa: BLE001 - whatever broke, the token is "malformed"
+        raise MalformedTokenError from None
+
+
+def _parse_compact(
+    token: str | bytes, max_bytes: int, known_headers: HeaderLookup | None
+) -> ParsedJws:
     if len(token) > max_bytes:
         raise TokenTooLargeError
     data = token.encode("utf-8") if isinstance(token, str) else bytes(token)

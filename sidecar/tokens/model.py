@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 
 class TokenKind(enum.Enum):
@@ -54,9 +54,14 @@ RESERVED_CLAIMS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """A verified claim set: registered claims typed, every claim (registered too) in `all`."""
+class Claims(NamedTuple):
+    """A verified claim set: registered claims typed, every claim (registered too) in `all`.
+
+    A named tuple rather than a frozen dataclass: as immutable (a cached result is shared by
+    every call that hits it), and built once per verification on the hot path, where a
+    frozen dataclass's eleven `object.__setattr__` calls cost ~0.9 µs more (issue 12's
+    bench). `all` is a dict: treat it as read-only.
+    """
 
     iss: str
     sub: str
@@ -69,15 +74,19 @@ class Claims:
     client_id: str
     # The refresh family an access token descends from ("" when issued without one).
     sid: str
-    all: dict[str, Any] = field(repr=False)
+    all: dict[str, Any]
 
     @property
     def scopes(self) -> frozenset[str]:
         return frozenset(self.scope.split())
 
+    def __repr__(self) -> str:  # every claim would be too much for a log line
+        return f"Claims(iss={self.iss!r}, sub={self.sub!r}, jti={self.jti!r})"
 
-@dataclass(frozen=True, slots=True)
-class VerifiedToken:
+
+class VerifiedToken(NamedTuple):
+    """What a successful verification yields (a named tuple for the reason `Claims` is)."""
+
     kind: TokenKind
     kid: str
     claims: Claims

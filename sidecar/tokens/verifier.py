@@ -8,7 +8,7 @@ A token moves forward through these steps, each owned by one module, and never g
     signature  KeyMaterial.verify       over the segments as received
     claims     strict_json.parse_claims strict JSON object, I-JSON numbers
                ClaimsPolicy.check_static typ, required, types, lifetime, iss, aud, ...
-    admission  ClaimsPolicy.check_times exp / nbf / iat against now (+ leeway)
+    admission  ClaimsPolicy.check_window exp / nbf / iat against now (+ leeway)
                here                      per-call audience, revocation, required scopes
     response   transport/servicer.py    (VerifyResponse, built from the VerifiedToken)
 
@@ -22,8 +22,9 @@ stores themselves (tokens/cache.py) have no policy:
 
 * cached: the outcome of parse -> key -> signature -> claims (`check_static`), keyed by
   SHA-256 of the exact token text (a forged token reusing a valid `jti` has other bytes, so
-  it misses), together with the key object and whose key it was; only tokens that passed
-  those steps and were inside their time window enter, so a failing token cannot fill it.
+  it misses), together with the time window as sent, the key object and whose key it was;
+  only tokens that passed those steps and were inside their time window enter, so a
+  failing token cannot fill it.
   Also cached: headers whose token passed the signature check (`HeaderMemo`).
 * checked on every call, hit or miss, by the same code in the same order (`_admit`): the
   key is still the one its kid names in its key set (identity: a rotated-out or replaced
@@ -39,6 +40,7 @@ here too: `verify_refetching` waits once for it.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple
 
 from sidecar.clock import Clock
 from sidecar.errors import (
@@ -53,8 +55,8 @@ from sidecar.errors import (
 )
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
-from sidecar.tokens.cache import HeaderMemo, VerifyCache
-from sidecar.tokens.claims import ClaimsPolicy
+from sidecar.tokens.cache import CachedVerification, HeaderMemo, VerifyCache
+from sidecar.tokens.claims import ClaimsPolicy, TimeWindow
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import ParsedJws, checked_key, parse_compact
 from sidecar.tokens.model import TokenKind, VerifiedToken
@@ -115,24 +117,23 @@ class Verifier:
         now = self._clock.now()
         cache = self.cache
         if not cache.enabled or len(token) > self.max_token_bytes:
-            verified, _key, issuer = self._checked(self._parse(token), _ACCESS, route=True)
-            self._admit(verified, issuer, now, audience, required_scopes)
-            return verified
+            checked = self._checked(self._parse(token), _ACCESS, route=True)
+            self._admit(checked, now, audience, required_scopes)
+            return checked.verified
         digest = cache.digest(token)
         entry = cache.get(digest)
         if entry is not None:
-            verified, issuer = entry.verified, entry.issuer
+            issuer = entry.issuer
             keys = self.ring if issuer is None else issuer.keys
-            if keys.get(verified.kid) is entry.key:
+            if keys.get(entry.verified.kid) is entry.key:
                 cache.count(hit=True)
-                self._admit(verified, issuer, now, audience, required_scopes)
-                return verified
+                self._admit(entry, now, audience, required_scopes)
+                return entry.verified
             cache.discard(digest)  # its key was rotated out or replaced: verify afresh
         cache.count(hit=False)
-        verified, key, issuer = self._checked(self._parse(token), _ACCESS, route=True)
-        put = (cache, digest, key, len(token))
-        self._admit(verified, issuer, now, audience, required_scopes, put=put)
-        return verified
+        checked = self._checked(self._parse(token), _ACCESS, route=True)
+        self._admit(checked, now, audience, required_scopes, put=(cache, digest, len(token)))
+        return checked.verified
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifiedToken | AuthSidecarError]:
         """`verify` per item; an item's failure is its result, not the call's (VerifyBatch).
@@ -186,9 +187,9 @@ class Verifier:
 
     def decode(self, token: str, kind: TokenKind, now: float) -> VerifiedToken:
         """One of our own tokens of `kind`, in its time window; revocation is the caller's."""
-        verified, _key, _issuer = self._checked(self._parse(token), kind, route=False)
-        self._in_window(verified, self._policies[kind], now)
-        return verified
+        checked = self._checked(self._parse(token), kind, route=False)
+        self._in_window(checked, self._policies[kind], now)
+        return checked.verified
 
     def introspect(self, token: str, now: float) -> VerifiedToken | None:
         """One of our own tokens of either kind (its `typ` says which), in its time window;
@@ -198,20 +199,18 @@ class Verifier:
             kind = TokenKind.from_typ(parsed.header.get("typ"))
             if kind is None:
                 return None
-            verified, _key, _issuer = self._checked(parsed, kind, route=False)
-            self._in_window(verified, self._policies[kind], now)
+            checked = self._checked(parsed, kind, route=False)
+            self._in_window(checked, self._policies[kind], now)
         except TokenError:
             return None
-        return verified
+        return checked.verified
 
     # -- the steps ------------------------------------------------------------------------
 
     def _parse(self, token: str) -> ParsedJws:
         return parse_compact(token, max_bytes=self.max_token_bytes, known_headers=self._headers)
 
-    def _checked(
-        self, parsed: ParsedJws, kind: TokenKind, *, route: bool
-    ) -> tuple[VerifiedToken, KeyMaterial, Issuer | None]:
+    def _checked(self, parsed: ParsedJws, kind: TokenKind, *, route: bool) -> _Checked:
         """key -> signature -> claims (static rules): what the cache may keep."""
         issuer: Issuer | None = None
         claims = None
@@ -232,42 +231,42 @@ class Verifier:
         if claims is None:
             claims = parse_claims(parsed.payload)
         try:
-            checked = policy.check_static(parsed.header, claims, kind=kind)
+            typed, window = policy.check_static(parsed.header, claims, kind=kind)
         except TokenError as error:
             error.claiming(claims.get("sub"), claims.get("jti"))
             raise
-        return VerifiedToken(kind, key.kid, checked), key, issuer
+        return _Checked(VerifiedToken(kind, key.kid, typed), window, key, issuer)
 
-    def _in_window(self, verified: VerifiedToken, policy: ClaimsPolicy, now: float) -> None:
+    def _in_window(
+        self, checked: _Checked | CachedVerification, policy: ClaimsPolicy, now: float
+    ) -> None:
         try:
-            policy.check_times(verified.claims.all, now)
+            policy.check_window(checked.window, now)
         except TokenError as error:
-            error.claiming(verified.claims.sub, verified.claims.jti)
+            claims = checked.verified.claims
+            error.claiming(claims.sub, claims.jti)
             raise
 
     def _admit(
         self,
-        verified: VerifiedToken,
-        issuer: Issuer | None,
+        checked: _Checked | CachedVerification,
         now: float,
         audience: str | None,
         required_scopes: Collection[str],
         *,
-        put: tuple[VerifyCache, bytes, KeyMaterial, int] | None = None,
+        put: tuple[VerifyCache, bytes, int] | None = None,
     ) -> None:
-        """The checks of every call, hit or miss: time window, then (after a miss has been
-        cached: `put`) the per-call audience, revocation and scopes."""
-        policy = self._policies[_ACCESS] if issuer is None else issuer.policy
-        self._in_window(verified, policy, now)
+        """The checks of every call, hit or miss: the time window (with the issuer's rules:
+        its leeway may differ from ours), then, after a miss has been cached (`put`), the
+        per-call audience, revocation and scopes."""
+        issuer = checked.issuer
+        self._in_window(checked, self._policies[_ACCESS] if issuer is None else issuer.policy, now)
         if put is not None:
-            cache, digest, key, length = put
-            cache.put(digest, verified, key, length, issuer)
-        self._admit_call(verified, audience, required_scopes)
-
-    def _admit_call(
-        self, verified: VerifiedToken, audience: str | None, required_scopes: Collection[str]
-    ) -> None:
-        claims = verified.claims
+            cache, digest, length = put
+            cache.put(
+                digest, checked.verified, checked.key, length, issuer=issuer, window=checked.window
+            )
+        claims = checked.verified.claims
         try:
             if audience is not None and audience not in claims.aud:
                 raise AudienceMismatchError
@@ -278,3 +277,14 @@ class Verifier:
         except AuthSidecarError as error:
             error.claiming(claims.sub, claims.jti)
             raise
+
+
+class _Checked(NamedTuple):
+    """A token past the static steps: the result, its time window as sent, the key that
+    verified it and whose key that is (None: ours). Shaped like `CachedVerification`, so
+    the checks of every call read a fresh result and a cached one alike."""
+
+    verified: VerifiedToken
+    window: TimeWindow
+    key: KeyMaterial
+    issuer: Issuer | None

@@ -172,7 +172,7 @@ def test_cache_is_bounded_by_bytes() -> None:
     key = ring.get(verified.kid)
     assert key is not None
     for i in range(5):
-        cache.put(bytes([i]) * 32, verified, key, 500)
+        cache.put(bytes([i]) * 32, verified, key, 500, issuer=None, window=(None, None, None))
     assert len(cache) == 2
     assert cache.current_bytes <= cache.max_bytes
 

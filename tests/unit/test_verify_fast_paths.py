@@ -357,10 +357,10 @@ def _verified(jti: str) -> VerifiedToken:
 def test_cache_get_makes_an_entry_most_recently_used() -> None:
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=2, max_bytes=10**6)
-    cache.put(b"a", _verified("a"), key, 100)
-    cache.put(b"b", _verified("b"), key, 100)
+    cache.put(b"a", _verified("a"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(b"b", _verified("b"), key, 100, issuer=None, window=(None, None, None))
     assert cache.get(b"a") is not None
-    cache.put(b"c", _verified("c"), key, 100)
+    cache.put(b"c", _verified("c"), key, 100, issuer=None, window=(None, None, None))
     assert cache.get(b"b") is None
     assert cache.get(b"a") is not None and cache.get(b"c") is not None
 
@@ -368,12 +368,16 @@ def test_cache_get_makes_an_entry_most_recently_used() -> None:
 def test_cache_byte_accounting_follows_replace_discard_and_clear() -> None:
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=10, max_bytes=entry_bytes(100) * 3)
-    cache.put(b"a", _verified("a"), key, 100)
-    cache.put(b"a", _verified("a2"), key, 100)  # replaced, not added
+    cache.put(b"a", _verified("a"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(
+        b"a", _verified("a2"), key, 100, issuer=None, window=(None, None, None)
+    )  # replaced, not added
     assert (len(cache), cache.current_bytes) == (1, entry_bytes(100))
-    cache.put(b"b", _verified("b"), key, 100)
-    cache.put(b"c", _verified("c"), key, 100)
-    cache.put(b"d", _verified("d"), key, 100)  # over the byte bound: "a" goes
+    cache.put(b"b", _verified("b"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(b"c", _verified("c"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(
+        b"d", _verified("d"), key, 100, issuer=None, window=(None, None, None)
+    )  # over the byte bound: "a" goes
     assert cache.get(b"a") is None
     assert (len(cache), cache.current_bytes) == (3, entry_bytes(100) * 3)
     cache.discard(b"b")
