@@ -2,15 +2,18 @@
 
 A token moves forward through these steps, each owned by one module, and never goes back:
 
-    parse      jws.parse_compact        size, compact form, header, alg allow-list, kid
-    key        issuers.Issuers.route    whose keys and rules (only with external issuers)
-               jws.checked_key          the kid's key; the key fixes the algorithm
-    signature  KeyMaterial.verify       over the segments as received
-    claims     strict_json.parse_claims strict JSON object, I-JSON numbers
-               ClaimsPolicy.check_static typ, required, types, lifetime, iss, aud, ...
-    admission  ClaimsPolicy.check_window exp / nbf / iat against now (+ leeway)
-               here                      per-call audience, revocation, required scopes
-    response   transport/servicer.py    (VerifyResponse, built from the VerifiedToken)
+    parse      jws.parse_compact          size, compact form, header, alg allow-list, kid
+    key        issuers.Issuers.route      whose keys and rules (only with external issuers)
+               jws.checked_key            the kid's key; the key fixes the algorithm
+    signature  KeyMaterial.verify         over the segments as received
+    claims     strict_json.parse_claims   strict JSON object, I-JSON numbers
+               ClaimsPolicy.check_static  typ, required, types, lifetime, iss, aud, ...
+    admission  ClaimsPolicy.check_window  exp / nbf / iat against now (+ leeway)
+               Verifier._admit            per-call audience, revocation, required scopes
+    response   transport/servicer.py      (VerifyResponse, built from the VerifiedToken)
+
+A refused token's claimed `sub`/`jti` are attached to the error (`AuthSidecarError.claiming`)
+only by the claims and admission steps, from claims this path parsed, for the audit line.
 
 Without external issuers the payload is parsed only after the signature check. With them,
 `route` reads `iss` after the header and kid checks (nothing else of the unverified payload
