@@ -14,7 +14,6 @@ so it cannot pass by never hitting.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any
 
@@ -32,6 +31,7 @@ from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.service import TokenService
+from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 
 NOW = 1_800_000_000
@@ -45,34 +45,17 @@ EXT_IMPOSTOR = dataclasses.replace(make_key("ES256", "ext-impostor"), kid="e1")
 SCOPES = ("read", "write", "admin")
 
 
-class ExternalKeysFake:
-    """A fake of our own `ExternalKeys` protocol (keys/remote.py is the real one): a key set
-    the test swaps, no network, no refetch."""
-
-    def __init__(self, ring: KeyRing) -> None:
-        self.ring = ring
-
-    def get(self, kid: str) -> KeyMaterial | None:
-        return self.ring.get(kid)
-
-    def request_refetch(self, kid: str) -> asyncio.Task[bool] | None:
-        return None
-
-    async def refetch(self, kid: str) -> bool:
-        return False
-
-
 @dataclasses.dataclass
 class World:
     """One service and the handles the test changes it through."""
 
     service: TokenService
     clock: FixedClock
-    external: ExternalKeysFake
+    external: FixedExternalKeys
 
 
 def _world(cache_entries: int) -> World:
-    external = ExternalKeysFake(KeyRing([EXT_KEY]))
+    external = FixedExternalKeys(KeyRing([EXT_KEY]))
     policy = ClaimsPolicy(
         issuer=THEIRS, audiences=("orders",), leeway_s=0, accepted_typs=EXTERNAL_ACCESS_TYPS
     )
