@@ -246,7 +246,7 @@ class ClaimsPolicy:
         now: float,
         audience: str | None = None,
     ) -> Claims:
-        """`check_static`, then `check_times`, then the per-call `audience` (when given, one
+        """`check_static`, then `check_window`, then the per-call `audience` (when given, one
         of the token's `aud` values): the verifier's order, for callers without a cache."""
         checked, window = self.check_static(header, claims, kind=kind)
         self.check_window(window, now)
