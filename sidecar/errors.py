@@ -42,9 +42,20 @@ class AuthSidecarError(Exception):
 
     reason = "INTERNAL_ERROR"
     message = "internal error"
+    # What a refused token claims to be (`sub`, `jti`), for the audit line and ext_authz
+    # only, never a decision. Set by the verifier (tokens/verifier.py) from the claim set it
+    # parsed after the signature check, so never from bytes beyond the token size cap and
+    # never by a second parse; empty when the token was refused before that.
+    claimed_sub = ""
+    claimed_jti = ""
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.message)
+
+    def claiming(self, sub: object, jti: object) -> None:
+        """Attach the refused token's claimed ids (strings only, at most 128 characters)."""
+        self.claimed_sub = sub[:128] if type(sub) is str else ""
+        self.claimed_jti = jti[:128] if type(jti) is str else ""
 
     @property
     def detail(self) -> str:

@@ -1,39 +1,42 @@
-"""A bounded cache of signature-and-claims results for Verify (issue 7).
+"""The verifier's two memories (issue 7), bounded data structures with no policy of their own.
 
-What is cached is the outcome of the expensive, time-independent part of Verify: strict JWS
-parsing, the signature check, and the claim rules that do not depend on the clock or on the
-call (typ, required claims, types, iss, the policy's audiences, lifetime). It is never a
-shortcut around a check:
+What may be stored, and what is checked again on every use, is decided in one place:
+tokens/verifier.py (its docstring states the rules). This module only keeps things:
 
-* The key is SHA-256 of the exact token text, so a hit means "these very bytes were verified
-  before". A forged token that reuses a valid `jti` (or any other claim) has other bytes, so
-  it misses and goes through the full verification.
-* A hit is accepted only while the key that verified it is still the ring's key for that
-  `kid` (identity, not equality): a rotated-out or replaced key invalidates its entries
-  without any coordination with whoever swaps the ring.
-* Everything that can change between two calls is checked again on every hit by the caller
-  (`TokenService.verify`): `exp`/`nbf`/`iat` against now with the leeway, revocation in the
-  mirror, the per-call audience and the required scopes.
-* Only successes are stored: a failing token is never cached, so it cannot be used to fill
-  the cache cheaply (each miss costs the sender a full verification, as before).
+* `VerifyCache`: the outcome of a verification's time-independent part (parse, key,
+  signature, the claim rules that depend on neither the clock nor the call) by SHA-256 of
+  the exact token text, with the key that verified it and whose keys those were (ours or an
+  external issuer's). LRU, bounded twice: by entries and by an estimate of their bytes
+  (`entry_bytes`). Verify runs on the event loop thread, but the cache takes a lock anyway
+  so a caller on another thread cannot corrupt it (uncontended, it costs ~0.1 µs).
+* `HeaderMemo`: parsed headers by their exact base64url segment. All tokens of one key share
+  a header, so decoding and strictly parsing it (~2 µs) is paid once per key, not per token.
+  Entries are read-only views, as every caller shares them; emptied when full.
 
-Bounded twice: by entries and by an estimate of their bytes (`entry_bytes`), least recently
-used first out. Verify runs on the event loop thread, but the cache takes a lock anyway so a
-caller on another thread cannot corrupt it (uncontended, it costs ~0.1 µs).
+Both belong to one `Verifier` (no module-level state): two services in one process, or two
+tests, never see each other's entries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from cachetools import LRUCache
 
 from sidecar.keys.material import KeyMaterial
+from sidecar.tokens.claims import TimeWindow
+from sidecar.tokens.issuers import Issuer
 from sidecar.tokens.model import VerifiedToken
 
-__all__ = ["CachedVerification", "VerifyCache", "entry_bytes"]
+__all__ = ["MAX_VERIFIED_HEADERS", "CachedVerification", "HeaderMemo", "VerifyCache", "entry_bytes"]
+
+# Distinct headers remembered: one per (key, typ) in use, so a handful; bounded all the same.
+MAX_VERIFIED_HEADERS = 64
 
 # Per-entry bytes besides the token-proportional part: the digest key, the cache's links,
 # the VerifiedToken and Claims objects and a small claims dict. Measured with tracemalloc by
@@ -51,7 +54,11 @@ def entry_bytes(token_length: int) -> int:
 @dataclass(frozen=True, slots=True)
 class CachedVerification:
     verified: VerifiedToken
+    # exp, iat, nbf as sent, for the time window checked on every hit.
+    window: TimeWindow
+    # The key that verified the signature, and whose it is (None: our own ring).
     key: KeyMaterial
+    issuer: Issuer | None
     size: int
 
 
@@ -87,7 +94,7 @@ class VerifyCache:
         return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
     def get(self, digest: bytes) -> CachedVerification | None:
-        """The entry; the caller must check `entry.key` is still the key for its kid."""
+        """The entry; the verifier checks `entry.key` is still the key for its kid."""
         with self._lock:
             return self._entries.get(digest)
 
@@ -98,11 +105,20 @@ class VerifyCache:
         else:
             self.misses += 1
 
-    def put(self, digest: bytes, verified: VerifiedToken, key: KeyMaterial, length: int) -> None:
+    def put(
+        self,
+        digest: bytes,
+        verified: VerifiedToken,
+        key: KeyMaterial,
+        length: int,
+        *,
+        issuer: Issuer | None,
+        window: TimeWindow,
+    ) -> None:
         size = entry_bytes(length)
         if not self.enabled or size > self.max_bytes:
             return
-        entry = CachedVerification(verified, key, size)
+        entry = CachedVerification(verified, window, key, issuer, size)
         with self._lock:
             entries = self._entries
             while len(entries) >= self.max_entries and digest not in entries:
@@ -116,3 +132,26 @@ class VerifyCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class HeaderMemo(dict[bytes, Mapping[str, Any]]):
+    """Verified headers by exact base64url segment (`jws.HeaderLookup`: the dict's own
+    `get`, so a lookup costs what a dict lookup costs).
+
+    A header enters only through `remember`, once a token carrying it passed the signature
+    check, so unauthenticated senders cannot fill it; what it holds is what
+    `jws.parse_compact` produced from those very bytes (a pure function of them), so
+    reading it never skips a check that could fail.
+    """
+
+    def __init__(self, max_entries: int = MAX_VERIFIED_HEADERS) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+
+    def remember(self, segment: bytes, header: Mapping[str, Any]) -> None:
+        """After the signature check: keep a freshly parsed header (a read-only view)."""
+        if type(header) is not dict or self.max_entries <= 0:
+            return  # it came from here already
+        if len(self) >= self.max_entries:
+            self.clear()
+        self[segment] = MappingProxyType(header)

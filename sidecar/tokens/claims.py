@@ -3,10 +3,19 @@
 Our own rules, not python-jose's: its `int()` coercion lets `"1700000000"` and `true` pass as
 times, `exp == now` is accepted, a future `iat` is accepted and nothing is required
 (../shared/SECURITY.md). Here every time is a real finite number, every string claim a
-string, and the order of checks is fixed so a token always gets the same reason code:
+string, and the order of checks is fixed so a token always gets the same reason code.
 
-typ -> required -> time types -> exp -> nbf / iat -> lifetime -> iss -> aud -> sub, jti ->
-scope, client_id, sid.
+The rules come in two parts, because the verifier caches the first (tokens/verifier.py):
+
+* `check_static`, a function of the token and the policy alone:
+  typ -> required -> time types -> lifetime -> iss -> the policy's aud -> sub, jti, scope,
+  client_id, sid types;
+* `check_window`, the time window against the clock: exp -> nbf -> iat, on the values
+  `check_static` validated (the verifier keeps them with a cached result).
+
+Before either, the claim set was parsed as a strict JSON object with I-JSON numbers
+(tokens/strict_json.py: TOKEN_MALFORMED, or CLAIM_INVALID for a number out of range).
+`validate` runs both parts and the per-call audience, in the verifier's order.
 """
 
 from __future__ import annotations
@@ -27,7 +36,13 @@ from sidecar.errors import (
 )
 from sidecar.tokens.model import Claims, TokenKind
 
-__all__ = ["DEFAULT_REQUIRED_CLAIMS", "EXTERNAL_ACCESS_TYPS", "MAX_NUMERIC_DATE", "ClaimsPolicy"]
+__all__ = [
+    "DEFAULT_REQUIRED_CLAIMS",
+    "EXTERNAL_ACCESS_TYPS",
+    "MAX_NUMERIC_DATE",
+    "ClaimsPolicy",
+    "TimeWindow",
+]
 
 DEFAULT_REQUIRED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "jti"})
 # 9999-12-31T23:59:59Z. NumericDate (RFC 7519 section 2) has no upper bound, but ours go into
@@ -39,6 +54,8 @@ MAX_NUMERIC_DATE = 253_402_300_799
 EXTERNAL_ACCESS_TYPS: frozenset[str | None] = frozenset(
     {None, "jwt", "application/jwt", "at+jwt", "application/at+jwt"}
 )
+# `exp`, `iat`, `nbf` as the token sent them (None: absent), once validated as NumericDates.
+TimeWindow = tuple[int | float | None, int | float | None, int | float | None]
 # Without these a policy could not enforce what SECURITY.md makes mandatory.
 _ALWAYS_REQUIRED = frozenset({"iss", "exp"})
 
@@ -60,6 +77,22 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
             raise ClaimError(name)
         return value  # type: ignore[no-any-return]
     raise ClaimError(name)  # bool is not int here (type() is exact), nor are str, list...
+
+
+def _media_type(typ: str) -> str:
+    """RFC 7515 section 4.1.9: `typ` is a media type, compared case-insensitively (RFC 2045
+    section 5.1), with "application/" implied when the value holds no '/'."""
+    lowered = typ.lower()
+    return lowered if "/" in lowered else "application/" + lowered
+
+
+def _typ_matches(typ: object, kind: TokenKind) -> bool:
+    """Our own tokens: `at+jwt` or `rt+jwt` as a media type. RFC 9068 section 4 asks a
+    resource server to accept `at+jwt` and `application/at+jwt`; the same spellings of
+    `rt+jwt` are the refresh token's. Never one kind for the other (RFC 8725 section 3.11)."""
+    if type(typ) is not str:
+        return False
+    return typ == kind.typ or _media_type(typ) == kind.media_type
 
 
 def _floor(value: int | float | None) -> int:
@@ -123,17 +156,11 @@ class ClaimsPolicy:
             raise ConfigError("claims policy: required claims must include iss and exp")
         object.__setattr__(self, "_audience_set", frozenset(self.audiences))
 
-    def check_times(
-        self, claims: Mapping[str, Any], now: float
-    ) -> tuple[int | float | None, int | float | None, int | float | None]:
-        """`exp`, `nbf`, `iat` against `now` with the leeway; returns (exp, iat, nbf) as sent.
-
-        The clock-dependent part of `validate`, also run on every verify-cache hit
-        (tokens/cache.py) on the claims as received, not the floored `Claims` fields.
-        """
-        exp = _numeric_date(claims, "exp")
-        iat = _numeric_date(claims, "iat")
-        nbf = _numeric_date(claims, "nbf")
+    def check_window(self, window: TimeWindow, now: float) -> None:
+        """The time window against `now` with the leeway, on `exp`, `iat`, `nbf` as sent (not
+        the floored `Claims` fields) and as `check_static` validated them. Run by the
+        verifier on every call, cached or not, with the same values."""
+        exp, iat, nbf = window
         leeway = self.leeway_s
         # RFC 7519 section 4.1.4: the token must not be accepted "on or after" exp.
         if exp is not None and now >= exp + leeway:
@@ -142,29 +169,29 @@ class ClaimsPolicy:
             raise NotYetValidError
         if iat is not None and iat > now + leeway:  # issued in the future: clock skew or forgery
             raise NotYetValidError
-        return exp, iat, nbf
 
-    def validate(
-        self,
-        header: Mapping[str, Any],
-        claims: Mapping[str, Any],
-        *,
-        kind: TokenKind,
-        now: float,
-        audience: str | None = None,
-    ) -> Claims:
-        """Check a verified token's header `typ` and claims; return them typed.
+    def check_times(self, claims: Mapping[str, Any], now: float) -> TimeWindow:
+        """`exp`, `iat`, `nbf` validated as NumericDates, then `check_window`; returns them."""
+        window = (_numeric_date(claims, "exp"), _numeric_date(claims, "iat"),
+                  _numeric_date(claims, "nbf"))  # fmt: skip
+        self.check_window(window, now)
+        return window
 
-        `audience`, when given, must be one of the token's `aud` values (per-call check on
-        top of the policy's `audiences`). Raises only `TokenError` subclasses for any
-        `claims` that came out of `decode_jws`.
+    def check_static(
+        self, header: Mapping[str, Any], claims: Mapping[str, Any], *, kind: TokenKind
+    ) -> tuple[Claims, TimeWindow]:
+        """Every rule that depends only on the token and this policy; return the claims typed
+        and their time window as sent (for `check_window`).
+
+        Raises only `TokenError` subclasses for any `claims` that came out of
+        `strict_json.parse_claims`.
         """
         # RFC 8725 section 3.11 / RFC 9068 section 4: explicit typing keeps a refresh token
         # out of places that expect an access token. A missing typ is a wrong typ.
         typ = header.get("typ")
         accepted = self.accepted_typs
         if accepted is None:
-            if type(typ) is not str or typ != kind.typ:
+            if not _typ_matches(typ, kind):
                 raise WrongTokenTypeError
         elif (typ.lower() if type(typ) is str else typ) not in accepted:
             raise WrongTokenTypeError
@@ -173,7 +200,9 @@ class ClaimsPolicy:
             missing = min(name for name in self.required if name not in claims)
             raise ClaimError(missing, missing=True)  # min: the same claim whatever the hash seed
 
-        exp, iat, nbf = self.check_times(claims, now)
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf")
         if exp is not None and iat is not None and exp - iat > self.max_lifetime_s:
             raise ClaimError("exp")
 
@@ -186,8 +215,6 @@ class ClaimsPolicy:
             aud = _audiences(claims["aud"])
         if self.audiences and self._audience_set.isdisjoint(aud):
             raise AudienceMismatchError  # an absent aud matches nothing
-        if audience is not None and audience not in aud:
-            raise AudienceMismatchError
 
         sub = _optional_str(claims, "sub", non_empty=True)
         jti = _optional_str(claims, "jti", non_empty=True)
@@ -195,7 +222,7 @@ class ClaimsPolicy:
         client_id = _optional_str(claims, "client_id")
         sid = _optional_str(claims, "sid")
 
-        return Claims(
+        typed = Claims(
             iss,
             sub,
             aud,
@@ -208,3 +235,21 @@ class ClaimsPolicy:
             sid,
             dict(claims),
         )
+        return typed, (exp, iat, nbf)
+
+    def validate(
+        self,
+        header: Mapping[str, Any],
+        claims: Mapping[str, Any],
+        *,
+        kind: TokenKind,
+        now: float,
+        audience: str | None = None,
+    ) -> Claims:
+        """`check_static`, then `check_window`, then the per-call `audience` (when given, one
+        of the token's `aud` values): the verifier's order, for callers without a cache."""
+        checked, window = self.check_static(header, claims, kind=kind)
+        self.check_window(window, now)
+        if audience is not None and audience not in checked.aud:
+            raise AudienceMismatchError
+        return checked

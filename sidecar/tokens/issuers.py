@@ -1,11 +1,16 @@
-"""Which issuer's keys and rules apply to a token: our own, or a configured external issuer.
+"""Whose keys and rules verify a token: our own, or a configured external issuer's.
 
-Used by `TokenService` only when `issuers` is configured (docs/keys.md, "External
-issuers"). The token's unverified `iss`, read by the same strict parser, selects the key set
-(`jws.decode_jws_routed`); the signature is then checked with that set only, and the claims
-with that issuer's policy. An `iss` that is neither ours nor configured is ISSUER_MISMATCH
-before any key is looked at. Key ids are per issuer: the same kid at two issuers names two
-different keys, and a token can never pick a key of an issuer it does not name.
+The key step of verification (tokens/verifier.py) when `issuers` is configured (docs/keys.md,
+"External issuers"). A token is an external issuer's exactly when its `iss` is a string equal
+to one configured external issuer's name; every other token (our `iss`, a foreign one, none,
+a non-string one, a payload that is not a claim set at all) is verified as if no external
+issuer were configured: our key ring, our rules, the same reason in the same order. So
+configuring an issuer changes the outcome only for that issuer's tokens.
+
+Reading `iss` is the one use of the unverified payload, and it happens only after the
+header and `kid` checks (jws.parse_compact); the claim set parsed on the way is handed on,
+so the claim rules after the signature check do not parse it again. Keys never cross
+issuers: a kid is looked up only in the key set of the issuer the token names.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sidecar.errors import IssuerMismatchError, TokenError
+from sidecar.errors import ClaimError, TokenError
 from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.claims import ClaimsPolicy
-from sidecar.tokens.jws import KeyLookup, peek
+from sidecar.tokens.strict_json import parse_claims, unverified_issuer
 
 __all__ = ["ExternalKeys", "Issuer", "Issuers"]
 
@@ -33,65 +38,41 @@ class ExternalKeys(Protocol):
     async def refetch(self, kid: str) -> bool: ...
 
 
-class _RefetchOnMiss:
-    """The lookup Verify uses for an external issuer: a miss starts a (rate-limited,
-    single-flight) refetch in the background and is still a miss now."""
-
-    __slots__ = ("_keys",)
-
-    def __init__(self, keys: ExternalKeys) -> None:
-        self._keys = keys
-
-    def get(self, kid: str) -> KeyMaterial | None:
-        key = self._keys.get(kid)
-        if key is None:
-            self._keys.request_refetch(kid)
-        return key
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Issuer:
     name: str
     keys: ExternalKeys
     policy: ClaimsPolicy
 
+    def get(self, kid: str) -> KeyMaterial | None:
+        """The key `kid` names; a miss starts a (rate-limited, single-flight) refetch in the
+        background (keys/remote.py) and is still a miss now."""
+        key = self.keys.get(kid)
+        if key is None:
+            self.keys.request_refetch(kid)
+        return key
+
 
 class Issuers:
-    """Our issuer (its ring is passed per call: it is swapped on reload) plus external ones."""
+    """The configured external issuers, by exact name."""
 
     def __init__(self, own_issuer: str, external: Iterable[Issuer]) -> None:
         self.own_issuer = own_issuer
         self._external = {issuer.name: issuer for issuer in external}
-        self._lookups = {name: _RefetchOnMiss(i.keys) for name, i in self._external.items()}
 
     @property
     def external(self) -> tuple[Issuer, ...]:
         return tuple(self._external.values())
 
-    def route(self, claims: dict[str, Any]) -> Issuer | None:
-        """None for our own issuer, the external issuer named by `iss`, or ISSUER_MISMATCH."""
-        iss = claims.get("iss")
-        if type(iss) is not str:
-            raise IssuerMismatchError
-        if iss == self.own_issuer:
-            return None
-        issuer = self._external.get(iss)
-        if issuer is None:
-            raise IssuerMismatchError
-        return issuer
-
-    def lookup(self, issuer: Issuer) -> KeyLookup:
-        return self._lookups[issuer.name]
-
-    async def refetch_for(self, token: str, *, max_bytes: int) -> bool:
-        """After KEY_UNKNOWN: wait for the named external issuer's refetch (if one may run);
-        True when the token's kid is known now, so verifying again is worth it."""
+    def route(self, payload: bytes) -> tuple[Issuer | None, dict[str, Any] | None]:
+        """(the external issuer the unverified `iss` names, or None for everything else;
+        the claim set if it parsed strictly, else None: its refusal comes after the
+        signature, from the claim step, exactly as without external issuers)."""
         try:
-            header, claims = peek(token, max_bytes=max_bytes)
+            claims = parse_claims(payload)
+        except ClaimError:  # a number out of range: still say whose token it claims to be
+            return self._external.get(unverified_issuer(payload) or ""), None
         except TokenError:
-            return False
+            return None, None
         iss = claims.get("iss")
-        issuer = self._external.get(iss) if type(iss) is str else None
-        if issuer is None:
-            return False
-        return await issuer.keys.refetch(header["kid"])
+        return (self._external.get(iss) if type(iss) is str else None), claims

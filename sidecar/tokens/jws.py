@@ -2,25 +2,28 @@
 
 python-jose 3.5.0 parses tokens leniently (../shared/SECURITY.md), so the sidecar owns the
 token format and uses python-jose only through `KeyMaterial`'s pre-built key objects to
-compute and check signatures. `verify_compact` makes the checks of SECURITY.md in order, and
-each failure has one reason code:
+compute and check signatures. `parse_compact` is the first step of every verification
+(tokens/verifier.py) and makes the key-free checks of SECURITY.md in order, each failure
+with one reason code:
 
 1. size cap, before any other work                                   TOKEN_TOO_LARGE
 2. exactly three non-empty segments of [A-Za-z0-9_-], each canonical
    base64url (re-encoding gives the segment back, RFC 7515 section 2;
    one token has exactly one spelling)                               TOKEN_MALFORMED
-3. header: strict UTF-8 JSON (no duplicate names, RFC 8725 section
-   3.1 / RFC 7515 section 5.2 step 4; no NaN/Infinity; bounded size
-   and depth), an object with members from {alg, kid, typ} only      TOKEN_MALFORMED
+3. header: strict UTF-8 JSON (tokens/strict_json.py; bounded size),
+   an object with members from {alg, kid, typ} only, `typ` a string  TOKEN_MALFORMED
 4. `alg` one of ours (never "none", RFC 8725 section 2.1)             ALGORITHM_NOT_ALLOWED
-5. `kid` a string naming a loaded key                                KEY_UNKNOWN
-6. `alg` equal to the key's algorithm: the key, not the token,
-   chooses the algorithm (RFC 8725 section 3.1)                      ALGORITHM_NOT_ALLOWED
-7. signature over the segments as received                           SIGNATURE_INVALID
+5. `kid` a string (trying every key is what RFC 8725 section 3.1
+   warns of)                                                         KEY_UNKNOWN
 
-`decode_jws` then parses the payload as a strict JSON object (RFC 7519 section 7.2 step 10).
-Everything else that goes wrong, Python exceptions included, becomes `MalformedTokenError`
-at one boundary, with a generic message: no exception text, token text or key material.
+The payload stays bytes: it is parsed only after the signature is checked (the verifier's
+later steps), except to read `iss` when external issuers are configured. Everything that
+goes wrong here, Python exceptions included, becomes `MalformedTokenError` at one boundary,
+with a generic message: no exception text, token text or key material.
+
+`decode_jws` and `verify_compact` chain the same steps with a plain key lookup (kid named
+key, its algorithm, the signature, then the claim set): for Revoke, tests and conformance
+vectors, which need no routing, caching or claim rules.
 """
 
 from __future__ import annotations
@@ -29,12 +32,10 @@ import base64
 import binascii
 import functools
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from sidecar.errors import (
     BadSignatureError,
@@ -46,20 +47,22 @@ from sidecar.errors import (
     UnsupportedAlgorithmError,
 )
 from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+from sidecar.tokens.strict_json import MAX_JSON_DEPTH, parse_claims, parse_json
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_JSON_DEPTH",
-    "MAX_VERIFIED_HEADERS",
+    "HeaderLookup",
     "KeyLookup",
+    "ParsedJws",
     "VerifiedCompact",
     "VerifiedJws",
     "decode_jws",
-    "decode_jws_routed",
     "encode_jws",
     "jws_compact",
     "jws_signing_input",
+    "parse_compact",
     "peek",
     "verify_compact",
 ]
@@ -71,9 +74,6 @@ DEFAULT_MAX_TOKEN_BYTES = 8192
 # Our headers are ~60 bytes; anything near this limit is hostile. Bounding the header before
 # parsing it means an unauthenticated sender cannot make us parse much.
 MAX_HEADER_BYTES = 1024
-# Nesting allowed in header and claims (RFC 8693 `act` chains nest a few levels). The json C
-# scanner recurses per level, so an unbounded depth is a RecursionError on a few KiB.
-MAX_JSON_DEPTH = 16
 
 # Members a header may carry. Everything else is refused rather than ignored: `crit` (RFC 7515
 # section 4.1.11: unknown critical members must be refused), `b64` (RFC 7797 changes what is
@@ -85,11 +85,6 @@ _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 # Three non-empty segments from the base64url alphabet only (no padding, no '+', '/', spaces).
 # The classes exclude '.', so matching is linear.
 _COMPACT = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
-# A JSON string or a bracket; used only when a document has many brackets, to measure depth.
-_JSON_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
-# A \u escape of a UTF-16 surrogate: json.loads turns a lone one into a str that cannot be
-# encoded as UTF-8 again (RFC 8259 section 8.2), which would fail far away, e.g. in protobuf.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _PADDING = (b"", b"", b"==", b"=")
 # Allowed last characters by length mod 4: none for 1 (impossible length); for 2 (1 byte + 4
@@ -100,21 +95,35 @@ _CANONICAL_TAILS: tuple[frozenset[int] | None, ...] = (
     frozenset(b"AQgw"),
     frozenset(b"AEIMQUYcgkosw048"),
 )
-# Parsed headers by their exact base64url segment (issue 7). All tokens of one key share a
-# header, so decoding and strictly parsing it (~2 µs) is paid once per key, not per token.
-# The memo only ever holds what steps 2-4 produce from those very bytes (a pure function of
-# them), and a header enters only once a token carrying it passed step 7, so unauthenticated
-# senders cannot fill it; it is bounded all the same (emptied when full). Entries are
-# read-only views, as every caller shares them. Reading it never skips a check that could
-# fail: the segment is the one that passed them, and steps 5-7 run on every call.
-MAX_VERIFIED_HEADERS = 64
-_verified_headers: dict[bytes, Mapping[str, Any]] = {}
 
 
 class KeyLookup(Protocol):
     """Exact lookup by `kid` (a `KeyRing`); None when no loaded key has that id."""
 
     def get(self, kid: str) -> KeyMaterial | None: ...
+
+
+class HeaderLookup(Protocol):
+    """Headers already verified, by their exact base64url segment (tokens/cache.py)."""
+
+    def get(self, segment: bytes) -> Mapping[str, Any] | None: ...
+
+
+class ParsedJws(NamedTuple):
+    """Steps 1-5 passed: nothing here is authenticated yet.
+
+    `header` is a fresh `dict` when this parse built it, the shared read-only view when it
+    came from a `HeaderLookup` (the same bytes passed these very checks before). A tuple,
+    not a frozen dataclass: built once per token on the hot path, ~1 µs cheaper.
+    """
+
+    header: Mapping[str, Any]
+    header_segment: bytes
+    signing_input: bytes
+    payload: bytes
+    signature: bytes
+    alg: str
+    kid: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,86 +144,6 @@ class VerifiedJws:
     key: KeyMaterial
 
 
-class _Refused(ValueError):
-    """Internal: a strictness rule failed; the boundary turns it into MalformedTokenError."""
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Python keeps the last duplicate, other parsers the first: refuse rather than guess
-    # (RFC 7515 section 5.2 step 4, RFC 8259 section 4).
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise _Refused
-    return obj
-
-
-def _refuse_constant(_name: str) -> Any:
-    raise _Refused  # NaN, Infinity, -Infinity are not JSON (RFC 8259 section 6)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400 overflows to inf
-        raise _Refused
-    return value
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicates,
-    parse_constant=_refuse_constant,
-    parse_float=_finite_float,
-)
-# The same decoder's scanner (C), with the same hooks: `_parse_json`'s fast path. Set by
-# JSONDecoder.__init__ (json/decoder.py), but absent from typeshed's stub.
-_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-
-
-def _check_depth(document: bytes) -> None:
-    # Bracket count bounds depth, so the exact (slower) scan runs only for unusual documents.
-    if document.count(b"[") + document.count(b"{") <= MAX_JSON_DEPTH:
-        return
-    depth = 0
-    for match in _JSON_STRUCTURE.finditer(document):
-        char = match.group()
-        if char in (b"[", b"{"):
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise _Refused
-        elif char in (b"]", b"}"):
-            depth -= 1
-
-
-def _decode(text: str) -> Any:
-    """`_DECODER.decode(text)`, ~0.5 µs cheaper for the usual document (issue 7).
-
-    `JSONDecoder.decode` skips white space, calls `scan_once` at the first non-space, skips
-    white space again and refuses anything left over. When the text starts with `{` there
-    is no leading space, so if `scan_once(text, 0)` ends exactly at the end of the text,
-    `decode` would have returned the very same object (same scanner, same hooks, so the same
-    duplicate, constant and float checks). Any other outcome, including StopIteration (which
-    the scanner raises for a bad nested value and `decode` turns into JSONDecodeError),
-    goes to `decode` itself, which then decides as it always did.
-    """
-    if text[:1] == "{":
-        try:
-            value, end = _SCAN_ONCE(text, 0)
-        except StopIteration:
-            end = -1
-        if end == len(text):
-            return value
-    return _DECODER.decode(text)
-
-
-def _parse_json(document: bytes) -> Any:
-    """Strict JSON: UTF-8 only (RFC 8259 section 8.1), no duplicates, finite, bounded depth."""
-    _check_depth(document)
-    value = _decode(document.decode("utf-8"))
-    if _SURROGATE_ESCAPE.search(document) is not None:
-        # Lone surrogates anywhere (names or values) fail to encode: UnicodeEncodeError.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    return value
-
-
 def _b64decode(segment: bytes) -> bytes:
     """Canonical base64url without padding (RFC 7515 section 2): one spelling per value.
 
@@ -224,48 +153,12 @@ def _b64decode(segment: bytes) -> bytes:
     rest = len(segment) % 4
     tails = _CANONICAL_TAILS[rest]
     if tails is not None and segment[-1] not in tails:
-        raise _Refused
+        raise MalformedTokenError
     return binascii.a2b_base64(segment.translate(_TO_STANDARD) + _PADDING[rest], strict_mode=True)
 
 
 def _b64encode(raw: bytes) -> bytes:
     return base64.urlsafe_b64encode(raw).rstrip(b"=")
-
-
-def _split(token: str | bytes, max_bytes: int) -> tuple[Mapping[str, Any], bytes, bytes, bytes]:
-    """Steps 1-4: (header, signing input as received, payload, signature); no key needed.
-
-    The header is a `dict` when parsed by this call, a read-only view from the memo of
-    verified headers otherwise (`_remember_header`).
-    """
-    if len(token) > max_bytes:
-        raise TokenTooLargeError
-    data = token.encode("utf-8") if isinstance(token, str) else bytes(token)
-    if len(data) > max_bytes:
-        raise TokenTooLargeError
-    match = _COMPACT.fullmatch(data)
-    if match is None:
-        raise MalformedTokenError
-    header_segment, payload_segment, signature_segment = match.group(1, 2, 3)
-    known = _verified_headers.get(header_segment)
-    # Every segment is decoded (step 2) before the header is looked at (steps 3-4), memo or
-    # not, so a token failing both gets step 2's reason either way.
-    header_raw = _b64decode(header_segment) if known is None else b""
-    payload = _b64decode(payload_segment)
-    signature = _b64decode(signature_segment)
-    if known is not None:
-        return known, data[: match.end(2)], payload, signature
-    if len(header_raw) > MAX_HEADER_BYTES:
-        raise MalformedTokenError
-    header = _parse_json(header_raw)
-    if type(header) is not dict or not header.keys() <= _HEADER_MEMBERS:
-        raise MalformedTokenError
-    if "typ" in header and type(header["typ"]) is not str:
-        raise MalformedTokenError
-    alg = header.get("alg")
-    if type(alg) is not str or alg not in SUPPORTED_ALGS:
-        raise UnsupportedAlgorithmError  # includes "none" and every alg we do not implement
-    return header, data[: match.end(2)], payload, signature
 
 
 def _error_boundary(function: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -285,91 +178,103 @@ def _error_boundary(function: Callable[_P, _T]) -> Callable[_P, _T]:
     return guarded
 
 
-def _claims_object(payload: bytes) -> dict[str, Any]:
-    claims = _parse_json(payload)
-    if type(claims) is not dict:  # RFC 7519 section 7.2 step 10: a JSON object
+def parse_compact(
+    token: str | bytes, *, max_bytes: int, known_headers: HeaderLookup | None = None
+) -> ParsedJws:
+    """Steps 1-5 above; no key, no signature, the payload left unparsed.
+
+    Every segment is decoded (step 2) before the header is looked at (steps 3-5), from
+    `known_headers` or not, so a token failing both gets step 2's reason either way; and
+    a known header is one whose bytes passed steps 3-5 before, so reading it skips nothing.
+    Raises only `TokenError` subclasses (the boundary of `_error_boundary`, written out:
+    this is the hot path, and forwarding keyword arguments through a wrapper costs).
+    """
+    try:
+        return _parse_compact(token, max_bytes, known_headers)
+    except TokenError:
+        raise
+    except Exception:  # noqa: BLE001 - whatever broke, the token is "malformed"
+        raise MalformedTokenError from None
+
+
+def _parse_compact(
+    token: str | bytes, max_bytes: int, known_headers: HeaderLookup | None
+) -> ParsedJws:
+    if len(token) > max_bytes:
+        raise TokenTooLargeError
+    data = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+    if len(data) > max_bytes:
+        raise TokenTooLargeError
+    match = _COMPACT.fullmatch(data)
+    if match is None:
         raise MalformedTokenError
-    return claims
-
-
-def _remember_header(signing_input: bytes, header: Mapping[str, Any]) -> Mapping[str, Any]:
-    """After step 7: memoise a freshly parsed header; return the shared read-only view."""
-    if type(header) is not dict:
-        return header  # it came from the memo
-    if len(_verified_headers) >= MAX_VERIFIED_HEADERS:
-        _verified_headers.clear()
-    view = MappingProxyType(header)
-    _verified_headers[signing_input[: signing_input.index(b".")]] = view
-    return view
-
-
-def _verified(
-    token: str | bytes, keys: KeyLookup, max_bytes: int
-) -> tuple[Mapping[str, Any], bytes, KeyMaterial]:
-    """Steps 1-7 above: (header, payload bytes, key). Callers provide the error boundary."""
-    header, signing_input, payload, signature = _split(token, max_bytes)
+    header_segment, payload_segment, signature_segment = match.group(1, 2, 3)
+    known = known_headers.get(header_segment) if known_headers is not None else None
+    header_raw = _b64decode(header_segment) if known is None else b""
+    payload = _b64decode(payload_segment)
+    signature = _b64decode(signature_segment)
+    signing_input = data[: match.end(2)]
+    if known is not None:
+        return ParsedJws(
+            known, header_segment, signing_input, payload, signature, known["alg"], known["kid"]
+        )
+    if len(header_raw) > MAX_HEADER_BYTES:
+        raise MalformedTokenError
+    header = parse_json(header_raw)
+    if type(header) is not dict or not header.keys() <= _HEADER_MEMBERS:
+        raise MalformedTokenError
+    if "typ" in header and type(header["typ"]) is not str:
+        raise MalformedTokenError
+    alg = header.get("alg")
+    if type(alg) is not str or alg not in SUPPORTED_ALGS:
+        raise UnsupportedAlgorithmError  # includes "none" and every alg we do not implement
     kid = header.get("kid")
     if type(kid) is not str:
-        raise UnknownKeyError  # required: trying every key is what RFC 8725 section 3.1 warns of
-    key = keys.get(kid)
+        raise UnknownKeyError
+    return ParsedJws(header, header_segment, signing_input, payload, signature, alg, kid)
+
+
+def checked_key(parsed: ParsedJws, keys: KeyLookup) -> KeyMaterial:
+    """The key `kid` names in `keys` (KEY_UNKNOWN) whose algorithm is the header's: the key,
+    not the token, chooses the algorithm (RFC 8725 section 3.1; ALGORITHM_NOT_ALLOWED). An
+    RSA key never verifies an HS256 MAC (CVE-2024-33663 and its older cousins)."""
+    key = keys.get(parsed.kid)
     if key is None:
         raise UnknownKeyError
-    if header["alg"] != key.alg:
-        # An RSA key never verifies an HS256 MAC (CVE-2024-33663 and its older cousins).
+    if parsed.alg != key.alg:
         raise UnsupportedAlgorithmError
-    if not key.verify(signing_input, signature):
+    return key
+
+
+def _verified(token: str | bytes, keys: KeyLookup, max_bytes: int) -> tuple[ParsedJws, KeyMaterial]:
+    parsed = parse_compact(token, max_bytes=max_bytes)
+    key = checked_key(parsed, keys)
+    if not key.verify(parsed.signing_input, parsed.signature):
         raise BadSignatureError
-    return _remember_header(signing_input, header), payload, key
+    return parsed, key
 
 
 @_error_boundary
 def verify_compact(
     token: str | bytes, keys: KeyLookup, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
 ) -> VerifiedCompact:
-    """Steps 1-7 above; the payload is returned as bytes, whatever it is (JWS conformance)."""
-    return VerifiedCompact(*_verified(token, keys, max_bytes))
+    """Parse, key, signature; the payload is returned as bytes, whatever it is (JWS
+    conformance vectors)."""
+    parsed, key = _verified(token, keys, max_bytes)
+    return VerifiedCompact(parsed.header, parsed.payload, key)
 
 
 @_error_boundary
 def decode_jws(
     token: str | bytes, keys: KeyLookup, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
 ) -> VerifiedJws:
-    """Verify a compact JWS whose payload is a JSON object (a JWT claim set).
+    """Verify a compact JWS whose payload is a claim set (strict JSON object, I-JSON numbers).
 
     Raises only `TokenError` subclasses. The payload is parsed after the signature is
     checked, so an unauthenticated sender can make us parse only a bounded header.
     """
-    header, payload, key = _verified(token, keys, max_bytes)
-    return VerifiedJws(header, _claims_object(payload), key)
-
-
-@_error_boundary
-def decode_jws_routed(
-    token: str | bytes,
-    select: Callable[[dict[str, Any]], KeyLookup],
-    *,
-    max_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
-) -> VerifiedJws:
-    """`decode_jws` for a verifier that trusts several issuers (docs/keys.md).
-
-    The claims are parsed (as strictly as ever, within `max_bytes`) BEFORE the signature
-    check, so that `select` can pick the key set from the unverified `iss`; it raises a
-    `TokenError` (IssuerMismatchError) for an issuer it does not know. Nothing else of the
-    unverified claims is used, and every claim is checked after the signature as usual.
-    """
-    header, signing_input, payload, signature = _split(token, max_bytes)
-    kid = header.get("kid")
-    if type(kid) is not str:
-        raise UnknownKeyError
-    claims = _claims_object(payload)
-    key = select(claims).get(kid)
-    if key is None:
-        raise UnknownKeyError
-    if header["alg"] != key.alg:
-        raise UnsupportedAlgorithmError
-    if not key.verify(signing_input, signature):
-        raise BadSignatureError
-    return VerifiedJws(_remember_header(signing_input, header), claims, key)
+    parsed, key = _verified(token, keys, max_bytes)
+    return VerifiedJws(parsed.header, parse_claims(parsed.payload), key)
 
 
 @_error_boundary
@@ -378,13 +283,11 @@ def peek(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims parsed as strictly as `decode_jws` does, WITHOUT any signature check.
 
-    For the operator CLI (`token inspect`) only: the result proves nothing about who made the
-    token, so it must never feed an authorisation decision.
+    For the operator CLI (`token inspect`) and the Revoke audit line only: the result proves
+    nothing about who made the token, so it must never feed an authorisation decision.
     """
-    header, _signing_input, payload, _signature = _split(token, max_bytes)
-    if type(header.get("kid")) is not str:
-        raise UnknownKeyError
-    return dict(header), _claims_object(payload)
+    parsed = parse_compact(token, max_bytes=max_bytes)
+    return dict(parsed.header), parse_claims(parsed.payload)
 
 
 def _compact_json(value: Mapping[str, Any]) -> bytes:
@@ -399,7 +302,8 @@ def encode_jws(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> str:
     no caller-supplied header members, so nothing can override `alg` (unlike
     `jose.jwt.encode(headers=...)`). Claims that are not strict JSON (NaN, lone surrogates,
     duplicate names after conversion, excessive depth, unserialisable values) raise
-    `InvalidRequestError`: whatever this returns, `decode_jws` parses.
+    `InvalidRequestError`: whatever this returns, `decode_jws` parses (numbers included:
+    one outside I-JSON's range is refused here, not issued).
     """
     signing_input = jws_signing_input(claims, key, typ=typ)
     return jws_compact(signing_input, key.sign(signing_input))
@@ -419,8 +323,8 @@ def jws_signing_input(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) 
         payload = _compact_json(dict(claims))
         # json.dumps turns non-string names into strings (so {1: a, "1": b} would give a
         # duplicate) and nests without limit: re-parse so we only ever issue what we accept.
-        _parse_json(payload)
-    except (TypeError, ValueError):  # UnicodeEncodeError and _Refused are ValueErrors
+        parse_claims(payload)
+    except (TypeError, ValueError, TokenError):  # UnicodeEncodeError, a claim out of range...
         raise InvalidRequestError("claims are not serialisable as strict JSON") from None
     return header + b"." + _b64encode(payload)
 

@@ -2,8 +2,10 @@
 
 Verify is the hot path and is synchronous on purpose: strict parsing, one signature check
 with a pre-built key, claim rules, and a dict lookup in the revocation mirror. It never
-touches the store, so a slow or absent store cannot slow or stop it. Everything that changes
-state is async and goes through the `TokenStore`, which owns atomicity.
+touches the store, so a slow or absent store cannot slow or stop it. Every verification
+(Verify, VerifyBatch, ext_authz, Refresh's and Introspect's decoding) is `Verifier`'s one
+path (tokens/verifier.py); the methods here hand over to it. Everything that changes state
+is async and goes through the `TokenStore`, which owns atomicity.
 """
 
 from __future__ import annotations
@@ -15,14 +17,10 @@ from typing import Any
 from sidecar.clock import Clock
 from sidecar.config import TokenSettings
 from sidecar.errors import (
-    AudienceMismatchError,
     AuthSidecarError,
     InvalidRequestError,
     KeyMaterialError,
-    RevokedTokenError,
-    ScopeMissingError,
     TokenError,
-    UnknownKeyError,
 )
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
@@ -32,17 +30,15 @@ from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.events import EventLog, retired_kids
 from sidecar.tokens.issuers import Issuers
-from sidecar.tokens.jws import KeyLookup, decode_jws, decode_jws_routed
-from sidecar.tokens.model import Claims, Introspection, TokenGrant, TokenKind, VerifiedToken
+from sidecar.tokens.jws import decode_jws
+from sidecar.tokens.model import Introspection, TokenGrant, TokenKind, VerifiedToken
 from sidecar.tokens.refresh import Refresher, family_revocation
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.signing import Signer, SignJob
 from sidecar.tokens.store_sync import StoreSync
+from sidecar.tokens.verifier import Verifier, VerifyItem
 
 log = logging.getLogger(__name__)
-# One VerifyBatch item: (token, audience or None, required scopes).
-VerifyItem = tuple[str, str | None, Collection[str]]
-_KIND_BY_TYP = {kind.typ: kind for kind in TokenKind}
 
 
 class TokenService:
@@ -75,9 +71,6 @@ class TokenService:
         self._mirror.on_reset = self._events.publish_reset
         self._refresher = Refresher(store=store, mirror=self._mirror, settings=settings)
         self._sync = StoreSync(store, self._mirror, clock)
-        self._cache = VerifyCache(
-            max_entries=settings.verify_cache_entries, max_bytes=settings.verify_cache_bytes
-        )
         max_lifetime = max(settings.max_access_ttl_s, settings.refresh_ttl_s)
         self._policies = {
             TokenKind.ACCESS: ClaimsPolicy(
@@ -95,6 +88,18 @@ class TokenService:
                 required=frozenset({"iss", "sub", "aud", "exp", "iat", "jti", "sid"}),
             ),
         }
+        self._verifier = Verifier(
+            ring=ring,
+            policies=self._policies,
+            clock=clock,
+            revocations=self._mirror,
+            cache=VerifyCache(
+                max_entries=settings.verify_cache_entries, max_bytes=settings.verify_cache_bytes
+            ),
+            max_token_bytes=settings.max_token_bytes,
+            max_batch=settings.max_verify_batch,
+            issuers=issuers,
+        )
 
     @property
     def ring(self) -> KeyRing:
@@ -106,7 +111,11 @@ class TokenService:
 
     @property
     def verify_cache(self) -> VerifyCache:
-        return self._cache
+        return self._verifier.cache
+
+    @property
+    def max_token_bytes(self) -> int:
+        return self._settings.max_token_bytes
 
     @property
     def events(self) -> EventLog:
@@ -119,8 +128,11 @@ class TokenService:
 
     def replace_ring(self, ring: KeyRing) -> None:
         """Swap the key set atomically (one attribute store); calls in flight keep the old.
-        Then KeyRetired for every kid that no longer verifies as before (Watch)."""
+        Then KeyRetired for every kid that no longer verifies as before (Watch). The
+        verifier's ring is set in the same step (no await between: nothing runs between the
+        two stores on the event loop)."""
         old, self._ring = self._ring, ring
+        self._verifier.ring = ring
         self._events.publish_retired(retired_kids(old, ring))
 
     async def start(self) -> None:
@@ -137,146 +149,31 @@ class TokenService:
         """A store write's deadline (issue 13): see `store.base.deadline_for`."""
         return deadline_for(self._clock.now(), self._store.timeout_s, time_left_s)
 
-    # -- the hot path -------------------------------------------------------------------
+    # -- the hot path: tokens/verifier.py ----------------------------------------------
 
     def verify(
         self, token: str, *, audience: str | None = None, required_scopes: Collection[str] = ()
     ) -> VerifiedToken:
-        if not token:
-            raise InvalidRequestError("token required")
-        now = self._clock.now()
-        cache = self._cache
-        if cache.enabled and len(token) <= self._settings.max_token_bytes:
-            verified = self._verify_cached(cache, token, now, audience)
-        else:
-            verified = self._decode(token, TokenKind.ACCESS, now, audience)
-        claims = verified.claims
-        if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
-            raise RevokedTokenError()
-        if required_scopes and not claims.scopes.issuperset(required_scopes):
-            raise ScopeMissingError()
-        return verified
-
-    def _verify_cached(
-        self, cache: VerifyCache, token: str, now: float, audience: str | None
-    ) -> VerifiedToken:
-        """Signature and static claim rules from the cache; the clock-dependent and per-call
-        checks run on every hit, in `validate`'s order (tokens/cache.py has the argument)."""
-        digest = cache.digest(token)
-        entry = cache.get(digest)
-        if entry is not None:
-            verified = entry.verified
-            keys: KeyLookup = self._ring
-            policy = self._policies[TokenKind.ACCESS]
-            if self._issuers is not None:
-                # An external issuer's token is re-checked with that issuer's keys AND rules
-                # (its leeway may be tighter than ours), as `_decode_routed` checked it.
-                issuer = self._issuers.route(verified.claims.all)
-                if issuer is not None:
-                    keys, policy = issuer.keys, issuer.policy
-            if keys.get(verified.kid) is entry.key:
-                cache.count(hit=True)
-                claims = verified.claims
-                policy.check_times(claims.all, now)
-                if audience is not None and audience not in claims.aud:
-                    raise AudienceMismatchError
-                return verified
-            cache.discard(digest)  # its key was rotated out or replaced: verify afresh
-        cache.count(hit=False)
-        verified, key = self._decode_with_key(token, TokenKind.ACCESS, now, audience)
-        cache.put(digest, verified, key, len(token))
-        return verified
+        return self._verifier.verify(token, audience=audience, required_scopes=required_scopes)
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifiedToken | AuthSidecarError]:
-        """`verify` per item; an item's failure is its result, not the call's (VerifyBatch).
-
-        More than `max_verify_batch` items is an InvalidRequestError for the whole call: the
-        cap bounds the work one request can ask for.
-        """
-        limit = self._settings.max_verify_batch
-        if len(items) > limit:
-            raise InvalidRequestError(f"at most {limit} tokens per batch")
-        results: list[VerifiedToken | AuthSidecarError] = []
-        for token, audience, scopes in items:
-            try:
-                results.append(self.verify(token, audience=audience, required_scopes=scopes))
-            except AuthSidecarError as error:
-                results.append(error)
-        return results
-
-    async def verify_batch_refetching(
-        self, items: Sequence[VerifyItem]
-    ) -> list[VerifiedToken | AuthSidecarError]:
-        """`verify_batch`, with `verify_refetching`'s one wait per item that failed only
-        because an external issuer's new kid is not known yet, so a batch accepts exactly
-        what the same Verify calls would. The refetch is single flight and rate limited per
-        issuer (keys/remote.py): many such items cost at most one fetch per issuer."""
-        results = self.verify_batch(items)
-        issuers = self._issuers
-        if issuers is None:
-            return results
-        max_bytes = self._settings.max_token_bytes
-        for i, outcome in enumerate(results):
-            if not isinstance(outcome, UnknownKeyError):
-                continue
-            token, audience, scopes = items[i]
-            if await issuers.refetch_for(token, max_bytes=max_bytes):
-                try:
-                    results[i] = self.verify(token, audience=audience, required_scopes=scopes)
-                except AuthSidecarError as error:
-                    results[i] = error
-        return results
-
-    def _decode(
-        self, token: str, kind: TokenKind, now: float, audience: str | None = None
-    ) -> VerifiedToken:
-        return self._decode_with_key(token, kind, now, audience)[0]
-
-    def _decode_with_key(
-        self, token: str, kind: TokenKind, now: float, audience: str | None = None
-    ) -> tuple[VerifiedToken, KeyMaterial]:
-        if self._issuers is not None and kind is TokenKind.ACCESS:
-            return self._decode_routed(self._issuers, token, now, audience)
-        jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
-        claims = self._policies[kind].validate(
-            jws.header, jws.claims, kind=kind, now=now, audience=audience
-        )
-        return VerifiedToken(kind, jws.key.kid, claims), jws.key
-
-    def _decode_routed(
-        self, issuers: Issuers, token: str, now: float, audience: str | None
-    ) -> tuple[VerifiedToken, KeyMaterial]:
-        """An access token of our issuer or of an external one: `iss` picks keys and rules."""
-        policy = self._policies[TokenKind.ACCESS]
-
-        def select(claims: dict[str, Any]) -> KeyLookup:
-            nonlocal policy
-            issuer = issuers.route(claims)
-            if issuer is None:
-                return self._ring
-            policy = issuer.policy
-            return issuers.lookup(issuer)
-
-        jws = decode_jws_routed(token, select, max_bytes=self._settings.max_token_bytes)
-        claims = policy.validate(
-            jws.header, jws.claims, kind=TokenKind.ACCESS, now=now, audience=audience
-        )
-        return VerifiedToken(TokenKind.ACCESS, jws.key.kid, claims), jws.key
+        return self._verifier.verify_batch(items)
 
     async def verify_refetching(
         self, token: str, *, audience: str | None = None, required_scopes: Collection[str] = ()
     ) -> VerifiedToken:
-        """`verify`, except that a token of an external issuer naming a kid we do not know
-        waits once for that issuer's key set to be fetched again (single flight, rate
-        limited: keys/remote.py), so its first token after a rotation is accepted."""
-        try:
-            return self.verify(token, audience=audience, required_scopes=required_scopes)
-        except UnknownKeyError:
-            issuers = self._issuers
-            max_bytes = self._settings.max_token_bytes
-            if issuers is None or not await issuers.refetch_for(token, max_bytes=max_bytes):
-                raise
-        return self.verify(token, audience=audience, required_scopes=required_scopes)
+        return await self._verifier.verify_refetching(
+            token, audience=audience, required_scopes=required_scopes
+        )
+
+    async def verify_batch_refetching(
+        self, items: Sequence[VerifyItem]
+    ) -> list[VerifiedToken | AuthSidecarError]:
+        return await self._verifier.verify_batch_refetching(items)
+
+    def _decode(self, token: str, kind: TokenKind, now: float) -> VerifiedToken:
+        """One of our own tokens of `kind` (Refresh): the verifier's path, uncached."""
+        return self._verifier.decode(token, kind, now)
 
     # -- minting --------------------------------------------------------------------------
 
@@ -421,9 +318,10 @@ class TokenService:
         if not token:
             raise InvalidRequestError("token required")
         now = self._clock.now()
-        claims, kind = self._try_decode(token, now)
-        if claims is None or kind is None:
+        verified = self._verifier.introspect(token, now)
+        if verified is None:
             return Introspection(active=False)
+        claims, kind = verified.claims, verified.kind
         if self._mirror.is_revoked(claims.iss, claims.jti, claims.sid):
             return Introspection(active=False)
         if kind is TokenKind.REFRESH:
@@ -433,17 +331,6 @@ class TokenService:
             if now >= family.expires_at:
                 return Introspection(active=False)
         return Introspection(active=True, kind=kind, claims=claims)
-
-    def _try_decode(self, token: str, now: float) -> tuple[Claims | None, TokenKind | None]:
-        try:
-            jws = decode_jws(token, self._ring, max_bytes=self._settings.max_token_bytes)
-            kind = _KIND_BY_TYP.get(jws.header.get("typ"))  # type: ignore[arg-type]
-            if kind is None:
-                return None, None
-            claims = self._policies[kind].validate(jws.header, jws.claims, kind=kind, now=now)
-        except TokenError:
-            return None, None
-        return claims, kind
 
     async def revoke(self, token: str, *, time_left_s: float | None = None) -> None:
         """RFC 7009: revoking an invalid, foreign or already revoked token succeeds quietly.

@@ -3,8 +3,14 @@
 Each is an INFO record on the `authsidecar.audit` logger whose fields ride in `record.audit`
 (sidecar/logs.py prints them as JSON keys or `key=value`): event, outcome, sub, jti, reason,
 method, peer, and the request id. Never the token: for a refused or revoked token the `sub` and
-`jti` are what the token *claims* (`claims_verified: false`), read without trusting it, cut to
-a short length, so an operator can see who a refused token pretended to be.
+`jti` are what the token *claims* (`claims_verified: false`), cut to a short length, so an
+operator can see who a refused token pretended to be.
+
+A refusal's ids come from the error itself (`AuthSidecarError.claimed_sub/claimed_jti`): the
+verifier attaches them once it has parsed the claim set, after the signature check, so the
+refused token is not parsed a second time here, and a token refused before that (malformed,
+unknown key, bad signature) names nobody. Revoke answers OK for anything (RFC 7009), so its
+line parses the token's claims, unverified, within the token size cap (`claimed_ids`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from sidecar.tokens.jws import peek
 
 audit_log = logging.getLogger("authsidecar.audit")
 _MAX_FIELD = 128
-_PEEK_MAX_BYTES = 65536
 
 
 def audit(
@@ -63,9 +68,9 @@ def claimed_ids(token: str, max_bytes: int) -> tuple[str, str]:
 
 
 def audit_refusal(rpc: str, error: AuthSidecarError, request: Any) -> None:
-    """A refused call of the AuthService; the token it carried, if any, by claimed ids."""
-    token = getattr(request, "token", None) or getattr(request, "refresh_token", None)
-    sub, jti = claimed_ids(token, _PEEK_MAX_BYTES) if isinstance(token, str) else ("", "")
+    """A refused call of the AuthService; the token it carried, if any, by the ids the
+    verifier attached to the error."""
+    sub, jti = error.claimed_sub, error.claimed_jti
     if not sub and isinstance(getattr(request, "subject", None), str):
         sub = request.subject  # Issue: the subject asked for
     audit(rpc.lower(), "refused", sub=sub, jti=jti, reason=error.reason, claims_verified=False)
@@ -77,7 +82,8 @@ def audit_issued(rpc: str, *, sub: str, jti: str, refresh: bool) -> None:
     audit(rpc.lower(), "ok", sub=sub, jti=jti, refresh_token=refresh)
 
 
-def audit_revoked(token: str) -> None:
-    """Revoke answered (RFC 7009: also for a foreign or invalid token, hence unverified ids)."""
-    sub, jti = claimed_ids(token, _PEEK_MAX_BYTES)
+def audit_revoked(token: str, max_bytes: int) -> None:
+    """Revoke answered (RFC 7009: also for a foreign or invalid token, hence unverified ids,
+    read only from a token within `max_bytes`, the token size cap)."""
+    sub, jti = claimed_ids(token, max_bytes)
     audit("revoke", "ok", sub=sub, jti=jti, claims_verified=False)

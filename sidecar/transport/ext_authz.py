@@ -37,13 +37,11 @@ from sidecar.errors import (
 )
 from sidecar.tokens.model import Claims
 from sidecar.tokens.service import TokenService
-from sidecar.transport.audit import audit, claimed_ids
+from sidecar.transport.audit import audit
 
 AUTHORIZATION = "authorization"
 REASON_HEADER = "x-authsidecar-reason"
 TOKEN_MISSING = "TOKEN_MISSING"  # noqa: S105 - a reason code, not a secret
-# Audit lines name a refused token's claimed sub/jti if it parses within this size.
-_PEEK_MAX_BYTES = 65536
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # context_extensions keys a route's check_settings may set.
 AUDIENCE_EXTENSION = "audience"
@@ -75,7 +73,7 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 token, audience=audience, required_scopes=scopes
             )
         except AuthSidecarError as error:
-            return self._refused(error, token, scopes, caller)
+            return self._refused(error, scopes, caller)
         return self._allow(verified.claims)
 
     def _allow(self, claims: Claims) -> external_auth_pb2.CheckResponse:
@@ -95,9 +93,10 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         )
 
     def _refused(
-        self, error: AuthSidecarError, token: str, scopes: tuple[str, ...], caller: str
+        self, error: AuthSidecarError, scopes: tuple[str, ...], caller: str
     ) -> external_auth_pb2.CheckResponse:
-        sub, jti = claimed_ids(token, _PEEK_MAX_BYTES)
+        # The ids the refused token claims, as the verifier attached them (transport/audit.py).
+        sub, jti = error.claimed_sub, error.claimed_jti
         if isinstance(error, PermissionDeniedError):
             scope = " ".join(scopes).replace('"', "")
             challenge = f'Bearer error="insufficient_scope", scope="{scope}"'

@@ -95,11 +95,15 @@ MAX_MEMO_ENTRIES = 1024
 class _ResponseMemo:
     """VerifyResponse by the identity of a VerifiedToken from the verify cache.
 
+    A serialisation memo only, and so kept in transport: it decides nothing. It is consulted
+    after `TokenService.verify` returned, i.e. after every check of the call ran (tokens/
+    verifier.py owns what is cached and what is re-checked), and it maps a verified result to
+    its protobuf form, a pure function of the (frozen) VerifiedToken. A refused token never
+    reaches it; a token the verifier accepts again gets the message built the first time.
+
     Keyed by `id()` and checked with `is`: the memo holds the VerifiedToken itself, so its id
-    cannot be reused by another object while the entry lives. The response is a function of
-    the (frozen) VerifiedToken alone, and a response is never mutated after it is built, so
-    handing the same message to several calls is safe. Per-call checks all ran in
-    `TokenService.verify` before the memo is consulted.
+    cannot be reused by another object while the entry lives. A response is never mutated
+    after it is built, so handing the same message to several calls is safe.
 
     A plain dict emptied when full, not an LRU: under cold traffic (every token new) each
     call inserts, and an LRU's insert-and-evict cost ~3-4 µs a call for entries never
@@ -266,7 +270,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RevokeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.RevokeResponse:
         await self._service.revoke(request.token, time_left_s=context.time_remaining())
-        audit_revoked(request.token)
+        audit_revoked(request.token, self._service.max_token_bytes)
         return auth_pb2.RevokeResponse()
 
     @_mapped

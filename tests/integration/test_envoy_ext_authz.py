@@ -8,6 +8,7 @@ subset of Envoy's protos disagreed with upstream on a field number or type, thes
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,6 +155,30 @@ async def test_check_denies_a_missing_route_scope_with_403_insufficient_scope(
     sent = _headers(denied.headers)
     assert sent["www-authenticate"] == 'Bearer error="insufficient_scope", scope="read admin"'
     assert sent["x-authsidecar-reason"] == "SCOPE_MISSING"
+
+
+async def test_check_denial_audit_names_only_what_the_verifier_parsed(
+    envoy_sidecar: RunningSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit line takes the claimed ids from the error (issue 12): a signed token refused
+    by the route's audience names its sub and jti; a forged one (bad signature) names nobody,
+    since nothing parsed its claims."""
+    caplog.set_level(logging.INFO, logger="authsidecar.audit")
+    token = await _token(envoy_sidecar, aud="svc-a")
+    forged = token[: token.rindex(".") + 1] + "A" * 86
+    for bearer in (token, forged):
+        await _check(
+            envoy_sidecar.unix_target,
+            {"authorization": f"Bearer {bearer}"},
+            extensions={"audience": "svc-b"},
+        )
+    records = [r for r in caplog.records if r.name == "authsidecar.audit"]
+    lines = [a for r in records if (a := r.audit)["event"] == "token_refused"]  # type: ignore[attr-defined]
+    assert [(a["event"], a["reason"], a["sub"]) for a in lines] == [
+        ("token_refused", "AUDIENCE_MISMATCH", "alice"),
+        ("token_refused", "SIGNATURE_INVALID", ""),
+    ]
+    assert len(lines[0]["jti"]) > 8 and lines[1]["jti"] == ""
 
 
 async def test_check_applies_the_route_audience(envoy_sidecar: RunningSidecar) -> None:

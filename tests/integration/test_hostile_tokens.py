@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authsidecar.v1 import auth_pb2
-from sidecar.tokens.jws import encode_jws
 from tests.support.sidecar import RunningSidecar, reason_of
 from tests.support.vectors import load_json
 
@@ -195,7 +194,22 @@ async def test_signed_tokens_with_hostile_claims_are_ok_or_documented(
     """Correctly signed by the sidecar's own key, so only the claim rules can refuse them."""
     key = shared.app.service.ring.signing_key
     assert key is not None
-    token = encode_jws(claims, key, typ="at+jwt")
+    # Signed as written: encode_jws would refuse to issue some of these (numbers beyond
+    # I-JSON's range), but a token from elsewhere may carry them.
+    header = _b64(json.dumps({"alg": key.alg, "kid": key.kid, "typ": "at+jwt"}).encode())
+    signing_input = f"{header}.{_b64(json.dumps(claims).encode())}"
+    token = f"{signing_input}.{_b64(key.sign(signing_input.encode('ascii')))}"
     code, reason = await _verify_outcome(shared, token)
     if code is not grpc.StatusCode.OK:
         _assert_refused((code, reason))
+    if _beyond_i_json(claims):
+        assert reason == "CLAIM_INVALID"
+
+
+def _beyond_i_json(value: object) -> bool:
+    """An integer a double does not hold exactly, anywhere (RFC 7493 section 2.2)."""
+    if isinstance(value, dict):
+        return any(_beyond_i_json(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_beyond_i_json(v) for v in value)
+    return type(value) is int and abs(value) > 2**53 - 1

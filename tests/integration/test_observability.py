@@ -165,10 +165,41 @@ async def test_audit_lines_name_subject_jti_reason_and_request_id(
     assert (refresh["sub"], refresh["jti"]) == claimed_ids(tokens[2], 65536)
     assert issue["request_id"] == REQUEST_ID
     assert issue["peer"].startswith("unix:")
-    # Refused tokens: the ids they claim, marked unverified; ids generated when none is sent.
+    # A token refused before its claims were parsed (bad signature) names nobody: the audit
+    # line never parses a refused token itself (issue 12). Ids generated when none is sent.
     refused = entries[1]
-    assert refused["sub"] == "alice" and refused["claims_verified"] is False
+    assert (refused["sub"], refused["jti"], refused["claims_verified"]) == ("", "", False)
     assert refused["request_id"] and refused["request_id"] != REQUEST_ID
+
+
+async def test_audit_names_a_refused_token_by_the_ids_the_verifier_parsed(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="authsidecar.audit")
+    async with running_sidecar(data_dir, tokens={"audiences": ["svc-a"]}) as sidecar:
+        grant = await sidecar.admin.Issue(
+            auth_pb2.IssueRequest(subject="alice", audience=["svc-a"], scope="read")
+        )
+        refusals = [
+            auth_pb2.VerifyRequest(token=grant.access_token, audience="elsewhere"),
+            auth_pb2.VerifyRequest(token=grant.access_token, required_scopes=["admin"]),
+        ]
+        for request in refusals:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await sidecar.public.Verify(request)
+        sidecar.clock.advance(3600 * 24)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token))
+    entries = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if r.name == "authsidecar.audit" and r.audit["outcome"] == "refused"  # type: ignore[attr-defined]
+    ]
+    assert [e["reason"] for e in entries] == ["AUDIENCE_MISMATCH", "SCOPE_MISSING", "TOKEN_EXPIRED"]
+    # Signed by us, refused on a claim or a check of the call: the ids it carries.
+    assert {(e["sub"], e["jti"]) for e in entries} == {
+        ("alice", claimed_ids(grant.access_token, 8192)[1])
+    }
 
 
 def test_metrics_refuse_a_non_loopback_address_unless_allowed() -> None:

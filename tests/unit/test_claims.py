@@ -126,8 +126,15 @@ def test_validate_without_policy_audiences_accepts_any_aud() -> None:
         ("at+jwt", TokenKind.REFRESH),
         (_ABSENT, TokenKind.ACCESS),
         ("JWT", TokenKind.ACCESS),
-        ("AT+JWT", TokenKind.ACCESS),
-        ("application/at+jwt", TokenKind.ACCESS),
+        ("application/jwt", TokenKind.ACCESS),
+        ("application/rt+jwt", TokenKind.ACCESS),
+        ("APPLICATION/AT+JWT", TokenKind.REFRESH),
+        ("text/at+jwt", TokenKind.ACCESS),
+        ("application/at+jwt; charset=utf-8", TokenKind.ACCESS),
+        (" at+jwt", TokenKind.ACCESS),
+        ("at+jwt ", TokenKind.ACCESS),
+        ("application/", TokenKind.ACCESS),
+        ("", TokenKind.ACCESS),
         (None, TokenKind.ACCESS),
         (["at+jwt"], TokenKind.ACCESS),
     ],
@@ -136,8 +143,15 @@ def test_validate_without_policy_audiences_accepts_any_aud() -> None:
         "access-as-refresh",
         "missing",
         "jwt",
-        "upper",
-        "media-type",
+        "application-jwt",
+        "refresh-media-type-as-access",
+        "access-media-type-as-refresh",
+        "other-top-level-type",
+        "with-parameter",
+        "leading-space",
+        "trailing-space",
+        "bare-prefix",
+        "empty",
         "null",
         "list",
     ],
@@ -149,6 +163,28 @@ def test_validate_rejects_wrong_token_type(typ: object, kind: TokenKind) -> None
     with pytest.raises(WrongTokenTypeError) as info:
         _validate(_claims(), header=header, kind=kind)
     assert info.value.reason == "WRONG_TOKEN_TYPE"
+
+
+@pytest.mark.parametrize(
+    ("typ", "kind"),
+    [
+        ("at+jwt", TokenKind.ACCESS),
+        ("application/at+jwt", TokenKind.ACCESS),
+        ("AT+JWT", TokenKind.ACCESS),
+        ("Application/At+Jwt", TokenKind.ACCESS),
+        ("rt+jwt", TokenKind.REFRESH),
+        ("application/rt+jwt", TokenKind.REFRESH),
+        ("APPLICATION/RT+JWT", TokenKind.REFRESH),
+    ],
+)
+def test_validate_accepts_typ_as_a_media_type_in_either_spelling(typ: str, kind: TokenKind) -> None:
+    # RFC 9068 section 4: at+jwt and application/at+jwt; RFC 7515 section 4.1.9: "typ" is a
+    # media type (case-insensitive per RFC 2045), "application/" implied without a '/'.
+    claims = _claims(sid="fam") if kind is TokenKind.REFRESH else _claims()
+    policy = POLICY if kind is TokenKind.ACCESS else ClaimsPolicy(issuer=ISSUER, leeway_s=0)
+    header = {"alg": "HS256", "kid": "k", "typ": typ}
+    assert _validate(claims, header=header, kind=kind, policy=policy).sub == "alice"
+    assert TokenKind.from_typ(typ) is kind
 
 
 # --- required -----------------------------------------------------------------------------
@@ -370,8 +406,14 @@ def test_verify_rejects_exp_of_wrong_json_type(exp: object, error: type[Exceptio
         POLICY.validate(verified.header, verified.claims, kind=TokenKind.ACCESS, now=NOW)
 
 
-@pytest.mark.parametrize("exp", [b"1e400", b"NaN", b"Infinity"])
-def test_verify_rejects_non_finite_exp_in_json_as_malformed(exp: bytes) -> None:
+@pytest.mark.parametrize(
+    ("exp", "error"),
+    [(b"NaN", MalformedTokenError), (b"Infinity", MalformedTokenError), (b"1e400", ClaimError)],
+)
+def test_verify_rejects_non_json_exp_as_malformed_and_out_of_range_exp_as_invalid(
+    exp: bytes, error: type[Exception]
+) -> None:
+    # NaN and Infinity are not JSON; 1e400 is JSON a double cannot hold (RFC 7493 2.2).
     key = make_key("HS256", "k")
     token = encode_jws(_claims(exp=123456), key, typ="at+jwt")
     import base64
@@ -380,8 +422,10 @@ def test_verify_rejects_non_finite_exp_in_json_as_malformed(exp: bytes) -> None:
     segment = base64.urlsafe_b64encode(payload).rstrip(b"=")
     header = token.split(".")[0].encode("ascii")
     signature = base64.urlsafe_b64encode(key.sign(header + b"." + segment)).rstrip(b"=")
-    with pytest.raises(MalformedTokenError):
+    with pytest.raises(error) as info:
         decode_jws(header + b"." + segment + b"." + signature, _Keys(key))
+    if error is ClaimError:
+        assert (info.value.claim, info.value.reason) == ("exp", "CLAIM_INVALID")  # type: ignore[attr-defined]
 
 
 # --- policy configuration -----------------------------------------------------------------

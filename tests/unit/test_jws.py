@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sidecar.errors import (
     BadSignatureError,
+    ClaimError,
     InvalidRequestError,
     MalformedTokenError,
     TokenError,
@@ -507,7 +508,7 @@ def test_decode_rejects_ecdsa_signature_in_der_form() -> None:
         b'{"sub":"alice","sub":"admin"}',
         b'{"exp":NaN}',
         b'{"exp":Infinity}',
-        b'{"exp":1e400}',
+        b'{"exp":1e400,"exp":1}',
         b'{"sub":"\xff"}',
         b'{"sub":"\\udc00"}',
         b'{"a":' + b"[" * 2500 + b"]" * 2500 + b"}",
@@ -522,7 +523,7 @@ def test_decode_rejects_ecdsa_signature_in_der_form() -> None:
         "duplicate-sub",
         "nan",
         "infinity",
-        "overflowing-float",
+        "overflowing-float-and-duplicate",
         "invalid-utf8",
         "lone-surrogate",
         "deep-array",
@@ -533,6 +534,33 @@ def test_decode_rejects_payload_that_is_not_strict_json_object(payload: bytes) -
     key = _hs256()
     with pytest.raises(MalformedTokenError):
         decode_jws(_token(_header(key), payload, key), _Keys(key))
+
+
+@pytest.mark.parametrize(
+    ("payload", "claim"),
+    [
+        (b'{"exp":1e400}', "exp"),
+        (b'{"sub":"a","n":-1E+309}', "n"),
+        (b'{"n":9007199254740992}', "n"),
+        (b'{"n":-9007199254740992}', "n"),
+        (b'{"a":1,"deep":{"x":[1,2,' + b"9" * 400 + b"]}}", "deep"),
+        (b'{"big":' + b"7" * 5000 + b"}", "big"),
+    ],
+    ids=["overflowing-float", "negative-overflow", "2**53", "-2**53", "400-digits", "5000-digits"],
+)
+def test_decode_refuses_numbers_outside_i_json_as_claim_invalid(payload: bytes, claim: str) -> None:
+    # RFC 7493 section 2.2: integers beyond +-(2**53-1), numbers a double cannot hold.
+    key = _hs256()
+    with pytest.raises(ClaimError) as info:
+        decode_jws(_token(_header(key), payload, key), _Keys(key), max_bytes=1 << 16)
+    assert (info.value.reason, info.value.claim) == ("CLAIM_INVALID", claim)
+
+
+def test_decode_accepts_the_edges_of_the_i_json_range() -> None:
+    key = _hs256()
+    payload = b'{"a":9007199254740991,"b":-9007199254740991,"c":1e308,"d":1.5e-400,"e":-0}'
+    claims = decode_jws(_token(_header(key), payload, key), _Keys(key)).claims
+    assert claims == {"a": 2**53 - 1, "b": -(2**53 - 1), "c": 1e308, "d": 0.0, "e": 0}
 
 
 def test_decode_accepts_paired_surrogate_escapes_and_brackets_inside_strings() -> None:

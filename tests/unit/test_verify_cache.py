@@ -6,7 +6,6 @@ scopes, the key ring) runs on a hit; a token that differs in any byte misses.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -24,7 +23,6 @@ from sidecar.errors import (
     ScopeMissingError,
     TokenError,
 )
-from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
 from sidecar.store.base import Revocation
 from sidecar.store.memory import MemoryTokenStore
@@ -33,6 +31,7 @@ from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.service import TokenService
+from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 
 NOW = 1_800_000_000
@@ -172,7 +171,7 @@ def test_cache_is_bounded_by_bytes() -> None:
     key = ring.get(verified.kid)
     assert key is not None
     for i in range(5):
-        cache.put(bytes([i]) * 32, verified, key, 500)
+        cache.put(bytes([i]) * 32, verified, key, 500, issuer=None, window=(None, None, None))
     assert len(cache) == 2
     assert cache.current_bytes <= cache.max_bytes
 
@@ -184,28 +183,12 @@ def test_zero_entries_disables_the_cache(clock: FixedClock) -> None:
     assert len(service.verify_cache) == 0
 
 
-class _FakeExternalKeys:
-    """An external issuer's key set (our protocol `ExternalKeys`), without a network."""
-
-    def __init__(self, ring: KeyRing) -> None:
-        self._ring = ring
-
-    def get(self, kid: str) -> KeyMaterial | None:
-        return self._ring.get(kid)
-
-    def request_refetch(self, kid: str) -> asyncio.Task[bool] | None:
-        return None
-
-    async def refetch(self, kid: str) -> bool:
-        return False
-
-
 def test_cached_external_token_is_rechecked_with_its_issuers_rules(clock: FixedClock) -> None:
     # Our leeway is 30 s, the external issuer's 0: a hit must apply the issuer's, as a miss does.
     external_ring = KeyRing([make_key("ES256", "ext")])
     policy = ClaimsPolicy(issuer="https://idp.example", leeway_s=0)
     issuers = Issuers(
-        ISSUER, [Issuer("https://idp.example", _FakeExternalKeys(external_ring), policy)]
+        ISSUER, [Issuer("https://idp.example", FixedExternalKeys(external_ring), policy)]
     )
     service = TokenService(
         ring=KeyRing([make_key("ES256", "a")]),

@@ -1,11 +1,12 @@
 """Issue 7's fast paths give exactly the answers of the slower code they stand in for.
 
-* `jws._decode` (the JSON scanner called directly) and `JSONDecoder.decode`, hence
-  `_parse_json` and the strict parse as written before issue 7: the same value or the same
+* `strict_json._fast` (the JSON scanner called directly) and `JSONDecoder.decode`, hence
+  `parse_json` and the strict parse as written before issue 7: the same value or the same
   refusal for any text, duplicates, NaN/Infinity, lone surrogates and depth included;
-* the memo of verified headers: filled only by tokens whose signature verified, read-only,
-  bounded, and a memoised header skips none of the checks that can still fail (steps 2 and
-  5-7), so every token gets the reason it got without the memo;
+* the verifier's memo of verified headers (`cache.HeaderMemo`): filled only by tokens whose
+  signature verified, read-only, bounded, and a memoised header skips none of the checks
+  that can still fail (base64url of the other segments, key, signature, claims), so every
+  token gets the reason it got without the memo;
 * `HmacKey` and python-jose's `CryptographyHMACKey`: the same MACs, the same verdicts;
 * the verify cache's LRU: recency, both bounds, byte accounting.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jose.backends.cryptography_backend import CryptographyHMACKey
 
+from sidecar.clock import FixedClock
 from sidecar.errors import (
     BadSignatureError,
     MalformedTokenError,
@@ -32,9 +34,13 @@ from sidecar.errors import (
 )
 from sidecar.keys.algorithms import HmacKey
 from sidecar.keys.material import KeyMaterial
-from sidecar.tokens import jws
-from sidecar.tokens.cache import VerifyCache, entry_bytes
+from sidecar.keys.ring import KeyRing
+from sidecar.tokens import jws, strict_json
+from sidecar.tokens.cache import MAX_VERIFIED_HEADERS, HeaderMemo, VerifyCache, entry_bytes
+from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.model import Claims, TokenKind, VerifiedToken
+from sidecar.tokens.revocation import RevocationMirror
+from sidecar.tokens.verifier import Verifier
 from tests.support.keys import make_key
 
 FAST = settings(
@@ -44,10 +50,10 @@ CLAIMS = {"iss": "https://issuer.test", "sub": "alice", "exp": 1_700_000_060}
 
 
 def _reference_parse(document: bytes) -> Any:
-    """`_parse_json` as it was before issue 7: `JSONDecoder.decode`, no fast path."""
-    jws._check_depth(document)
-    value = jws._DECODER.decode(document.decode("utf-8"))
-    if jws._SURROGATE_ESCAPE.search(document) is not None:
+    """`parse_json` as it was before issue 7: `JSONDecoder.decode`, no fast path."""
+    strict_json._check_depth(document)
+    value = strict_json._STRICT.decode(document.decode("utf-8"))
+    if strict_json._SURROGATE_ESCAPE.search(document) is not None:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     return value
 
@@ -118,7 +124,9 @@ def json_documents(draw: st.DrawFn) -> str:
 @FAST
 @given(json_documents() | json_noise | st.text(max_size=40) | json_noise.map(lambda t: "{" + t))
 def test_scanner_fast_path_decides_as_jsondecoder_decode(text: str) -> None:
-    assert _outcome(jws._decode, text) == _outcome(jws._DECODER.decode, text)
+    for decoder in (strict_json._STRICT, strict_json._CLAIMS, strict_json._MARKED):
+        fast = strict_json._fast(decoder)
+        assert _outcome(fast, text) == _outcome(decoder.decode, text)
 
 
 @FAST
@@ -128,7 +136,7 @@ def test_scanner_fast_path_decides_as_jsondecoder_decode(text: str) -> None:
     | json_values.map(lambda v: json.dumps(v).encode("utf-8"))
 )
 def test_parse_json_decides_as_the_strict_parse_before_issue_7(document: bytes) -> None:
-    assert _outcome(jws._parse_json, document) == _outcome(_reference_parse, document)
+    assert _outcome(strict_json.parse_json, document) == _outcome(_reference_parse, document)
 
 
 @pytest.mark.parametrize(
@@ -151,12 +159,15 @@ def test_parse_json_decides_as_the_strict_parse_before_issue_7(document: bytes) 
 )
 def test_fast_path_still_refuses_what_strict_json_refuses(document: bytes) -> None:
     with pytest.raises(Exception):  # noqa: B017 - any exception: the boundary maps them all
-        jws._parse_json(document)
+        strict_json.parse_json(document)
     key = make_key("HS256", "hs")
-    with pytest.raises(MalformedTokenError):
+    with pytest.raises(TokenError) as info:
         jws.decode_jws(
             _token({"alg": "HS256", "kid": "hs", "typ": "at+jwt"}, document, key), _Keys(key)
         )
+    # A claim set may hold 1e400 as JSON, but not as I-JSON (strict_json.py): CLAIM_INVALID.
+    expected = "CLAIM_INVALID" if document == b'{"a":1e400}' else MalformedTokenError.reason
+    assert info.value.reason == expected
 
 
 # --- the memo of verified headers -------------------------------------------------------
@@ -183,11 +194,19 @@ def _token(header: dict[str, Any], payload: object, key: KeyMaterial) -> str:
     return f"{signing_input}.{_b64(key.sign(signing_input.encode('ascii')))}"
 
 
-@pytest.fixture(autouse=True)
-def _empty_header_memo() -> Iterator[None]:
-    jws._verified_headers.clear()
-    yield
-    jws._verified_headers.clear()
+def _verifier(*keys: KeyMaterial) -> Verifier:
+    """A verifier without a result cache, so every call parses: the header memo is what
+    varies. Its policy requires only iss and exp, which CLAIMS carries."""
+    policy = ClaimsPolicy(issuer=CLAIMS["iss"], required=frozenset({"iss", "exp"}))  # type: ignore[arg-type]
+    return Verifier(
+        ring=KeyRing(list(keys), signing_kid=keys[0].kid if keys else None),
+        policies={TokenKind.ACCESS: policy, TokenKind.REFRESH: policy},
+        clock=FixedClock(1_700_000_000.0),
+        revocations=RevocationMirror(),
+        cache=VerifyCache(max_entries=0, max_bytes=0),
+        max_token_bytes=jws.DEFAULT_MAX_TOKEN_BYTES,
+        max_batch=10,
+    )
 
 
 def _header_segment(token: str) -> bytes:
@@ -196,22 +215,26 @@ def _header_segment(token: str) -> bytes:
 
 def test_header_memo_is_filled_only_by_tokens_whose_signature_verified() -> None:
     key, other = make_key("HS256", "hs"), make_key("HS256", "other")
+    verifier = _verifier(key)
     forged = _token({"alg": "HS256", "kid": "hs", "typ": "at+jwt"}, CLAIMS, other)
     with pytest.raises(BadSignatureError):
-        jws.decode_jws(forged, _Keys(key))
+        verifier.verify(forged)
     with pytest.raises(UnknownKeyError):
-        jws.decode_jws(_token({"alg": "HS256", "kid": "nobody"}, CLAIMS, key), _Keys(key))
-    assert jws._verified_headers == {}
+        verifier.verify(_token({"alg": "HS256", "kid": "nobody"}, CLAIMS, key))
+    assert len(verifier._headers) == 0
     good = _token({"alg": "HS256", "kid": "hs", "typ": "at+jwt"}, CLAIMS, key)
-    jws.decode_jws(good, _Keys(key))
-    assert list(jws._verified_headers) == [_header_segment(good)]
+    verifier.verify(good)
+    assert len(verifier._headers) == 1 and _header_segment(good) in verifier._headers
 
 
 def test_memoised_header_is_shared_read_only() -> None:
+    memo = HeaderMemo()
     key = make_key("HS256", "hs")
     token = _token({"alg": "HS256", "kid": "hs", "typ": "at+jwt"}, CLAIMS, key)
-    first = jws.decode_jws(token, _Keys(key)).header
-    second = jws.decode_jws(token, _Keys(key)).header
+    parsed = jws.parse_compact(token, max_bytes=8192, known_headers=memo)
+    memo.remember(parsed.header_segment, parsed.header)
+    first = jws.parse_compact(token, max_bytes=8192, known_headers=memo).header
+    second = jws.parse_compact(token, max_bytes=8192, known_headers=memo).header
     assert first is second
     assert isinstance(second, MappingProxyType)
     assert second == {"alg": "HS256", "kid": "hs", "typ": "at+jwt"}
@@ -220,37 +243,50 @@ def test_memoised_header_is_shared_read_only() -> None:
 
 
 def test_header_memo_is_bounded() -> None:
-    keys = [make_key("HS256", f"memo-{i}") for i in range(jws.MAX_VERIFIED_HEADERS + 5)]
-    lookup = _Keys(*keys)
+    keys = [make_key("HS256", f"memo-{i}") for i in range(MAX_VERIFIED_HEADERS + 5)]
+    verifier = _verifier(*keys)
     for key in keys:
-        jws.decode_jws(_token({"alg": "HS256", "kid": key.kid}, CLAIMS, key), lookup)
-        assert len(jws._verified_headers) <= jws.MAX_VERIFIED_HEADERS
+        verifier.verify(_token({"alg": "HS256", "kid": key.kid, "typ": "at+jwt"}, CLAIMS, key))
+        assert len(verifier._headers) <= MAX_VERIFIED_HEADERS
 
 
-def _hostile_variants(good: str, key: KeyMaterial) -> dict[str, tuple[str, Any]]:
-    """Tokens sharing `good`'s header, each failing one later step; with their lookups."""
+def test_two_verifiers_never_share_remembered_headers() -> None:
+    key = make_key("HS256", "hs")
+    first, second = _verifier(key), _verifier(key)
+    first.verify(_token({"alg": "HS256", "kid": "hs", "typ": "at+jwt"}, CLAIMS, key))
+    assert (len(first._headers), len(second._headers)) == (1, 0)
+
+
+def _hostile_variants(good: str, key: KeyMaterial) -> dict[str, tuple[str, KeyRing]]:
+    """Tokens sharing `good`'s header, each failing one later step; with their rings."""
     header, payload, signature = good.split(".")
     header_dict = json.loads(base64.urlsafe_b64decode(header + "=="))
-    same = _Keys(key)
-    other_alg = _Keys(make_key("HS512", key.kid))  # the kid now names an HS512 key
+    same = KeyRing([key])
+    other_alg = KeyRing([make_key("HS512", key.kid)])  # the kid now names an HS512 key
+    other = make_key(key.alg, "elsewhere")
     return {
         "payload not canonical base64url": (f"{header}.{payload[:-1]}B.{signature}", same),
         "signature not canonical base64url": (f"{header}.{payload}.{signature[:-1]}B", same),
         "signature with padding": (f"{header}.{payload}.{signature}=", same),
-        "kid no longer in the ring": (good, _Keys()),
+        "kid no longer in the ring": (good, KeyRing([other])),
         "kid now names a key of another alg": (good, other_alg),
         "bad signature": (f"{header}.{payload}.{_b64(b'x' * 32)}", same),
         "tampered payload": (f"{header}.{_b64(b'{}')}.{signature}", same),
         "payload not JSON": (_token(header_dict, b"{", key), same),
         "payload an array": (_token(header_dict, b"[]", key), same),
         "payload with a duplicate": (_token(header_dict, b'{"a":1,"a":2}', key), same),
+        "payload with a number out of range": (
+            _token(header_dict, {**CLAIMS, "n": 2**53}, key),
+            same,
+        ),
         "good": (good, same),
     }
 
 
-def _reason(token: str, keys: _Keys) -> str:
+def _reason(verifier: Verifier, token: str, ring: KeyRing) -> str:
+    verifier.ring = ring
     try:
-        jws.decode_jws(token, keys)
+        verifier.verify(token)
     except TokenError as error:
         return error.reason
     return "OK"
@@ -261,17 +297,16 @@ def test_memoised_header_gets_every_token_the_reason_it_gets_without_the_memo(al
     key = make_key(alg, "memo")
     good = _token({"alg": alg, "kid": "memo", "typ": "at+jwt"}, CLAIMS, key)
     variants = _hostile_variants(good, key)
-    without = {}
-    for name, (token, keys) in variants.items():
-        jws._verified_headers.clear()
-        without[name] = _reason(token, keys)
-    jws.decode_jws(good, _Keys(key))
-    assert _header_segment(good) in jws._verified_headers
-    with_memo = {name: _reason(token, keys) for name, (token, keys) in variants.items()}
+    without = {name: _reason(_verifier(), token, ring) for name, (token, ring) in variants.items()}
+    verifier = _verifier(key)
+    verifier.verify(good)
+    assert _header_segment(good) in verifier._headers
+    with_memo = {name: _reason(verifier, token, ring) for name, (token, ring) in variants.items()}
     assert with_memo == without
     assert without["kid no longer in the ring"] == UnknownKeyError.reason
     assert without["kid now names a key of another alg"] == UnsupportedAlgorithmError.reason
     assert without["payload not canonical base64url"] == MalformedTokenError.reason
+    assert without["payload with a number out of range"] == "CLAIM_INVALID"
     assert without["good"] == "OK"
 
 
@@ -322,10 +357,10 @@ def _verified(jti: str) -> VerifiedToken:
 def test_cache_get_makes_an_entry_most_recently_used() -> None:
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=2, max_bytes=10**6)
-    cache.put(b"a", _verified("a"), key, 100)
-    cache.put(b"b", _verified("b"), key, 100)
+    cache.put(b"a", _verified("a"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(b"b", _verified("b"), key, 100, issuer=None, window=(None, None, None))
     assert cache.get(b"a") is not None
-    cache.put(b"c", _verified("c"), key, 100)
+    cache.put(b"c", _verified("c"), key, 100, issuer=None, window=(None, None, None))
     assert cache.get(b"b") is None
     assert cache.get(b"a") is not None and cache.get(b"c") is not None
 
@@ -333,12 +368,16 @@ def test_cache_get_makes_an_entry_most_recently_used() -> None:
 def test_cache_byte_accounting_follows_replace_discard_and_clear() -> None:
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=10, max_bytes=entry_bytes(100) * 3)
-    cache.put(b"a", _verified("a"), key, 100)
-    cache.put(b"a", _verified("a2"), key, 100)  # replaced, not added
+    cache.put(b"a", _verified("a"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(
+        b"a", _verified("a2"), key, 100, issuer=None, window=(None, None, None)
+    )  # replaced, not added
     assert (len(cache), cache.current_bytes) == (1, entry_bytes(100))
-    cache.put(b"b", _verified("b"), key, 100)
-    cache.put(b"c", _verified("c"), key, 100)
-    cache.put(b"d", _verified("d"), key, 100)  # over the byte bound: "a" goes
+    cache.put(b"b", _verified("b"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(b"c", _verified("c"), key, 100, issuer=None, window=(None, None, None))
+    cache.put(
+        b"d", _verified("d"), key, 100, issuer=None, window=(None, None, None)
+    )  # over the byte bound: "a" goes
     assert cache.get(b"a") is None
     assert (len(cache), cache.current_bytes) == (3, entry_bytes(100) * 3)
     cache.discard(b"b")

@@ -8,18 +8,25 @@ random headers and claims (signed with a real key or not), and mutations of good
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from sidecar.errors import TokenError
+from sidecar.clock import FixedClock
+from sidecar.config import TokenSettings
+from sidecar.errors import AuthSidecarError, TokenError
 from sidecar.keys.material import SUPPORTED_ALGS
 from sidecar.keys.ring import KeyRing
-from sidecar.tokens.claims import ClaimsPolicy
+from sidecar.store.memory import MemoryTokenStore
+from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
+from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import decode_jws, encode_jws
 from sidecar.tokens.model import TokenKind
+from sidecar.tokens.service import TokenService
+from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 
 NOW = 1_700_000_000
@@ -208,3 +215,89 @@ def test_validate_raises_only_token_errors_for_any_json_claims(
         POLICY.validate(header, claims, kind=kind, now=now, audience=audience)
     except TokenError:
         pass
+
+
+# --- the reason does not depend on which external issuers are configured (issue 12) ------
+
+EXTERNAL = "https://idp.test"
+# The external issuer's keys: one under a kid of ours ("es": kids are per issuer).
+EXTERNAL_RING = KeyRing(
+    [make_key("ES256", "ext"), dataclasses.replace(make_key("ES256", "ext-es"), kid="es")],
+    signing_kid="ext",
+)
+
+
+def _service(with_issuers: bool) -> TokenService:
+    policy = ClaimsPolicy(
+        issuer=EXTERNAL, audiences=("orders",), accepted_typs=EXTERNAL_ACCESS_TYPS
+    )
+    issuers = Issuers(ISSUER, [Issuer(EXTERNAL, FixedExternalKeys(EXTERNAL_RING), policy)])
+    return TokenService(
+        ring=ASYM_RING,
+        store=MemoryTokenStore(),
+        settings=TokenSettings(issuer=ISSUER, audiences=("orders",)),
+        clock=FixedClock(float(NOW)),
+        issuers=issuers if with_issuers else None,
+    )
+
+
+WITHOUT_ISSUERS, WITH_ISSUERS = _service(False), _service(True)
+iss_values = (
+    st.sampled_from([ISSUER, EXTERNAL, EXTERNAL.upper(), EXTERNAL + "/", "https://other.test", ""])
+    | json_values
+)
+
+
+def _reason(service: TokenService, token: str) -> str:
+    try:
+        service.verify(token)
+    except AuthSidecarError as error:
+        return error.reason
+    return "OK"
+
+
+_KID_ALG = {"es": "ES256", "rs": "RS256", "ext": "ES256", "ghost": "ES256"}
+_SIGNER_BY_KID = {"es": "es", "rs": "rs", "ext": "ext", "ghost": "ext"}
+
+
+@st.composite
+def routed_tokens(draw: st.DrawFn) -> tuple[str, Any]:
+    """(token, claims): mostly well formed and signed by the key its kid names at one of the
+    issuers, so the examples reach the key, signature and claim steps; hostile otherwise."""
+    kid = draw(st.sampled_from(["es", "es", "es", "rs", "ext", "ghost"]))  # ours, mostly
+    if draw(st.integers(0, 4)):
+        header: dict[str, Any] = {
+            "alg": _KID_ALG[kid] if draw(st.integers(0, 5)) else "HS256",
+            "kid": kid,
+            "typ": draw(st.sampled_from(["at+jwt", "application/at+jwt", "JWT", "rt+jwt"])),
+        }
+    else:
+        header = draw(headers())
+    claims: Any = draw(claim_sets()) if draw(st.integers(0, 4)) else draw(json_values)
+    iss = draw(st.none() | iss_values)
+    if isinstance(claims, dict) and iss is not None:
+        claims["iss"] = iss
+    payload_raw = json.dumps(claims).encode("utf-8", "surrogatepass")
+    if not draw(st.integers(0, 9)):  # bytes no JSON encoder writes: a duplicate iss, big number
+        claims = None
+        payload_raw = b'{"iss":"' + EXTERNAL.encode() + b'","iss":1,"n":' + b"9" * 40 + b"}"
+    header_raw = json.dumps(header).encode("utf-8", "surrogatepass")
+    signing_input = _b64(header_raw) + b"." + _b64(payload_raw)
+    signer = draw(st.sampled_from([_SIGNER_BY_KID[kid], "es", "ext", "their-es", None]))
+    keys = {"es": ASYM_RING.get("es"), "rs": ASYM_RING.get("rs"), "ext": EXTERNAL_RING.get("ext"),
+            "their-es": EXTERNAL_RING.get("es")}  # fmt: skip
+    key = keys[signer] if signer else None
+    signature = key.sign(signing_input) if key is not None else b"\x00" * 64
+    return (signing_input + b"." + _b64(signature)).decode("ascii"), claims
+
+
+@PROPERTY_SETTINGS
+@given(routed_tokens())
+def test_reason_does_not_depend_on_external_issuers_unless_iss_names_one(
+    token_and_claims: tuple[str, Any],
+) -> None:
+    token, claims = token_and_claims
+    assume(not (isinstance(claims, dict) and claims.get("iss") == EXTERNAL))
+    reason = _reason(WITHOUT_ISSUERS, token)
+    event(reason)  # --hypothesis-show-statistics: which steps the examples reach
+    assert _reason(WITH_ISSUERS, token) == reason

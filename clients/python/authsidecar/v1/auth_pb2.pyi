@@ -84,7 +84,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[UNAUTHENTICATED] A required claim is absent."""
     CLAIM_INVALID: _ErrorReason.ValueType  # 12
     """[UNAUTHENTICATED] A claim has the wrong type or an impossible value (for
-    example a lifetime longer than the configured maximum).
+    example a lifetime longer than the configured maximum), or the claim set
+    holds a number outside I-JSON's range (RFC 7493 section 2.2), anywhere,
+    nested values included: an integer literal (no fraction, no exponent)
+    beyond +-(2**53-1), or any number whose magnitude a double cannot hold
+    (1e400). Such numbers would not survive a protobuf Struct or a JSON
+    parser elsewhere; send them as strings.
     """
     TOKEN_REVOKED: _ErrorReason.ValueType  # 13
     """[UNAUTHENTICATED] The token has been revoked (directly or through its
@@ -92,7 +97,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     WRONG_TOKEN_TYPE: _ErrorReason.ValueType  # 14
     """[UNAUTHENTICATED] The token's `typ` is not the one this call takes (a
-    refresh token presented to Verify, an access token to Refresh).
+    refresh token presented to Verify, an access token to Refresh). `typ` is
+    compared as a media type (RFC 7515 section 4.1.9): case-insensitive, with
+    "application/" implied, so `at+jwt` and `application/at+jwt` (RFC 9068
+    section 4) are both access tokens, `rt+jwt` and `application/rt+jwt` both
+    refresh tokens.
     """
     REFRESH_TOKEN_REUSED: _ErrorReason.ValueType  # 15
     """[UNAUTHENTICATED] A retired refresh token was presented again; its whole
@@ -170,7 +179,12 @@ CLAIM_MISSING: ErrorReason.ValueType  # 11
 """[UNAUTHENTICATED] A required claim is absent."""
 CLAIM_INVALID: ErrorReason.ValueType  # 12
 """[UNAUTHENTICATED] A claim has the wrong type or an impossible value (for
-example a lifetime longer than the configured maximum).
+example a lifetime longer than the configured maximum), or the claim set
+holds a number outside I-JSON's range (RFC 7493 section 2.2), anywhere,
+nested values included: an integer literal (no fraction, no exponent)
+beyond +-(2**53-1), or any number whose magnitude a double cannot hold
+(1e400). Such numbers would not survive a protobuf Struct or a JSON
+parser elsewhere; send them as strings.
 """
 TOKEN_REVOKED: ErrorReason.ValueType  # 13
 """[UNAUTHENTICATED] The token has been revoked (directly or through its
@@ -178,7 +192,11 @@ refresh family).
 """
 WRONG_TOKEN_TYPE: ErrorReason.ValueType  # 14
 """[UNAUTHENTICATED] The token's `typ` is not the one this call takes (a
-refresh token presented to Verify, an access token to Refresh).
+refresh token presented to Verify, an access token to Refresh). `typ` is
+compared as a media type (RFC 7515 section 4.1.9): case-insensitive, with
+"application/" implied, so `at+jwt` and `application/at+jwt` (RFC 9068
+section 4) are both access tokens, `rt+jwt` and `application/rt+jwt` both
+refresh tokens.
 """
 REFRESH_TOKEN_REUSED: ErrorReason.ValueType  # 15
 """[UNAUTHENTICATED] A retired refresh token was presented again; its whole
