@@ -256,7 +256,12 @@ async def test_sidecar_killed_mid_refresh_leaves_no_half_rotated_family(
                     chain["token"], chain["done"] = result.refresh_token, chain["done"] + 1
 
             runner = asyncio.create_task(rotate_forever())
-            await asyncio.sleep(0.3 + rng.uniform(0.0, 0.3))
+            # Kill only once rotations are flowing (progress, not a fixed delay: a loaded
+            # machine may take longer than any guess for the first one), at a random moment.
+            async with asyncio.timeout(60):
+                while chain["done"] == 0 and not runner.done():
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
             sc.proc.kill()  # SIGKILL, with a Refresh almost surely in flight
             assert await sc.proc.wait() == -signal.SIGKILL
             await runner
