@@ -251,9 +251,15 @@ class TokenService:
             raise InvalidRequestError("refresh_token required")
         now = self._now()
         claims = self._decode(refresh_token, TokenKind.REFRESH, now).claims
-        rotated = await self._refresher.rotate(
-            claims, scope=scope, now=now, deadline_ms=self._deadline(time_left_s)
-        )
+        try:
+            rotated = await self._refresher.rotate(
+                claims, scope=scope, now=now, deadline_ms=self._deadline(time_left_s)
+            )
+        except TokenError as refused:
+            # Reuse, a revoked family, a mismatch: the token verified, so its ids are known
+            # and the audit line names them (no second parse of the token).
+            refused.claiming(claims.sub, claims.jti)
+            raise
         family = rotated.family
         request = minting.IssueRequest(
             subject=family.subject,

@@ -165,6 +165,9 @@ async def test_audit_lines_name_subject_jti_reason_and_request_id(
     assert (refresh["sub"], refresh["jti"]) == claimed_ids(tokens[2], 65536)
     assert issue["request_id"] == REQUEST_ID
     assert issue["peer"].startswith("unix:")
+    # A refresh refused after its token verified (reuse) names the refresh token presented.
+    reused = entries[3]
+    assert (reused["sub"], reused["jti"]) == claimed_ids(tokens[1], 65536)
     # A token refused before its claims were parsed (bad signature) names nobody: the audit
     # line never parses a refused token itself (issue 12). Ids generated when none is sent.
     refused = entries[1]
