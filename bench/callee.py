@@ -1,0 +1,180 @@
+"""The callee of the two-service benchmark (issue 15): `python -m bench.callee AUTH ...`.
+
+A grpc.aio service with one trivial unary method, `/bench.Callee/Call` (bytes in, `ok` out),
+on a plain `grpc.aio.server(interceptors=...)` as a user's service would be, behind one of
+four kinds of authentication (the columns of bench/two_service.py):
+
+  none     no authentication: the floor. The caller still sends its bearer token.
+  pyjwt    what the usual JWT tutorials teach: an interceptor reads `authorization: Bearer`
+           and calls `jwt.decode(token, key, algorithms=[alg], audience=..., issuer=...,
+           options={"require": ["exp", "iss", "aud"]})` with the public key object built
+           once at start; any failure is UNAUTHENTICATED. Claims reach the handler through a
+           ContextVar. No revocation, no key rotation.
+  verify   `AsyncAuthServerInterceptor` asking the sidecar's Verify for every call:
+           `cache_decisions=False, coalesce_misses=False` where the interceptor has those
+           keywords, the plain constructor where it does not (Verify per call is all it did).
+  default  `AsyncAuthServerInterceptor(client)`: whatever the interceptor does by default
+           (issue 15: decisions cached, dropped by the sidecar's Watch events, misses
+           coalesced into VerifyBatch). Refuses to start on a tree whose interceptor has no
+           `cache_decisions` keyword, so a column-4 number can never be Verify per call.
+
+`--servers N` runs N servers in this one process, each with its own interceptor and its own
+`AsyncAuthClient` (its own channel, hence its own Watch subscription): server i listens on
+`unix:PREFIX.i` and on a loopback TCP port. Banner (bench/procs.py reads it):
+`bench-server unix=PREFIX.0 tcp=127.0.0.1:PORT0 pid=PID`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import inspect
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+
+from authsidecar.client import AsyncAuthClient, AsyncAuthServerInterceptor, AuthPolicy
+
+SERVICE = "bench.Callee"
+METHOD = f"/{SERVICE}/Call"
+KINDS = ("none", "pyjwt", "verify", "default")
+# The keywords of issue 15's interceptor; column 3 names them, column 4 needs them to exist.
+DECISION_CACHE_KEYWORDS = ("cache_decisions", "coalesce_misses")
+# The callee verifying in-process holds only the public half of an asymmetric key.
+_PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
+
+_claims: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "bench_callee_claims", default=None
+)
+
+
+def decision_cache_available() -> bool:
+    """Whether this tree's AsyncAuthServerInterceptor has issue 15's decision cache."""
+    parameters = inspect.signature(AsyncAuthServerInterceptor.__init__).parameters
+    return all(k in parameters for k in DECISION_CACHE_KEYWORDS)
+
+
+async def _call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return b"ok"
+
+
+def _identity(value: bytes) -> bytes:
+    return value
+
+
+async def _deny(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+_DENY = grpc.unary_unary_rpc_method_handler(_deny)
+
+
+class PyJwtInterceptor(grpc.aio.ServerInterceptor):
+    """The tutorial interceptor: decode in `intercept_service`, a pre-built abort handler on
+    failure (grpc's examples/python/auth shape), claims into a ContextVar for the handler."""
+
+    def __init__(self, jwk: dict[str, Any], audience: str, issuer: str) -> None:
+        self._alg = jwk["alg"]
+        public = {k: v for k, v in jwk.items() if k not in _PRIVATE_JWK_MEMBERS}
+        self._key = jwt.PyJWK(public, self._alg).key  # built once: no per-call key parsing
+        self._audience = audience
+        self._issuer = issuer
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        token = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value[7:]
+        if token is None:
+            return _DENY
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError:
+            return _DENY
+        _claims.set(claims)
+        return await continuation(handler_call_details)
+
+
+def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthClient | None]:
+    if kind == "none":
+        return None, None
+    if kind == "pyjwt":
+        jwk = json.loads(Path(args.key).read_text())
+        return PyJwtInterceptor(jwk, args.audience, args.issuer), None
+    client = AsyncAuthClient(args.sidecar)
+    policy = AuthPolicy(audience=args.audience)
+    if kind == "verify":
+        if decision_cache_available():
+            off = {k: False for k in DECISION_CACHE_KEYWORDS}
+            return AsyncAuthServerInterceptor(client, policy, **off), client
+        return AsyncAuthServerInterceptor(client, policy), client
+    if not decision_cache_available():
+        raise SystemExit("default: this AsyncAuthServerInterceptor has no decision cache")
+    return AsyncAuthServerInterceptor(client, policy), client
+
+
+async def _close(interceptor: Any, client: AsyncAuthClient | None) -> None:
+    """Close whatever the interceptor holds open (a Watch subscription), then its client."""
+    close = getattr(interceptor, "close", None) or getattr(interceptor, "aclose", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    if client is not None:
+        await client.close()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    handlers = {"Call": grpc.unary_unary_rpc_method_handler(_call, _identity, _identity)}
+    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
+    servers: list[tuple[grpc.aio.Server, Any, AsyncAuthClient | None]] = []
+    ports = []
+    for i in range(args.servers):
+        interceptor, client = _interceptor(args.kind, args)
+        server = grpc.aio.server(interceptors=[interceptor] if interceptor is not None else None)
+        server.add_generic_rpc_handlers((generic,))
+        server.add_insecure_port(f"unix:{args.unix}.{i}")
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        servers.append((server, interceptor, client))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"bench-server unix={args.unix}.0 tcp=127.0.0.1:{ports[0]} pid={os.getpid()}", flush=True)
+    await stop.wait()
+    for server, interceptor, client in servers:
+        await server.stop(0)
+        await _close(interceptor, client)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.callee")
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--unix", required=True, help="socket path prefix: PREFIX.i")
+    parser.add_argument("--servers", type=int, default=1)
+    parser.add_argument("--sidecar", default="", help="the sidecar, unix:PATH (verify, default)")
+    parser.add_argument("--key", default="", help="the JWK file (pyjwt)")
+    parser.add_argument("--audience", default="svc")
+    parser.add_argument("--issuer", default="urn:authsidecar:local")
+    asyncio.run(serve(parser.parse_args(argv)))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
