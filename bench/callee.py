@@ -22,6 +22,11 @@ four kinds of authentication (the columns of bench/two_service.py):
 `AsyncAuthClient` (its own channel, hence its own Watch subscription): server i listens on
 `unix:PREFIX.i` and on a loopback TCP port. Banner (bench/procs.py reads it):
 `bench-server unix=PREFIX.0 tcp=127.0.0.1:PORT0 pid=PID`.
+
+A separate control server without interceptors, on `unix:PREFIX.control`, answers
+`/bench.CalleeControl/Stats` with the JSON list of each interceptor's `stats()` (issue 15's
+`DecisionStats`: hits, misses, bypassed, invalidations, ...; `{}` where there is none), so
+the bench can show that column (4) really served hits, without touching the measured path.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import dataclasses
 import inspect
 import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,8 @@ from authsidecar.client import AsyncAuthClient, AsyncAuthServerInterceptor, Auth
 
 SERVICE = "bench.Callee"
 METHOD = f"/{SERVICE}/Call"
+CONTROL = "bench.CalleeControl"
+STATS = f"/{CONTROL}/Stats"
 KINDS = ("none", "pyjwt", "verify", "default")
 # The keywords of issue 15's interceptor; column 3 names them, column 4 needs them to exist.
 DECISION_CACHE_KEYWORDS = ("cache_decisions", "coalesce_misses")
@@ -141,6 +150,27 @@ async def _close(interceptor: Any, client: AsyncAuthClient | None) -> None:
         await client.close()
 
 
+def _stats(interceptor: Any) -> dict[str, Any]:
+    stats = getattr(interceptor, "stats", None)
+    if stats is None:
+        return {}
+    snapshot = stats()
+    fields = dataclasses.asdict(snapshot) if dataclasses.is_dataclass(snapshot) else {}
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}
+
+
+async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
+    async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return json.dumps([_stats(i) for i in interceptors]).encode()
+
+    handlers = {"Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity)}
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROL, handlers),))
+    server.add_insecure_port(f"unix:{prefix}.control")
+    await server.start()
+    return server
+
+
 async def serve(args: argparse.Namespace) -> None:
     handlers = {"Call": grpc.unary_unary_rpc_method_handler(_call, _identity, _identity)}
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
@@ -154,10 +184,12 @@ async def serve(args: argparse.Namespace) -> None:
         ports.append(server.add_insecure_port("127.0.0.1:0"))
         await server.start()
         servers.append((server, interceptor, client))
+    control = await _control(args.unix, [interceptor for _, interceptor, _ in servers])
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"bench-server unix={args.unix}.0 tcp=127.0.0.1:{ports[0]} pid={os.getpid()}", flush=True)
     await stop.wait()
+    await control.stop(0)
     for server, interceptor, client in servers:
         await server.stop(0)
         await _close(interceptor, client)

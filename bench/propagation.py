@@ -1,13 +1,14 @@
 """Revocation propagation to subscribed interceptors (issue 15): Revoke returns -> how long
 until every callee refuses the token.
 
-For each token: every callee accepts it twice (so each interceptor holds its decision), one
-probe loop per callee starts calling with it every `probe_interval_s`, then the token is
-revoked at the sidecar. A callee's refusal time is when its first UNAUTHENTICATED answer
-arrives (an upper bound: the probe's own round trip and pacing are included); the delay of
-one revocation is the latest callee's refusal minus the moment Revoke returned, floored at 0
-(a refusal can beat Revoke's own answer back to the prober). A callee that refuses before
-Revoke was sent is a bench failure, never a sample; one that has not refused after
+For each token: every callee accepts it twice (so each interceptor holds its decision, and
+nothing else is in flight), the token is revoked at the sidecar, and the moment Revoke's
+answer arrives one probe loop per callee starts calling with the token, again every
+`probe_interval_s` until it is refused. A callee's refusal time is when its first
+UNAUTHENTICATED answer arrives: an upper bound, since the probe's own round trip is
+included (50 probes on a 2-core machine queue behind each other: a callee that verifies
+every call shows that floor). The delay of one revocation is the latest callee's refusal.
+A probe answered with any other error ends the bench; a callee that has not refused after
 `give_up_s` is counted in `never_refused`, the worst outcome this measures.
 """
 
@@ -70,11 +71,9 @@ async def _revocations(
                         return
                     await asyncio.sleep(probe_interval_s)
 
-            probes = [asyncio.create_task(probe(i)) for i in range(len(calls))]
-            await asyncio.sleep(probe_interval_s * 2)  # every probe loop is running
-            sent = time.perf_counter()
             await stub.Revoke(auth_pb2.RevokeRequest(token=token), timeout=10)
             returned = time.perf_counter()
+            probes = [asyncio.create_task(probe(i)) for i in range(len(calls))]
             done, pending = await asyncio.wait(probes, timeout=give_up_s)
             for task in pending:
                 task.cancel()
@@ -83,10 +82,7 @@ async def _revocations(
             if pending:
                 never += len(pending)
                 continue
-            times = [t for t in refused_at if t is not None]
-            if min(times) < sent:
-                raise RuntimeError("a callee refused a valid token before Revoke was sent")
-            delays.append(max(0.0, max(times) - returned))
+            delays.append(max(t for t in refused_at if t is not None) - returned)
     finally:
         for ch in [*channels, admin]:
             await ch.close()

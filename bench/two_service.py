@@ -27,6 +27,7 @@ holding a token's decision, and the time from Revoke returning to every callee r
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,32 @@ def _callee(
         args += ["--sidecar", sidecar.target("uds")]
     server = procs.start(f"callee {kind}{name}", args, {})
     server.extra["sockets"] = [f"unix:{prefix}.{i}" for i in range(servers)]
+    server.extra["control"] = f"unix:{prefix}.control"
     return server
+
+
+def callee_stats(server: procs.Server) -> dict[str, float]:
+    """The interceptors' `stats()` of one callee process, summed over its servers (booleans
+    counted, per-kind mappings flattened to `key.kind`); {} where the interceptor has none."""
+    with grpc.insecure_channel(server.extra["control"]) as channel:
+        raw = channel.unary_unary(callee.STATS)(b"", timeout=10)
+    total: dict[str, float] = {}
+    for stats in json.loads(raw):
+        for key, value in stats.items():
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            for sub, number in items:
+                if isinstance(number, bool | int | float):
+                    name = f"{key}.{sub}" if sub else key
+                    total[name] = total.get(name, 0) + float(number)
+    return total
+
+
+def _decisions(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the interceptor did with the calls of one cell (warm-up included)."""
+    return {
+        f"decision_{k}": after.get(k, 0.0) - before.get(k, 0.0)
+        for k in ("hits", "misses", "bypassed")
+    }
 
 
 def watch_status(sidecar: procs.Server) -> str:
@@ -162,7 +188,8 @@ class TwoService:
         self.servers: list[procs.Server] = []
         self.callees: dict[str, procs.Server] = {}
         self.sidecars: dict[str, procs.Server] = {}
-        self._rate_hint: dict[int, float] = {}
+        self._fastest = 0.0  # calls/s of the fastest cell so far (one-shot pool sizes)
+        self.stats: set[str] = set()  # the columns whose interceptor reports stats()
 
     def _start(self, server: procs.Server) -> procs.Server:
         self.servers.append(server)
@@ -184,7 +211,9 @@ class TwoService:
                 self.notes.append(
                     f"Watch on column (4)'s sidecar: {watch_status(self.sidecars['default'])}"
                 )
+            self.stats = {k for k, server in self.callees.items() if callee_stats(server)}
             rows = self._execute(reused, minter)
+            interceptor_stats = {k: callee_stats(self.callees[k]) for k in sorted(self.stats)}
         finally:
             self._stop()
         revocation = [
@@ -199,6 +228,7 @@ class TwoService:
             "columns": [{"kind": k, "label": label} for k, label in COLUMNS],
             "rows": two_service_report.derive(rows),
             "revocation": revocation,
+            "interceptor_stats": interceptor_stats,
             "notes": self.notes,
         }
         section["targets"] = two_service_report.targets(section)
@@ -210,14 +240,41 @@ class TwoService:
             server.stop()
         self.servers.clear()
 
-    def _pool(self, mode: str, concurrency: int, reused: list[str], minter: _Minter) -> list[str]:
+    def _drive(self, mode: str, c: int, kind: str, pool: list[str]) -> dict[str, Any]:
+        sidecar = self.sidecars.get(kind)
+        counted = kind in self.stats
+        before = callee_stats(self.callees[kind]) if counted else {}
+        result = procs.drive(
+            self.callees[kind],
+            transport="tcp",
+            method=callee.METHOD,
+            payloads=[PAYLOAD],
+            concurrency=c,
+            duration_s=self.plan.duration_s,
+            warmup_s=self.plan.warmup_s,
+            tokens=pool,
+            one_shot=mode == "one-shot",
+            sidecars=(sidecar,) if sidecar is not None else (),
+        )
+        if counted:
+            result.update(_decisions(before, callee_stats(self.callees[kind])))
+        self._fastest = max(self._fastest, result["calls_per_s"])
+        return result
+
+    def _cell(self, mode: str, c: int, kind: str, reused: list[str], minter: _Minter) -> Any:
+        """One measurement. One-shot pools are minted fresh for the cell: enough for the
+        fastest rate seen so far with margin, and minted again twice as large when the
+        callers ran out (the row keeps TOKENS_EXHAUSTED only if the third pool is short)."""
         if mode == "reused":
-            return reused
-        # One-shot: enough fresh tokens for the fastest rate seen at this concurrency (the
-        # floor's reused cell runs first), with margin; a shortfall shows as TOKENS_EXHAUSTED.
-        rate = self._rate_hint.get(concurrency, 3000.0)
+            return self._drive(mode, c, kind, reused)
         seconds = self.plan.warmup_s + self.plan.duration_s + 0.5
-        return minter.mint(int(rate * seconds * 1.5) + 200)
+        for attempt in range(3):
+            size = int(max(self._fastest, 2000.0) * seconds * 1.5 * 2**attempt) + 500
+            result = self._drive(mode, c, kind, minter.mint(size))
+            if "TOKENS_EXHAUSTED" not in result["errors"]:
+                break
+            print(f"  one-shot pool of {size} ran out: again with a larger one", flush=True)
+        return result
 
     def _execute(self, reused: list[str], minter: _Minter) -> list[dict[str, Any]]:
         """Rounds interleave every cell, so a drift of the shared machine's load hits every
@@ -227,21 +284,7 @@ class TwoService:
             for c in self.plan.concurrencies:
                 for mode in TOKEN_MODES:
                     for kind in self.kinds:
-                        pool = self._pool(mode, c, reused, minter)
-                        sidecar = self.sidecars.get(kind)
-                        result = procs.drive(
-                            self.callees[kind],
-                            transport="tcp",
-                            method=callee.METHOD,
-                            payloads=[PAYLOAD],
-                            concurrency=c,
-                            duration_s=self.plan.duration_s,
-                            warmup_s=self.plan.warmup_s,
-                            tokens=pool,
-                            one_shot=mode == "one-shot",
-                            sidecars=(sidecar,) if sidecar is not None else (),
-                        )
-                        self._rate_hint[c] = max(self._rate_hint.get(c, 0.0), result["calls_per_s"])
+                        result = self._cell(mode, c, kind, reused, minter)
                         runs.setdefault((mode, c, kind), []).append(result)
                         row = {"tokens": mode, "concurrency": c, "column": kind, **result}
                         print(f"[{round_ + 1}/{self.plan.rounds}] " + _line(row), flush=True)
@@ -269,6 +312,11 @@ class TwoService:
                 payload=PAYLOAD,
                 probe_interval_s=p.probe_interval_s,
             )
+            totals: dict[str, float] = {}
+            for host in hosts:
+                for key, value in callee_stats(host).items():
+                    totals[key] = totals.get(key, 0.0) + value
+            result["interceptor_stats"] = totals
         finally:
             self._stop()
         label = dict(COLUMNS)[kind]
@@ -278,9 +326,15 @@ class TwoService:
             interceptors=len(sockets),
             layout=(
                 f"{p.processes} callee processes x {p.per_process} grpc.aio servers, each "
-                f"server with its own interceptor and AsyncAuthClient (own channel, own Watch "
-                f"subscription), all on one sidecar; one prober (the bench process) calls "
-                f"every server over its Unix socket every {p.probe_interval_s * 1000:g} ms"
+                f"server with its own interceptor and AsyncAuthClient ("
+                + (
+                    "own channel, own Watch subscription"
+                    if kind == "default"
+                    else "no Watch: every call asks Verify, so this row is the probe's own "
+                    "resolution"
+                )
+                + "), all on one sidecar; one prober (the bench process) calls every server "
+                f"over its Unix socket every {p.probe_interval_s * 1000:g} ms"
             ),
         )
         print(

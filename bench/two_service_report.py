@@ -144,6 +144,20 @@ def _num(value: Any, fmt: str = "{:.0f}") -> str:
     return fmt.format(value)
 
 
+def _stats(stats: dict[str, float]) -> str:
+    shown = [f"{k} {v:g}" for k, v in sorted(stats.items()) if v and k != "staleness_s"]
+    return ", ".join(shown) or "all zero"
+
+
+def _hit_ratio(row: Row) -> float | None:
+    """Share of the cell's calls the interceptor answered from its decision cache."""
+    hits = row.get("decision_hits")
+    if hits is None:
+        return None
+    seen = hits + row.get("decision_misses", 0) + row.get("decision_bypassed", 0)
+    return hits / seen if seen else None
+
+
 def markdown(section: dict[str, Any]) -> str:
     labels = {c["kind"]: c["label"] for c in section["columns"]}
     plan = section["plan"]
@@ -156,11 +170,13 @@ def markdown(section: dict[str, Any]) -> str:
         f"one-shot = every token used once (minted before the clock starts). "
         f"{plan['duration_s']:g} s per cell, {plan['rounds']} interleaved rounds, medians. "
         "CPU µs/call = callee + sidecar (columns 3 and 4 each have their own sidecar); "
-        "added latency and CPU over floor are against column (1) of the same row group.\n\n",
+        "added latency and CPU over floor are against column (1) of the same row group; "
+        "from cache = the interceptor's decision hits / its calls in the cell (warm-up "
+        "included, from its `stats()`).\n\n",
         "| tokens | in flight | column | calls/s | p50 ms | p99 ms | added p50 ms "
         "| added p99 ms | CPU µs/call | over floor µs | callee µs | sidecar µs | caller µs "
-        "| errors |\n",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| from cache | errors |\n",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     ]
     for r in section["rows"]:
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items())
@@ -171,7 +187,7 @@ def markdown(section: dict[str, Any]) -> str:
             f"{_num(r['added_p99_ms'], '{:+.2f}')} | {_num(r['cpu_us_per_call'])} | "
             f"{_num(r['cpu_over_floor_us'], '{:+.0f}')} | {_num(r['callee_cpu_us_per_call'])} | "
             f"{_num(r['sidecar_cpu_us_per_call'])} | {_num(r['caller_cpu_us_per_call'])} | "
-            f"{errors} |\n"
+            f"{_num(_hit_ratio(r), '{:.1%}')} | {errors} |\n"
         )
     parts.append(
         "\nRevocation propagation: Revoke returns -> every callee refuses the token.\n\n"
@@ -184,6 +200,13 @@ def markdown(section: dict[str, Any]) -> str:
             f"{_num(r['p50_ms'], '{:.2f}')} | {_num(r['p99_ms'], '{:.2f}')} | "
             f"{_num(r['max_ms'], '{:.2f}')} | {r['never_refused']} |\n"
         )
+    for r in section["revocation"]:
+        if r.get("interceptor_stats"):
+            parts.append(
+                f"\n{r['label']}, interceptors' stats(): {_stats(r['interceptor_stats'])}\n"
+            )
+    for kind, stats in section.get("interceptor_stats", {}).items():
+        parts.append(f"\n{labels[kind]}, callee's stats() at the end: {_stats(stats)}\n")
     parts.append("\n| target | value | goal | met | compares |\n|---|---:|---|---|---|\n")
     for t in section["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
