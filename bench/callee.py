@@ -18,6 +18,12 @@ four kinds of authentication (the columns of bench/two_service.py):
            coalesced into VerifyBatch). Refuses to start on a tree whose interceptor has no
            `cache_decisions` keyword, so a column-4 number can never be Verify per call.
 
+Two diagnostic kinds split an interceptor's cost (what the bench's "where the CPU goes" rows
+compare): `passthrough`, an interceptor whose `intercept_service` only awaits the
+continuation (grpc.aio's interceptor path alone), and `wrapping`, which also replaces the
+handler's behaviour with a per-call coroutine around it, as the auth interceptors do, but
+checks nothing.
+
 `--servers N` runs N servers in this one process, each with its own interceptor and its own
 `AsyncAuthClient` (its own channel, hence its own Watch subscription): server i listens on
 `unix:PREFIX.i` and on a loopback TCP port. Banner (bench/procs.py reads it):
@@ -53,7 +59,7 @@ SERVICE = "bench.Callee"
 METHOD = f"/{SERVICE}/Call"
 CONTROL = "bench.CalleeControl"
 STATS = f"/{CONTROL}/Stats"
-KINDS = ("none", "pyjwt", "verify", "default")
+KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
 # The keywords of issue 15's interceptor; column 3 names them, column 4 needs them to exist.
 DECISION_CACHE_KEYWORDS = ("cache_decisions", "coalesce_misses")
 # The callee verifying in-process holds only the public half of an asymmetric key.
@@ -121,9 +127,38 @@ class PyJwtInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
+class PassThrough(grpc.aio.ServerInterceptor):
+    """Diagnostic: grpc.aio's interceptor path and nothing else."""
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        return await continuation(handler_call_details)
+
+
+class Wrapping(grpc.aio.ServerInterceptor):
+    """Diagnostic: the auth interceptors' shape without their check: the handler rebuilt
+    with a per-call coroutine that awaits the original behaviour."""
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        inner = handler.unary_unary
+
+        async def single(request: bytes, context: Any) -> Any:
+            return await inner(request, context)
+
+        return handler._replace(unary_unary=single)
+
+
 def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthClient | None]:
     if kind == "none":
         return None, None
+    if kind == "passthrough":
+        return PassThrough(), None
+    if kind == "wrapping":
+        return Wrapping(), None
     if kind == "pyjwt":
         jwk = json.loads(Path(args.key).read_text())
         return PyJwtInterceptor(jwk, args.audience, args.issuer), None
@@ -155,7 +190,10 @@ def _stats(interceptor: Any) -> dict[str, Any]:
     if stats is None:
         return {}
     snapshot = stats()
-    fields = dataclasses.asdict(snapshot) if dataclasses.is_dataclass(snapshot) else {}
+    if not dataclasses.is_dataclass(snapshot):
+        return {}
+    # Not dataclasses.asdict: it deep-copies, and a mappingproxy field cannot be copied.
+    fields = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot)}
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}
 
 

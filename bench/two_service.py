@@ -47,6 +47,12 @@ COLUMNS = (
     ("verify", "(3) interceptor, Verify per call"),
     ("default", "(4) interceptor default: decision cache + Watch"),
 )
+# Where an interceptor's CPU goes (bench/callee.py): run with reused tokens at DIAGNOSE_AT.
+DIAGNOSTICS = (
+    ("passthrough", "(d1) interceptor passing the call on, no check"),
+    ("wrapping", "(d2) interceptor wrapping the handler, no check"),
+)
+DIAGNOSE_AT = 16
 TOKEN_MODES = ("reused", "one-shot")
 PAYLOAD = b"\x08\x01"  # what the caller sends; the handler answers `ok` whatever it is
 
@@ -70,7 +76,7 @@ def plan(*, full: bool, duration_s: float, warmup_s: float, rounds: int) -> Plan
     return Plan(duration_s, warmup_s, rounds, (16,), 2, 3, 3, 0.005)
 
 
-class _Minter:
+class Minter:
     """Tokens from the sidecar's own TokenService on the bench key (bench/tokens.py): what
     Issue would have returned, minted before any clock starts. Subjects cycle over the
     caller identities; every token has its own jti."""
@@ -97,7 +103,7 @@ class _Minter:
         return tokens
 
 
-def _sidecar(workdir: Path, minted: Minted, name: str) -> procs.Server:
+def start_sidecar(workdir: Path, minted: Minted, name: str) -> procs.Server:
     """A sidecar with its defaults (verify cache included), as a deployment would run it."""
     env = {
         "AUTHSIDECAR_DATA_DIR": str(workdir / name),
@@ -109,7 +115,7 @@ def _sidecar(workdir: Path, minted: Minted, name: str) -> procs.Server:
     return procs.start(f"sidecar {name}", ["-m", "sidecar", "serve"], env)
 
 
-def _callee(
+def start_callee(
     workdir: Path,
     kind: str,
     minted: Minted,
@@ -198,15 +204,15 @@ class TwoService:
     def run(self) -> dict[str, Any]:
         began = time.time()
         minted = make_key(self.dir, ALG, 0)
-        minter = _Minter(minted)
+        minter = Minter(minted)
         reused = minter.mint(IDENTITIES)
         try:
-            for kind in self.kinds:
+            for kind in self.kinds + [k for k, _ in DIAGNOSTICS]:
                 sidecar = None
                 if kind in ("verify", "default"):
-                    sidecar = self._start(_sidecar(self.dir, minted, f"sidecar-{kind}"))
+                    sidecar = self._start(start_sidecar(self.dir, minted, f"sidecar-{kind}"))
                     self.sidecars[kind] = sidecar
-                self.callees[kind] = self._start(_callee(self.dir, kind, minted, sidecar))
+                self.callees[kind] = self._start(start_callee(self.dir, kind, minted, sidecar))
             if "default" in self.sidecars:
                 self.notes.append(
                     f"Watch on column (4)'s sidecar: {watch_status(self.sidecars['default'])}"
@@ -226,6 +232,7 @@ class TwoService:
             "identities": IDENTITIES,
             "plan": self.plan.__dict__,
             "columns": [{"kind": k, "label": label} for k, label in COLUMNS],
+            "diagnostics": [{"kind": k, "label": label} for k, label in DIAGNOSTICS],
             "rows": two_service_report.derive(rows),
             "revocation": revocation,
             "interceptor_stats": interceptor_stats,
@@ -261,7 +268,7 @@ class TwoService:
         self._fastest = max(self._fastest, result["calls_per_s"])
         return result
 
-    def _cell(self, mode: str, c: int, kind: str, reused: list[str], minter: _Minter) -> Any:
+    def _cell(self, mode: str, c: int, kind: str, reused: list[str], minter: Minter) -> Any:
         """One measurement. One-shot pools are minted fresh for the cell: enough for the
         fastest rate seen so far with margin, and minted again twice as large when the
         callers ran out (the row keeps TOKENS_EXHAUSTED only if the third pool is short)."""
@@ -276,30 +283,37 @@ class TwoService:
             print(f"  one-shot pool of {size} ran out: again with a larger one", flush=True)
         return result
 
-    def _execute(self, reused: list[str], minter: _Minter) -> list[dict[str, Any]]:
+    def _kinds(self, mode: str, c: int) -> list[str]:
+        if mode == "reused" and c == DIAGNOSE_AT:
+            return self.kinds + [k for k, _ in DIAGNOSTICS]
+        return self.kinds
+
+    def _execute(self, reused: list[str], minter: Minter) -> list[dict[str, Any]]:
         """Rounds interleave every cell, so a drift of the shared machine's load hits every
         column alike; each row is the median over its rounds (report.median_of)."""
         runs: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
         for round_ in range(self.plan.rounds):
             for c in self.plan.concurrencies:
                 for mode in TOKEN_MODES:
-                    for kind in self.kinds:
+                    for kind in self._kinds(mode, c):
                         result = self._cell(mode, c, kind, reused, minter)
                         runs.setdefault((mode, c, kind), []).append(result)
                         row = {"tokens": mode, "concurrency": c, "column": kind, **result}
-                        print(f"[{round_ + 1}/{self.plan.rounds}] " + _line(row), flush=True)
+                        print(f"[{round_ + 1}/{self.plan.rounds}] " + line(row), flush=True)
         return [
             {"tokens": mode, "concurrency": c, "column": kind, **report.median_of(results)}
             for (mode, c, kind), results in runs.items()
         ]
 
-    def _propagation(self, kind: str, minted: Minted, minter: _Minter) -> dict[str, Any]:
+    def _propagation(self, kind: str, minted: Minted, minter: Minter) -> dict[str, Any]:
         p = self.plan
-        sidecar = self._start(_sidecar(self.dir, minted, f"sidecar-revoke-{kind}"))
+        sidecar = self._start(start_sidecar(self.dir, minted, f"sidecar-revoke-{kind}"))
         try:
             hosts = [
                 self._start(
-                    _callee(self.dir, kind, minted, sidecar, name=f"-r{i}", servers=p.per_process)
+                    start_callee(
+                        self.dir, kind, minted, sidecar, name=f"-r{i}", servers=p.per_process
+                    )
                 )
                 for i in range(p.processes)
             ]
@@ -346,7 +360,7 @@ class TwoService:
         return result
 
 
-def _line(row: dict[str, Any]) -> str:
+def line(row: dict[str, Any]) -> str:
     errors = sum(row["errors"].values())
     side = row.get("sidecar_cpu_s_per_1k")
     return (

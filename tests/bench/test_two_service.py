@@ -32,7 +32,8 @@ def test_quick_run_measures_every_column_in_both_token_modes(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-2000:]
     section = json.loads((tmp_path / "latest.json").read_text())["two_service"]
     cells = {(r["tokens"], r["column"]) for r in section["rows"]}
-    assert cells == {(mode, kind) for mode in ("reused", "one-shot") for kind in _KINDS}
+    diagnostics = {("reused", d["kind"]) for d in section["diagnostics"]}
+    assert cells == {(m, kind) for m in ("reused", "one-shot") for kind in _KINDS} | diagnostics
     for row in section["rows"]:
         assert row["calls"] > 0, row
         assert row["errors"] == {}, row
