@@ -42,9 +42,12 @@ def test_quick_run_measures_every_column_in_both_token_modes(tmp_path: Path) -> 
         assert (row["sidecar_cpu_us_per_call"] is not None) == has_sidecar, row
     revoked = {r["column"]: r for r in section["revocation"]}
     assert set(revoked) == {"verify", "default"}
+    assert set(revoked["verify"]["passes"]) == {"refused"}  # no Watch: nothing to drop
+    assert set(revoked["default"]["passes"]) == {"refused", "dropped"}
     for result in revoked.values():
-        assert result["never_refused"] == 0, result
-        assert len(result["delays_ms"]) == result["revocations"] > 0, result
+        for numbers in result["passes"].values():
+            assert numbers["never"] == 0, result
+            assert len(numbers["delays_ms"]) == numbers["revocations"] > 0, result
     assert all(t["met"] in (True, False) for t in section["targets"]), section["targets"]
     markdown = (tmp_path / "latest.md").read_text()
     assert "## Two services" in markdown
@@ -74,10 +77,11 @@ def test_targets_compare_overheads_over_the_floor_of_the_same_cells() -> None:
         _row("one-shot", "pyjwt", 500, 6.0),
         _row("one-shot", "default", 620, 9.0),  # 320 over: > 1.5 x 200
     ]
-    revocation = [
-        {"column": "default", "interceptors": 50, "revocations": 10, "p50_ms": 3.0}
-        | {"p99_ms": 49.0, "max_ms": 49.0, "never_refused": 1}
-    ]
+    passes = {
+        "refused": {"revocations": 10, "p50_ms": 3.0, "p99_ms": 49.0, "max_ms": 49.0, "never": 1},
+        "dropped": {"revocations": 10, "p50_ms": 2.0, "p99_ms": 9.0, "max_ms": 9.0, "never": 0},
+    }
+    revocation = [{"column": "default", "interceptors": 50, "passes": passes}]
     section = {"rows": two_service_report.derive(rows), "revocation": revocation, "notes": []}
     met = {t["target"]: (t["value"], t["met"]) for t in two_service_report.targets(section)}
     assert met["reused tokens, 16 in flight: (4) CPU/call over floor / (2)'s"] == (
@@ -90,4 +94,7 @@ def test_targets_compare_overheads_over_the_floor_of_the_same_cells() -> None:
         False,
     )
     # A callee still serving the revoked token misses the target whatever the p99.
-    assert met["revocation reaches 50 subscribed interceptors: p99 ms"] == (49.0, False)
+    refused = "Revoke returns -> first refusal at every callee"
+    assert met[f"revocation, 50 subscribed interceptors: {refused}, p99 ms"] == (49.0, False)
+    dropped = "Revoke returns -> every interceptor dropped the decision (the push alone)"
+    assert met[f"revocation, 50 subscribed interceptors: {dropped}, p99 ms"] == (9.0, True)
