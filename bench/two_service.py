@@ -20,8 +20,9 @@ Columns (3) and (4) each have their own sidecar process (defaults, memory store,
 over its Unix socket); their CPU per call is the callee's plus the sidecar's, measured from
 /proc over the same window. (1) and (2) have no sidecar to count. The caller's CPU is
 reported apart. Then revocation propagation: interceptors in several callee processes, each
-holding a token's decision, and the time from Revoke returning to every callee refusing it
-(bench/propagation.py). The targets are computed in bench/two_service_report.py.
+holding a token's decision, and the time from Revoke returning to every callee refusing it,
+and to every interceptor dropping the decision (bench/propagation.py). The targets are
+computed in bench/two_service_report.py.
 """
 
 from __future__ import annotations
