@@ -10,13 +10,11 @@ four kinds of authentication (the columns of bench/two_service.py):
            options={"require": ["exp", "iss", "aud"]})` with the public key object built
            once at start; any failure is UNAUTHENTICATED. Claims reach the handler through a
            ContextVar. No revocation, no key rotation.
-  verify   `AsyncAuthServerInterceptor` asking the sidecar's Verify for every call:
-           `cache_decisions=False, coalesce_misses=False` where the interceptor has those
-           keywords, the plain constructor where it does not (Verify per call is all it did).
-  default  `AsyncAuthServerInterceptor(client)`: whatever the interceptor does by default
-           (issue 15: decisions cached, dropped by the sidecar's Watch events, misses
-           coalesced into VerifyBatch). Refuses to start on a tree whose interceptor has no
-           `cache_decisions` keyword, so a column-4 number can never be Verify per call.
+  verify   `AsyncAuthServerInterceptor(client, cache_decisions=False,
+           coalesce_misses=False)`: the sidecar's Verify for every call.
+  default  `AsyncAuthServerInterceptor(client)`: the interceptor's defaults (issue 15:
+           decisions cached, dropped by the sidecar's Watch events, misses coalesced into
+           VerifyBatch).
 
 Two diagnostic kinds split an interceptor's cost (what the bench's "where the CPU goes" rows
 compare): `passthrough`, an interceptor whose `intercept_service` only awaits the
@@ -60,20 +58,12 @@ METHOD = f"/{SERVICE}/Call"
 CONTROL = "bench.CalleeControl"
 STATS = f"/{CONTROL}/Stats"
 KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
-# The keywords of issue 15's interceptor; column 3 names them, column 4 needs them to exist.
-DECISION_CACHE_KEYWORDS = ("cache_decisions", "coalesce_misses")
 # The callee verifying in-process holds only the public half of an asymmetric key.
 _PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
 
 _claims: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "bench_callee_claims", default=None
 )
-
-
-def decision_cache_available() -> bool:
-    """Whether this tree's AsyncAuthServerInterceptor has issue 15's decision cache."""
-    parameters = inspect.signature(AsyncAuthServerInterceptor.__init__).parameters
-    return all(k in parameters for k in DECISION_CACHE_KEYWORDS)
 
 
 async def _call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -165,12 +155,10 @@ def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthCli
     client = AsyncAuthClient(args.sidecar)
     policy = AuthPolicy(audience=args.audience)
     if kind == "verify":
-        if decision_cache_available():
-            off = {k: False for k in DECISION_CACHE_KEYWORDS}
-            return AsyncAuthServerInterceptor(client, policy, **off), client
-        return AsyncAuthServerInterceptor(client, policy), client
-    if not decision_cache_available():
-        raise SystemExit("default: this AsyncAuthServerInterceptor has no decision cache")
+        plain = AsyncAuthServerInterceptor(
+            client, policy, cache_decisions=False, coalesce_misses=False
+        )
+        return plain, client
     return AsyncAuthServerInterceptor(client, policy), client
 
 

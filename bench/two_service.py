@@ -185,13 +185,6 @@ class TwoService:
         self.plan = plan
         self.kinds = [k for k, _ in COLUMNS]
         self.notes: list[str] = []
-        if not callee.decision_cache_available():
-            self.kinds.remove("default")
-            self.notes.append(
-                "column (4) not run: this tree's AsyncAuthServerInterceptor has no "
-                "`cache_decisions`/`coalesce_misses` (issue 15's decision cache is not merged); "
-                "column (3) is its plain constructor, which verifies every call"
-            )
         self.servers: list[procs.Server] = []
         self.callees: dict[str, procs.Server] = {}
         self.sidecars: dict[str, procs.Server] = {}

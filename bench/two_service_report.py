@@ -132,14 +132,6 @@ def targets(section: dict[str, Any]) -> list[Row]:
                 f"{numbers['revocations']} revocations, p50 {fmt(_get(numbers, 'p50_ms'), 'ms')}, "
                 f"max {fmt(_get(numbers, 'max_ms'), 'ms')}, never {numbers['never']}",
             )
-    if not any(r["column"] == "default" for r in rows):
-        add(
-            "column (4) measured",
-            None,
-            "every target above",
-            None,
-            "not run: " + "; ".join(n for n in section["notes"] if "column (4)" in n),
-        )
     return out
 
 
