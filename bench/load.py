@@ -13,16 +13,25 @@ before `start_at` are the warm-up.
 Modes:
   static   cycle through `payloads` (a token pool) calling `method` on `target`
   refresh  each task Issues a refresh token on `admin_target`, then Refreshes in a chain
+
+With `tokens` in the spec, each static call also carries `authorization: Bearer <token>`
+(metadata built before the clock starts): `token_use` "cycle" reuses the pool (each task
+starting at its own offset), "once" hands every token to exactly one call and ends a task
+when the pool runs out (counted as TOKENS_EXHAUSTED: the pool was sized too small).
+
+The result also carries `cpu_s`: this process's CPU time inside [start_at, end_at].
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -52,6 +61,9 @@ class _Tally:
                 self.errors[error] += 1
 
 
+_Metadata = tuple[tuple[str, str], ...]
+
+
 async def _static(
     call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
     payloads: list[bytes],
@@ -72,6 +84,64 @@ async def _static(
             error = exc.code().name
         tally.record(began, clock(), error)
         i += 1
+
+
+async def _with_tokens(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    payload: bytes,
+    metadata: list[_Metadata],
+    next_index: Callable[[], int],
+    tally: _Tally,
+) -> None:
+    """Static calls, each with the bearer token of `metadata[next_index()]`."""
+    n = len(metadata)
+    clock = time.monotonic
+    while True:
+        began = clock()
+        if began >= tally.end_at:
+            return
+        i = next_index()
+        if i >= n:  # "once" and the pool is spent: say so rather than reuse a token
+            tally.errors["TOKENS_EXHAUSTED"] += 1
+            return
+        error = None
+        try:
+            await call(payload, metadata=metadata[i], timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            error = exc.code().name
+        tally.record(began, clock(), error)
+
+
+def _cycle_from(start: int, n: int) -> Callable[[], int]:
+    counter = itertools.count(start)
+    return lambda: next(counter) % n
+
+
+def _token_tasks(
+    spec: dict[str, Any], call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], tally: _Tally
+) -> list[asyncio.Task[None]]:
+    metadata = [(("authorization", f"Bearer {t}"),) for t in spec["tokens"]]
+    payload = base64.b64decode(spec["payloads"][0])
+    tasks = spec["tasks"]
+    if spec.get("token_use", "cycle") == "once":
+        shared = itertools.count()
+        indexes = [shared.__next__ for _ in range(tasks)]
+    else:
+        n = len(metadata)
+        step = max(1, n // max(1, tasks))
+        indexes = [_cycle_from(t * step, n) for t in range(tasks)]
+    return [
+        asyncio.create_task(_with_tokens(call, payload, metadata, index, tally))
+        for index in indexes
+    ]
+
+
+async def _cpu_window(tally: _Tally, box: dict[str, float]) -> None:
+    """This process's CPU time over the measured window (the caller's cost per call)."""
+    await asyncio.sleep(max(0.0, tally.start_at - time.monotonic()))
+    began = time.process_time()
+    await asyncio.sleep(max(0.0, tally.end_at - time.monotonic()))
+    box["cpu_s"] = time.process_time() - began
 
 
 async def _refresh_chain(
@@ -109,8 +179,12 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     print("ready", flush=True)
     start_at, end_at = (float(x) for x in sys.stdin.readline().split())
     tally = _Tally(start_at, end_at)
-    tasks: list[asyncio.Task[None]] = []
-    if spec["mode"] == "refresh":
+    cpu: dict[str, float] = {}
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(_cpu_window(tally, cpu))]
+    if spec.get("tokens"):
+        call = channel.unary_unary(spec["method"], _identity, _identity)
+        tasks.extend(_token_tasks(spec, call, tally))
+    elif spec["mode"] == "refresh":
         admin = grpc.aio.insecure_channel(spec["admin_target"])
         channels.append(admin)
         refresh = channel.unary_unary(_REFRESH, _identity, _identity)
@@ -126,7 +200,11 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*tasks)
     for ch in channels:
         await ch.close()
-    return {"latencies_us": tally.latencies_us, "errors": dict(tally.errors)}
+    return {
+        "latencies_us": tally.latencies_us,
+        "errors": dict(tally.errors),
+        "cpu_s": cpu.get("cpu_s", 0.0),
+    }
 
 
 def main() -> None:

@@ -134,13 +134,21 @@ def drive(
     warmup_s: float,
     mode: str = "static",
     items_per_call: int = 1,
+    tokens: list[str] | None = None,
+    one_shot: bool = False,
+    sidecars: tuple[Server, ...] = (),
 ) -> dict[str, Any]:
-    """Run `concurrency` calls in flight from min(concurrency, 2) load processes."""
+    """Run `concurrency` calls in flight from min(concurrency, 2) load processes.
+
+    `tokens`: every call carries a bearer token from this pool, each load process a disjoint
+    slice; cycled, or each used once with `one_shot` (bench/load.py). `sidecars`: processes
+    the server calls; their CPU is added to the server's and also reported on its own
+    (`sidecar_cpu_s_per_1k`). `client_cpu_s_per_1k` is the load processes' own CPU."""
     procs = min(concurrency, 2)
     encoded = [base64.b64encode(p).decode("ascii") for p in payloads]
     children = []
     for i in range(procs):
-        spec = {
+        spec: dict[str, Any] = {
             "target": server.target(transport),
             "admin_target": f"unix:{server.admin}",
             "method": method,
@@ -150,6 +158,9 @@ def drive(
             "payloads": encoded[i::procs] or encoded,
             "tasks": concurrency // procs + (1 if i < concurrency % procs else 0),
         }
+        if tokens:
+            spec["tokens"] = tokens[i::procs] or tokens
+            spec["token_use"] = "once" if one_shot else "cycle"
         children.append(_spawn_load(spec))
     for child in children:  # every generator connected: then the clock starts for all
         assert child.stdout is not None
@@ -162,11 +173,14 @@ def drive(
         child.stdin.write(f"{start_at} {end_at}\n")
         child.stdin.close()
     time.sleep(max(0.0, start_at - time.monotonic()))
+    side0 = sum(s.cpu_s() for s in sidecars)
     cpu0, t0 = server.cpu_s(), time.monotonic()
     time.sleep(max(0.0, end_at - time.monotonic()))
     cpu1, t1 = server.cpu_s(), time.monotonic()
+    side1 = sum(s.cpu_s() for s in sidecars)
     latencies: list[int] = []
     errors: dict[str, int] = {}
+    client_cpu = 0.0
     for child in children:
         assert child.stdout is not None
         out = child.stdout.read()
@@ -175,18 +189,27 @@ def drive(
             raise RuntimeError(f"load generator failed (exit {child.returncode})")
         result = json.loads(out)
         latencies.extend(result["latencies_us"])
+        client_cpu += result["cpu_s"]
         for code, count in result["errors"].items():
             errors[code] = errors.get(code, 0) + count
     latencies.sort()
     calls = len(latencies)
     window = t1 - t0
-    return {
+
+    def per_1k(cpu_s: float) -> float:
+        return cpu_s / calls * 1000 if calls else float("nan")
+
+    result = {
         "calls": calls,
         "calls_per_s": calls / window,
         "items_per_s": calls * items_per_call / window,
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
         "p999_ms": _percentile(latencies, 0.999),
-        "server_cpu_s_per_1k": (cpu1 - cpu0) / calls * 1000 if calls else float("nan"),
+        "server_cpu_s_per_1k": per_1k(cpu1 - cpu0 + side1 - side0),
+        "client_cpu_s_per_1k": per_1k(client_cpu),
         "errors": errors,
     }
+    if sidecars:
+        result["sidecar_cpu_s_per_1k"] = per_1k(side1 - side0)
+    return result

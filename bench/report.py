@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from bench import two_service_report
+
 Row = dict[str, Any]
 # The unary cold Verify cell of the algorithms the verify group does not cover.
 ALGORITHMS_CELL = "sidecar cold (every algorithm)"
@@ -288,6 +290,14 @@ def summary(doc: dict[str, Any]) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    """The whole report; a document holding only the two-service section renders that."""
+    two = doc.get("two_service")
+    if "rows" not in doc:
+        return "" if two is None else two_service_report.markdown(two)
+    return _suite_markdown(doc) + ("" if two is None else "\n" + two_service_report.markdown(two))
+
+
+def _suite_markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     parts = [
         f"Command: `{doc['command']}` ({doc['elapsed_s']:.0f} s); Python {env['python']}, "

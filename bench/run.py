@@ -9,6 +9,9 @@ latest.md. All ratios in the report come from this one run.
   python -m bench            full run (a few minutes)
   python -m bench --quick    a few seconds per group: proves the suite works, numbers rough
   python -m bench --soak 60  only the memory soak: RSS of a sidecar under Verify load
+  python -m bench --only two_service
+                             only issue 15's two-service section (bench/two_service.py),
+                             merged into an existing latest.json (the rest kept as it was)
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import grpc
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from bench import h2load, inprocess, procs, report
+from bench import h2load, inprocess, procs, report, two_service
 from bench.tokens import ALGORITHMS, AUDIENCE, Minted, make_key
 
 VERIFY = "/authsidecar.v1.AuthService/Verify"
@@ -598,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-h2load", action="store_true", help="skip the h2load cells")
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run only the RSS soak")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* are written")
+    parser.add_argument(
+        "--only", choices=["two_service"], help="run only this section (merged into latest.*)"
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     if args.duration:
@@ -612,11 +618,24 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / "soak.json").write_text(json.dumps(report.clean(soak), indent=1))
             print(report.soak_text(soak))
             return 0
-        suite.run()
+        if args.only is None:
+            suite.run()
+        plan = two_service.plan(
+            full=profile.full,
+            duration_s=profile.duration_s,
+            warmup_s=profile.warmup_s,
+            rounds=rounds,
+        )
+        section = two_service.run(Path(tmp) / "two-service", plan)
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    section["command"] = command + (f" --only {args.only}" if args.only else "")
+    section["started_at"] = started
+    if args.only is not None:
+        return _write_section(args.out, section)
     if not suite.h2:
         suite.notes.append("h2load: not used (not installed or --no-h2load)")
     document = {
-        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "command": command,
         "started_at": started,
         "elapsed_s": time.time() - started,
         "profile": profile.__dict__,
@@ -629,12 +648,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     document["targets"] = report.targets(document)
     document["algorithms"] = report.algorithms(document, ALGORITHMS)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(
-        json.dumps(report.clean(document), indent=1, allow_nan=False)
-    )
+    document["two_service"] = section
+    _write(args.out, document)
+    return 0
+
+
+def _write(out: Path, document: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(report.clean(document), indent=1, allow_nan=False))
     markdown = report.markdown(document)
-    (args.out / "latest.md").write_text(markdown)
+    (out / "latest.md").write_text(markdown)
     print()
     print(markdown)
+
+
+def _write_section(out: Path, section: dict[str, Any]) -> int:
+    """`--only two_service`: replace that section of the existing results, keep the rest
+    (the section says which command and when measured it), or start a document of its own."""
+    path = out / "latest.json"
+    if path.exists():
+        document = json.loads(path.read_text())
+    else:
+        document = {"command": section["command"], "environment": _environment()}
+    document["two_service"] = section
+    _write(out, document)
     return 0

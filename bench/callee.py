@@ -1,0 +1,238 @@
+"""The callee of the two-service benchmark (issue 15): `python -m bench.callee AUTH ...`.
+
+A grpc.aio service with one trivial unary method, `/bench.Callee/Call` (bytes in, `ok` out),
+on a plain `grpc.aio.server(interceptors=...)` as a user's service would be, behind one of
+four kinds of authentication (the columns of bench/two_service.py):
+
+  none     no authentication: the floor. The caller still sends its bearer token.
+  pyjwt    what the usual JWT tutorials teach: an interceptor reads `authorization: Bearer`
+           and calls `jwt.decode(token, key, algorithms=[alg], audience=..., issuer=...,
+           options={"require": ["exp", "iss", "aud"]})` with the public key object built
+           once at start; any failure is UNAUTHENTICATED. Claims reach the handler through a
+           ContextVar. No revocation, no key rotation.
+  verify   `AsyncAuthServerInterceptor(client, cache_decisions=False,
+           coalesce_misses=False)`: the sidecar's Verify for every call.
+  default  `AsyncAuthServerInterceptor(client)`: the interceptor's defaults (issue 15:
+           decisions cached, dropped by the sidecar's Watch events, misses coalesced into
+           VerifyBatch).
+
+Two diagnostic kinds split an interceptor's cost (what the bench's "where the CPU goes" rows
+compare): `passthrough`, an interceptor whose `intercept_service` only awaits the
+continuation (grpc.aio's interceptor path alone), and `wrapping`, which also replaces the
+handler's behaviour with a per-call coroutine around it, as the auth interceptors do, but
+checks nothing.
+
+`--servers N` runs N servers in this one process, each with its own interceptor and its own
+`AsyncAuthClient` (its own channel, hence its own Watch subscription): server i listens on
+`unix:PREFIX.i` and on a loopback TCP port. Banner (bench/procs.py reads it):
+`bench-server unix=PREFIX.0 tcp=127.0.0.1:PORT0 pid=PID`.
+
+A separate control server without interceptors, on `unix:PREFIX.control`, answers
+`/bench.CalleeControl/Stats` with the JSON list of each interceptor's `stats()` (issue 15's
+`DecisionStats`: hits, misses, bypassed, invalidations, ...; `{}` where there is none), so
+the bench can show that column (4) really served hits, without touching the measured path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import dataclasses
+import inspect
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+
+from authsidecar.client import AsyncAuthClient, AsyncAuthServerInterceptor, AuthPolicy
+
+SERVICE = "bench.Callee"
+METHOD = f"/{SERVICE}/Call"
+CONTROL = "bench.CalleeControl"
+STATS = f"/{CONTROL}/Stats"
+KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
+# The callee verifying in-process holds only the public half of an asymmetric key.
+_PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
+
+_claims: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "bench_callee_claims", default=None
+)
+
+
+async def _call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return b"ok"
+
+
+def _identity(value: bytes) -> bytes:
+    return value
+
+
+async def _deny(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+_DENY = grpc.unary_unary_rpc_method_handler(_deny)
+
+
+class PyJwtInterceptor(grpc.aio.ServerInterceptor):
+    """The tutorial interceptor: decode in `intercept_service`, a pre-built abort handler on
+    failure (grpc's examples/python/auth shape), claims into a ContextVar for the handler."""
+
+    def __init__(self, jwk: dict[str, Any], audience: str, issuer: str) -> None:
+        self._alg = jwk["alg"]
+        public = {k: v for k, v in jwk.items() if k not in _PRIVATE_JWK_MEMBERS}
+        self._key = jwt.PyJWK(public, self._alg).key  # built once: no per-call key parsing
+        self._audience = audience
+        self._issuer = issuer
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        token = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value[7:]
+        if token is None:
+            return _DENY
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError:
+            return _DENY
+        _claims.set(claims)
+        return await continuation(handler_call_details)
+
+
+class PassThrough(grpc.aio.ServerInterceptor):
+    """Diagnostic: grpc.aio's interceptor path and nothing else."""
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        return await continuation(handler_call_details)
+
+
+class Wrapping(grpc.aio.ServerInterceptor):
+    """Diagnostic: the auth interceptors' shape without their check: the handler rebuilt
+    with a per-call coroutine that awaits the original behaviour."""
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        inner = handler.unary_unary
+
+        async def single(request: bytes, context: Any) -> Any:
+            return await inner(request, context)
+
+        return handler._replace(unary_unary=single)
+
+
+def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthClient | None]:
+    if kind == "none":
+        return None, None
+    if kind == "passthrough":
+        return PassThrough(), None
+    if kind == "wrapping":
+        return Wrapping(), None
+    if kind == "pyjwt":
+        jwk = json.loads(Path(args.key).read_text())
+        return PyJwtInterceptor(jwk, args.audience, args.issuer), None
+    client = AsyncAuthClient(args.sidecar)
+    policy = AuthPolicy(audience=args.audience)
+    if kind == "verify":
+        plain = AsyncAuthServerInterceptor(
+            client, policy, cache_decisions=False, coalesce_misses=False
+        )
+        return plain, client
+    return AsyncAuthServerInterceptor(client, policy), client
+
+
+async def _close(interceptor: Any, client: AsyncAuthClient | None) -> None:
+    """Close whatever the interceptor holds open (a Watch subscription), then its client."""
+    close = getattr(interceptor, "close", None) or getattr(interceptor, "aclose", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    if client is not None:
+        await client.close()
+
+
+def _stats(interceptor: Any) -> dict[str, Any]:
+    stats = getattr(interceptor, "stats", None)
+    if stats is None:
+        return {}
+    snapshot = stats()
+    if not dataclasses.is_dataclass(snapshot):
+        return {}
+    # Not dataclasses.asdict: it deep-copies, and a mappingproxy field cannot be copied.
+    fields = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot)}
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}
+
+
+async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
+    async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return json.dumps([_stats(i) for i in interceptors]).encode()
+
+    handlers = {"Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity)}
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROL, handlers),))
+    server.add_insecure_port(f"unix:{prefix}.control")
+    await server.start()
+    return server
+
+
+async def serve(args: argparse.Namespace) -> None:
+    handlers = {"Call": grpc.unary_unary_rpc_method_handler(_call, _identity, _identity)}
+    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
+    servers: list[tuple[grpc.aio.Server, Any, AsyncAuthClient | None]] = []
+    ports = []
+    for i in range(args.servers):
+        interceptor, client = _interceptor(args.kind, args)
+        server = grpc.aio.server(interceptors=[interceptor] if interceptor is not None else None)
+        server.add_generic_rpc_handlers((generic,))
+        server.add_insecure_port(f"unix:{args.unix}.{i}")
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        servers.append((server, interceptor, client))
+    control = await _control(args.unix, [interceptor for _, interceptor, _ in servers])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"bench-server unix={args.unix}.0 tcp=127.0.0.1:{ports[0]} pid={os.getpid()}", flush=True)
+    await stop.wait()
+    await control.stop(0)
+    for server, interceptor, client in servers:
+        await server.stop(0)
+        await _close(interceptor, client)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.callee")
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--unix", required=True, help="socket path prefix: PREFIX.i")
+    parser.add_argument("--servers", type=int, default=1)
+    parser.add_argument("--sidecar", default="", help="the sidecar, unix:PATH (verify, default)")
+    parser.add_argument("--key", default="", help="the JWK file (pyjwt)")
+    parser.add_argument("--audience", default="svc")
+    parser.add_argument("--issuer", default="urn:authsidecar:local")
+    asyncio.run(serve(parser.parse_args(argv)))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
