@@ -30,7 +30,7 @@ UNKNOWN, the exception's text as the status message and a logged traceback, per 
 So every handler is registered with a deserializer that never raises: on failure it returns
 the `MALFORMED` marker, which the guard refuses (for a request stream: when the handler
 reads that message). The refusal carries no exception text, and the log gets at most one
-line per `MalformedLog.interval_s` with the count (a cheap flood of bad bytes cannot flood
+line a minute with the count (transport/ratelimit.py) (a cheap flood of bad bytes cannot flood
 the log); metrics count every one under INVALID_REQUEST.
 
 grpc's own `grpc.max_metadata_size` refuses oversize headers with a bare RESOURCE_EXHAUSTED;
@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
@@ -57,13 +56,14 @@ from sidecar.errors import (
     ShuttingDownError,
 )
 from sidecar.transport.drain import CallGate
+from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.status import to_status
 
 __all__ = [
     "MALFORMED",
     "Behavior",
     "LayeredServer",
-    "MalformedLog",
+    "malformed_log",
     "UnaryLayer",
     "metadata_limit",
     "metadata_size",
@@ -98,33 +98,9 @@ class _Malformed:
 MALFORMED = _Malformed()
 
 
-class MalformedLog:
-    """At most one WARNING per `interval_s` about unparseable requests, with the count since
-    the previous line (the first one is logged at once). Never the bytes or the parser's
-    message: only the method, which is one of our registered names."""
-
-    def __init__(
-        self, interval_s: float = 60.0, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.interval_s = interval_s
-        self._clock = clock
-        self._count = 0
-        self._last: float | None = None
-
-    def note(self, method: str) -> None:
-        self._count += 1
-        now = self._clock()
-        if self._last is not None and now - self._last < self.interval_s:
-            return
-        log.warning(
-            "refused %d request(s) whose message did not parse (INVALID_REQUEST), latest on "
-            "%s; the next such line comes %.0f s later at the earliest",
-            self._count,
-            method,
-            self.interval_s,
-        )
-        self._count = 0
-        self._last = now
+def malformed_log() -> RateLimitedLog:
+    """The log budget for unparseable requests (module docstring)."""
+    return RateLimitedLog(log, "request(s) refused because the message did not parse")
 
 
 class LayeredServer(grpc.aio.Server):
@@ -141,13 +117,13 @@ class LayeredServer(grpc.aio.Server):
         max_metadata_bytes: int,
         unary_layers: Sequence[UnaryLayer] = (),
         gate: CallGate | None = None,
-        malformed: MalformedLog | None = None,
+        malformed: RateLimitedLog | None = None,
     ) -> None:
         self._server = server
         self._max_metadata_bytes = max_metadata_bytes
         self._unary_layers = tuple(unary_layers)
         self.gate = gate or CallGate()
-        self._malformed = malformed or MalformedLog()
+        self._malformed = malformed or malformed_log()
 
     # -- registration: the only part that is not plain delegation ---------------------------
 
@@ -241,7 +217,7 @@ class _Guard:
     __slots__ = ("gate", "malformed", "max_metadata_bytes", "method")
 
     def __init__(
-        self, gate: CallGate, malformed: MalformedLog, max_metadata_bytes: int, method: str
+        self, gate: CallGate, malformed: RateLimitedLog, max_metadata_bytes: int, method: str
     ) -> None:
         self.gate = gate
         self.malformed = malformed

@@ -30,8 +30,9 @@ from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
 from sidecar.transport.drain import CallGate, Endpoint, close_connections, stop_accepting
 from sidecar.transport.ext_authz import ExtAuthzServicer
-from sidecar.transport.layers import LayeredServer, MalformedLog, UnaryLayer
+from sidecar.transport.layers import LayeredServer, UnaryLayer, malformed_log
 from sidecar.transport.metrics import Metrics, observing
+from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.servicer import AuthServicer
 from sidecar.transport.tracing import TracingLayer
 
@@ -134,7 +135,7 @@ def build_listeners(
         ("grpc.so_reuseport", 0),
     ]
     gate = CallGate()
-    malformed = MalformedLog()
+    malformed = malformed_log()
     public = _server(
         service,
         health,
@@ -207,7 +208,7 @@ def _server(
     options: list[tuple[str, int]],
     *,
     gate: CallGate,
-    malformed: MalformedLog,
+    malformed: RateLimitedLog,
     allow_issue: bool,
     metrics: Metrics | None = None,
     envoy: EnvoySettings | None = None,

@@ -20,11 +20,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from tests.support.sidecar import short_tmpdir
@@ -96,15 +98,12 @@ def served() -> Iterator[Served]:
 
 
 def _reason(error: grpc.RpcError) -> str:
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            from google.rpc import error_details_pb2, status_pb2
-
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info.reason
+    # A failed sync call is also its grpc.Call, which from_call reads.
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
     return ""
 
 
