@@ -202,3 +202,44 @@ def test_sigterm_under_load_fails_no_call(served: Served) -> None:
     assert "Traceback" not in log, log
     # Nor a line from grpc core (its ERROR lines start "E<mmdd>"): the stop is clean.
     assert not re.search(r"^[EF]\d{4} ", log, re.MULTILINE), log
+
+
+def test_a_second_signal_ends_the_drain_early() -> None:
+    with short_tmpdir() as data_dir:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
+        env.update(
+            AUTHSIDECAR_DATA_DIR=str(data_dir),
+            AUTHSIDECAR_LISTEN__TCP="127.0.0.1:0",
+            AUTHSIDECAR_LISTEN__DRAIN_S="120",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            match = BANNER.search(proc.stdout.readline())
+            assert match is not None
+            with grpc.insecure_channel(match.group(2)) as channel:
+                stub: Any = health_pb2_grpc.HealthStub(channel)
+                proc.send_signal(signal.SIGTERM)
+                # Draining: still answering, and NOT_SERVING.
+                deadline = time.monotonic() + 30
+                while True:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        break
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            # Well inside the 120 s drain (a bound for a loaded machine, not a speed claim).
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
