@@ -29,9 +29,9 @@ Unparseable requests (issue 13, finding 3): grpc.aio calls the handler's
 UNKNOWN, the exception's text as the status message and a logged traceback, per request.
 So every handler is registered with a deserializer that never raises: on failure it returns
 the `MALFORMED` marker, which the guard refuses (for a request stream: when the handler
-reads that message). The refusal carries no exception text, and the log gets at most one
-line a minute with the count (transport/ratelimit.py) (a cheap flood of bad bytes cannot flood
-the log); metrics count every one under INVALID_REQUEST.
+reads that message; transport/malformed.py). The refusal carries no exception text, and the
+log gets at most one line a minute with the count, so a cheap flood of bad bytes cannot flood
+the log; metrics count every one under INVALID_REQUEST.
 
 grpc's own `grpc.max_metadata_size` refuses oversize headers with a bare RESOURCE_EXHAUSTED;
 the limit here refuses a smaller, configured size first with INVALID_ARGUMENT and the
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
@@ -56,20 +55,11 @@ from sidecar.errors import (
     ShuttingDownError,
 )
 from sidecar.transport.drain import CallGate
+from sidecar.transport.malformed import MALFORMED, malformed_log, tolerant
 from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.status import to_status
 
-__all__ = [
-    "MALFORMED",
-    "Behavior",
-    "LayeredServer",
-    "malformed_log",
-    "UnaryLayer",
-    "metadata_limit",
-    "metadata_size",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["Behavior", "LayeredServer", "UnaryLayer", "metadata_limit", "metadata_size"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 # (behaviour, full method name "/pkg.Service/Method") -> the behaviour wrapped.
@@ -84,23 +74,6 @@ def metadata_size(metadata: Any) -> int:
     for key, value in metadata or ():
         total += len(key) + len(value) + 32
     return total
-
-
-class _Malformed:
-    """The request the tolerant deserializer hands over when the bytes do not parse."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MALFORMED"
-
-
-MALFORMED = _Malformed()
-
-
-def malformed_log() -> RateLimitedLog:
-    """The log budget for unparseable requests (module docstring)."""
-    return RateLimitedLog(log, "request(s) refused because the message did not parse")
 
 
 class LayeredServer(grpc.aio.Server):
@@ -333,23 +306,9 @@ def _guarded_stream(behavior: Any, guard: _Guard, handler: Handler) -> Any:
     raise TypeError(f"{guard.method}: streaming handlers must be async to be wrapped")
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """`deserializer` returning `MALFORMED` where it would raise (module docstring)."""
-    if deserializer is None:
-        return None
-
-    def deserialize(raw: bytes) -> Any:
-        try:
-            return deserializer(raw)
-        except Exception:  # any parser failure (DecodeError, invalid UTF-8, ...) is bad input
-            return MALFORMED
-
-    return deserialize
-
-
 def _same_shape(handler: Handler, behavior: Any) -> Handler:
     kwargs = {
-        "request_deserializer": _tolerant(handler.request_deserializer),
+        "request_deserializer": tolerant(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:

@@ -30,7 +30,8 @@ from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
 from sidecar.transport.drain import CallGate, Endpoint, close_connections, stop_accepting
 from sidecar.transport.ext_authz import ExtAuthzServicer
-from sidecar.transport.layers import LayeredServer, UnaryLayer, malformed_log
+from sidecar.transport.layers import LayeredServer, UnaryLayer
+from sidecar.transport.malformed import malformed_log
 from sidecar.transport.metrics import Metrics, observing
 from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.servicer import AuthServicer
