@@ -134,10 +134,13 @@ class App:
 
     async def stop(self) -> None:
         """Stop now without failing a call: refuse new ones (UNAVAILABLE), let the running
-        ones finish within `listen.grace_period_s`, then release everything."""
-        # Watch streams never end by themselves: end them first, so the drain is not spent
+        ones finish within `listen.grace_period_s`, then release everything. The listeners go
+        first: a call still running may need the revocation feed, the store and the issuers'
+        key sets, which stop only after it."""
+        # Watch streams never end by themselves: end them first, so the stop is not spent
         # waiting on them (they end UNAVAILABLE / SHUTTING_DOWN; subscribers resubscribe).
         self.service.events.close()
+        await self.listeners.stop(self.settings.listen.grace_period_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -145,7 +148,6 @@ class App:
                 await task
         for remote in self.remote_keys:
             await remote.close()
-        await self.listeners.stop(self.settings.listen.grace_period_s)
         if self.signer is not None:
             self.signer.close()
         if self.metrics_server is not None:

@@ -9,6 +9,7 @@ exits 0 within drain + grace.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -29,7 +30,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from tests.support.sidecar import short_tmpdir
+from sidecar.app import start_app
+from sidecar.config import load_settings
+from tests.support.redis import RedisServer
+from tests.support.sidecar import reason_of, short_tmpdir
 
 BANNER = re.compile(r"authsidecar serving .* unix=(\S+) tcp=(\S+) admin=(\S+)")
 DRAIN_S = 2.0
@@ -243,3 +247,63 @@ def test_a_second_signal_ends_the_drain_early() -> None:
                 proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
+
+
+async def test_stop_lets_a_running_call_finish_and_refuses_new_ones_with_shutting_down(
+    redis_server: RedisServer,
+) -> None:
+    """In process, with a real Redis that we pause (SIGSTOP): a Refresh is running (waiting
+    on the store) when the stop begins. A call that arrives meanwhile is refused UNAVAILABLE
+    / SHUTTING_DOWN without being run, the stop waits for the Refresh, and once Redis resumes
+    the Refresh finishes OK."""
+    assert redis_server.proc is not None
+    with short_tmpdir() as data_dir:
+        settings = load_settings(
+            None,
+            data_dir=data_dir,
+            listen={"tcp": "127.0.0.1:0", "grace_period_s": 60},
+            store={"backend": "redis", "redis_url": redis_server.url, "redis_timeout_s": 30},
+            tokens={"default_audience": ["svc"]},
+        )
+        app = await start_app(settings)
+        listeners = app.listeners
+        admin = grpc.aio.insecure_channel(f"unix:{listeners.admin_socket}")
+        public = grpc.aio.insecure_channel(f"unix:{listeners.unix_socket}")
+        resumed = False
+        try:
+            stub = auth_pb2_grpc.AuthServiceStub(public)
+            grant = await auth_pb2_grpc.AuthServiceStub(admin).Issue(
+                auth_pb2.IssueRequest(subject="alice", refresh_token=True), timeout=30
+            )
+            verify = auth_pb2.VerifyRequest(token=grant.access_token)
+            await stub.Verify(verify, timeout=30)  # the connection is open before the stop
+            # The server counts a call until its last bytes are written, a moment after the
+            # client has them: wait until nothing is counted, so what is next is the Refresh.
+            while listeners.gate.running:
+                await asyncio.sleep(0.005)
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            refresh = asyncio.ensure_future(
+                stub.Refresh(auth_pb2.RefreshRequest(refresh_token=grant.refresh_token), timeout=60)
+            )
+            deadline = time.monotonic() + 30
+            while listeners.gate.running < 1:  # the Refresh is in its handler, on the store
+                assert time.monotonic() < deadline and not refresh.done()
+                await asyncio.sleep(0.005)
+            stopping = asyncio.ensure_future(app.stop())
+            while not listeners.gate.refusing:
+                await asyncio.sleep(0.005)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Verify(verify, timeout=30)
+            assert reason_of(refused.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+            assert not stopping.done() and not refresh.done()
+            redis_server.proc.send_signal(signal.SIGCONT)
+            resumed = True
+            refreshed = await refresh
+            await stopping
+        finally:
+            if not resumed:
+                redis_server.proc.send_signal(signal.SIGCONT)
+            await admin.close()
+            await public.close()
+        assert refreshed.access_token and refreshed.refresh_token != grant.refresh_token
+        assert listeners.gate.running == 0
