@@ -69,6 +69,7 @@ class CallGate:
         self._idle: asyncio.Event | None = None
         self._streams: set[asyncio.Task[Any]] = set()
         self._ended: set[asyncio.Task[Any]] = set()
+        self._tracked: set[asyncio.Task[Any]] = set()
 
     @property
     def running(self) -> int:
@@ -80,6 +81,13 @@ class CallGate:
         self._running += 1
         # The stubs declare a class, not a Protocol, for the callback: any callable works.
         context.add_done_callback(cast(Any, self._finished))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """A task that ends a call from outside its handler (Watch's, transport/watch.py):
+        the handler may be done while the status this task sends still waits behind the
+        client's flow control, so the stop waits for the task too."""
+        self._tracked.add(task)
+        task.add_done_callback(self._tracked.discard)
 
     def _finished(self, _context: Any) -> None:
         self._running -= 1
@@ -112,15 +120,21 @@ class CallGate:
                 task.cancel()
 
     async def wait_idle(self, timeout_s: float) -> bool:
-        """Until every admitted call is done, or `timeout_s`; True when none is left."""
-        if self._running == 0:
-            return True
-        self._idle = asyncio.Event()
+        """Until every admitted call and every tracked task is done, or `timeout_s`; True
+        when none is left."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._settled(), timeout_s)
         except TimeoutError:
             return False
         return True
+
+    async def _settled(self) -> None:
+        while self._running or self._tracked:
+            if self._running:
+                self._idle = asyncio.Event()
+                await self._idle.wait()
+            if self._tracked:
+                await asyncio.wait(set(self._tracked))
 
 
 @dataclass(frozen=True)

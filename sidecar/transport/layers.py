@@ -258,7 +258,9 @@ def _guarded_stream(behavior: Any, guard: _Guard, handler: Handler) -> Any:
 
     A stream the gate ends (`CallGate.refuse`) is cancelled; the cancellation is caught here
     and answered UNAVAILABLE / SHUTTING_DOWN, so the caller learns why and can go elsewhere.
-    A cancellation by the caller goes on as before.
+    A cancellation by the caller goes on as before, and so does ours when the handler has
+    already sent its status (the Watch stream ends itself at shutdown too: transport/watch.py):
+    grpc ends a cancelled call quietly.
     """
     gate = guard.gate
     streamed_requests = handler.request_streaming
@@ -281,7 +283,7 @@ def _guarded_stream(behavior: Any, guard: _Guard, handler: Handler) -> Any:
                     async for response in behavior(requests(request, context), context):
                         yield response
                 except asyncio.CancelledError:
-                    if task is None or not gate.ended(task):
+                    if task is None or not gate.ended(task) or context.done():
                         raise
                     await shutting_down(task, context)
 
@@ -296,7 +298,7 @@ def _guarded_stream(behavior: Any, guard: _Guard, handler: Handler) -> Any:
                 try:
                     return await behavior(requests(request, context), context)
                 except asyncio.CancelledError:
-                    if task is None or not gate.ended(task):
+                    if task is None or not gate.ended(task) or context.done():
                         raise
                     await shutting_down(task, context)
 

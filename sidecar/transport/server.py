@@ -229,7 +229,7 @@ def _server(
         malformed=malformed,
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(service, allow_issue=allow_issue, watch=watch), server
+        AuthServicer(service, allow_issue=allow_issue, watch=watch, gate=gate), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]

@@ -19,6 +19,7 @@ from sidecar.errors import AuthSidecarError, CallerNotAllowedError, ClaimError
 from sidecar.tokens.model import Claims, TokenGrant, VerifiedToken
 from sidecar.tokens.service import TokenService
 from sidecar.transport.audit import audit_issued, audit_refusal, audit_revoked
+from sidecar.transport.drain import CallGate
 from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.status import internal_status, to_status
 from sidecar.transport.structs import fill_struct
@@ -230,11 +231,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         *,
         allow_issue: bool,
         watch: WatchSettings | None = None,
+        gate: CallGate | None = None,
     ) -> None:
         self._service = service
         self._allow_issue = allow_issue
         interval_ms = (watch or WatchSettings()).heartbeat_interval_ms
-        self._watch = WatchStreams(service.events, heartbeat_interval_ms=interval_ms)
+        self._watch = WatchStreams(
+            service.events,
+            heartbeat_interval_ms=interval_ms,
+            track=gate.track if gate is not None else None,
+        )
         # Only tokens served from the verify cache come back as the same object, so a memo
         # larger than the cache could never hit.
         cache = service.verify_cache

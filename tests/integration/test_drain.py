@@ -167,9 +167,23 @@ def test_sigterm_under_load_fails_no_call(served: Served) -> None:
             except grpc.RpcError as error:
                 watch_end.append(error.code().name)
 
+    auth_watch_end: list[tuple[str, str]] = []
+    auth_watch_messages: list[str] = []
+
+    def auth_watcher() -> None:
+        with grpc.insecure_channel(served.tcp) as channel:
+            watch = auth_pb2_grpc.AuthServiceStub(channel).Watch
+            try:
+                for event in watch(auth_pb2.WatchRequest(), timeout=60):
+                    auth_watch_messages.append(event.WhichOneof("event") or "")
+                auth_watch_end.append(("OK", ""))
+            except grpc.RpcError as error:
+                auth_watch_end.append((error.code().name, _reason(error)))
+
     targets = [served.unix] * CALLERS_PER_TRANSPORT + [served.tcp] * CALLERS_PER_TRANSPORT
     threads = [threading.Thread(target=caller, args=(t,)) for t in targets]
     threads += [threading.Thread(target=health_poller), threading.Thread(target=watcher)]
+    threads += [threading.Thread(target=auth_watcher)]
     for thread in threads:
         thread.start()
     try:
@@ -203,6 +217,9 @@ def test_sigterm_under_load_fails_no_call(served: Served) -> None:
     assert watch_statuses[:1] == [health_pb2.HealthCheckResponse.SERVING], watch_statuses
     assert health_pb2.HealthCheckResponse.NOT_SERVING in watch_statuses, watch_statuses
     assert watch_end == ["UNAVAILABLE"], watch_end
+    # So did the AuthService/Watch stream (it sent its sync first), with the reason.
+    assert auth_watch_messages[:1] == ["sync"], auth_watch_messages
+    assert auth_watch_end == [("UNAVAILABLE", "SHUTTING_DOWN")], auth_watch_end
     assert "Traceback" not in log, log
     # Nor a line from grpc core (its ERROR lines start "E<mmdd>"): the stop is clean.
     assert not re.search(r"^[EF]\d{4} ", log, re.MULTILINE), log
