@@ -15,7 +15,9 @@ reach it (the App runs them; docs/operations.md, "Stopping"):
 3. `stop_accepting`: the listening sockets are closed, so a new connection is refused
    (ECONNREFUSED: the client's UNAVAILABLE), while the open ones keep being answered;
 4. the calls admitted before step 2 finish, for up to `listen.grace_period_s`
-   (`CallGate.wait_idle`: a call counts until grpc has handed its last bytes to the socket);
+   (`CallGate.wait_idle`: a call counts until grpc reports it done, which for a status sent
+   by its handler is once grpc has written it; a status sent from another task, as Watch
+   does, is waited for through `CallGate.track`);
 5. `close_connections`: the open connections are shut (FIN after the bytes already written),
    so whatever a client still had in flight ends UNAVAILABLE at the client;
 6. only then grpc's stop: what it cancels can no longer reach anyone.
@@ -37,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import os
 import secrets
 import socket
@@ -48,8 +49,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
-
-log = logging.getLogger(__name__)
 
 __all__ = ["CallGate", "Endpoint", "close_connections", "stop_accepting"]
 
