@@ -339,7 +339,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncGenerator[auth_pb2.WatchEvent, None]:
         """Server streaming (issue 15): transport/watch.py. An async generator, so the call
-        layers wrap it with the metadata limit like any streaming handler."""
+        layers wrap it with their guard like any streaming handler (transport/layers.py)."""
         async with contextlib.aclosing(self._watch.stream(request, context)) as events:
             async for event in events:
                 yield event
