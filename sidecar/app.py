@@ -2,8 +2,10 @@
 
 Start-up order is the health contract: keys are loaded and checked, the store answers and the
 revocation mirror is loaded, and only then do the listeners bind and report SERVING. SIGTERM
-(or SIGINT) flips health to NOT_SERVING, stops accepting calls, gives in-flight calls the
-grace period, and closes the store.
+(or SIGINT) flips health to NOT_SERVING and keeps serving for `listen.drain_s` (a second
+signal cuts that short); then new calls are answered UNAVAILABLE / SHUTTING_DOWN, in-flight
+calls get the grace period, the connections are closed, and the store is closed. No call
+ends CANCELLED (transport/drain.py, docs/operations.md "Stopping").
 
 Store reachability (issue 3, docs/lifecycle.md) is reported on the health service name
 `authsidecar.v1.AuthService/store`. While the store is unreachable the mirror is marked stale;
@@ -125,10 +127,20 @@ class App:
     def store_reachable(self) -> bool:
         return self._reachable
 
+    async def drain(self, interrupted: asyncio.Event | None = None) -> None:
+        """Health NOT_SERVING, every call still served, for `listen.drain_s` seconds or until
+        `interrupted` is set; the background tasks (revocation feed, key reload) keep running."""
+        await self.listeners.drain(self.settings.listen.drain_s, interrupted)
+
     async def stop(self) -> None:
-        # Watch streams never end by themselves: end them first, so the drain is not spent
+        """Stop now without failing a call: refuse new ones (UNAVAILABLE), let the running
+        ones finish within `listen.grace_period_s`, then release everything. The listeners go
+        first: a call still running may need the revocation feed, the store and the issuers'
+        key sets, which stop only after it."""
+        # Watch streams never end by themselves: end them first, so the stop is not spent
         # waiting on them (they end UNAVAILABLE / SHUTTING_DOWN; subscribers resubscribe).
         self.service.events.close()
+        await self.listeners.stop(self.settings.listen.grace_period_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -136,7 +148,6 @@ class App:
                 await task
         for remote in self.remote_keys:
             await remote.close()
-        await self.listeners.stop(self.settings.listen.grace_period_s)
         if self.signer is not None:
             self.signer.close()
         if self.metrics_server is not None:
@@ -356,6 +367,13 @@ async def serve(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, app.reload_keys)
     print(banner(app), flush=True)
     await stop.wait()
-    log.info("stopping: draining in-flight calls for up to %ss", settings.listen.grace_period_s)
+    stop.clear()  # a second signal ends the drain early
+    listen = settings.listen
+    log.info(
+        "stopping: health NOT_SERVING, still serving for %ss, then in-flight calls get up to %ss",
+        listen.drain_s,
+        listen.grace_period_s,
+    )
+    await app.drain(stop)
     await app.stop()
     log.info("stopped")

@@ -60,6 +60,10 @@ class ListenSettings(_Frozen):
     admin_socket: str | None = None
     # In-flight calls get this long to finish after SIGTERM.
     grace_period_s: float = Field(default=10.0, ge=0, le=600)
+    # After SIGTERM: health NOT_SERVING but every call still served for this long, while
+    # callers move away; then new calls get UNAVAILABLE / SHUTTING_DOWN (docs/operations.md,
+    # "Stopping"). 5 s: Istio's default drain; 5 + 10 s grace fits Kubernetes' default 30 s.
+    drain_s: float = Field(default=5.0, ge=0, le=600)
     # Calls whose metadata is larger are refused with METADATA_TOO_LARGE.
     max_metadata_bytes: int = Field(default=16384, ge=1024, le=1 << 20)
     max_message_bytes: int = Field(default=1 << 20, ge=4096, le=64 << 20)

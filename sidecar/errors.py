@@ -190,7 +190,8 @@ class SubscriberDroppedError(AuthSidecarError):
 
 
 class ShuttingDownError(AuthSidecarError):
-    """The sidecar is stopping: long-lived calls (Watch) end so the drain can finish."""
+    """The sidecar is stopping: a new call is refused without being run (so a retry
+    elsewhere is safe), and long-lived calls (Watch) end so the stop can finish."""
 
     reason = "SHUTTING_DOWN"
     message = "the sidecar is shutting down"

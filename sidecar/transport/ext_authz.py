@@ -31,6 +31,7 @@ from sidecar.calls import record_reason
 from sidecar.config import EnvoySettings
 from sidecar.errors import (
     AuthSidecarError,
+    ClaimError,
     PermissionDeniedError,
     StoreUnavailableError,
     TokenError,
@@ -74,7 +75,14 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             )
         except AuthSidecarError as error:
             return self._refused(error, scopes, caller)
-        return self._allow(verified.claims)
+        try:
+            return self._allow(verified.claims)
+        except Exception:
+            # A claim a header or protobuf cannot carry (issue 13, finding 3): the verifier
+            # refuses those itself; this backstop refuses the token the same way, never
+            # failing the call (Envoy would read that as an error, not a denial).
+            unrepresentable = ClaimError("claims", "claim value cannot be represented")
+            return self._refused(unrepresentable, scopes, caller)
 
     def _allow(self, claims: Claims) -> external_auth_pb2.CheckResponse:
         headers = []

@@ -3,10 +3,14 @@
 Two grpc.aio servers share one TokenService. The admin server listens only on a Unix socket
 inside an owner-only (0700) directory and is the only one whose servicer serves Issue: the
 file system, not a password, decides who may mint. Both serve grpc.health.v1 and reflection.
+
+Every server (the health-only one too) is a LayeredServer sharing one CallGate, so stopping
+(`drain`, then `stop`) treats every listener alike and fails no call (transport/drain.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -24,9 +28,12 @@ from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.config import EnvoySettings, ListenSettings, TracingSettings, WatchSettings
 from sidecar.errors import ConfigError
 from sidecar.tokens.service import TokenService
+from sidecar.transport.drain import CallGate, Endpoint, close_connections, stop_accepting
 from sidecar.transport.ext_authz import ExtAuthzServicer
 from sidecar.transport.layers import LayeredServer, UnaryLayer
+from sidecar.transport.malformed import malformed_log
 from sidecar.transport.metrics import Metrics, observing
+from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.servicer import AuthServicer
 from sidecar.transport.tracing import TracingLayer
 
@@ -53,6 +60,10 @@ class Listeners:
     admin_socket: Path | None = None
     tcp_address: str | None = None
     addresses: list[str] = field(default_factory=list)
+    # Shared by every server: which calls may start, and which are still running.
+    gate: CallGate = field(default_factory=CallGate)
+    # Everything bound, admin and health-only included: what `stop` shuts.
+    bound: list[str] = field(default_factory=list)
 
     async def set_health(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
@@ -66,13 +77,40 @@ class Listeners:
         if self.health_only is not None:
             await self.health_only.start()
 
-    async def stop(self, grace_s: float) -> None:
-        """Stop accepting calls; let in-flight calls finish for up to `grace_s` seconds."""
+    async def drain(self, drain_s: float, interrupted: asyncio.Event | None = None) -> None:
+        """Health NOT_SERVING for every service name (and it stays so: later `set` calls
+        are ignored), while every call is still served, for `drain_s` seconds or until
+        `interrupted` is set."""
         await self.health.enter_graceful_shutdown()
+        if drain_s <= 0:
+            return
+        waiter = interrupted or asyncio.Event()
+        try:
+            await asyncio.wait_for(waiter.wait(), drain_s)
+        except TimeoutError:
+            pass
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop without failing a call (transport/drain.py): new calls and connections are
+        refused with UNAVAILABLE, calls already running get up to `grace_s` seconds, then
+        the connections are closed and the servers stopped."""
+        await self.health.enter_graceful_shutdown()
+        self.gate.refuse()
+        endpoints = [Endpoint.parse(address) for address in self.bound]
+        stop_accepting(endpoints)
+        if not await self.gate.wait_idle(grace_s):
+            log.warning(
+                "%d call(s) still running after the %ss grace period: cut off",
+                self.gate.running,
+                grace_s,
+            )
+        closed = close_connections(endpoints)
         servers = [self.public] + ([self.admin] if self.admin is not None else [])
         servers += [self.health_only] if self.health_only is not None else []
+        # With the connections closed nothing is left to wait for; without /proc (nothing
+        # closed) grpc's own grace is what remains.
         for server in servers:
-            await server.stop(grace_s)
+            await server.stop(0 if closed else grace_s)
         for path in (self.unix_socket, self.admin_socket):
             if path is not None:
                 _unlink_socket(path)
@@ -97,22 +135,27 @@ def build_listeners(
         ("grpc.max_metadata_size", listen.max_metadata_bytes * 2),
         ("grpc.so_reuseport", 0),
     ]
+    gate = CallGate()
+    malformed = malformed_log()
     public = _server(
         service,
         health,
         listen,
         options,
+        gate=gate,
+        malformed=malformed,
         allow_issue=False,
         metrics=metrics,
         envoy=envoy,
         tracing=tracing,
         watch=watch,
     )
-    listeners = Listeners(public=public, admin=None, health=health)
+    listeners = Listeners(public=public, admin=None, health=health, gate=gate)
     if unix_socket is not None:
         _prepare_socket_dir(unix_socket.parent, 0o755)
         _clear_stale_socket(unix_socket, "listen.unix_socket")
         _bind(public, f"unix:{unix_socket}", "listen.unix_socket")
+        listeners.bound.append(f"unix:{unix_socket}")
         os.chmod(unix_socket, listen.unix_socket_mode)
         listeners.unix_socket = unix_socket
         listeners.addresses.append(f"unix:{unix_socket}")
@@ -120,6 +163,7 @@ def build_listeners(
         port = _bind(public, listen.tcp, "listen.tcp")
         host = listen.tcp.rpartition(":")[0]
         listeners.tcp_address = f"{host}:{port}"
+        listeners.bound.append(listeners.tcp_address)
         listeners.addresses.append(listeners.tcp_address)
     if not listeners.addresses:
         raise ConfigError("setting listen: neither unix_socket nor tcp is configured")
@@ -129,6 +173,8 @@ def build_listeners(
             health,
             listen,
             options,
+            gate=gate,
+            malformed=malformed,
             allow_issue=True,
             metrics=metrics,
             tracing=tracing,
@@ -137,15 +183,22 @@ def build_listeners(
         _prepare_socket_dir(admin_socket.parent, 0o700)
         _clear_stale_socket(admin_socket, "listen.admin_socket")
         _bind(admin, f"unix:{admin_socket}", "listen.admin_socket")
+        listeners.bound.append(f"unix:{admin_socket}")
         os.chmod(admin_socket, 0o600)
         listeners.admin = admin
         listeners.admin_socket = admin_socket
     if listen.health_tcp:
-        health_only = grpc.aio.server(options=options)
+        health_only = LayeredServer(
+            grpc.aio.server(options=options),
+            max_metadata_bytes=listen.max_metadata_bytes,
+            gate=gate,
+            malformed=malformed,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health, health_only)
         port = _bind(health_only, listen.health_tcp, "listen.health_tcp")
         listeners.health_only = health_only
         listeners.health_tcp_address = f"{listen.health_tcp.rpartition(':')[0]}:{port}"
+        listeners.bound.append(listeners.health_tcp_address)
     return listeners
 
 
@@ -155,6 +208,8 @@ def _server(
     listen: ListenSettings,
     options: list[tuple[str, int]],
     *,
+    gate: CallGate,
+    malformed: RateLimitedLog,
     allow_issue: bool,
     metrics: Metrics | None = None,
     envoy: EnvoySettings | None = None,
@@ -170,9 +225,11 @@ def _server(
         grpc.aio.server(options=options),
         max_metadata_bytes=listen.max_metadata_bytes,
         unary_layers=layers,
+        gate=gate,
+        malformed=malformed,
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(service, allow_issue=allow_issue, watch=watch), server
+        AuthServicer(service, allow_issue=allow_issue, watch=watch, gate=gate), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]

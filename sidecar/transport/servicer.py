@@ -15,10 +15,12 @@ from google.protobuf import json_format, struct_pb2
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.calls import record_reason
 from sidecar.config import WatchSettings
-from sidecar.errors import AuthSidecarError, CallerNotAllowedError
+from sidecar.errors import AuthSidecarError, CallerNotAllowedError, ClaimError
 from sidecar.tokens.model import Claims, TokenGrant, VerifiedToken
 from sidecar.tokens.service import TokenService
 from sidecar.transport.audit import audit_issued, audit_refusal, audit_revoked
+from sidecar.transport.drain import CallGate
+from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.status import internal_status, to_status
 from sidecar.transport.structs import fill_struct
 from sidecar.transport.watch import WatchStreams
@@ -81,10 +83,45 @@ def _fill_verify_response(response: auth_pb2.VerifyResponse, verified: VerifiedT
     fill_struct(response.claims, claims.all)
 
 
-def _verify_response(verified: VerifiedToken) -> auth_pb2.VerifyResponse:
+def _verify_response(
+    verified: VerifiedToken, refusals: RateLimitedLog | None = None
+) -> auth_pb2.VerifyResponse:
     response = auth_pb2.VerifyResponse()
-    _fill_verify_response(response, verified)
+    try:
+        _fill_verify_response(response, verified)
+    except Exception:
+        raise _unrepresentable(verified.claims.all, refusals) from None
     return response
+
+
+# A verified token whose claims a response cannot carry (issue 13, finding 3): a number a
+# protobuf Struct (a double) cannot hold, a string protobuf cannot encode. The verifier
+# refuses such claims itself (CLAIM_INVALID); this is the transport's backstop, so that even
+# a value it missed is refused with that reason, never INTERNAL, and a VerifyBatch item that
+# hits it fails alone. Logged at most once a minute (`unrepresentable_log`).
+_CLAIM_NAME_MAX = 64
+
+
+def unrepresentable_log() -> RateLimitedLog:
+    return RateLimitedLog(
+        log, "verified token(s) refused CLAIM_INVALID: a claim cannot be carried in a response"
+    )
+
+
+def _unrepresentable(values: dict[str, Any], refusals: RateLimitedLog | None) -> ClaimError:
+    """CLAIM_INVALID naming the first claim that cannot be put in a Struct, when its name
+    itself is printable and short (it goes into ErrorInfo metadata), else "claims"."""
+    culprit = "claims"
+    for name, value in values.items():
+        try:
+            fill_struct(struct_pb2.Struct(), {name: value})
+        except Exception:
+            if name.isprintable() and len(name) <= _CLAIM_NAME_MAX and name.isascii():
+                culprit = name
+            break
+    if refusals is not None:
+        refusals.note(culprit)
+    return ClaimError(culprit, "claim value cannot be represented")
 
 
 # Built responses kept for tokens served from the verify cache: building one (Struct included)
@@ -112,9 +149,10 @@ class _ResponseMemo:
     call) are back after one call.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, refusals: RateLimitedLog | None = None) -> None:
         self._entries: dict[int, tuple[VerifiedToken, auth_pb2.VerifyResponse]] = {}
         self._max_entries = max_entries
+        self._refusals = refusals
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -124,7 +162,7 @@ class _ResponseMemo:
         entry = entries.get(id(verified))
         if entry is not None and entry[0] is verified:
             return entry[1]
-        response = _verify_response(verified)
+        response = _verify_response(verified, self._refusals)
         if self._max_entries > 0:
             if len(entries) >= self._max_entries:
                 entries.clear()
@@ -137,7 +175,7 @@ _REASONS = {name: number for name, number in auth_pb2.ErrorReason.items() if num
 
 
 def _batch_response(
-    outcomes: list[VerifiedToken | AuthSidecarError],
+    outcomes: list[VerifiedToken | AuthSidecarError], refusals: RateLimitedLog | None = None
 ) -> auth_pb2.VerifyBatchResponse:
     response = auth_pb2.VerifyBatchResponse()
     add = response.results.add
@@ -147,8 +185,13 @@ def _batch_response(
             if outcome.reason not in _REASONS:
                 log.error("VerifyBatch item failed with unlisted reason %s", outcome.reason)
             item.error = _REASONS.get(outcome.reason, auth_pb2.INTERNAL_ERROR)
-        else:
+            continue
+        try:
             _fill_verify_response(item.ok, outcome)
+        except Exception:
+            # This item alone fails; the others keep their results.
+            item.Clear()
+            item.error = _REASONS[_unrepresentable(outcome.claims.all, refusals).reason]
     return response
 
 
@@ -188,15 +231,23 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         *,
         allow_issue: bool,
         watch: WatchSettings | None = None,
+        gate: CallGate | None = None,
     ) -> None:
         self._service = service
         self._allow_issue = allow_issue
         interval_ms = (watch or WatchSettings()).heartbeat_interval_ms
-        self._watch = WatchStreams(service.events, heartbeat_interval_ms=interval_ms)
+        self._watch = WatchStreams(
+            service.events,
+            heartbeat_interval_ms=interval_ms,
+            track=gate.track if gate is not None else None,
+        )
         # Only tokens served from the verify cache come back as the same object, so a memo
         # larger than the cache could never hit.
         cache = service.verify_cache
-        self._memo = _ResponseMemo(min(cache.max_entries, MAX_MEMO_ENTRIES) if cache.enabled else 0)
+        self._refusals = unrepresentable_log()
+        self._memo = _ResponseMemo(
+            min(cache.max_entries, MAX_MEMO_ENTRIES) if cache.enabled else 0, self._refusals
+        )
 
     @_mapped
     async def Issue(
@@ -236,7 +287,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         outcomes = await self._service.verify_batch_refetching(
             [(r.token, r.audience or None, r.required_scopes) for r in request.requests]
         )
-        return _batch_response(outcomes)
+        return _batch_response(outcomes, self._refusals)
 
     @_mapped
     async def Refresh(
@@ -257,13 +308,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             return auth_pb2.IntrospectResponse(active=False)
         claims = result.claims
         username = claims.all.get("username")
-        return auth_pb2.IntrospectResponse(
-            active=True,
-            token_type=result.token_type,
-            username=username if isinstance(username, str) else "",
-            claims=_struct(claims.all),
-            **_claim_fields(claims),
-        )
+        try:
+            return auth_pb2.IntrospectResponse(
+                active=True,
+                token_type=result.token_type,
+                username=username if isinstance(username, str) else "",
+                claims=_struct(claims.all),
+                **_claim_fields(claims),
+            )
+        except Exception:
+            # Refused like any invalid token: inactive, the reason in logs and metrics.
+            record_reason(_unrepresentable(claims.all, self._refusals).reason)
+            return auth_pb2.IntrospectResponse(active=False)
 
     @_mapped
     async def Revoke(
@@ -283,7 +339,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncGenerator[auth_pb2.WatchEvent, None]:
         """Server streaming (issue 15): transport/watch.py. An async generator, so the call
-        layers wrap it with the metadata limit like any streaming handler."""
+        layers wrap it with their guard like any streaming handler (transport/layers.py)."""
         async with contextlib.aclosing(self._watch.stream(request, context)) as events:
             async for event in events:
                 yield event

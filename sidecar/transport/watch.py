@@ -17,9 +17,10 @@ module converts, sends heartbeats and ends streams with a precise status.
   separate task (`Subscription.on_end`): the handler finishes and frees what it holds at
   once. HTTP/2 delivers the status behind the events flow control still holds, so such a
   client sees it when it reads again; one that never reads again keeps its call open until
-  it disconnects, or at shutdown until grpc cancels the calls left at the end of the grace
-  period. Clients that read see the end at once. A client that goes away cancels the
-  handler, which unsubscribes.
+  it disconnects, or at shutdown until the grace period ends and the sidecar closes the
+  connection (the stop waits for the ending task: `track`, transport/drain.py). Clients
+  that read see the end at once. A client that goes away cancels the handler, which
+  unsubscribes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import grpc
@@ -44,11 +45,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class WatchStreams:
-    def __init__(self, events: EventLog, *, heartbeat_interval_ms: int) -> None:
+    def __init__(
+        self,
+        events: EventLog,
+        *,
+        heartbeat_interval_ms: int,
+        track: Callable[[asyncio.Task[None]], None] | None = None,
+    ) -> None:
         self._events = events
         self._interval_ms = heartbeat_interval_ms
         # Tasks ending streams from outside (see the module docstring), kept until done.
         self._enders: set[asyncio.Task[None]] = set()
+        # Told of each such task: the stop waits for them (transport/drain.py, CallGate).
+        self._track = track
 
     async def stream(
         self, request: auth_pb2.WatchRequest, context: Context
@@ -66,6 +75,8 @@ class WatchStreams:
             ender = asyncio.get_running_loop().create_task(self._end(context, subscription))
             self._enders.add(ender)
             ender.add_done_callback(self._enders.discard)
+            if self._track is not None:
+                self._track(ender)
 
         subscription.on_end = on_end
         try:

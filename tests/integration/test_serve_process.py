@@ -40,6 +40,8 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
         AUTHSIDECAR_DATA_DIR=str(data_dir),
         AUTHSIDECAR_LISTEN__TCP="127.0.0.1:0",
         AUTHSIDECAR_LISTEN__GRACE_PERIOD_S="5",
+        # No drain here: these tests stop processes; test_drain.py covers the drain.
+        AUTHSIDECAR_LISTEN__DRAIN_S="0",
     )
     env.update(extra)
     return env
@@ -128,12 +130,11 @@ def test_serve_drains_in_flight_calls_on_sigterm_and_exits_cleanly(served: Serve
     assert returncode == 0
     assert elapsed < 5 + 3, "exit within the grace period"
     assert ok_before > 0
-    # A call either completed or found the server gone (UNAVAILABLE); nothing INTERNAL or
-    # DEADLINE_EXCEEDED. The one exception is grpc core's: a call still queued in core, not
-    # yet handed to any handler when shutdown began, ends CANCELLED (grpc/grpc#41785). Each
-    # worker has at most one call outstanding, so at most one such call per worker.
-    assert set(outcomes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, outcomes
-    assert outcomes["CANCELLED"] <= len(workers), outcomes
+    # A call either completed or found the server stopping or gone (UNAVAILABLE); nothing
+    # INTERNAL or DEADLINE_EXCEEDED, and never CANCELLED: grpc core cancels calls queued in
+    # it when its shutdown begins (grpc/grpc#41785), so the stop closes the connections
+    # before that (transport/drain.py).
+    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
     # The sockets are cleaned up.
     assert not list(served.data_dir.rglob("*.sock"))
 

@@ -522,7 +522,7 @@ async def test_a_stream_blocked_on_a_client_that_stopped_reading_ends_shutting_d
     its handler is stuck in a write (flow control) when shutdown begins. The end is queued
     at once, but HTTP/2 delivers it only behind the unread events: the client sees them,
     then UNAVAILABLE / SHUTTING_DOWN, as soon as it reads again. (A client that never reads
-    again holds the drain until grpc cancels its call at the end of the grace period.)"""
+    again holds the stop until the grace period ends and the connection is closed.)"""
     watch = {**FAST, "subscriber_queue_size": 100_000}
     cm = running_sidecar(
         data_dir, listen={"grace_period_s": 120.0}, watch=watch, tokens={"audiences": [AUD]}

@@ -86,6 +86,7 @@ async def start_sidecar(data_dir: Path, env: Mapping[str, str]) -> SidecarProces
         AUTHSIDECAR_DATA_DIR=str(data_dir),
         AUTHSIDECAR_LISTEN__TCP="127.0.0.1:0",
         AUTHSIDECAR_LISTEN__GRACE_PERIOD_S="1",
+        AUTHSIDECAR_LISTEN__DRAIN_S="0",  # stopped by tests, not by a rollout
         AUTHSIDECAR_LOG_LEVEL="WARNING",
     )
     full_env.update(env)

@@ -135,8 +135,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     dropped and must resubscribe (with its epoch and last applied sequence).
     """
     SHUTTING_DOWN: _ErrorReason.ValueType  # 24
-    """[UNAVAILABLE] The sidecar is stopping; long-lived calls (Watch) end with
-    this so the drain finishes. Retry, after a backoff, at a sidecar that serves.
+    """[UNAVAILABLE] The sidecar is stopping: after its drain period a new call is
+    refused with this without being run, and long-lived calls (Watch) end with
+    it. Retry, after a backoff, at a sidecar that serves.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -230,8 +231,9 @@ sidecar's bounded queue (it stopped reading or fell behind); it was
 dropped and must resubscribe (with its epoch and last applied sequence).
 """
 SHUTTING_DOWN: ErrorReason.ValueType  # 24
-"""[UNAVAILABLE] The sidecar is stopping; long-lived calls (Watch) end with
-this so the drain finishes. Retry, after a backoff, at a sidecar that serves.
+"""[UNAVAILABLE] The sidecar is stopping: after its drain period a new call is
+refused with this without being run, and long-lived calls (Watch) end with
+it. Retry, after a backoff, at a sidecar that serves.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
