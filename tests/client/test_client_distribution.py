@@ -107,7 +107,7 @@ def _requires(venv: Path, name: str) -> set[str]:
             break
     assert dist is not None, f"{name} is required but not installed"
     names: set[str] = set()
-    environment = {**default_environment(), "extra": ""}
+    environment: dict[str, str] = {**default_environment(), "extra": ""}
     for line in dist.requires or []:
         requirement = Requirement(line)
         if requirement.marker is None or requirement.marker.evaluate(environment):
