@@ -22,7 +22,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -99,7 +98,8 @@ def _installed(venv: Path) -> set[str]:
 
 
 def _requires(venv: Path, name: str) -> set[str]:
-    """Names `name` requires in that venv, markers evaluated, no extras."""
+    """Names `name` requires in that venv, markers evaluated for this interpreter (the venv's
+    base), no extras."""
     dist: metadata.Distribution | None = None
     for candidate in metadata.distributions(path=_site_packages(venv)):
         if canonicalize_name(candidate.metadata["Name"]) == canonicalize_name(name):
@@ -107,10 +107,9 @@ def _requires(venv: Path, name: str) -> set[str]:
             break
     assert dist is not None, f"{name} is required but not installed"
     names: set[str] = set()
-    environment: dict[str, str] = {**default_environment(), "extra": ""}
     for line in dist.requires or []:
         requirement = Requirement(line)
-        if requirement.marker is None or requirement.marker.evaluate(environment):
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
             names.add(canonicalize_name(requirement.name))
     return names
 
