@@ -151,6 +151,10 @@ async def test_audit_lines_name_subject_jti_reason_and_request_id(
         if r.name == "authsidecar.audit"
     ]
     events = [(e["event"], e["outcome"], e["reason"]) for e in entries]
+    texts = [TextFormatter().format(r) for r in caplog.records if r.name == "authsidecar.audit"]
+    assert len(texts) == len(entries)
+    assert [t.count("request_id=") for t in texts] == [1] * len(texts), "printed once"
+    assert f"request_id={REQUEST_ID}" in texts[0]
     assert events == [
         ("issue", "ok", ""),
         ("verify", "refused", "SIGNATURE_INVALID"),
