@@ -41,7 +41,7 @@ _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 )
 SIGNING_ALGS = (
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519",
 )  # fmt: skip
 
 
