@@ -44,6 +44,11 @@ async def test_verify_only_sidecar_verifies_external_tokens_and_refuses_to_mint(
         assert not (data_dir / "keys").exists(), "no dev key is generated"
         verified = await sc.public.Verify(auth_pb2.VerifyRequest(token=idp.token("idp-1")))
         assert (verified.iss, verified.sub) == (idp.issuer, "user-1")
+        # A token claiming our own issuer: we hold no key for it.
+        ours = idp.token("idp-1", issuer=sc.settings.tokens.issuer, audience="svc")
+        with pytest.raises(grpc.RpcError) as foreign:
+            await sc.public.Verify(auth_pb2.VerifyRequest(token=ours))
+        assert reason_of(foreign.value) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_UNKNOWN")
         assert json.loads((await sc.public.GetJwks(auth_pb2.GetJwksRequest())).jwks) == {"keys": []}
         with pytest.raises(grpc.RpcError) as issue:
             await sc.admin.Issue(auth_pb2.IssueRequest(subject="a", audience=["b"]))
