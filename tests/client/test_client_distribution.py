@@ -54,7 +54,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """
     work = tmp_path_factory.mktemp("client-src")
     source = work / "python"
-    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        CLIENT, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    )
     out = work / "dist"
     _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, source)
     (wheel,) = out.glob("authsidecar_client-*.whl")
