@@ -5,11 +5,9 @@ refused) ends in one line on stderr and a non-zero exit status, never a tracebac
 exit 1 = the token was refused or a call failed, exit 2 = usage or configuration error.
 
 `--config FILE` is accepted before or after the subcommand (`authsidecar serve --config f`).
-The commands that call a sidecar (`token issue|verify`, `health`) find it from, in order:
-`--target`, the environment (`AUTHSIDECAR_ADMIN_ADDR` for Issue, `AUTHSIDECAR_ADDR` for the
-others, as the client library reads it), then the configured sockets if they exist, then the
-configured TCP address; a missing admin socket is an error that says how to point elsewhere,
-never a silent call into the current directory.
+The commands that call a sidecar (`token issue|verify`, `health`) find it as
+`sidecar/cli_client.py` says: `--target`, the environment, the configuration; never the
+current directory by guess.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,14 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor, json_format, message, struct_pb2
-from google.rpc import error_details_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2
-from grpc_status import rpc_status
 
-from authsidecar.client.models import json_numbers
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar import app
+from sidecar.cli_client import (
+    ADDR_ENV,
+    ADMIN_ADDR_ENV,
+    UnreachableError,
+    admin_target,
+    describe_failure,
+    public_target,
+    reply_as_json,
+)
 from sidecar.config import Settings, load_settings
 from sidecar.errors import AuthSidecarError, StartupError
 from sidecar.keys import rotation
@@ -44,20 +47,11 @@ from sidecar.tokens.jws import peek
 EXIT_REFUSED = 1
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 EXIT_USAGE = 2
-ADDR_ENV = "AUTHSIDECAR_ADDR"
-ADMIN_ADDR_ENV = "AUTHSIDECAR_ADMIN_ADDR"
 _CONFIG_HELP = "YAML or TOML settings file (default: $AUTHSIDECAR_CONFIG, else built-in defaults)"
 _TARGET_HELP = (
     f"sidecar address, unix:/path or host:port (default: ${ADDR_ENV}, else the configured "
     "public socket if it exists, else the configured TCP address)"
 )
-_INT64 = frozenset(
-    {descriptor.FieldDescriptor.CPPTYPE_INT64, descriptor.FieldDescriptor.CPPTYPE_UINT64}
-)
-
-
-class _UnreachableError(Exception):
-    """No sidecar where the CLI would call it; the message says how to point elsewhere."""
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuthSidecarError as error:
         print(f"authsidecar: {error.reason}: {error}", file=sys.stderr)
         return EXIT_REFUSED
-    except _UnreachableError as error:
+    except UnreachableError as error:
         print(f"authsidecar: {error}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
@@ -231,47 +225,6 @@ def _inspect(token: str) -> int:
     return 0
 
 
-def _public_target(explicit: str | None, settings: Settings) -> str:
-    """Verify and health: see the module docstring for the order."""
-    if explicit:
-        return explicit
-    if os.environ.get(ADDR_ENV):
-        return os.environ[ADDR_ENV]
-    path = settings.public_socket
-    if path is not None and path.exists():
-        return f"unix:{path.resolve()}"
-    if settings.listen.tcp and not settings.listen.tcp.endswith(":0"):
-        return settings.listen.tcp
-    where = f"no socket at {path.resolve()} and no fixed TCP port" if path else "no address"
-    raise _UnreachableError(f"{where} to call; {_POINT_ELSEWHERE}")
-
-
-def _admin_target(explicit: str | None, settings: Settings) -> str:
-    """Issue is served on the admin socket alone, so there is no TCP fallback."""
-    if explicit:
-        return explicit
-    if os.environ.get(ADMIN_ADDR_ENV):
-        return os.environ[ADMIN_ADDR_ENV]
-    path = settings.admin_socket
-    if path is None:
-        raise _UnreachableError(
-            'listen.admin_socket is "" in this configuration: this sidecar issues nothing; '
-            f"pass --target unix:/path/to/admin.sock or set ${ADMIN_ADDR_ENV}"
-        )
-    if not path.exists():
-        raise _UnreachableError(
-            f"no admin socket at {path.resolve()} (is the sidecar running, with this "
-            f"configuration, from this directory?); pass --target unix:/path/to/admin.sock, "
-            f"set ${ADMIN_ADDR_ENV}, or --config the sidecar's settings file"
-        )
-    return f"unix:{path.resolve()}"
-
-
-_POINT_ELSEWHERE = (
-    f"pass --target ADDRESS, set ${ADDR_ENV}, or --config the sidecar's settings file"
-)
-
-
 def _issue(args: argparse.Namespace, settings: Settings) -> int:
     try:
         extra = json.loads(args.claims)
@@ -292,7 +245,7 @@ def _issue(args: argparse.Namespace, settings: Settings) -> int:
         expires_in=args.ttl,
         refresh_token=args.refresh,
     )
-    target = _admin_target(args.target, settings)
+    target = admin_target(args.target, settings)
     if args.output == "token":
         return _call(target, lambda stub: stub.Issue(request, timeout=10), just_token=True)
     return _call(target, lambda stub: stub.Issue(request, timeout=10))
@@ -302,12 +255,12 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     request = auth_pb2.VerifyRequest(
         token=_read_token(args.token), audience=args.audience, required_scopes=args.scope
     )
-    target = _public_target(args.target, settings)
+    target = public_target(args.target, settings)
     return _call(target, lambda stub: stub.Verify(request, timeout=10))
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
-    target = _public_target(args.target, settings)
+    target = public_target(args.target, settings)
     request = health_pb2.HealthCheckRequest(service=args.service)
     with grpc.insecure_channel(target) as channel:
         try:
@@ -318,7 +271,7 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
             )
             reply = check(request, timeout=args.timeout)
         except grpc.RpcError as error:
-            print(f"authsidecar: {_describe_failure(error, target)}", file=sys.stderr)
+            print(f"authsidecar: {describe_failure(error, target)}", file=sys.stderr)
             return EXIT_REFUSED
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
@@ -331,50 +284,13 @@ def _call(target: str, rpc: Any, *, just_token: bool = False) -> int:
         try:
             response = rpc(stub)
         except grpc.RpcError as error:
-            print(f"authsidecar: {_describe_failure(error, target)}", file=sys.stderr)
+            print(f"authsidecar: {describe_failure(error, target)}", file=sys.stderr)
             return EXIT_REFUSED
     if just_token:
         print(response.access_token)
     else:
         print(json.dumps(reply_as_json(response), indent=2))
     return 0
-
-
-def reply_as_json(reply: message.Message) -> dict[str, Any]:
-    """The reply as JSON with numbers as numbers (issue 14): proto3's JSON mapping writes
-    int64 fields (`expires_in`, `exp`, `iat`) as strings and a Struct's numbers as doubles."""
-    out: dict[str, Any] = json_format.MessageToDict(reply, preserving_proto_field_name=True)
-    for field in reply.DESCRIPTOR.fields:
-        if field.cpp_type in _INT64 and field.name in out:
-            value = out[field.name]
-            out[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-    if isinstance(out.get("claims"), dict):
-        out["claims"] = json_numbers(out["claims"])
-    return out
-
-
-def _describe_failure(error: grpc.RpcError, target: str) -> str:
-    """describe_rpc_error, plus where we called and how to call elsewhere when nothing
-    answered there."""
-    text = describe_rpc_error(error)
-    if text.startswith("UNAVAILABLE:"):  # nothing answered (STORE_UNAVAILABLE carries a reason)
-        text += f" (called {target}; {_POINT_ELSEWHERE})"
-    return text
-
-
-def describe_rpc_error(error: grpc.RpcError) -> str:
-    """`UNAUTHENTICATED TOKEN_EXPIRED: token expired`, from the status and its ErrorInfo."""
-    code = error.code() if isinstance(error, grpc.Call) else None
-    reason = ""
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    details: list[Any] = list(status.details) if status is not None else []
-    for detail in details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            reason = info.reason
-    name = code.name if code is not None else "ERROR"
-    message = error.details() if isinstance(error, grpc.Call) else str(error)
-    return f"{name} {reason}: {message}".replace(" :", ":")
 
 
 if __name__ == "__main__":

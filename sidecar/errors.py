@@ -213,6 +213,8 @@ class StoreDeadlineError(StoreUnavailableError):
     """
 
     message = "token store write arrived after its deadline"
+
+
 class NoSigningKeyError(AuthSidecarError):
     """Issue or Refresh on a sidecar that holds no signing key (verify-only, issue 14).
 
