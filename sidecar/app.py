@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import KeyFile, Settings
+from sidecar.config import KeyFile, Settings, parse_host_port
 from sidecar.errors import ConfigError, StoreUnavailableError
 from sidecar.keys.generate import generate_key, write_key_file
 from sidecar.keys.keyset import KeySource, load_key_set
 from sidecar.keys.remote import RemoteKeySet
+from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
 from sidecar.store.base import TokenStore
 from sidecar.store.memory import MemoryTokenStore
@@ -67,7 +70,7 @@ def key_source(settings: Settings) -> KeySource:
     keys = settings.keys
     files = keys.files
     if not files and keys.directory is None:
-        if not keys.dev_generate:
+        if not keys.dev_generate:  # verify-only: start_app never asks
             raise ConfigError("setting keys.files: no key files configured")
         _dev_key(settings.dev_key_path, keys.dev_alg)
         files = (KeyFile(path=settings.dev_key_path),)
@@ -257,9 +260,56 @@ async def external_issuers(settings: Settings) -> tuple[Issuers | None, list[Rem
     return issuers, remotes
 
 
+def check_addresses_free(settings: Settings) -> None:
+    """Refuse, in one line saying "in use", a fixed TCP port another process listens on.
+
+    Runs first in start_app (issue 14): before a dev key is generated or a store opened, and
+    before grpc tries the bind, whose C core would log a line of its own ahead of ours. A
+    plain bind with SO_REUSEADDR and without SO_REUSEPORT, as grpc binds: it fails exactly
+    when a socket listens there (TIME_WAIT leftovers do not count). Port 0 is never in use.
+    The listeners' own bind still reports what this cannot foresee (a race, a bad host).
+    """
+    for setting, address in (
+        ("listen.tcp", settings.listen.tcp),
+        ("listen.health_tcp", settings.listen.health_tcp),
+        ("metrics.listen", settings.metrics.listen),
+        ("http.listen", settings.http.listen),
+    ):
+        if not address:
+            continue
+        host, port = parse_host_port(address)
+        if port == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            continue  # an unresolvable host: the listener's bind names it
+        family, kind, proto, _, sockaddr = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"setting {setting}: {address} is already in use by another process "
+                        "(another sidecar?); stop it or choose another port"
+                    ) from None
+                raise ConfigError(
+                    f"setting {setting}: cannot listen on {address!r}: {exc.strerror}"
+                ) from None
+
+
 async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
-    source = key_source(settings)
-    ring, key_fingerprint = load_key_set(source)
+    check_addresses_free(settings)
+    source: KeySource | None = None
+    if settings.verify_only:
+        # No key of our own (issue 14): an empty ring, nothing to watch; Verify trusts the
+        # external issuers only, Issue and Refresh answer NO_SIGNING_KEY.
+        ring, key_fingerprint = KeyRing(()), ""
+    else:
+        source = key_source(settings)
+        ring, key_fingerprint = load_key_set(source)
     clock = clock or SystemClock()
     store = await open_store(settings, clock)
     metrics_server: MetricsHttpServer | None = None
@@ -322,13 +372,14 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     app.jwks_http = jwks_http
     app.remote_keys = remotes
     app.signer = signer
-    app.key_watcher = KeyWatcher(
-        source,
-        ring=ring,
-        fingerprint=key_fingerprint,
-        on_change=service.replace_ring,
-        interval_s=settings.keys.reload_interval_s,
-    )
+    if source is not None:
+        app.key_watcher = KeyWatcher(
+            source,
+            ring=ring,
+            fingerprint=key_fingerprint,
+            on_change=service.replace_ring,
+            interval_s=settings.keys.reload_interval_s,
+        )
     if metrics is not None:
         metrics.watch_key_sources(app.key_watcher, remotes)
     app.start_background()

@@ -3,6 +3,11 @@
 Every failure an operator can cause (bad config, bad key file, sidecar not running, token
 refused) ends in one line on stderr and a non-zero exit status, never a traceback:
 exit 1 = the token was refused or a call failed, exit 2 = usage or configuration error.
+
+`--config FILE` is accepted before or after the subcommand (`authsidecar serve --config f`).
+The commands that call a sidecar (`token issue|verify`, `health`) find it as
+`sidecar/cli_client.py` says: `--target`, the environment, the configuration; never the
+current directory by guess.
 """
 
 from __future__ import annotations
@@ -17,13 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
-from google.rpc import error_details_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2
-from grpc_status import rpc_status
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar import app
+from sidecar.cli_client import (
+    ADDR_ENV,
+    ADMIN_ADDR_ENV,
+    UnreachableError,
+    admin_target,
+    describe_failure,
+    public_target,
+    reply_as_json,
+)
 from sidecar.config import Settings, load_settings
 from sidecar.errors import AuthSidecarError, StartupError
 from sidecar.keys import rotation
@@ -35,17 +47,34 @@ from sidecar.tokens.jws import peek
 EXIT_REFUSED = 1
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 EXIT_USAGE = 2
+_CONFIG_HELP = "YAML or TOML settings file (default: $AUTHSIDECAR_CONFIG, else built-in defaults)"
+_TARGET_HELP = (
+    f"sidecar address, unix:/path or host:port (default: ${ADDR_ENV}, else the configured "
+    "public socket if it exists, else the configured TCP address)"
+)
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the subcommand it wins, absent it leaves the top-level value.
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authsidecar", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML or TOML settings file (or $AUTHSIDECAR_CONFIG)")
+    parser.add_argument("--config", metavar="FILE", default=None, help=_CONFIG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="run the sidecar until SIGTERM")
+    serve = commands.add_parser(
+        "serve",
+        help="run the sidecar until SIGTERM",
+        description="Run the sidecar until SIGTERM or SIGINT, then drain. Settings: defaults, "
+        "then --config FILE, then AUTHSIDECAR_<SECTION>__<NAME> environment variables.",
+    )
+    _add_config(serve)
     # For HEALTHCHECK and exec probes: exit 0 when SERVING, 1 otherwise (grpc.health.v1).
     health = commands.add_parser("health", help="ask a running sidecar whether it is SERVING")
-    health.add_argument("--target", help="sidecar address (default: the configured socket)")
+    _add_config(health)
+    health.add_argument("--target", help=_TARGET_HELP)
     health.add_argument("--service", default="", help="health service name (default: server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
 
@@ -57,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     gen.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
     # The rotation runbook (docs/keys.md) as commands on a key directory (keys.directory).
+    first = keys.add_parser("init", help="create the first, signing key of an empty directory")
+    first.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
+    first.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     rotate = keys.add_parser("rotate", help="publish the next key (verifies, does not sign yet)")
     rotate.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
     rotate.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
@@ -65,13 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     retire = keys.add_parser("retire", help="remove a key that no longer signs")
     retire.add_argument("--kid", required=True)
     show = keys.add_parser("show", help="the key directory's kids, signing kid and version")
-    for sub in (rotate, promote, retire, show):
+    for sub in (first, rotate, promote, retire, show):
         sub.add_argument("--dir", required=True, type=Path, help="the key directory")
 
     token = commands.add_parser("token", help="debug tokens").add_subparsers(
         dest="debug_action", required=True
     )
     issue = token.add_parser("issue", help="mint a token through the admin socket")
+    _add_config(issue)
     issue.add_argument("--sub", required=True, help="subject")
     issue.add_argument("--aud", action="append", default=[], help="audience (repeatable)")
     issue.add_argument("--scope", default="", help="space-delimited scope")
@@ -79,13 +112,25 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--client-id", default="")
     issue.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (0: default)")
     issue.add_argument("--refresh", action="store_true", help="also issue a refresh token")
-    issue.add_argument("--target", help="admin address (default: the configured admin socket)")
+    issue.add_argument(
+        "--target",
+        help=f"admin socket, unix:/path (default: ${ADMIN_ADDR_ENV}, else the configured "
+        "admin socket)",
+    )
+    issue.add_argument(
+        "--output",
+        choices=("json", "token"),
+        default="json",
+        help="json: the whole reply (default); token: the access token alone, for "
+        "TOKEN=$(authsidecar token issue ... --output token)",
+    )
 
     verify = token.add_parser("verify", help="ask the sidecar to verify an access token")
+    _add_config(verify)
     verify.add_argument("token", help="the token, or - to read it from stdin")
     verify.add_argument("--audience", default="")
     verify.add_argument("--scope", action="append", default=[], help="required scope (repeatable)")
-    verify.add_argument("--target", help="sidecar address (default: the configured socket)")
+    verify.add_argument("--target", help=_TARGET_HELP)
 
     inspect = token.add_parser("inspect", help="decode a token locally WITHOUT verifying it")
     inspect.add_argument("token", help="the token, or - to read it from stdin")
@@ -117,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuthSidecarError as error:
         print(f"authsidecar: {error.reason}: {error}", file=sys.stderr)
         return EXIT_REFUSED
+    except UnreachableError as error:
+        print(f"authsidecar: {error}", file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
 
@@ -135,7 +183,11 @@ def _key_directory(args: argparse.Namespace) -> int:
     """rotate / promote / retire / show; each checks the directory loads before and after."""
     now = int(time.time())
     out: dict[str, Any]
-    if args.keys_command == "rotate":
+    if args.keys_command == "init":
+        view = rotation.init(args.dir, args.alg, args.kid, now=now)
+        out = {"created": view.signing_kid, **view.as_dict()}
+        out["next"] = f"serve it: keys.directory: {args.dir} (or AUTHSIDECAR_KEYS__DIRECTORY)"
+    elif args.keys_command == "rotate":
         kid, view = rotation.publish_next(args.dir, args.alg, args.kid, now=now)
         out = {"published": kid, **view.as_dict()}
         out["next"] = (
@@ -173,14 +225,6 @@ def _inspect(token: str) -> int:
     return 0
 
 
-def _target(explicit: str | None, path: Path | None, settings: Settings) -> str:
-    if explicit:
-        return explicit
-    if path is not None:
-        return f"unix:{path.resolve()}"
-    return settings.listen.tcp
-
-
 def _issue(args: argparse.Namespace, settings: Settings) -> int:
     try:
         extra = json.loads(args.claims)
@@ -201,7 +245,9 @@ def _issue(args: argparse.Namespace, settings: Settings) -> int:
         expires_in=args.ttl,
         refresh_token=args.refresh,
     )
-    target = _target(args.target, settings.admin_socket, settings)
+    target = admin_target(args.target, settings)
+    if args.output == "token":
+        return _call(target, lambda stub: stub.Issue(request, timeout=10), just_token=True)
     return _call(target, lambda stub: stub.Issue(request, timeout=10))
 
 
@@ -209,12 +255,12 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     request = auth_pb2.VerifyRequest(
         token=_read_token(args.token), audience=args.audience, required_scopes=args.scope
     )
-    target = _target(args.target, settings.public_socket, settings)
+    target = public_target(args.target, settings)
     return _call(target, lambda stub: stub.Verify(request, timeout=10))
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
-    target = _target(args.target, settings.public_socket, settings)
+    target = public_target(args.target, settings)
     request = health_pb2.HealthCheckRequest(service=args.service)
     with grpc.insecure_channel(target) as channel:
         try:
@@ -225,40 +271,26 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
             )
             reply = check(request, timeout=args.timeout)
         except grpc.RpcError as error:
-            print(f"authsidecar: {describe_rpc_error(error)}", file=sys.stderr)
+            print(f"authsidecar: {describe_failure(error, target)}", file=sys.stderr)
             return EXIT_REFUSED
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_REFUSED
 
 
-def _call(target: str, rpc: Any) -> int:
+def _call(target: str, rpc: Any, *, just_token: bool = False) -> int:
     with grpc.insecure_channel(target) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         try:
             response = rpc(stub)
         except grpc.RpcError as error:
-            print(f"authsidecar: {describe_rpc_error(error)}", file=sys.stderr)
+            print(f"authsidecar: {describe_failure(error, target)}", file=sys.stderr)
             return EXIT_REFUSED
-    print(
-        json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2)
-    )
+    if just_token:
+        print(response.access_token)
+    else:
+        print(json.dumps(reply_as_json(response), indent=2))
     return 0
-
-
-def describe_rpc_error(error: grpc.RpcError) -> str:
-    """`UNAUTHENTICATED TOKEN_EXPIRED: token expired`, from the status and its ErrorInfo."""
-    code = error.code() if isinstance(error, grpc.Call) else None
-    reason = ""
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    details: list[Any] = list(status.details) if status is not None else []
-    for detail in details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            reason = info.reason
-    name = code.name if code is not None else "ERROR"
-    message = error.details() if isinstance(error, grpc.Call) else str(error)
-    return f"{name} {reason}: {message}".replace(" :", ":")
 
 
 if __name__ == "__main__":

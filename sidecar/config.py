@@ -11,14 +11,16 @@ store in `data_dir`, a public Unix socket, loopback TCP, and an owner-only admin
 from __future__ import annotations
 
 import contextvars
+import difflib
 import ipaddress
 import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -39,7 +41,7 @@ _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 )
 SIGNING_ALGS = (
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519",
 )  # fmt: skip
 
 
@@ -425,7 +427,22 @@ class Settings(BaseSettings):
             if external.issuer in seen:
                 raise ValueError(f"issuers: {external.issuer!r} is configured twice")
             seen.add(external.issuer)
+        if self.verify_only and not self.issuers:
+            raise ValueError(
+                "keys: no key files, no keys.directory and keys.dev_generate is false: "
+                "configure a key, or external issuers for a verify-only sidecar"
+            )
         return self
+
+    @property
+    def verify_only(self) -> bool:
+        """No key of our own: no key files, no key directory, no dev key (issue 14).
+
+        Valid only with external `issuers`: Verify then accepts only their tokens (our own
+        issuer has no key, so a token claiming it is KEY_UNKNOWN), and Issue and Refresh
+        answer FAILED_PRECONDITION / NO_SIGNING_KEY."""
+        keys = self.keys
+        return not keys.files and keys.directory is None and not keys.dev_generate
 
     @classmethod
     def settings_customise_sources(
@@ -486,20 +503,61 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:  # an AUTHSIDECAR_* variable that is not valid JSON
-        raise ConfigError(f"invalid configuration: {exc}") from None
-    except (OSError, ValueError) as exc:  # unreadable or unparsable file
-        raise ConfigError(f"config file {str(path)!r} could not be read: {exc}") from None
+        raise ConfigError(_one_line(f"invalid configuration: {exc}")) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable or unparsable file
+        raise ConfigError(
+            _one_line(f"config file {str(path)!r} could not be read: {exc}")
+        ) from None
     finally:
         _config_file.reset(token)
 
 
 def _describe(exc: ValidationError) -> str:
-    lines = []
+    """Every problem on ONE line (issue 14: a log line or a `kubectl logs` tail shows it whole):
+    `invalid configuration: setting a.b: why; setting c: why`. A name that is not a setting
+    says so and offers the nearest valid one at that level (difflib)."""
+    problems = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        loc = error["loc"]
+        where = ".".join(str(part) for part in loc) or "settings"
+        if error["type"] == "extra_forbidden" and loc:
+            problems.append(f"unknown setting {where}{_did_you_mean(loc)}")
+            continue
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"setting {where}: {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        problems.append(f"setting {where}: {message}")
+    return _one_line("invalid configuration: " + "; ".join(problems))
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """` (did you mean tokens.access_ttl_s?)`, or "" when no valid name is close."""
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # an element of a list of models: same model
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    prefix = ".".join(str(part) for part in loc[:-1])
+    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds, directly or as the element of a tuple."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -29,6 +29,7 @@ are generic on purpose: token text, key material and library exception text neve
     ├─ SubscriberDroppedError         WATCH_SUBSCRIBER_DROPPED -> UNAVAILABLE
     ├─ ShuttingDownError              SHUTTING_DOWN          -> UNAVAILABLE
     ├─ SubscriberLimitError           WATCH_SUBSCRIBER_LIMIT -> RESOURCE_EXHAUSTED
+    ├─ NoSigningKeyError              NO_SIGNING_KEY         -> FAILED_PRECONDITION
     └─ StartupError                   (never sent: start-up stops with its message)
        ├─ ConfigError
        └─ KeyMaterialError
@@ -212,6 +213,17 @@ class StoreDeadlineError(StoreUnavailableError):
     """
 
     message = "token store write arrived after its deadline"
+
+
+class NoSigningKeyError(AuthSidecarError):
+    """Issue or Refresh on a sidecar that holds no signing key (verify-only, issue 14).
+
+    FAILED_PRECONDITION, not UNIMPLEMENTED: the RPC exists and this very binary serves it
+    when configured with a key; it is this sidecar's state that rules it out (the gRPC status
+    guide: "the system is not in a state required for the operation's execution")."""
+
+    reason = "NO_SIGNING_KEY"
+    message = "this sidecar holds no signing key: it only verifies"
 
 
 class StartupError(AuthSidecarError):

@@ -54,12 +54,15 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras: list[str] = []
-        request_id = getattr(record, "request_id", None) or _request_id()
+        audit = getattr(record, "audit", None)
+        fields: dict[str, Any] = dict(audit) if isinstance(audit, dict) else {}
+        # An audit record carries the request id among its fields too: print it once
+        # (issue 14: the text line showed `request_id=` twice).
+        audit_request_id = fields.pop("request_id", None)
+        request_id = getattr(record, "request_id", None) or _request_id() or audit_request_id
         if request_id:
             extras.append(f"request_id={request_id}")
-        audit = getattr(record, "audit", None)
-        if isinstance(audit, dict):
-            extras.extend(f"{key}={value!r}" for key, value in audit.items())
+        extras.extend(f"{key}={value!r}" for key, value in fields.items())
         return f"{line} {' '.join(extras)}" if extras else line
 
 

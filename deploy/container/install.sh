@@ -9,4 +9,5 @@ venv="$1"
 "${PYTHON:-python3}" -m venv "$venv"
 export PIP_CONSTRAINT="$PWD/requirements.lock" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 "$venv/bin/python" -m pip install --quiet "pip==26.3"
-"$venv/bin/python" -m pip install --quiet .
+# The client library is its own distribution (clients/python), which the server depends on.
+"$venv/bin/python" -m pip install --quiet ./clients/python .

@@ -1,10 +1,12 @@
 """The callee: a tiny Greeter (asyncio) that answers only callers the sidecar vouches for.
 
-    python examples/two_services/callee.py --sidecar unix:.authsidecar/run/auth.sock
+    .venv/bin/python examples/two_services/callee.py --sidecar unix:.authsidecar/run/auth.sock
 
-Messages are raw bytes (generic handlers), so the demo needs no generated code. Every call
-to demo.Greeter must carry a token for audience "greeter" with scope "greet"; the health
-service is exempt by default, as it is for every AuthPolicy.
+Messages are raw bytes (generic handlers), so the demo needs no generated code, and it needs
+nothing but `authsidecar-client` (tests/client/test_client_distribution.py runs it from a venv
+holding only that wheel). Every call to demo.Greeter must carry a token for audience "greeter"
+with scope "greet". When grpcio-health-checking is installed the callee also serves
+grpc.health.v1, which is exempt by default, as it is for every AuthPolicy.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 
 from authsidecar.client import (
     AsyncAuthClient,
@@ -54,7 +54,7 @@ async def serve(listen: str, sidecar: str | None) -> None:
         "Count": grpc.unary_stream_rpc_method_handler(count),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    _add_health(server)
     port = server.add_insecure_port(listen)
     await server.start()
     host = listen.rpartition(":")[0]
@@ -64,6 +64,16 @@ async def serve(listen: str, sidecar: str | None) -> None:
     finally:
         await interceptor.aclose()
         await auth.close()
+
+
+def _add_health(server: grpc.aio.Server) -> None:
+    """grpc.health.v1 when grpcio-health-checking is there; the demo runs without it."""
+    try:
+        from grpc_health.v1 import health_pb2_grpc
+        from grpc_health.v1._async import HealthServicer
+    except ImportError:
+        return
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
 
 
 def main() -> None:

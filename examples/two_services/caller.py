@@ -1,6 +1,6 @@
 """The caller: gets its token from the sidecar and calls the callee (sync gRPC).
 
-    python examples/two_services/caller.py --admin unix:.authsidecar/admin/admin.sock
+    .venv/bin/python examples/two_services/caller.py --admin unix:.authsidecar/admin/admin.sock
 
 The token comes from a renewing source that Issues through the sidecar's admin socket and
 renews before expiry; the client interceptor attaches it to every call and retries once,

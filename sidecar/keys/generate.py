@@ -3,8 +3,8 @@
 RSA sizes grow with the hash (2048 for RS256/PS256, 3072 for RS384/PS384, 4096 for
 RS512/PS512) so the key is never the weakest link of the algorithm it is named for (NIST
 SP 800-57 part 1, table 2: 3072 bits ~ 128-bit security). EC keys use the curve of their
-algorithm, EdDSA keys are Ed25519 (RFC 8037); HMAC secrets are exactly the hash length
-(RFC 7518 section 3.2), drawn from `secrets`.
+algorithm, EdDSA / Ed25519 keys are Ed25519 (RFC 8037, RFC 9864); HMAC secrets are exactly
+the hash length (RFC 7518 section 3.2), drawn from `secrets`.
 
 The private JWK is returned so the caller can write it; it is the only place private members
 appear, and `write_key_file` is the only place they touch the disk (0600, atomically).

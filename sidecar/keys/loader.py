@@ -4,8 +4,9 @@ JWK members are parsed here, strictly, into `cryptography` key objects; `materia
 applies the hygiene rules. Strict means (RFC 7517 / RFC 7518 section 6):
 
 * `kid` and `alg` present (a PEM file gets them from the caller or from its key), `alg`
-  one of HS/RS/PS/ES 256/384/512 or EdDSA and of the family of `kty` (RSA: RS*/PS*; OKP with
-  `crv` Ed25519: EdDSA, RFC 8037); RFC 7520's `ES521` reads as ES512;
+  one of HS/RS/PS/ES 256/384/512, EdDSA or Ed25519 and of the family of `kty` (RSA: RS*/PS*;
+  OKP with `crv` Ed25519: EdDSA, RFC 8037, or its fully-specified name Ed25519, RFC 9864);
+  RFC 7520's `ES521` reads as ES512;
 * `use`, if present, is "sig"; `key_ops`, if present, only "sign"/"verify", no duplicates;
 * key members are canonical unpadded base64url (one spelling per key), integers without
   leading zero octets (RFC 7518 section 6.3.1.1), EC coordinates at full length (6.2.1.2);

@@ -127,7 +127,7 @@ def _usable_key(
     if _PRIVATE_MEMBERS & jwk.keys():
         raise KeyMaterialError(f"{who}: has private key members; only public keys are used")
     key = parse_jwk(jwk, alg=only if "alg" not in jwk else None)
-    if key.alg not in algorithms:
+    if key.header_algs.isdisjoint(algorithms):  # "EdDSA" and "Ed25519" name one algorithm
         raise KeyMaterialError(f"{who}: algorithm {key.alg!r} is not allowed for this issuer")
     return key
 

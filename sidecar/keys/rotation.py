@@ -23,7 +23,7 @@ from sidecar.keys.keyset import (
 from sidecar.keys.loader import load_key_file
 from sidecar.keys.ring import KeyRing
 
-__all__ = ["KeySetView", "describe", "promote", "publish_next", "retire"]
+__all__ = ["KeySetView", "describe", "init", "promote", "publish_next", "retire"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,32 @@ class KeySetView:
 
 
 def _load(directory: Path) -> KeyRing:
+    if not directory.is_dir() or not directory_key_files(directory):
+        # The first key is not a rotation: say which command makes it (issue 14).
+        raise KeyMaterialError(
+            f"{directory}: no key yet; create the first signing key with: "
+            f"authsidecar keys init --dir {directory}"
+        )
     ring, _ = load_key_set(KeySource(directory=directory))
     return ring
+
+
+def init(directory: Path, alg: str, kid: str | None = None, *, now: int) -> KeySetView:
+    """The first key of an empty (or missing) key directory, signing from the start.
+
+    Writes the key (0600, directory 0700 when created) and a `keyset.json` naming it, so
+    the directory is ready for `keys.directory` and for the rotation steps. Refused when the
+    directory already holds a key: a second key is `publish_next`'s job, with its overlap.
+    """
+    if directory.is_dir() and directory_key_files(directory):
+        raise KeyMaterialError(
+            f"{directory} already holds keys; publish the next one with: "
+            f"authsidecar keys rotate --dir {directory}"
+        )
+    key, jwk = generate_key(alg, kid)
+    write_key_file(directory / f"{key.kid}.jwk.json", jwk)
+    write_manifest(directory, key.kid, now)
+    return describe(directory)
 
 
 def describe(directory: Path) -> KeySetView:

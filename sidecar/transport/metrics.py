@@ -94,7 +94,9 @@ class Metrics:
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
 
-    def watch_key_sources(self, watcher: KeyWatcher, remotes: Sequence[RemoteKeySet]) -> None:
+    def watch_key_sources(
+        self, watcher: KeyWatcher | None, remotes: Sequence[RemoteKeySet]
+    ) -> None:
         """Export the key-set reloads and each external issuer's JWKS fetches, read at scrape
         time; called once the app has built them."""
         self._key_sources.watcher = watcher

@@ -15,7 +15,12 @@ from google.protobuf import json_format, struct_pb2
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.calls import record_reason
 from sidecar.config import WatchSettings
-from sidecar.errors import AuthSidecarError, CallerNotAllowedError, ClaimError
+from sidecar.errors import (
+    AuthSidecarError,
+    CallerNotAllowedError,
+    ClaimError,
+    NoSigningKeyError,
+)
 from sidecar.tokens.model import Claims, TokenGrant, VerifiedToken
 from sidecar.tokens.service import TokenService
 from sidecar.transport.audit import audit_issued, audit_refusal, audit_revoked
@@ -249,12 +254,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             min(cache.max_entries, MAX_MEMO_ENTRIES) if cache.enabled else 0, self._refusals
         )
 
+    def _require_signing_key(self) -> None:
+        """A verify-only sidecar (issue 14) mints nothing: one clear refusal, before any
+        token is looked at (a Refresh must not rotate what it cannot replace)."""
+        if self._service.ring.signing_key is None:
+            raise NoSigningKeyError
+
     @_mapped
     async def Issue(
         self, request: auth_pb2.IssueRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.IssueResponse:
         if not self._allow_issue:
             raise CallerNotAllowedError("Issue is served on the admin socket only")
+        self._require_signing_key()
         grant = await self._service.issue(
             subject=request.subject,
             audience=list(request.audience),
@@ -293,6 +305,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Refresh(
         self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.RefreshResponse:
+        self._require_signing_key()
         grant = await self._service.refresh(
             request.refresh_token, scope=request.scope, time_left_s=context.time_remaining()
         )

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from sidecar.errors import (
     AuthSidecarError,
     InvalidRequestError,
+    NoSigningKeyError,
     PermissionDeniedError,
     ShuttingDownError,
     StoreUnavailableError,
@@ -33,6 +34,7 @@ _CODES: tuple[tuple[type[AuthSidecarError], grpc.StatusCode], ...] = (
     (SubscriberDroppedError, grpc.StatusCode.UNAVAILABLE),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (SubscriberLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NoSigningKeyError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

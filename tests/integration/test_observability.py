@@ -151,6 +151,10 @@ async def test_audit_lines_name_subject_jti_reason_and_request_id(
         if r.name == "authsidecar.audit"
     ]
     events = [(e["event"], e["outcome"], e["reason"]) for e in entries]
+    texts = [TextFormatter().format(r) for r in caplog.records if r.name == "authsidecar.audit"]
+    assert len(texts) == len(entries)
+    assert [t.count("request_id=") for t in texts] == [1] * len(texts), "printed once"
+    assert f"request_id={REQUEST_ID}" in texts[0]
     assert events == [
         ("issue", "ok", ""),
         ("verify", "refused", "SIGNATURE_INVALID"),
@@ -306,3 +310,30 @@ async def test_external_issuer_jwks_fetches_are_exported(data_dir: Path) -> None
     assert samples[("authsidecar_issuer_jwks_fetches_total", (*name, ("result", "failed")))] == 1
     assert samples[("authsidecar_issuer_jwks_demand_fetches_total", name)] == 1
     assert samples[("authsidecar_issuer_jwks_ok", name)] == 0
+
+
+def test_audit_text_line_prints_the_request_id_once_during_the_call() -> None:
+    """As the live handler formats it: inside the call, where both the call context and the
+    audit fields know the request id (issue 14 saw `request_id=` twice)."""
+    from sidecar.calls import CallInfo, current_call
+    from sidecar.transport.audit import audit
+
+    texts: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            texts.append(TextFormatter().format(record))
+
+    audit_logger = logging.getLogger("authsidecar.audit")
+    handler, level = _Keep(), audit_logger.level
+    audit_logger.addHandler(handler)
+    audit_logger.setLevel(logging.INFO)
+    token = current_call.set(CallInfo("req-once", "/authsidecar.v1.AuthService/Issue", "unix:"))
+    try:
+        audit("issue", "ok", sub="alice", jti="j1")
+    finally:
+        current_call.reset(token)
+        audit_logger.removeHandler(handler)
+        audit_logger.setLevel(level)
+    (text,) = texts
+    assert text.count("request_id=") == 1 and "request_id=req-once" in text

@@ -52,7 +52,7 @@ def private_key(alg: str, kid: str) -> PrivateKey | bytes:
         return secrets.token_bytes(_HMAC_BYTES[alg])
     if alg.startswith(("RS", "PS")):
         return rsa_key_of_size(TEST_RSA_BITS, kid)
-    if alg == "EdDSA":
+    if alg in ("EdDSA", "Ed25519"):  # Ed25519: RFC 9864's name for the same algorithm
         return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key(_CURVES[alg])
 

@@ -1,10 +1,16 @@
 """Typed, frozen results of sidecar calls, converted once from the protobuf replies.
 
 Token text is kept out of `repr()` so a logged result never leaks a credential.
+
+Claims travel as a protobuf `Struct`, whose only number type is a double, so `exp` arrives
+as `1800000900.0`. `json_numbers` turns every whole, finite number back into an `int` (JSON
+itself does not tell 1 from 1.0, and every integer a JWT can carry in a double survives
+exactly), and leaves other numbers `float`: `claims["exp"]` is an `int`, as in the token.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -41,7 +47,8 @@ class VerifiedClaims:
     scope: str
     client_id: str
     kid: str
-    # Every claim of the token, registered ones included (JSON values).
+    # Every claim of the token, registered ones included (JSON values; whole numbers as
+    # `int`, e.g. `claims["exp"]`, though protobuf's Struct carried them as doubles).
     claims: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -78,9 +85,20 @@ class Introspection:
     claims: Mapping[str, object] = field(default_factory=dict)
 
 
+def json_numbers(value: object) -> object:
+    """`value` with every whole, finite float (at any depth) as an `int`; see the module doc."""
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else value
+    if isinstance(value, dict):
+        return {key: json_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_numbers(item) for item in value]
+    return value
+
+
 def _claims(struct: struct_pb2.Struct) -> Mapping[str, object]:
     values: dict[str, object] = json_format.MessageToDict(struct)
-    return MappingProxyType(values)
+    return MappingProxyType({key: json_numbers(item) for key, item in values.items()})
 
 
 def grant_from(reply: auth_pb2.IssueResponse | auth_pb2.RefreshResponse) -> TokenGrant:

@@ -139,6 +139,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     refused with this without being run, and long-lived calls (Watch) end with
     it. Retry, after a backoff, at a sidecar that serves.
     """
+    NO_SIGNING_KEY: _ErrorReason.ValueType  # 25
+    """[FAILED_PRECONDITION] This sidecar holds no signing key, so Issue and
+    Refresh cannot mint a token: a verify-only sidecar (no key files, no key
+    directory, keys.dev_generate false, external `issuers` configured), or a
+    key directory whose keyset.json names `signing_kid: null`. Not retryable
+    against this sidecar; call one that signs.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable failure reasons carried in google.rpc.ErrorInfo.reason (by
@@ -234,6 +241,13 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 24
 """[UNAVAILABLE] The sidecar is stopping: after its drain period a new call is
 refused with this without being run, and long-lived calls (Watch) end with
 it. Retry, after a backoff, at a sidecar that serves.
+"""
+NO_SIGNING_KEY: ErrorReason.ValueType  # 25
+"""[FAILED_PRECONDITION] This sidecar holds no signing key, so Issue and
+Refresh cannot mint a token: a verify-only sidecar (no key files, no key
+directory, keys.dev_generate false, external `issuers` configured), or a
+key directory whose keyset.json names `signing_kid: null`. Not retryable
+against this sidecar; call one that signs.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -83,7 +83,8 @@ class AuthServiceServicer:
 
     def Issue(self, request, context):
         """Issue mints an access token (and, when asked, a refresh token) for a
-        subject. Privileged: admin listener only.
+        subject. Privileged: admin listener only. A sidecar without a signing key
+        (verify-only) answers FAILED_PRECONDITION / NO_SIGNING_KEY.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +120,9 @@ class AuthServiceServicer:
         """Refresh exchanges a refresh token for a new access token and a new
         refresh token (rotation). The presented refresh token is retired; showing
         a retired refresh token again revokes its whole family (RFC 9700
-        section 4.14.2) and fails with REFRESH_TOKEN_REUSED.
+        section 4.14.2) and fails with REFRESH_TOKEN_REUSED. A sidecar without a
+        signing key answers FAILED_PRECONDITION / NO_SIGNING_KEY before looking at
+        the token (nothing is rotated).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,8 @@ class AuthServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     Issue: _grpc.UnaryUnaryMultiCallable[_auth_pb2.IssueRequest, _auth_pb2.IssueResponse]
     """Issue mints an access token (and, when asked, a refresh token) for a
-    subject. Privileged: admin listener only.
+    subject. Privileged: admin listener only. A sidecar without a signing key
+    (verify-only) answers FAILED_PRECONDITION / NO_SIGNING_KEY.
     """
     Verify: _grpc.UnaryUnaryMultiCallable[_auth_pb2.VerifyRequest, _auth_pb2.VerifyResponse]
     """Verify checks an access token: compact JWS syntax, a known `kid`, the
@@ -82,7 +83,9 @@ class AuthServiceStub:
     """Refresh exchanges a refresh token for a new access token and a new
     refresh token (rotation). The presented refresh token is retired; showing
     a retired refresh token again revokes its whole family (RFC 9700
-    section 4.14.2) and fails with REFRESH_TOKEN_REUSED.
+    section 4.14.2) and fails with REFRESH_TOKEN_REUSED. A sidecar without a
+    signing key answers FAILED_PRECONDITION / NO_SIGNING_KEY before looking at
+    the token (nothing is rotated).
     """
     Introspect: _grpc.UnaryUnaryMultiCallable[_auth_pb2.IntrospectRequest, _auth_pb2.IntrospectResponse]
     """Introspect reports whether a token is active (RFC 7662). It never says
@@ -141,7 +144,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Issue: _aio.UnaryUnaryMultiCallable[_auth_pb2.IssueRequest, _auth_pb2.IssueResponse]  # type: ignore[assignment]
     """Issue mints an access token (and, when asked, a refresh token) for a
-    subject. Privileged: admin listener only.
+    subject. Privileged: admin listener only. A sidecar without a signing key
+    (verify-only) answers FAILED_PRECONDITION / NO_SIGNING_KEY.
     """
     Verify: _aio.UnaryUnaryMultiCallable[_auth_pb2.VerifyRequest, _auth_pb2.VerifyResponse]  # type: ignore[assignment]
     """Verify checks an access token: compact JWS syntax, a known `kid`, the
@@ -165,7 +169,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Refresh exchanges a refresh token for a new access token and a new
     refresh token (rotation). The presented refresh token is retired; showing
     a retired refresh token again revokes its whole family (RFC 9700
-    section 4.14.2) and fails with REFRESH_TOKEN_REUSED.
+    section 4.14.2) and fails with REFRESH_TOKEN_REUSED. A sidecar without a
+    signing key answers FAILED_PRECONDITION / NO_SIGNING_KEY before looking at
+    the token (nothing is rotated).
     """
     Introspect: _aio.UnaryUnaryMultiCallable[_auth_pb2.IntrospectRequest, _auth_pb2.IntrospectResponse]  # type: ignore[assignment]
     """Introspect reports whether a token is active (RFC 7662). It never says
@@ -227,7 +233,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.IssueResponse, _abc.Awaitable[_auth_pb2.IssueResponse]]:
         """Issue mints an access token (and, when asked, a refresh token) for a
-        subject. Privileged: admin listener only.
+        subject. Privileged: admin listener only. A sidecar without a signing key
+        (verify-only) answers FAILED_PRECONDITION / NO_SIGNING_KEY.
         """
 
     @_abc_1.abstractmethod
@@ -269,7 +276,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """Refresh exchanges a refresh token for a new access token and a new
         refresh token (rotation). The presented refresh token is retired; showing
         a retired refresh token again revokes its whole family (RFC 9700
-        section 4.14.2) and fails with REFRESH_TOKEN_REUSED.
+        section 4.14.2) and fails with REFRESH_TOKEN_REUSED. A sidecar without a
+        signing key answers FAILED_PRECONDITION / NO_SIGNING_KEY before looking at
+        the token (nothing is rotated).
         """
 
     @_abc_1.abstractmethod
