@@ -237,11 +237,13 @@ def _parse_compact(
 def checked_key(parsed: ParsedJws, keys: KeyLookup) -> KeyMaterial:
     """The key `kid` names in `keys` (KEY_UNKNOWN) whose algorithm is the header's: the key,
     not the token, chooses the algorithm (RFC 8725 section 3.1; ALGORITHM_NOT_ALLOWED). An
-    RSA key never verifies an HS256 MAC (CVE-2024-33663 and its older cousins)."""
+    RSA key never verifies an HS256 MAC (CVE-2024-33663 and its older cousins). An Ed25519
+    key answers to "EdDSA" and to its RFC 9864 name "Ed25519" (`KeyMaterial.header_algs`):
+    the same computation over the same key, so no confusion is possible."""
     key = keys.get(parsed.kid)
     if key is None:
         raise UnknownKeyError
-    if parsed.alg != key.alg:
+    if parsed.alg not in key.header_algs:
         raise UnsupportedAlgorithmError
     return key
 
