@@ -40,9 +40,10 @@ from tests.integration.test_multi_sidecar import (
     until_refused,
     verify,
 )
-from tests.support.fleet import Fleet, fleet
-from tests.support.redis_topologies import RedisClusterSet, SentinelSet, wait_until
+from tests.support.fleet import Fleet, fleet, start_sidecar
+from tests.support.redis_topologies import RedisClusterSet, SentinelSet, repl_offset, wait_until
 from tests.support.sidecar import short_tmpdir
+from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.redis
 
@@ -57,8 +58,9 @@ CONVERGE_S = 30.0
 class Load:
     """Verify, Refresh and Revoke against every sidecar of `f` until `stop()`."""
 
-    def __init__(self, f: Fleet) -> None:
+    def __init__(self, f: Fleet, *, chains: int = 2) -> None:
         self.sidecars = f.sidecars
+        self.chains = chains
         self.wrong: list[tuple[str, Any]] = []
         self.acked: list[tuple[float, str]] = []  # (when, access token) Revoke said OK
         self.successors: dict[str, set[str]] = collections.defaultdict(set)
@@ -75,7 +77,7 @@ class Load:
         await a.stub.Revoke(auth_pb2.RevokeRequest(token=self.revoked.access_token), timeout=5)
         for sc in self.sidecars:
             await until_refused(sc, self.revoked.access_token)
-        chains = [await issue(a, refresh=True) for _ in range(2)]
+        chains = [await issue(a, refresh=True) for _ in range(self.chains)]
         self._tasks = [
             asyncio.create_task(self._verify()),
             asyncio.create_task(self._revoke()),
@@ -148,7 +150,8 @@ class Load:
 
     async def check_after(self, switched_at: float) -> None:
         """The invariants of the module docstring; call after `stop()`."""
-        assert self.wrong == [], self.wrong[:10]
+        logs = "\n".join(sc.log()[-4000:] for sc in self.sidecars)
+        assert self.wrong == [], f"{self.wrong[:10]}\n{logs}"
         two_winners = {jti: s for jti, s in self.successors.items() if len(s) > 1}
         assert two_winners == {}, two_winners
         assert any(t < switched_at for t, _ in self.acked), "no revocation before the switch"
@@ -176,9 +179,9 @@ class Load:
 
 
 @contextlib.asynccontextmanager
-async def running(f: Fleet) -> AsyncIterator[Load]:
+async def running(f: Fleet, *, chains: int = 2) -> AsyncIterator[Load]:
     """A started `Load`, stopped on the way out whatever happened."""
-    load = Load(f)
+    load = Load(f, chains=chains)
     await load.start()
     try:
         yield load
@@ -234,6 +237,57 @@ async def test_sentinel_failover_under_load_loses_no_revocation_and_answers_noth
         await load.check_after(switched_at)
 
 
+async def test_failover_to_a_replica_that_missed_acked_revocations_writes_them_back() -> None:
+    """The Redis-side loss made deterministic: the replica replicates through a proxy that
+    is cut, so revocations acknowledged by the primary never reach it; the primary is then
+    killed and that replica promoted. Redis has lost acknowledged revocations; the sidecars
+    still refuse them, write them back, and a sidecar started afterwards (which knows only
+    the store) refuses them too."""
+    with short_tmpdir() as workdir:
+        deployment = SentinelSet(workdir)
+        async with tcp_proxy("127.0.0.1", deployment.nodes[0].port) as link:
+            deployment.route_replica_through(link.port)
+            try:
+                await asyncio.to_thread(deployment.start)
+                await _lost_writes_are_written_back(deployment, link)
+            finally:
+                deployment.stop()
+
+
+async def _lost_writes_are_written_back(deployment: SentinelSet, link: TcpProxy) -> None:
+    primary, replica = deployment.nodes
+    settings = _sentinel_settings(deployment)
+    async with fleet(2, "redis://127.0.0.1:1/0", "sentinel", **settings) as f:
+        a, b = f.sidecars
+        kept = [await issue(a) for _ in range(3)]
+        for grant in kept:
+            await a.stub.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
+        await asyncio.to_thread(
+            wait_until,
+            "replica caught up",
+            lambda: repl_offset(replica.port) >= repl_offset(primary.port),
+        )
+        link.cut()
+        lost = [await issue(a) for _ in range(3)]
+        for grant in lost:  # acknowledged by the primary alone
+            await a.stub.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
+            await until_refused(b, grant.access_token)  # pushed to B by the feed
+        assert repl_offset(replica.port) < repl_offset(primary.port)  # the replica missed them
+
+        primary.kill()
+        await asyncio.to_thread(deployment.wait_promoted, primary.port)
+        for grant in kept + lost:
+            for sc in (a, b):
+                await until_refused(sc, grant.access_token, limit_s=CONVERGE_S)
+        # A sidecar that never saw them learns them from the store: they were written back.
+        newcomer_dir = f.root / "late"
+        newcomer_dir.mkdir()
+        newcomer = await start_sidecar(newcomer_dir, f.env)
+        f.sidecars.append(newcomer)
+        for grant in kept + lost:
+            await until_refused(newcomer, grant.access_token, limit_s=CONVERGE_S)
+
+
 async def _until_refreshed_after(load: Load, since: float, limit_s: float = 60.0) -> None:
     deadline = time.monotonic() + limit_s
     while not any(t > since for t, _ in load.refreshed_at):
@@ -270,7 +324,9 @@ async def test_cluster_slot_migration_then_primary_loss_under_load_loses_nothing
     prefix = "cluster"
     slot = _keyslot(cluster_set.nodes[0].port, prefix)
     settings = {"STORE__REDIS_MODE": "cluster", **GRACE}
-    async with fleet(2, cluster_set.url, prefix, **settings) as f, running(f) as load:
+    fleet_ = fleet(2, cluster_set.url, prefix, **settings)
+    # More refresh families: more keys in the slot, so the migration takes a while.
+    async with fleet_ as f, running(f, chains=6) as load:
         await asyncio.sleep(1.0)
 
         # 1. Move the deployment's slot to another primary, two keys at a time, under load.
@@ -281,7 +337,7 @@ async def test_cluster_slot_migration_then_primary_loss_under_load_loses_nothing
             if "master" in n["flags"] and n["id"] != source["id"] and n["slots"]
         )
         migrated_at = time.monotonic()
-        moved = await asyncio.to_thread(cluster_set.migrate_slot, slot, target, pause_s=0.05)
+        moved = await asyncio.to_thread(cluster_set.migrate_slot, slot, target, pause_s=0.2)
         assert moved > 0
         assert cluster_set.owner_of(slot)["id"] == target["id"]
         await _until_refreshed_after(load, time.monotonic())

@@ -19,9 +19,12 @@ import redis
 
 from tests.support.redis import RedisServer, free_port, redis_problem
 
-__all__ = ["RedisClusterSet", "SentinelSet", "wait_until"]
+__all__ = ["RedisClusterSet", "SentinelSet", "repl_offset", "wait_until"]
 
 MASTER_NAME = "authsidecar-test"
+# A log file in the node's own directory (read it when a test fails), and a replica's first
+# full sync starts at once instead of after the default 5 s wait for other replicas.
+_NODE_ARGS = ("--logfile", "redis.log", "--repl-diskless-sync-delay", "0")
 
 
 def wait_until(what: str, check: Any, limit_s: float = 30.0) -> Any:
@@ -53,6 +56,11 @@ def _info(port: int, section: str) -> dict[str, Any]:
         client.close()
 
 
+def repl_offset(port: int) -> int:
+    """How far a server is in the replication stream (`master_repl_offset`)."""
+    return int(_info(port, "replication")["master_repl_offset"])
+
+
 class SentinelSet:
     """A primary, one replica and three sentinels monitoring them as `MASTER_NAME`.
 
@@ -63,19 +71,20 @@ class SentinelSet:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.master_name = MASTER_NAME
+        # Sentinel logs go to sentinel{i}.log in `workdir`.
         first, second = workdir / "r0", workdir / "r1"
         first.mkdir()
         second.mkdir()
-        self.nodes = [RedisServer(first, persist=False)]
-        self.nodes.append(
-            RedisServer(
-                second,
-                persist=False,
-                extra_args=("--replicaof", "127.0.0.1", str(self.nodes[0].port)),
-            )
-        )
+        self.nodes = [RedisServer(first, persist=False, extra_args=_NODE_ARGS)]
+        self.nodes.append(RedisServer(second, persist=False))
+        self.route_replica_through(self.nodes[0].port)
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    def route_replica_through(self, port: int) -> None:
+        """Before `start`: the replica replicates from `port` (a proxy in front of the
+        primary), so a test can stall replication without either server noticing."""
+        self.nodes[1].extra_args = (*_NODE_ARGS, "--replicaof", "127.0.0.1", str(port))
 
     @property
     def sentinels(self) -> str:
@@ -97,6 +106,7 @@ class SentinelSet:
         conf = self.workdir / f"sentinel{index}.conf"
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.workdir}\n"
+            f"logfile {self.workdir / f'sentinel{index}.log'}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.nodes[0].port} 2\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
@@ -163,8 +173,19 @@ class SentinelSet:
             (new,) = ports
             return new if _info(new, "replication").get("role") == "master" else None
 
-        port: int = wait_until("a replica promoted", switched, limit_s)
+        try:
+            port: int = wait_until("a replica promoted", switched, limit_s)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.logs()}") from None
         return port
+
+    def logs(self) -> str:
+        """The last lines of every sentinel's and server's log (for a failure message)."""
+        paths = sorted(self.workdir.glob("sentinel*.log")) + sorted(self.workdir.glob("r*/*.log"))
+        return "\n".join(
+            f"== {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+            for path in paths
+        )
 
     def stop(self) -> None:
         for proc in self._sentinels:
@@ -192,7 +213,7 @@ class RedisClusterSet:
                 persist=False,
                 cluster=True,
                 own_slots=False,
-                extra_args=("--cluster-node-timeout", "2000"),
+                extra_args=("--cluster-node-timeout", "2000", *_NODE_ARGS),
             )
             self.nodes.append(node)
 
@@ -220,7 +241,12 @@ class RedisClusterSet:
             return False
         # And every replica attached (redis-cli returns before they are).
         replicas = [n for n in self.topology() if "slave" in n["flags"]]
-        return len(replicas) == len(self.nodes) - len(self.nodes) // (1 + self.replicas)
+        if len(replicas) != len(self.nodes) - len(self.nodes) // (1 + self.replicas):
+            return False
+        # And synced: a replica that never finished its first sync cannot be promoted.
+        return all(
+            _info(n["port"], "replication").get("master_link_status") == "up" for n in replicas
+        )
 
     @staticmethod
     def state_ok(port: int) -> bool:
@@ -231,10 +257,12 @@ class RedisClusterSet:
             client.close()
         return "cluster_state:ok" in info
 
-    def topology(self) -> list[dict[str, Any]]:
-        """CLUSTER NODES as dicts (id, port, flags, master, slots), from a live node."""
-        live = next(node for node in self.nodes if node.proc is not None)
-        client = _client(live.port)
+    def topology(self, port: int | None = None) -> list[dict[str, Any]]:
+        """CLUSTER NODES as dicts (id, port, flags, master, epoch, slots), as the node on
+        `port` (default: the first live one) sees them."""
+        if port is None:
+            port = next(node for node in self.nodes if node.proc is not None).port
+        client = _client(port)
         try:
             text: str = client.execute_command("CLUSTER", "NODES")
         finally:
@@ -248,6 +276,7 @@ class RedisClusterSet:
                     "port": int(parts[1].split(":")[1].split("@")[0]),
                     "flags": set(parts[2].split(",")),
                     "master": parts[3],
+                    "epoch": int(parts[6]),
                     "slots": parts[8:],
                 }
             )
@@ -298,7 +327,25 @@ class RedisClusterSet:
         finally:
             src.close()
             dst.close()
+        wait_until("every node agrees on the new owner", self.consistent)
         return moved
+
+    def consistent(self) -> bool:
+        """Every live node has the same view of the primaries, their config epochs and slots.
+        A replica that missed its primary's new config epoch can never win an election
+        after that primary dies (the other primaries refuse a stale claim), so a test waits
+        for this before killing a primary that just took a slot."""
+        views = set()
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            view = frozenset(
+                (n["id"], n["epoch"], tuple(n["slots"]))
+                for n in self.topology(node.port)
+                if "master" in n["flags"] and n["slots"]
+            )
+            views.add(view)
+        return len(views) == 1
 
     def stop(self) -> None:
         for node in self.nodes:
