@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -65,6 +67,25 @@ PURGE_BATCH = 1_000
 # Revocations written back per script call (issue 13), so one call stays short.
 RESTORE_BATCH = 500
 _DRIVER_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+_CONNECTION_MODULE = os.path.join("redis", "asyncio", "connection.py")
+
+
+def _driver_failure(exc: BaseException) -> bool:
+    """A driver error, or a write on a connection the driver closed under it (issue 16).
+
+    redis-py 8.1.0 lets a write on a connection that another task just disconnected (its
+    cluster client does that when it re-reads the topology after a primary died) escape as
+    AttributeError ("'NoneType' object has no attribute 'writelines'") or TypeError instead
+    of ConnectionError (redis/redis-py#4287). The command was never sent, so UNAVAILABLE is
+    the exact answer. Only those two types raised inside redis-py's connection module count:
+    any other AttributeError is a bug of ours and stays INTERNAL.
+    """
+    if isinstance(exc, _DRIVER_ERRORS):
+        return True
+    if isinstance(exc, AttributeError | TypeError):
+        frames = traceback.walk_tb(exc.__traceback__)
+        return any(frame.f_code.co_filename.endswith(_CONNECTION_MODULE) for frame, _ in frames)
+    return False
 
 
 class RedisTokenStore:
@@ -227,7 +248,9 @@ class RedisTokenStore:
             raise StoreUnavailableError()
         try:
             return await pending
-        except _DRIVER_ERRORS as exc:
+        except Exception as exc:
+            if not _driver_failure(exc):
+                raise
             log.warning("redis token store call failed: %s", type(exc).__name__)
             raise StoreUnavailableError() from exc
 
@@ -251,7 +274,9 @@ class _StreamFeed:
                 reply: Any = await self._client.xread(
                     {self._key: self._last_id}, count=500, block=block_ms
                 )
-            except _DRIVER_ERRORS as exc:
+            except Exception as exc:
+                if not _driver_failure(exc):
+                    raise
                 if not self._closed:
                     log.warning("revocation feed lost: %s", type(exc).__name__)
                 raise StoreUnavailableError() from exc

@@ -150,7 +150,7 @@ class Load:
 
     async def check_after(self, switched_at: float) -> None:
         """The invariants of the module docstring; call after `stop()`."""
-        logs = "\n".join(sc.log()[-4000:] for sc in self.sidecars)
+        logs = "\n".join(_unusual(sc.log()) for sc in self.sidecars)
         assert self.wrong == [], f"{self.wrong[:10]}\n{logs}"
         two_winners = {jti: s for jti, s in self.successors.items() if len(s) > 1}
         assert two_winners == {}, two_winners
@@ -176,6 +176,12 @@ class Load:
         )
         print(line)
         return line
+
+
+def _unusual(log: str) -> str:
+    """A sidecar's log without the expected one-line warnings of an unreachable store."""
+    kept = [line for line in log.splitlines() if "call failed" not in line]
+    return "\n".join(kept[-80:])
 
 
 @contextlib.asynccontextmanager
