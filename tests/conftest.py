@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.redis import REDIS_URL, RedisServer, redis_problem
-from tests.support.redis_topologies import SentinelSet
+from tests.support.redis_topologies import RedisClusterSet, SentinelSet
 from tests.support.sidecar import short_tmpdir
 
 
@@ -74,5 +74,21 @@ def redis_sentinel() -> Iterator[SentinelSet]:
         try:
             deployment.start()
             yield deployment
+        finally:
+            deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster3_url() -> Iterator[str]:
+    """A private three-primary Redis Cluster (no replicas) for the whole session: the
+    client follows the slot map over real nodes (issue 16)."""
+    with short_tmpdir() as workdir:
+        try:
+            deployment = RedisClusterSet(workdir, primaries=3, replicas=0)
+        except FileNotFoundError as exc:
+            _redis_missing(str(exc))
+        try:
+            deployment.start()
+            yield deployment.url
         finally:
             deployment.stop()

@@ -102,14 +102,23 @@ async def _redis_cluster(request: pytest.FixtureRequest, _: Path) -> TokenStore:
     return redis_store(url, unique_prefix(), mode="cluster")
 
 
+async def _redis_cluster3(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    """Cluster addressing against three primaries; the client is pointed at one node and
+    finds the deployment's slot wherever it lives."""
+    url = str(request.getfixturevalue("redis_cluster3_url"))
+    return redis_store(url, unique_prefix(), mode="cluster")
+
+
 async def _redis_sentinel(request: pytest.FixtureRequest, _: Path) -> TokenStore:
     """Sentinel addressing (issue 16): the master is found through three real sentinels."""
     deployment: SentinelSet = request.getfixturevalue("redis_sentinel")
-    sentinels = {
-        "redis_sentinels": deployment.sentinels,
-        "redis_sentinel_master": deployment.master_name,
-    }
-    return redis_store("redis://ignored:1/0", unique_prefix(), mode="sentinel", **sentinels)
+    return redis_store(
+        "redis://ignored:1/0",
+        unique_prefix(),
+        mode="sentinel",
+        redis_sentinels=deployment.sentinels,
+        redis_sentinel_master=deployment.master_name,
+    )
 
 
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[TokenStore]]] = {
@@ -118,11 +127,13 @@ _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[TokenSto
     "sqlite-file": _sqlite_file,
     "redis": _redis,
     "redis-cluster": _redis_cluster,
+    "redis-cluster3": _redis_cluster3,
     "redis-sentinel": _redis_sentinel,
 }
 _MARKS: dict[str, pytest.MarkDecorator] = {
     "redis": pytest.mark.redis,
     "redis-cluster": pytest.mark.redis,
+    "redis-cluster3": pytest.mark.redis,
     "redis-sentinel": pytest.mark.redis,
 }
 

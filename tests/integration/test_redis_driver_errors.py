@@ -27,7 +27,7 @@ async def _write_on_a_connection_closed_under_it(url: str) -> asyncio.Task[None]
     the write: what the cluster client's topology refresh does to in-flight commands."""
     address = urlsplit(url)
     conn = Connection(host=address.hostname or "", port=address.port or 6379, socket_timeout=5)
-    await conn.connect()
+    await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     write = asyncio.create_task(conn.send_packed_command(conn.pack_command("PING")))
     await asyncio.sleep(0)  # the write task is now waiting to run its inner write
     await conn.disconnect(nowait=True)  # the writer is gone before it runs
