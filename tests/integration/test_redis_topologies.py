@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -168,11 +169,19 @@ class Load:
         await b.stub.Revoke(auth_pb2.RevokeRequest(token=rotated.access_token), timeout=5)
         await until_refused(a, rotated.access_token, limit_s=CONVERGE_S)
 
+    def store_errors(self) -> collections.Counter[str]:
+        """The driver errors the sidecars logged (one line per failed store call)."""
+        found: collections.Counter[str] = collections.Counter()
+        for sc in self.sidecars:
+            found.update(re.findall(r"call failed: (\w+)", sc.log()))
+        return found
+
     def report(self, label: str, switched_at: float) -> str:
         line = (
             f"{label}: recovery (switch -> first successful Refresh) "
             f"{self.recovery_s(switched_at):.2f} s; {len(self.acked)} revocations acked, "
             f"{len(self.successors)} refresh tokens rotated, unavailable {dict(self.unavailable)}"
+            f"; store errors logged so far {dict(self.store_errors())}"
         )
         print(line)
         return line
