@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -47,6 +49,9 @@ from tests.support.sidecar import short_tmpdir
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.redis
+if shutil.which("redis-server") is None and os.environ.get("AUTHSIDECAR_REQUIRE_REDIS") != "1":
+    # As tests/conftest.py does for every Redis test: skip locally, fail in CI.
+    pytest.skip("redis-server is not on PATH", allow_module_level=True)
 
 RACERS = 4
 # Wide enough that a slow switch never pushes a racer past it (then REUSED would be right).
