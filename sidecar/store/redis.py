@@ -36,6 +36,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from sidecar.clock import Clock
@@ -142,7 +143,7 @@ class RedisTokenStore:
         for name, value in fields.items():
             args += [name, value]
         keys = [self._keys.family(family.family_id), self._keys.families]
-        created = await self._call(self._create(keys=keys, args=args))
+        created = await self._replicated(self._create, keys, args, late=redis_scripts.LATE)
         if created == redis_scripts.LATE:
             raise StoreDeadlineError()
         if int(created) != 1:
@@ -161,7 +162,9 @@ class RedisTokenStore:
             r.deadline_ms, r.presented_jti, r.next_jti, r.now, r.grace_s, TTL_MARGIN_S,
             FEED_MAXLEN, FEED_TTL_S, r.subject, r.issuer, r.scope, r.revoke_extra_s,
         ]  # fmt: skip
-        reply: list[str] = await self._call(self._rotate(keys=keys, args=args))
+        reply: list[str] = await self._replicated(
+            self._rotate, keys, args, late=[redis_scripts.LATE]
+        )
         if reply[0] == redis_scripts.LATE:
             raise StoreDeadlineError()
         outcome = RotateOutcome(reply[0])
@@ -239,6 +242,30 @@ class RedisTokenStore:
 
     def _ttl(self, expires_at: int) -> int:
         return max(expires_at - int(self._clock.now()), 0) + TTL_MARGIN_S
+
+    async def _replicated(
+        self, script: AsyncScript, keys: list[str], args: list[str | int], *, late: Any
+    ) -> Any:
+        """Run a write script; with `store.redis_wait_replicas` > 0, followed by WAIT on the
+        same connection (one pipeline), and acknowledged only when that many replicas have
+        it. Redis replicates asynchronously: without this, a failover can lose a rotation
+        the client was already given (its successor is then unknown to the family, and a
+        later presentation is refused as reuse). Fewer replicas than asked: the write may or
+        may not survive, so StoreUnavailableError; a retry of a rotation is safe either way
+        (GRACE with the same successor, or a fresh rotation). `late` is the script's answer
+        past its deadline, which wrote nothing and needs no WAIT."""
+        need = self._connector.wait_replicas
+        if need == 0:
+            return await self._call(script(keys=keys, args=args))
+        pipe = self._client.pipeline(transaction=False)
+        # Queued, sent by execute(); redis-py's annotation omits the pipelines it supports.
+        await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+        pipe.wait(need, max(int(self.timeout_s * 500), 1))  # under the socket timeout
+        reply, acked = await self._call(pipe.execute())
+        if reply != late and int(acked) < need:
+            log.warning("redis write not acknowledged by %d replica(s) in time", need)
+            raise StoreUnavailableError()
+        return reply
 
     async def _call(self, pending: Awaitable[_T]) -> _T:
         """Await a driver call; every driver failure becomes StoreUnavailableError."""

@@ -121,6 +121,20 @@ async def _redis_sentinel(request: pytest.FixtureRequest, _: Path) -> TokenStore
     )
 
 
+async def _redis_sentinel_wait(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    """Sentinel addressing with `redis_wait_replicas: 1`: every rotation and new family goes
+    through the WAIT pipeline (issue 16)."""
+    deployment: SentinelSet = request.getfixturevalue("redis_sentinel")
+    return redis_store(
+        "redis://ignored:1/0",
+        unique_prefix(),
+        mode="sentinel",
+        redis_sentinels=deployment.sentinels,
+        redis_sentinel_master=deployment.master_name,
+        redis_wait_replicas="1",
+    )
+
+
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[TokenStore]]] = {
     "memory": _memory,
     "sqlite-memory": _sqlite_memory,
@@ -129,12 +143,14 @@ _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[TokenSto
     "redis-cluster": _redis_cluster,
     "redis-cluster3": _redis_cluster3,
     "redis-sentinel": _redis_sentinel,
+    "redis-sentinel-wait": _redis_sentinel_wait,
 }
 _MARKS: dict[str, pytest.MarkDecorator] = {
     "redis": pytest.mark.redis,
     "redis-cluster": pytest.mark.redis,
     "redis-cluster3": pytest.mark.redis,
     "redis-sentinel": pytest.mark.redis,
+    "redis-sentinel-wait": pytest.mark.redis,
 }
 
 
