@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -168,9 +168,8 @@ class Load:
                 await until_refused(sc, token, limit_s=CONVERGE_S)
         # The push path and Refresh work at every sidecar after the switch.
         a, b = self.sidecars
-        fresh = await issue(a, refresh=True)
-        rotated = await refresh(b, fresh.refresh_token)
-        assert not isinstance(rotated, tuple), rotated
+        fresh = await _until_available(lambda: outcome(issue(a, refresh=True)))
+        rotated = await _until_available(lambda: refresh(b, fresh.refresh_token))
         await b.stub.Revoke(auth_pb2.RevokeRequest(token=rotated.access_token), timeout=5)
         await until_refused(a, rotated.access_token, limit_s=CONVERGE_S)
 
@@ -190,6 +189,17 @@ class Load:
         )
         print(line)
         return line
+
+
+async def _until_available(call: Callable[[], Awaitable[Any]]) -> Any:
+    """The first answer of `call()` that is not UNAVAILABLE (a replica may still be
+    resynchronising after the switch); any other failure fails the test."""
+    deadline = time.monotonic() + CONVERGE_S
+    while (answer := await call()) == UNAVAILABLE:
+        assert time.monotonic() < deadline, "still UNAVAILABLE"
+        await asyncio.sleep(0.1)
+    assert not isinstance(answer, tuple), answer
+    return answer
 
 
 def _unusual(log: str) -> str:
