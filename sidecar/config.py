@@ -201,6 +201,10 @@ class StoreSettings(_Frozen):
     redis_key_prefix: str = "authsidecar"
     # Connect and read timeout of every Redis call: nothing waits longer on a dead server.
     redis_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    # Refresh rotations and new families are acknowledged only once this many replicas have
+    # them (WAIT, issue 16); otherwise UNAVAILABLE, and the client's retry is safe. 1 with
+    # Sentinel keeps a failover from losing an acknowledged rotation. Not with cluster mode.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod
@@ -229,6 +233,8 @@ class StoreSettings(_Frozen):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         elif self.redis_mode == "cluster" and self.redis_url.startswith("unix://"):
             raise ValueError("redis_mode cluster needs a redis:// or rediss:// node address")
+        if self.redis_mode == "cluster" and self.redis_wait_replicas:
+            raise ValueError("redis_wait_replicas is not supported with redis_mode cluster")
         return self
 
 

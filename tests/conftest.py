@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.redis import REDIS_URL, RedisServer, redis_problem
+from tests.support.redis_topologies import RedisClusterSet, SentinelSet
 from tests.support.sidecar import short_tmpdir
 
 
@@ -59,3 +60,35 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelSet]:
+    """A private Sentinel deployment (primary, replica, three sentinels) for the whole
+    session; never failed over (the failover tests start their own)."""
+    with short_tmpdir() as workdir:
+        try:
+            deployment = SentinelSet(workdir)
+        except FileNotFoundError as exc:
+            _redis_missing(str(exc))
+        try:
+            deployment.start()
+            yield deployment
+        finally:
+            deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster3_url() -> Iterator[str]:
+    """A private three-primary Redis Cluster (no replicas) for the whole session: the
+    client follows the slot map over real nodes (issue 16)."""
+    with short_tmpdir() as workdir:
+        try:
+            deployment = RedisClusterSet(workdir, primaries=3, replicas=0)
+        except FileNotFoundError as exc:
+            _redis_missing(str(exc))
+        try:
+            deployment.start()
+            yield deployment.url
+        finally:
+            deployment.stop()

@@ -31,9 +31,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from sidecar.clock import Clock
@@ -65,6 +68,25 @@ PURGE_BATCH = 1_000
 # Revocations written back per script call (issue 13), so one call stays short.
 RESTORE_BATCH = 500
 _DRIVER_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+_CONNECTION_MODULE = os.path.join("redis", "asyncio", "connection.py")
+
+
+def _driver_failure(exc: BaseException) -> bool:
+    """A driver error, or a write on a connection the driver closed under it (issue 16).
+
+    redis-py 8.1.0 lets a write on a connection that another task just disconnected (its
+    cluster client does that when it re-reads the topology after a primary died) escape as
+    AttributeError ("'NoneType' object has no attribute 'writelines'") or TypeError instead
+    of ConnectionError (redis/redis-py#4287). The command was never sent, so UNAVAILABLE is
+    the exact answer. Only those two types raised inside redis-py's connection module count:
+    any other AttributeError is a bug of ours and stays INTERNAL.
+    """
+    if isinstance(exc, _DRIVER_ERRORS):
+        return True
+    if isinstance(exc, AttributeError | TypeError):
+        frames = traceback.walk_tb(exc.__traceback__)
+        return any(frame.f_code.co_filename.endswith(_CONNECTION_MODULE) for frame, _ in frames)
+    return False
 
 
 class RedisTokenStore:
@@ -121,7 +143,7 @@ class RedisTokenStore:
         for name, value in fields.items():
             args += [name, value]
         keys = [self._keys.family(family.family_id), self._keys.families]
-        created = await self._call(self._create(keys=keys, args=args))
+        created = await self._replicated(self._create, keys, args, late=redis_scripts.LATE)
         if created == redis_scripts.LATE:
             raise StoreDeadlineError()
         if int(created) != 1:
@@ -140,7 +162,9 @@ class RedisTokenStore:
             r.deadline_ms, r.presented_jti, r.next_jti, r.now, r.grace_s, TTL_MARGIN_S,
             FEED_MAXLEN, FEED_TTL_S, r.subject, r.issuer, r.scope, r.revoke_extra_s,
         ]  # fmt: skip
-        reply: list[str] = await self._call(self._rotate(keys=keys, args=args))
+        reply: list[str] = await self._replicated(
+            self._rotate, keys, args, late=[redis_scripts.LATE]
+        )
         if reply[0] == redis_scripts.LATE:
             raise StoreDeadlineError()
         outcome = RotateOutcome(reply[0])
@@ -219,6 +243,30 @@ class RedisTokenStore:
     def _ttl(self, expires_at: int) -> int:
         return max(expires_at - int(self._clock.now()), 0) + TTL_MARGIN_S
 
+    async def _replicated(
+        self, script: AsyncScript, keys: list[str], args: list[str | int], *, late: Any
+    ) -> Any:
+        """Run a write script; with `store.redis_wait_replicas` > 0, followed by WAIT on the
+        same connection (one pipeline), and acknowledged only when that many replicas have
+        it. Redis replicates asynchronously: without this, a failover can lose a rotation
+        the client was already given (its successor is then unknown to the family, and a
+        later presentation is refused as reuse). Fewer replicas than asked: the write may or
+        may not survive, so StoreUnavailableError; a retry of a rotation is safe either way
+        (GRACE with the same successor, or a fresh rotation). `late` is the script's answer
+        past its deadline, which wrote nothing and needs no WAIT."""
+        need = self._connector.wait_replicas
+        if need == 0:
+            return await self._call(script(keys=keys, args=args))
+        pipe = self._client.pipeline(transaction=False)
+        # Queued, sent by execute(); redis-py's annotation omits the pipelines it supports.
+        await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+        pipe.wait(need, max(int(self.timeout_s * 500), 1))  # under the socket timeout
+        reply, acked = await self._call(pipe.execute())
+        if reply != late and int(acked) < need:
+            log.warning("redis write not acknowledged by %d replica(s) in time", need)
+            raise StoreUnavailableError()
+        return reply
+
     async def _call(self, pending: Awaitable[_T]) -> _T:
         """Await a driver call; every driver failure becomes StoreUnavailableError."""
         if self._closed:
@@ -227,7 +275,9 @@ class RedisTokenStore:
             raise StoreUnavailableError()
         try:
             return await pending
-        except _DRIVER_ERRORS as exc:
+        except Exception as exc:
+            if not _driver_failure(exc):
+                raise
             log.warning("redis token store call failed: %s", type(exc).__name__)
             raise StoreUnavailableError() from exc
 
@@ -251,7 +301,9 @@ class _StreamFeed:
                 reply: Any = await self._client.xread(
                     {self._key: self._last_id}, count=500, block=block_ms
                 )
-            except _DRIVER_ERRORS as exc:
+            except Exception as exc:
+                if not _driver_failure(exc):
+                    raise
                 if not self._closed:
                     log.warning("revocation feed lost: %s", type(exc).__name__)
                 raise StoreUnavailableError() from exc

@@ -49,6 +49,11 @@ class RedisConnector:
         return self._settings.redis_mode
 
     @property
+    def wait_replicas(self) -> int:
+        """Replicas that must have a rotation before it is acknowledged (0: none)."""
+        return self._settings.redis_wait_replicas
+
+    @property
     def timeout_s(self) -> float:
         """The read timeout of a command: after it the caller is told UNAVAILABLE."""
         return self._settings.redis_timeout_s

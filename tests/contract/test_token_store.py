@@ -44,6 +44,7 @@ from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.sqlite import SCHEMA_VERSION, SqliteTokenStore
 from tests.support.redis import delete_prefix, unique_prefix
+from tests.support.redis_topologies import SentinelSet
 
 NOW = 1_700_000_000
 ISS = "https://issuer.test"
@@ -60,7 +61,9 @@ async def _sqlite(path: str | Path) -> SqliteTokenStore:
     return store
 
 
-def redis_store(url: str, prefix: str, now: int = NOW, mode: str = "standalone") -> RedisTokenStore:
+def redis_store(
+    url: str, prefix: str, now: int = NOW, mode: str = "standalone", **extra: str
+) -> RedisTokenStore:
     settings = StoreSettings.model_validate(
         {
             "backend": "redis",
@@ -68,6 +71,7 @@ def redis_store(url: str, prefix: str, now: int = NOW, mode: str = "standalone")
             "redis_key_prefix": prefix,
             "redis_mode": mode,
             "redis_timeout_s": 5,  # a loaded CI machine is slow, not down
+            **extra,
         }
     )
     return RedisTokenStore(RedisConnector(settings), clock=FixedClock(now), key_prefix=prefix)
@@ -98,16 +102,55 @@ async def _redis_cluster(request: pytest.FixtureRequest, _: Path) -> TokenStore:
     return redis_store(url, unique_prefix(), mode="cluster")
 
 
+async def _redis_cluster3(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    """Cluster addressing against three primaries; the client is pointed at one node and
+    finds the deployment's slot wherever it lives."""
+    url = str(request.getfixturevalue("redis_cluster3_url"))
+    return redis_store(url, unique_prefix(), mode="cluster")
+
+
+async def _redis_sentinel(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    """Sentinel addressing (issue 16): the master is found through three real sentinels."""
+    deployment: SentinelSet = request.getfixturevalue("redis_sentinel")
+    return redis_store(
+        "redis://ignored:1/0",
+        unique_prefix(),
+        mode="sentinel",
+        redis_sentinels=deployment.sentinels,
+        redis_sentinel_master=deployment.master_name,
+    )
+
+
+async def _redis_sentinel_wait(request: pytest.FixtureRequest, _: Path) -> TokenStore:
+    """Sentinel addressing with `redis_wait_replicas: 1`: every rotation and new family goes
+    through the WAIT pipeline (issue 16)."""
+    deployment: SentinelSet = request.getfixturevalue("redis_sentinel")
+    return redis_store(
+        "redis://ignored:1/0",
+        unique_prefix(),
+        mode="sentinel",
+        redis_sentinels=deployment.sentinels,
+        redis_sentinel_master=deployment.master_name,
+        redis_wait_replicas="1",
+    )
+
+
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Awaitable[TokenStore]]] = {
     "memory": _memory,
     "sqlite-memory": _sqlite_memory,
     "sqlite-file": _sqlite_file,
     "redis": _redis,
     "redis-cluster": _redis_cluster,
+    "redis-cluster3": _redis_cluster3,
+    "redis-sentinel": _redis_sentinel,
+    "redis-sentinel-wait": _redis_sentinel_wait,
 }
 _MARKS: dict[str, pytest.MarkDecorator] = {
     "redis": pytest.mark.redis,
     "redis-cluster": pytest.mark.redis,
+    "redis-cluster3": pytest.mark.redis,
+    "redis-sentinel": pytest.mark.redis,
+    "redis-sentinel-wait": pytest.mark.redis,
 }
 
 

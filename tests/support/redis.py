@@ -88,6 +88,7 @@ class RedisServer:
         *,
         persist: bool = True,
         cluster: bool = False,
+        own_slots: bool = True,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         binary = shutil.which("redis-server")
@@ -97,6 +98,9 @@ class RedisServer:
         self.workdir = workdir
         self.persist = persist
         self.cluster = cluster
+        # A cluster node alone owns every slot; False leaves it empty for a multi-node
+        # Cluster (tests/support/redis_topologies.py).
+        self.own_slots = own_slots
         # Appended to the command line, e.g. ("--appendonly", "yes") or a renamed CONFIG.
         self.extra_args = extra_args
         self.port = free_port()
@@ -125,7 +129,7 @@ class RedisServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
-        if self.cluster:
+        if self.cluster and self.own_slots:
             self._own_every_slot(deadline)
 
     def _own_every_slot(self, deadline: float) -> None:

@@ -119,6 +119,9 @@ async def test_cluster_mode_builds_a_cluster_client_from_a_seed_node() -> None:
         ({"backend": "redis", "redis_mode": "cluster", "redis_url": "unix:///s"}, "store"),
         ({"backend": "redis", "redis_key_prefix": "a{b}"}, "store.redis_key_prefix"),
         ({"on_unavailable": "ignore"}, "store.on_unavailable"),
+        # WAIT must run on the connection that wrote; the cluster client hides it (issue 16).
+        ({"backend": "redis", "redis_mode": "cluster", "redis_wait_replicas": 1}, "store"),
+        ({"backend": "redis", "redis_wait_replicas": -1}, "store.redis_wait_replicas"),
     ],
 )
 def test_bad_redis_settings_are_refused_naming_the_setting(
