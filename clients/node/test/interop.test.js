@@ -82,11 +82,10 @@ test('the Node client calls a Python service through the sidecar', async () => {
 });
 
 function startNodeGreeter() {
-  const server = new grpc.Server({
-    interceptors: [authServerInterceptor(verifier, {
-      audience: 'greeter', methodScopes: { '/demo.Greeter/*': ['greet'] },
-    })],
+  const interceptor = authServerInterceptor(verifier, {
+    audience: 'greeter', methodScopes: { '/demo.Greeter/*': ['greet'] },
   });
+  const server = new grpc.Server({ interceptors: [interceptor] });
   const who = (call) => (currentClaims(call) || { sub: 'stranger' }).sub;
   server.addService({
     Hello: { path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
@@ -109,13 +108,13 @@ function startNodeGreeter() {
   return new Promise((resolve, reject) => {
     server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, port) => {
       if (error) reject(error);
-      else resolve({ server, address: `127.0.0.1:${port}` });
+      else resolve({ server, interceptor, address: `127.0.0.1:${port}` });
     });
   });
 }
 
 test('a Python client calls a Node service through the sidecar', async () => {
-  const { server, address } = await startNodeGreeter();
+  const { server, interceptor, address } = await startNodeGreeter();
   try {
     const result = await runPython([path.join(REPO, 'examples/two_services/caller.py'),
       '--callee', address, '--admin', sidecar.admin]);
@@ -138,6 +137,7 @@ test('a Python client calls a Node service through the sidecar', async () => {
     spoofer.close();
     assert.deepEqual(spoofed, { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MISSING' });
   } finally {
+    interceptor.close();
     server.forceShutdown();
   }
 });
