@@ -9,8 +9,8 @@ const path = require('node:path');
 const { after, before, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const {
-  AuthClient, authServerInterceptor, bearerInterceptor, currentClaims, errorReason,
-  sidecarTokenSource, StaticTokenSource,
+  AuthClient, RenewingTokenSource, authServerInterceptor, bearerInterceptor, currentClaims,
+  errorReason, sidecarTokenSource, StaticTokenSource,
 } = require('../src');
 const { REPO, runPython, startPythonCallee, startSidecar } = require('./support');
 
@@ -77,6 +77,46 @@ test('the Node client calls a Python service through the sidecar', async () => {
     withToken.close();
     anonymous.close();
     wrongScope.close();
+    await callee.stop();
+  }
+});
+
+test('a call refused UNAUTHENTICATED is resent once with a renewed token', async () => {
+  const callee = await startPythonCallee(sidecar.unix);
+  let fetched = 0;
+  const source = new RenewingTokenSource(async () => {
+    fetched += 1;
+    return admin.issue({ subject: 'node-caller', audience: ['greeter'], scope: 'greet' });
+  });
+  const channel = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
+    { interceptors: [bearerInterceptor(source)] });
+  // Tokens the callee refuses every time: a resend happens once, then the refusal is returned.
+  let wrongFetched = 0;
+  const wrong = new RenewingTokenSource(async () => {
+    wrongFetched += 1;
+    return admin.issue({ subject: 'x', audience: ['not-greeter'], scope: 'greet' });
+  });
+  const refused = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
+    { interceptors: [bearerInterceptor(wrong)] });
+  try {
+    assert.equal((await unary(channel, '/demo.Greeter/Hello', 'a')).code, grpc.status.OK);
+    await admin.revoke(await source.token()); // the cached token is now refused by the callee
+    assert.deepEqual(await unary(channel, '/demo.Greeter/Hello', 'b'),
+      { code: grpc.status.OK, reply: "hello node-caller, you said 'b'" });
+    assert.equal(fetched, 2); // one renewal, one resend
+    assert.deepEqual(await unary(refused, '/demo.Greeter/Hello', 'c'),
+      { code: grpc.status.UNAUTHENTICATED, reason: 'AUDIENCE_MISMATCH' });
+    assert.equal(wrongFetched, 2); // the first token and one renewal: exactly one resend
+    // Streams are not resent, but the refused token is still dropped for the next call.
+    await admin.revoke(await source.token());
+    const stream = await serverStream(channel, '/demo.Greeter/Count', '1');
+    assert.deepEqual([stream.code, stream.reason], [grpc.status.UNAUTHENTICATED, 'TOKEN_REVOKED']);
+    assert.equal(fetched, 2);
+    assert.equal((await unary(channel, '/demo.Greeter/Hello', 'd')).code, grpc.status.OK);
+    assert.equal(fetched, 3);
+  } finally {
+    channel.close();
+    refused.close();
     await callee.stop();
   }
 });
