@@ -115,7 +115,8 @@ class Decisions {
     const promise = this.verifier.verify(token, { audience, requiredScopes: scopes }).then(
       (claims) => {
         const json = Buffer.from(JSON.stringify(claims), 'utf8');
-        this.cache.put(key, claims, json, mark);
+        // Before the first sync there is nothing to keep it for: that sync drops everything.
+        if (this.watch.epoch !== '') this.cache.put(key, claims, json, mark);
         return json;
       },
     ).finally(() => {

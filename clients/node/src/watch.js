@@ -13,7 +13,9 @@
 // does. A different epoch than the one resumed drops everything too. When the stream ends
 // (error, end, a sidecar that answers UNIMPLEMENTED) the watch resubscribes with its epoch and
 // last applied sequence, after a backoff doubling from `initialBackoffMs` to `maxBackoffMs`
-// (with jitter), reset by each successful sync.
+// (with jitter), reset by each successful sync. A stream that stays open but silent (a
+// black-holed connection sends no error) is abandoned and resubscribed once nothing has
+// arrived for twice the staleness bound.
 
 const DEFAULT_HEARTBEAT_MS = 5000;
 
@@ -36,6 +38,7 @@ class DecisionWatch {
     this.backoffMs = initialBackoffMs;
     this.call = null;
     this.timer = null;
+    this.watchdog = null;
     this.closed = false;
     this.subscriptions = 0;
     this.lastError = null;
@@ -67,8 +70,11 @@ class DecisionWatch {
       return;
     }
     this.call = call;
+    this.armWatchdog();
     call.on('data', (event) => {
-      if (this.call === call) this.onEvent(event);
+      if (this.call !== call) return;
+      this.armWatchdog();
+      this.onEvent(event);
     });
     const down = (error) => {
       if (this.call !== call) return;
@@ -79,6 +85,15 @@ class DecisionWatch {
     };
     call.on('error', down);
     call.on('end', () => down(null));
+  }
+
+  armWatchdog() {
+    if (this.watchdog !== null) clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      this.watchdog = null;
+      if (this.call !== null) this.restart();
+    }, 2 * this.stalenessBoundMs);
+    this.watchdog.unref();
   }
 
   retryLater() {
@@ -147,7 +162,9 @@ class DecisionWatch {
     this.closed = true;
     this.synced = false;
     if (this.timer !== null) clearTimeout(this.timer);
+    if (this.watchdog !== null) clearTimeout(this.watchdog);
     this.timer = null;
+    this.watchdog = null;
     const call = this.call;
     this.call = null;
     if (call !== null) call.cancel();

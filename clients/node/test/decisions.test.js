@@ -189,15 +189,28 @@ test('a heartbeat later than the staleness bound stops hits until messages resum
   await s.call(token);
   await s.call(token);
   assert.equal(s.asked(), 1);
+  s.fake.accepting = false; // the watchdog's resubscription (below) is refused meanwhile
   s.fake.heartbeats = false;
   await waitFor(() => !s.current(), 'staleness');
   assert.ok(s.interceptor.stats().stalenessMs > 400);
   await s.call(token);
   assert.equal(s.asked(), 2);
   s.fake.heartbeats = true;
-  await waitFor(s.current, 'heartbeats again');
+  s.fake.accepting = true;
+  await waitFor(s.current, 'messages again');
   await s.call(token);
   assert.equal(s.asked(), 2);
+});
+
+test('a stream that stays open but silent is abandoned and resubscribed', async () => {
+  const s = await setup({ stalenessMs: 300 }, { heartbeatIntervalMs: 100 });
+  await waitFor(s.current, 'the watch to be current');
+  const subscriptions = s.fake.watchRequests.length;
+  s.fake.heartbeats = false;
+  await waitFor(() => s.fake.watchRequests.length > subscriptions, 'a new subscription');
+  assert.deepEqual(s.fake.watchRequests.at(-1), { epoch: 'fake-epoch-1', after: 0 });
+  s.fake.heartbeats = true;
+  await waitFor(s.current, 'current on the new stream');
 });
 
 test('a gap in sequence numbers or a foreign epoch drops every decision', async () => {
