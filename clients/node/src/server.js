@@ -97,7 +97,10 @@ class Decisions {
 
   /** Resolves with the claims as a JSON Buffer; rejects with an AuthClientError. */
   decide(token, audience, scopes) {
-    if (this.cache === null) return this.verify(token, audience, scopes);
+    if (this.cache === null) {
+      this.misses += 1;
+      return this.verify(token, audience, scopes);
+    }
     const key = decisionKey(token, audience, scopes);
     if (this.watch.current()) {
       const entry = this.cache.get(key);
