@@ -19,7 +19,7 @@ const crypto = require('node:crypto');
 const ENTRY_OVERHEAD_BYTES = 256;
 const RECENT_EVENTS = 4096;
 const INVALIDATION_KINDS = ['tokenRevoked', 'familyRevoked', 'keyRetired', 'decisionsReset',
-  'syncReset', 'gap'];
+  'resync', 'gap'];
 
 function decisionKey(token, audience, scopes) {
   return crypto.createHash('sha256')
@@ -107,7 +107,7 @@ class DecisionCache {
   }
 
   /** Apply one invalidation. kind: tokenRevoked {iss, jti} | familyRevoked {iss, sid} |
-   * keyRetired {kid} | decisionsReset | syncReset | gap (the last three drop everything). */
+   * keyRetired {kid} | decisionsReset | resync | gap (the last three drop everything). */
   invalidate(kind, event = {}) {
     let index = null;
     if (kind === 'tokenRevoked') index = `jti\0${event.iss}\0${event.jti}`;

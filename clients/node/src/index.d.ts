@@ -154,20 +154,22 @@ export interface DecisionOptions {
 }
 
 export type InvalidationKind =
-  | 'tokenRevoked' | 'familyRevoked' | 'keyRetired' | 'decisionsReset' | 'syncReset' | 'gap';
+  | 'tokenRevoked' | 'familyRevoked' | 'keyRetired' | 'decisionsReset' | 'resync' | 'gap';
 
 export interface DecisionStats {
   hits: number;
+  /** Looked up while current and not found (with the cache off: every call). */
   misses: number;
-  missesWhileNotCurrent: number;
+  /** Not current: straight to Verify. */
+  bypassed: number;
   entries?: number;
   bytes?: number;
   evictions?: number;
   invalidations?: Record<InvalidationKind, number>;
   /** The cache may serve hits right now. */
   current?: boolean;
-  /** Milliseconds since the last Watch message (Infinity before the first). */
-  stalenessMs?: number;
+  /** Milliseconds since the last Watch message (null before the first). */
+  stalenessMs?: number | null;
   stalenessBoundMs?: number;
   subscriptions?: number;
   batches?: { batches: number; items: number };

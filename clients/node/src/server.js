@@ -91,7 +91,7 @@ class Decisions {
     this.inFlight = new Map(); // key -> {mark, promise}
     this.hits = 0;
     this.misses = 0;
-    this.missesWhileNotCurrent = 0;
+    this.bypassed = 0;
     if (this.watch) this.watch.start();
   }
 
@@ -108,10 +108,10 @@ class Decisions {
         this.hits += 1;
         return Promise.resolve(entry.json);
       }
+      this.misses += 1;
     } else {
-      this.missesWhileNotCurrent += 1;
+      this.bypassed += 1;
     }
-    this.misses += 1;
     const mark = this.cache.mark();
     const pending = this.inFlight.get(key);
     if (pending !== undefined && pending.mark === mark) return pending.promise;
@@ -136,11 +136,11 @@ class Decisions {
 
   stats() {
     const out = { hits: this.hits, misses: this.misses,
-      missesWhileNotCurrent: this.missesWhileNotCurrent };
+      bypassed: this.bypassed };
     if (this.cache !== null) {
       Object.assign(out, this.cache.stats(), {
         current: this.watch.current(),
-        stalenessMs: this.watch.stalenessMs(),
+        stalenessMs: Number.isFinite(this.watch.stalenessMs()) ? this.watch.stalenessMs() : null,
         stalenessBoundMs: this.watch.stalenessBoundMs,
         subscriptions: this.watch.subscriptions,
       });

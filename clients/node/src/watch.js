@@ -118,7 +118,7 @@ class DecisionWatch {
     if (event.event === 'sync') {
       this.heartbeatMs = event.sync.heartbeat_interval_ms || DEFAULT_HEARTBEAT_MS;
       if (event.sync.reset || event.epoch !== this.epoch || sequence < this.applied) {
-        this.reset('syncReset', sequence);
+        this.reset('resync', sequence);
       }
       this.epoch = event.epoch;
       this.announced = sequence;
@@ -127,7 +127,7 @@ class DecisionWatch {
       return;
     }
     if (!this.synced || event.epoch !== this.epoch) { // a protocol violation: start over
-      this.reset('syncReset', this.applied);
+      this.reset('resync', this.applied);
       this.epoch = '';
       this.restart();
       return;

@@ -174,7 +174,7 @@ test('a cut stream serves no hits; the watch resumes from its position and cachi
   const resumed = s.fake.watchRequests.at(-1);
   assert.deepEqual(resumed, { epoch: 'fake-epoch-1', after: 1 });
   assert.equal(s.interceptor.stats().invalidations.tokenRevoked, 1);
-  assert.equal(s.interceptor.stats().invalidations.syncReset, 1); // only the first sync
+  assert.equal(s.interceptor.stats().invalidations.resync, 1); // only the first sync
   const asked = s.asked();
   await s.call(kept.token);
   assert.equal(s.asked(), asked); // a hit again
