@@ -72,7 +72,14 @@ def installed() -> Iterator[Path]:
         project.mkdir()
         (project / "package.json").write_text('{"name": "service", "private": true}\n')
         subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", str(root / info["filename"])],
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefer-offline",
+                str(root / info["filename"]),
+            ],
             cwd=project,
             check=True,
             capture_output=True,
