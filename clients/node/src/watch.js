@@ -2,15 +2,19 @@
 // DecisionWatch: the subscriber side of the sidecar's Watch stream (auth.proto, Watch),
 // applying its events to a DecisionCache and saying whether the cache is CURRENT.
 //
-// Current means: this stream has delivered its `sync`, every event up to the latest sequence
-// the sidecar announced has been applied, and a message arrived within the staleness bound
-// (`stalenessMs`, default 3 x the sync's heartbeat_interval_ms). While not current the
-// interceptor serves no cached decision and asks Verify, so an outage or a late heartbeat
-// never turns into accepting a revoked token.
+// Current means: this stream has delivered its `sync`, and, when the sync resumed a position
+// (`reset: false`, the missed events follow), a heartbeat since (every event up to a
+// heartbeat's number is sent before it, so the replay is then complete); and a message
+// arrived within the staleness bound (`stalenessMs`, default 3 x the sync's
+// heartbeat_interval_ms). While not current the interceptor serves no cached decision and
+// asks Verify, so an outage, a replay in progress or a late heartbeat never turns into
+// accepting a revoked token.
 //
-// Sequence rules: numbered events must be consecutive; a gap (a numbered event past the next
-// number, or a heartbeat announcing more than was applied) drops every decision, as `reset`
-// does. A different epoch than the one resumed drops everything too. When the stream ends
+// Sequence rules: `sync` carries the position the stream continues from, so the next event
+// is `sequence + 1`; numbered events must be consecutive; a gap (a numbered event past the
+// next number, a heartbeat announcing more than was applied, a replaying sync at another
+// position than the one asked for) drops every decision, as `reset` does. A different epoch
+// than the one resumed drops everything too. When the stream ends
 // (error, end, a sidecar that answers UNIMPLEMENTED) the watch resubscribes with its epoch and
 // last applied sequence, after a backoff doubling from `initialBackoffMs` to `maxBackoffMs`
 // (with jitter), reset by each successful sync. A stream that stays open but silent (a
@@ -31,7 +35,7 @@ class DecisionWatch {
     this.monotonic = now;
     this.epoch = '';
     this.applied = 0; // last sequence applied in `epoch`
-    this.announced = 0; // latest sequence the sidecar said exists
+    this.replaying = false; // a resumed stream's replay is not known to be complete yet
     this.heartbeatMs = DEFAULT_HEARTBEAT_MS;
     this.synced = false; // the current stream has sent its sync
     this.lastMessageAt = -Infinity;
@@ -54,8 +58,7 @@ class DecisionWatch {
   }
 
   current() {
-    return this.synced && this.applied >= this.announced
-      && this.stalenessMs() <= this.stalenessBoundMs;
+    return this.synced && !this.replaying && this.stalenessMs() <= this.stalenessBoundMs;
   }
 
   start() {
@@ -117,11 +120,10 @@ class DecisionWatch {
     const sequence = Number(event.sequence);
     if (event.event === 'sync') {
       this.heartbeatMs = event.sync.heartbeat_interval_ms || DEFAULT_HEARTBEAT_MS;
-      if (event.sync.reset || event.epoch !== this.epoch || sequence < this.applied) {
-        this.reset('resync', sequence);
-      }
+      const resumed = !event.sync.reset && event.epoch === this.epoch && this.epoch !== '';
+      if (!resumed || sequence !== this.applied) this.reset('resync', sequence);
       this.epoch = event.epoch;
-      this.announced = sequence;
+      this.replaying = resumed && sequence === this.applied;
       this.synced = true;
       this.backoffMs = this.initialBackoffMs;
       return;
@@ -133,8 +135,8 @@ class DecisionWatch {
       return;
     }
     if (event.event === 'heartbeat') {
-      if (sequence > this.applied && this.applied >= this.announced) this.reset('gap', sequence);
-      this.announced = Math.max(this.announced, sequence);
+      if (sequence > this.applied) this.reset('gap', sequence);
+      this.replaying = false;
       return;
     }
     if (sequence <= this.applied) return; // already applied (a replay overlap)
@@ -147,7 +149,6 @@ class DecisionWatch {
       this.cache.invalidate(kind || 'decisionsReset', event[event.event] || {});
       this.applied = sequence;
     }
-    this.announced = Math.max(this.announced, sequence);
   }
 
   restart() {

@@ -182,6 +182,40 @@ test('a cut stream serves no hits; the watch resumes from its position and cachi
   assert.equal(s.asked(), asked + 1); // its decision was dropped by the replayed event
 });
 
+test('a resumed stream serves no hits until a heartbeat says the replay is complete', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token, claims } = await issue();
+  await s.call(token);
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the cut');
+  s.fake.publish({ token_revoked: { iss: claims.iss, jti: claims.jti } });
+  s.fake.heartbeats = false;
+  s.fake.accepting = true;
+  await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the replay');
+  assert.equal(s.current(), false); // synced and replayed, but no heartbeat yet
+  s.fake.heartbeats = true;
+  await waitFor(s.current, 'the first heartbeat');
+  assert.equal(s.interceptor.stats().invalidations.resync, 1); // resumed, not reset
+});
+
+test('a resuming sync at another position than the one asked for is a reset', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  await s.call(token);
+  s.fake.publish({ key_retired: { kid: 'unrelated' } });
+  s.fake.publish({ key_retired: { kid: 'unrelated-too' } });
+  await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 2, 'events');
+  await s.call(token);
+  assert.equal(s.interceptor.stats().entries, 1);
+  s.fake.syncSequence = 1; // claims to continue after 1 when 2 was applied
+  s.fake.cut();
+  await waitFor(() => s.interceptor.stats().invalidations.resync === 2, 'the reset');
+  assert.equal(s.interceptor.stats().entries, 0);
+});
+
 test('a heartbeat later than the staleness bound stops hits until messages resume', async () => {
   const s = await setup({ stalenessMs: 400 }, { heartbeatIntervalMs: 100 });
   await waitFor(s.current, 'the watch to be current');

@@ -22,6 +22,7 @@ class FakeWatchSidecar {
     this.batchCalls = 0;
     this.batchItems = 0;
     this.gate = null; // a promise Verify answers wait for
+    this.syncSequence = null; // set: a (wrong) position the next syncs claim
     this.server = new grpc.Server();
     this.server.addService(authServiceConstructor().service, {
       Verify: (call, callback) => this.forward('Verify', call, callback),
@@ -74,8 +75,10 @@ class FakeWatchSidecar {
     }
     const after = Number(call.request.after_sequence);
     const replay = call.request.epoch === this.epoch && after <= this.sequence;
+    // `sync` carries the position the stream continues from: the requested one when the
+    // missed events are replayed, else the latest number assigned.
     call.write(this.event({ sync: { reset: !replay, heartbeat_interval_ms: this.heartbeatIntervalMs } },
-      this.sequence));
+      this.syncSequence ?? (replay ? after : this.sequence)));
     if (replay) for (const event of this.log.slice(after)) call.write(event);
     this.streams.add(call);
     call.on('cancelled', () => this.streams.delete(call));
