@@ -5,13 +5,15 @@
 // sockets) that the test can cut, as a network fault or a sidecar restart would.
 
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
 const net = require('node:net');
+const path = require('node:path');
 const { after, afterEach, before, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const {
   AuthClient, authServerInterceptor, currentClaims, errorReason,
 } = require('../src');
-const { startSidecar } = require('./support');
+const { runPython, startSidecar } = require('./support');
 
 const bytes = { serialize: (b) => b, deserialize: (b) => b };
 const HELLO = {
@@ -82,8 +84,8 @@ async function startProxy(target) {
   };
 }
 
-async function setup(options = {}) {
-  const proxy = await startProxy(sidecar.tcp);
+async function setup(options = {}, target = sidecar) {
+  const proxy = await startProxy(target.tcp);
   const client = new AuthClient(proxy.address);
   const interceptor = authServerInterceptor(client, { audience: 'greeter', defaultScopes: ['greet'] },
     options);
@@ -191,4 +193,37 @@ test('a token past exp is never served from the cache', async () => {
   assert.deepEqual(await s.call(grant.accessToken),
     { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_EXPIRED' });
   assert.equal(s.stats().hits, 1);
+});
+
+test('a retired key voids the cached decisions made with it', async () => {
+  const keys = fs.mkdtempSync('/tmp/asn-keys-');
+  for (const kid of ['k1', 'k2']) {
+    const made = await runPython(['-m', 'sidecar', 'keys', 'generate', '--alg', 'ES256',
+      '--kid', kid, '--out', path.join(keys, `${kid}.jwk.json`)]);
+    assert.equal(made.code, 0, made.stderr);
+  }
+  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k1' }));
+  const own = await startSidecar({
+    AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
+    AUTHSIDECAR_KEYS__DIRECTORY: keys,
+    AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S: '0',
+  });
+  const ownAdmin = new AuthClient(own.admin);
+  cleanups.push(async () => {
+    ownAdmin.close();
+    await own.stop();
+    fs.rmSync(keys, { recursive: true, force: true });
+  });
+  const s = await setup({}, own);
+  const grant = await ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  await s.call(grant.accessToken);
+  await s.call(grant.accessToken);
+  assert.equal(s.stats().hits, 1);
+  // Rotate: k2 signs, k1 is removed; SIGHUP makes the sidecar re-read the directory now.
+  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
+  fs.rmSync(path.join(keys, 'k1.jwk.json'));
+  own.child.kill('SIGHUP');
+  await waitFor(() => s.stats().invalidations.keyRetired >= 1, 'the KeyRetired event');
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'KEY_UNKNOWN' });
 });
