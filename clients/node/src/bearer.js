@@ -22,8 +22,10 @@ function sourceFailed(listener) {
 
 function bearerInterceptor(source) {
   return (options, nextCall) => {
-    const definition = options.method_definition || {};
-    const resendable = !definition.requestStream && !definition.responseStream;
+    // Only a call known to be unary-unary is resent (grpc-js passes its method definition).
+    const definition = options.method_definition;
+    const resendable = definition !== undefined && !definition.requestStream
+      && !definition.responseStream;
     let token = null;
     let started = null; // the first attempt's metadata, kept for a resend
     let request; // the unary request, kept for a resend
