@@ -2,7 +2,8 @@
 'use strict';
 // The package ships its own copy of the contract (proto/authsidecar/v1/auth.proto), so an
 // installed package needs nothing from the repository. That copy must never drift from the
-// repository's protos/authsidecar/v1/auth.proto:
+// repository's protos/authsidecar/v1/auth.proto. `python scripts/gen_protos.py` (the one
+// command to run after editing the proto) copies it too, and its --check compares it.
 //   node scripts/sync-proto.js          copy the repository's proto into the package
 //   node scripts/sync-proto.js --check  exit 1 when the copy differs (CI, pytest, `npm pack`)
 // Outside the repository (an unpacked tarball) there is nothing to compare with: --check says
