@@ -28,6 +28,7 @@ const REASON_CODES = Object.freeze({
   WATCH_SUBSCRIBER_LIMIT: 'RESOURCE_EXHAUSTED',
   WATCH_SUBSCRIBER_DROPPED: 'UNAVAILABLE',
   SHUTTING_DOWN: 'UNAVAILABLE',
+  NO_SIGNING_KEY: 'FAILED_PRECONDITION',
 });
 
 /** The status name a reason implies; INTERNAL for one this table does not know. */
