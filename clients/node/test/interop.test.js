@@ -83,11 +83,17 @@ test('the Node client calls a Python service through the sidecar', async () => {
 
 test('a call refused UNAUTHENTICATED is resent once with a renewed token', async () => {
   const callee = await startPythonCallee(sidecar.unix);
-  let fetched = 0;
-  const source = new RenewingTokenSource(async () => {
-    fetched += 1;
-    return admin.issue({ subject: 'node-caller', audience: ['greeter'], scope: 'greet' });
-  });
+  // The first token a source hands out names another audience: the callee refuses it
+  // (AUDIENCE_MISMATCH, never cached there); every later one is good.
+  const firstTokenBad = () => {
+    const source = new RenewingTokenSource(async () => {
+      source.fetched = (source.fetched || 0) + 1;
+      return admin.issue({ subject: 'node-caller', scope: 'greet',
+        audience: [source.fetched === 1 ? 'not-greeter' : 'greeter'] });
+    });
+    return source;
+  };
+  const source = firstTokenBad();
   const channel = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
     { interceptors: [bearerInterceptor(source)] });
   // Tokens the callee refuses every time: a resend happens once, then the refusal is returned.
@@ -98,25 +104,28 @@ test('a call refused UNAUTHENTICATED is resent once with a renewed token', async
   });
   const refused = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
     { interceptors: [bearerInterceptor(wrong)] });
+  const streamSource = firstTokenBad();
+  const streaming = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
+    { interceptors: [bearerInterceptor(streamSource)] });
   try {
-    assert.equal((await unary(channel, '/demo.Greeter/Hello', 'a')).code, grpc.status.OK);
-    await admin.revoke(await source.token()); // the cached token is now refused by the callee
     assert.deepEqual(await unary(channel, '/demo.Greeter/Hello', 'b'),
       { code: grpc.status.OK, reply: "hello node-caller, you said 'b'" });
-    assert.equal(fetched, 2); // one renewal, one resend
+    assert.equal(source.fetched, 2); // refused, renewed, resent once
+    assert.equal((await unary(channel, '/demo.Greeter/Hello', 'c')).code, grpc.status.OK);
+    assert.equal(source.fetched, 2);
     assert.deepEqual(await unary(refused, '/demo.Greeter/Hello', 'c'),
       { code: grpc.status.UNAUTHENTICATED, reason: 'AUDIENCE_MISMATCH' });
     assert.equal(wrongFetched, 2); // the first token and one renewal: exactly one resend
     // Streams are not resent, but the refused token is still dropped for the next call.
-    await admin.revoke(await source.token());
-    const stream = await serverStream(channel, '/demo.Greeter/Count', '1');
-    assert.deepEqual([stream.code, stream.reason], [grpc.status.UNAUTHENTICATED, 'TOKEN_REVOKED']);
-    assert.equal(fetched, 2);
-    assert.equal((await unary(channel, '/demo.Greeter/Hello', 'd')).code, grpc.status.OK);
-    assert.equal(fetched, 3);
+    const stream = await serverStream(streaming, '/demo.Greeter/Count', '1');
+    assert.deepEqual([stream.code, stream.reason], [grpc.status.UNAUTHENTICATED, 'AUDIENCE_MISMATCH']);
+    assert.equal(streamSource.fetched, 1);
+    assert.equal((await unary(streaming, '/demo.Greeter/Hello', 'd')).code, grpc.status.OK);
+    assert.equal(streamSource.fetched, 2);
   } finally {
     channel.close();
     refused.close();
+    streaming.close();
     await callee.stop();
   }
 });
