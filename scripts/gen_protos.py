@@ -4,6 +4,8 @@ Usage: python scripts/gen_protos.py [--check]
 
 The generated modules are committed so users never need protoc; `--check` regenerates into a
 temporary directory and fails when anything differs (CI runs it), like SPIRE's generate-check.
+The Node package's copy of the contract (clients/node/proto, shipped in its npm tarball) is
+refreshed and checked here too, so editing the proto still takes one command.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "clients" / "python"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+# Proto files the Node package ships (clients/node/scripts/sync-proto.js copies the same).
+NODE_COPIES = {
+    PROTO_ROOT / "authsidecar/v1/auth.proto": ROOT / "clients/node/proto/authsidecar/v1/auth.proto",
+}
 
 
 def _protos() -> list[str]:
@@ -75,6 +81,11 @@ def check() -> int:
         want, have = _generated_files(fresh), _generated_files(OUT_ROOT)
         stale = sorted(want ^ have)
         stale += sorted(f for f in want & have if not filecmp.cmp(fresh / f, OUT_ROOT / f, False))
+    stale += sorted(
+        str(copy.relative_to(ROOT))
+        for source, copy in NODE_COPIES.items()
+        if not copy.is_file() or source.read_bytes() != copy.read_bytes()
+    )
     if stale:
         print("generated stubs are stale; run: python scripts/gen_protos.py", file=sys.stderr)
         for name in stale:
@@ -99,6 +110,10 @@ def main() -> int:
             shutil.copyfile(fresh / name, OUT_ROOT / name)
     for directory in _generated_dirs():
         print(f"regenerated {OUT_ROOT / directory}")
+    for source, copy in NODE_COPIES.items():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+        print(f"copied {copy.relative_to(ROOT)}")
     return 0
 
 

@@ -1,8 +1,11 @@
 """The Node.js package's own suite (clients/node, `node --test`) as part of pytest.
 
 It starts the real Python sidecar, a Python service and a Node service, and proves that the
-Node client calls Python through the sidecar and a Python client calls Node. Without node and
-npm the test is skipped, unless AUTHSIDECAR_REQUIRE_NODE=1 (CI), where it fails instead.
+Node client calls Python through the sidecar and a Python client calls Node; it drives the
+Node decision cache through test/fake_watch_sidecar.js (a fake of our own Watch protocol,
+Verify answered by the real sidecar) and, in test/watch_e2e.test.js, against the real
+sidecar's Watch stream. Without node and npm the test is skipped, unless
+AUTHSIDECAR_REQUIRE_NODE=1 (CI), where it fails instead.
 """
 
 from __future__ import annotations

@@ -6,19 +6,28 @@
 
 const grpc = require('@grpc/grpc-js');
 const { authServiceConstructor, fromStruct, toStruct } = require('./proto');
+const { codeForReason } = require('./reasons');
 const { errorReason } = require('./status');
 
 const ADDRESS_ENV = 'AUTHSIDECAR_ADDR';
 const DEFAULT_ADDRESS = '127.0.0.1:50051';
-const RETRIED = ['Issue', 'Verify', 'Introspect', 'Revoke', 'GetJwks'];
+const RETRIED = ['Issue', 'Verify', 'VerifyBatch', 'Introspect', 'Revoke', 'GetJwks'];
 
+/**
+ * Every failure of an AuthClient call. As in the Python client, `code` is the gRPC status
+ * NAME ('UNAUTHENTICATED', 'PERMISSION_DENIED', ...) and `reason` the sidecar's ErrorInfo
+ * reason ('' when none); `grpcCode` keeps the number (grpc.status.UNAUTHENTICATED === 16).
+ * `code` accepts either form.
+ */
 class AuthClientError extends Error {
   constructor(code, reason, message) {
-    const name = grpc.status[code] || String(code);
+    const number = typeof code === 'number' ? code : grpc.status[code];
+    const name = typeof code === 'string' ? code : grpc.status[code] || 'UNKNOWN';
     super(reason ? `${name} ${reason}: ${message}` : `${name}: ${message}`);
     this.name = 'AuthClientError';
-    this.code = code; // a grpc.status number
-    this.reason = reason; // the ErrorInfo reason, '' when none
+    this.code = name;
+    this.grpcCode = number ?? grpc.status.UNKNOWN;
+    this.reason = reason || '';
   }
 }
 
@@ -104,6 +113,25 @@ class AuthClient {
     const reply = await this.call('Verify', { token, audience, required_scopes: requiredScopes },
       timeoutMs);
     return claimsFrom(reply);
+  }
+
+  /**
+   * One VerifyBatch call for many tokens. items: [token | {token, audience, requiredScopes}];
+   * `audience`/`requiredScopes` here are the defaults for string items. Resolves with one
+   * entry per item, in order: the claims `verify` would resolve with, or the AuthClientError
+   * it would reject with (same `code` and `reason`; returned, not thrown, so one bad token
+   * never hides the others). Only a failure of the whole call rejects.
+   */
+  async verifyBatch(items, { audience = '', requiredScopes = [], timeoutMs } = {}) {
+    const requests = items.map((item) => (typeof item === 'string'
+      ? { token: item, audience, required_scopes: requiredScopes }
+      : { token: item.token, audience: item.audience ?? audience,
+        required_scopes: item.requiredScopes ?? requiredScopes }));
+    const reply = await this.call('VerifyBatch', { requests }, timeoutMs);
+    return reply.results.map((result) => (result.outcome === 'ok'
+      ? claimsFrom(result.ok)
+      : new AuthClientError(codeForReason(result.error), result.error,
+        result.error.toLowerCase().replace(/_/g, ' '))));
   }
 
   async refresh(refreshToken, { scope = '', timeoutMs } = {}) {

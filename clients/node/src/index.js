@@ -1,12 +1,18 @@
 'use strict';
-// @authsidecar/client: the sidecar's client and gRPC interceptors for Node.js.
+// @authsidecar/client: the sidecar's client and gRPC interceptors for Node.js (CommonJS
+// entry; index.mjs is the ES module one, index.d.ts the types).
 
 const { AuthClient, AuthClientError, ADDRESS_ENV, DEFAULT_ADDRESS } = require('./client');
+const { VerifyBatcher } = require('./batcher');
+const { bearerInterceptor } = require('./bearer');
+const { DecisionCache, decisionKey } = require('./decisions');
+const { REASON_CODES, codeForReason } = require('./reasons');
 const {
-  CLAIMS_KEY, DEFAULT_EXEMPT, authServerInterceptor, bearerInterceptor, currentClaims, ruleFor,
-} = require('./interceptors');
+  CLAIMS_KEY, DEFAULT_EXEMPT, authServerInterceptor, currentClaims, ruleFor,
+} = require('./server');
 const { ERROR_DOMAIN, errorReason, decodeStatus, encodeStatusDetails } = require('./status');
 const { RenewingTokenSource, StaticTokenSource, sidecarTokenSource } = require('./tokens');
+const { DecisionWatch } = require('./watch');
 
 module.exports = {
   ADDRESS_ENV,
@@ -15,12 +21,18 @@ module.exports = {
   CLAIMS_KEY,
   DEFAULT_ADDRESS,
   DEFAULT_EXEMPT,
+  DecisionCache,
+  DecisionWatch,
   ERROR_DOMAIN,
+  REASON_CODES,
   RenewingTokenSource,
   StaticTokenSource,
+  VerifyBatcher,
   authServerInterceptor,
   bearerInterceptor,
+  codeForReason,
   currentClaims,
+  decisionKey,
   decodeStatus,
   encodeStatusDetails,
   errorReason,

@@ -1,12 +1,15 @@
 'use strict';
-// The contract, loaded at run time from protos/authsidecar/v1/auth.proto: no generated code.
+// The contract, loaded at run time from the package's own copy of auth.proto (proto/, kept
+// identical to the repository's protos/authsidecar/v1/auth.proto by scripts/sync-proto.js,
+// whose --check mode CI and `npm pack` run): no generated code.
 
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-// clients/node/src -> the repository's protos/; override for an installed copy of the package.
-const PROTO_ROOT = process.env.AUTHSIDECAR_PROTO_ROOT || path.resolve(__dirname, '../../../protos');
+// Override only to load another copy of the contract (AUTHSIDECAR_PROTO_ROOT=<dir holding
+// authsidecar/v1/auth.proto>).
+const PROTO_ROOT = process.env.AUTHSIDECAR_PROTO_ROOT || path.resolve(__dirname, '../proto');
 
 let cached;
 

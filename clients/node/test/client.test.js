@@ -46,22 +46,44 @@ test('every call returns plain results', async () => {
 test('errors carry the status code and the ErrorInfo reason', async () => {
   await assert.rejects(publicClient.issue({ subject: 'x', audience: ['y'] }), (error) => {
     assert.ok(error instanceof AuthClientError);
-    assert.equal(error.code, grpc.status.PERMISSION_DENIED);
+    assert.equal(error.code, 'PERMISSION_DENIED'); // the status name, as in Python
+    assert.equal(error.grpcCode, grpc.status.PERMISSION_DENIED);
     assert.equal(error.reason, 'CALLER_NOT_ALLOWED');
+    assert.match(error.message, /^PERMISSION_DENIED CALLER_NOT_ALLOWED: /);
     return true;
   });
-  await assert.rejects(publicClient.verify('not.a.jwt'), { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MALFORMED' });
-  await assert.rejects(publicClient.verify(''), { code: grpc.status.INVALID_ARGUMENT, reason: 'INVALID_REQUEST' });
+  await assert.rejects(publicClient.verify('not.a.jwt'), { code: 'UNAUTHENTICATED', grpcCode: 16, reason: 'TOKEN_MALFORMED' });
+  await assert.rejects(publicClient.verify(''), { code: 'INVALID_ARGUMENT', reason: 'INVALID_REQUEST' });
   const grant = await admin.issue({ subject: 'alice', audience: ['svc-b'], scope: 'read' });
   await assert.rejects(
     publicClient.verify(grant.accessToken, { requiredScopes: ['admin'] }),
-    { code: grpc.status.PERMISSION_DENIED, reason: 'SCOPE_MISSING' },
+    { code: 'PERMISSION_DENIED', reason: 'SCOPE_MISSING' },
   );
+});
+
+test('verifyBatch answers each item as verify would, errors returned not thrown', async () => {
+  const grant = await admin.issue({ subject: 'alice', audience: ['svc-b'], scope: 'read' });
+  const results = await publicClient.verifyBatch([
+    grant.accessToken,
+    'not.a.jwt',
+    { token: grant.accessToken, requiredScopes: ['admin'] },
+    { token: grant.accessToken, audience: 'elsewhere' },
+  ], { audience: 'svc-b' });
+  assert.equal(results.length, 4);
+  assert.equal(results[0].sub, 'alice');
+  assert.deepEqual(results[0], await publicClient.verify(grant.accessToken, { audience: 'svc-b' }));
+  const errors = results.slice(1).map((e) => (e instanceof AuthClientError
+    ? [e.code, e.grpcCode, e.reason] : e));
+  assert.deepEqual(errors, [
+    ['UNAUTHENTICATED', 16, 'TOKEN_MALFORMED'],
+    ['PERMISSION_DENIED', 7, 'SCOPE_MISSING'],
+    ['UNAUTHENTICATED', 16, 'AUDIENCE_MISMATCH'],
+  ]);
 });
 
 test('an unreachable sidecar is UNAVAILABLE', async () => {
   const nobody = new AuthClient('unix:/tmp/authsidecar-nobody.sock', { timeoutMs: 2000, initialBackoffMs: 10 });
-  await assert.rejects(nobody.verify('x'), (error) => [grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED].includes(error.code));
+  await assert.rejects(nobody.verify('x'), (error) => ['UNAVAILABLE', 'DEADLINE_EXCEEDED'].includes(error.code));
   nobody.close();
 });
 

@@ -9,8 +9,8 @@ const path = require('node:path');
 const { after, before, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const {
-  AuthClient, authServerInterceptor, bearerInterceptor, currentClaims, errorReason,
-  sidecarTokenSource, StaticTokenSource,
+  AuthClient, RenewingTokenSource, authServerInterceptor, bearerInterceptor, currentClaims,
+  errorReason, sidecarTokenSource, StaticTokenSource,
 } = require('../src');
 const { REPO, runPython, startPythonCallee, startSidecar } = require('./support');
 
@@ -81,12 +81,60 @@ test('the Node client calls a Python service through the sidecar', async () => {
   }
 });
 
-function startNodeGreeter() {
-  const server = new grpc.Server({
-    interceptors: [authServerInterceptor(verifier, {
-      audience: 'greeter', methodScopes: { '/demo.Greeter/*': ['greet'] },
-    })],
+test('a call refused UNAUTHENTICATED is resent once with a renewed token', async () => {
+  const callee = await startPythonCallee(sidecar.unix);
+  // The first token a source hands out names another audience: the callee refuses it
+  // (AUDIENCE_MISMATCH, never cached there); every later one is good.
+  const firstTokenBad = () => {
+    const source = new RenewingTokenSource(async () => {
+      source.fetched = (source.fetched || 0) + 1;
+      return admin.issue({ subject: 'node-caller', scope: 'greet',
+        audience: [source.fetched === 1 ? 'not-greeter' : 'greeter'] });
+    });
+    return source;
+  };
+  const source = firstTokenBad();
+  const channel = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
+    { interceptors: [bearerInterceptor(source)] });
+  // Tokens the callee refuses every time: a resend happens once, then the refusal is returned.
+  let wrongFetched = 0;
+  const wrong = new RenewingTokenSource(async () => {
+    wrongFetched += 1;
+    return admin.issue({ subject: 'x', audience: ['not-greeter'], scope: 'greet' });
   });
+  const refused = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
+    { interceptors: [bearerInterceptor(wrong)] });
+  const streamSource = firstTokenBad();
+  const streaming = new grpc.Client(callee.address, grpc.credentials.createInsecure(),
+    { interceptors: [bearerInterceptor(streamSource)] });
+  try {
+    assert.deepEqual(await unary(channel, '/demo.Greeter/Hello', 'b'),
+      { code: grpc.status.OK, reply: "hello node-caller, you said 'b'" });
+    assert.equal(source.fetched, 2); // refused, renewed, resent once
+    assert.equal((await unary(channel, '/demo.Greeter/Hello', 'c')).code, grpc.status.OK);
+    assert.equal(source.fetched, 2);
+    assert.deepEqual(await unary(refused, '/demo.Greeter/Hello', 'c'),
+      { code: grpc.status.UNAUTHENTICATED, reason: 'AUDIENCE_MISMATCH' });
+    assert.equal(wrongFetched, 2); // the first token and one renewal: exactly one resend
+    // Streams are not resent, but the refused token is still dropped for the next call.
+    const stream = await serverStream(streaming, '/demo.Greeter/Count', '1');
+    assert.deepEqual([stream.code, stream.reason], [grpc.status.UNAUTHENTICATED, 'AUDIENCE_MISMATCH']);
+    assert.equal(streamSource.fetched, 1);
+    assert.equal((await unary(streaming, '/demo.Greeter/Hello', 'd')).code, grpc.status.OK);
+    assert.equal(streamSource.fetched, 2);
+  } finally {
+    channel.close();
+    refused.close();
+    streaming.close();
+    await callee.stop();
+  }
+});
+
+function startNodeGreeter() {
+  const interceptor = authServerInterceptor(verifier, {
+    audience: 'greeter', methodScopes: { '/demo.Greeter/*': ['greet'] },
+  });
+  const server = new grpc.Server({ interceptors: [interceptor] });
   const who = (call) => (currentClaims(call) || { sub: 'stranger' }).sub;
   server.addService({
     Hello: { path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
@@ -109,13 +157,13 @@ function startNodeGreeter() {
   return new Promise((resolve, reject) => {
     server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, port) => {
       if (error) reject(error);
-      else resolve({ server, address: `127.0.0.1:${port}` });
+      else resolve({ server, interceptor, address: `127.0.0.1:${port}` });
     });
   });
 }
 
 test('a Python client calls a Node service through the sidecar', async () => {
-  const { server, address } = await startNodeGreeter();
+  const { server, interceptor, address } = await startNodeGreeter();
   try {
     const result = await runPython([path.join(REPO, 'examples/two_services/caller.py'),
       '--callee', address, '--admin', sidecar.admin]);
@@ -138,6 +186,7 @@ test('a Python client calls a Node service through the sidecar', async () => {
     spoofer.close();
     assert.deepEqual(spoofed, { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_MISSING' });
   } finally {
+    interceptor.close();
     server.forceShutdown();
   }
 });

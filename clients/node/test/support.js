@@ -1,13 +1,33 @@
 'use strict';
 // Test support: the REAL Python sidecar (and Python services) as child processes.
 
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const readline = require('node:readline');
 
 const REPO = path.resolve(__dirname, '../../..');
-const PYTHON = process.env.AUTHSIDECAR_PYTHON || path.resolve(__dirname, '../../../.venv/bin/python');
+
+// The suite runs the real sidecar, so it needs a Python with this repository installed:
+// $AUTHSIDECAR_PYTHON, else the repository's .venv (made by `./dev up` or `./dev test`), else
+// python3 if it can import the sidecar. Without one every test fails with this message.
+function findPython() {
+  const candidates = [process.env.AUTHSIDECAR_PYTHON, path.join(REPO, '.venv/bin/python'), 'python3'];
+  for (const candidate of candidates.filter(Boolean)) {
+    const probe = spawnSync(candidate, ['-c', 'import sidecar, authsidecar.client'], { cwd: REPO });
+    if (probe.status === 0) return candidate;
+  }
+  throw new Error('the Node suite starts the real Python sidecar and found no Python that can '
+    + 'import it. Run `./dev test` once at the repository root (it creates .venv), or set '
+    + "AUTHSIDECAR_PYTHON to a Python where `pip install -e '.[dev]'` was run. Tried: "
+    + candidates.filter(Boolean).join(', '));
+}
+
+let python = null;
+function pythonPath() {
+  python = python || findPython();
+  return python;
+}
 
 // Resolves with the first stdout line matching `pattern`; rejects if the process exits first.
 function waitForLine(child, pattern, what, timeoutMs = 30000) {
@@ -40,7 +60,7 @@ async function stop(child) {
 /** `python -m sidecar serve` on a fresh data dir, memory store, TCP port 0. */
 async function startSidecar(extraEnv = {}) {
   const dataDir = fs.mkdtempSync('/tmp/asn-');
-  const child = spawn(PYTHON, ['-m', 'sidecar', 'serve'], {
+  const child = spawn(pythonPath(), ['-m', 'sidecar', 'serve'], {
     cwd: REPO,
     env: {
       ...process.env,
@@ -57,6 +77,8 @@ async function startSidecar(extraEnv = {}) {
     unix: `unix:${unix}`,
     tcp,
     admin: `unix:${admin}`,
+    dataDir,
+    child,
     async stop() {
       await stop(child);
       fs.rmSync(dataDir, { recursive: true, force: true });
@@ -66,7 +88,7 @@ async function startSidecar(extraEnv = {}) {
 
 /** The Python example callee (AsyncAuthServerInterceptor) on a free port. */
 async function startPythonCallee(sidecarAddress) {
-  const child = spawn(PYTHON, [path.join(REPO, 'examples/two_services/callee.py'),
+  const child = spawn(pythonPath(), [path.join(REPO, 'examples/two_services/callee.py'),
     '--listen', '127.0.0.1:0', '--sidecar', sidecarAddress], {
     cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -77,7 +99,7 @@ async function startPythonCallee(sidecarAddress) {
 /** Run a Python script to completion; resolves with {code, stdout, stderr}. */
 function runPython(args) {
   return new Promise((resolve) => {
-    const child = spawn(PYTHON, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(pythonPath(), args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c) => { stdout += c; });
@@ -86,4 +108,4 @@ function runPython(args) {
   });
 }
 
-module.exports = { REPO, runPython, startPythonCallee, startSidecar };
+module.exports = { REPO, pythonPath, runPython, startPythonCallee, startSidecar };

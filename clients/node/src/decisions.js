@@ -1,0 +1,147 @@
+'use strict';
+// DecisionCache: the sidecar's positive Verify decisions, kept at the callee (issue 15).
+//
+// Key: SHA-256 of [token, audience, sorted required scopes] (the token text itself is not
+// kept as a key). An entry is served only before the token's `exp` and not before its `nbf`
+// (the interceptor's wall clock; a token without `exp` is never cached), and is dropped by
+// any watch event that voids it: TokenRevoked(iss, jti), FamilyRevoked(iss, sid; `sid` read
+// from the claims), KeyRetired(kid), DecisionsReset, and a reset of the watch itself (sync
+// reset, a sequence gap, a new epoch). Bounded in entries and in estimated bytes (the
+// serialized claims plus a fixed overhead per entry); the least recently used go first.
+//
+// Ordering (auth.proto, Watch): before a Verify the caller notes `mark()`, the count of
+// events applied so far; `put` refuses an answer when an event applied since then voids it,
+// or when that can no longer be checked (a reset since, or the record of recent events has
+// moved past the mark). Refusals are never cached.
+
+const crypto = require('node:crypto');
+
+const ENTRY_OVERHEAD_BYTES = 256;
+const RECENT_EVENTS = 4096;
+const INVALIDATION_KINDS = ['tokenRevoked', 'familyRevoked', 'keyRetired', 'decisionsReset',
+  'resync', 'gap'];
+
+function decisionKey(token, audience, scopes) {
+  return crypto.createHash('sha256')
+    .update(JSON.stringify([token, audience || '', [...(scopes || [])].sort()]))
+    .digest('base64');
+}
+
+class DecisionCache {
+  constructor({ maxEntries = 10000, maxBytes = 16 * 1024 * 1024, now = () => Date.now() } = {}) {
+    if (!(maxEntries > 0) || !(maxBytes > 0)) throw new RangeError('maxEntries and maxBytes must be > 0');
+    this.maxEntries = maxEntries;
+    this.maxBytes = maxBytes;
+    this.now = now;
+    this.entries = new Map(); // key -> entry, least recently used first
+    this.bytes = 0;
+    this.index = new Map(); // 'jti\0iss\0jti' | 'sid\0iss\0sid' | 'kid\0kid' -> Set(key)
+    this.applied = 0; // events applied (the `mark`)
+    this.recent = []; // [{n, index}] of the last RECENT_EVENTS events; index null = all
+    this.invalidations = Object.fromEntries(INVALIDATION_KINDS.map((kind) => [kind, 0]));
+    this.evictions = 0;
+  }
+
+  mark() {
+    return this.applied;
+  }
+
+  /** The live entry for `key`, or null (expired or not yet valid entries are not served). */
+  get(key) {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return null;
+    const now = this.now();
+    if (now >= entry.expMs) {
+      this.remove(key);
+      return null;
+    }
+    if (now < entry.nbfMs) return null;
+    this.entries.delete(key); // most recently used last
+    this.entries.set(key, entry);
+    return entry;
+  }
+
+  /** Keep a positive decision made after `mark`; false when it must not be kept. */
+  put(key, claims, json, mark) {
+    if (!this.stillValid(claims, mark)) return false;
+    const expMs = Number(claims.exp) * 1000;
+    if (!(expMs > this.now())) return false;
+    const sid = claims.claims && typeof claims.claims.sid === 'string' ? claims.claims.sid : '';
+    const entry = {
+      key, claims, json, expMs, nbfMs: Number(claims.nbf || 0) * 1000,
+      indexes: [`jti\0${claims.iss}\0${claims.jti}`, `kid\0${claims.kid}`],
+      bytes: ENTRY_OVERHEAD_BYTES + key.length + json.length,
+    };
+    if (sid) entry.indexes.push(`sid\0${claims.iss}\0${sid}`);
+    if (entry.bytes > this.maxBytes) return false;
+    this.remove(key);
+    this.entries.set(key, entry);
+    this.bytes += entry.bytes;
+    for (const name of entry.indexes) {
+      if (!this.index.has(name)) this.index.set(name, new Set());
+      this.index.get(name).add(key);
+    }
+    while (this.entries.size > this.maxEntries || this.bytes > this.maxBytes) {
+      this.remove(this.entries.keys().next().value);
+      this.evictions += 1;
+    }
+    return true;
+  }
+
+  stillValid(claims, mark) {
+    if (mark === this.applied) return true;
+    const first = this.recent.length ? this.recent[0].n : this.applied + 1;
+    if (mark + 1 < first) return false; // events since the mark are no longer on record
+    const sid = claims.claims && typeof claims.claims.sid === 'string' ? claims.claims.sid : '';
+    const names = new Set([`jti\0${claims.iss}\0${claims.jti}`, `kid\0${claims.kid}`,
+      `sid\0${claims.iss}\0${sid}`]);
+    return !this.recent.some((event) => event.n > mark
+      && (event.index === null || names.has(event.index)));
+  }
+
+  record(kind, index) {
+    this.applied += 1;
+    this.invalidations[kind] += 1;
+    this.recent.push({ n: this.applied, index });
+    if (this.recent.length > RECENT_EVENTS) this.recent.shift();
+  }
+
+  /** Apply one invalidation. kind: tokenRevoked {iss, jti} | familyRevoked {iss, sid} |
+   * keyRetired {kid} | decisionsReset | resync | gap (the last three drop everything). */
+  invalidate(kind, event = {}) {
+    let index = null;
+    if (kind === 'tokenRevoked') index = `jti\0${event.iss}\0${event.jti}`;
+    else if (kind === 'familyRevoked') index = `sid\0${event.iss}\0${event.sid}`;
+    else if (kind === 'keyRetired') index = `kid\0${event.kid}`;
+    else if (!INVALIDATION_KINDS.includes(kind)) throw new TypeError(`unknown invalidation ${kind}`);
+    this.record(kind, index);
+    if (index === null) {
+      this.entries.clear();
+      this.index.clear();
+      this.bytes = 0;
+      return;
+    }
+    for (const key of [...(this.index.get(index) || [])]) this.remove(key);
+  }
+
+  remove(key) {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return;
+    this.entries.delete(key);
+    this.bytes -= entry.bytes;
+    for (const name of entry.indexes) {
+      const keys = this.index.get(name);
+      keys.delete(key);
+      if (keys.size === 0) this.index.delete(name);
+    }
+  }
+
+  stats() {
+    return {
+      entries: this.entries.size, bytes: this.bytes, evictions: this.evictions,
+      invalidations: { ...this.invalidations },
+    };
+  }
+}
+
+module.exports = { DecisionCache, ENTRY_OVERHEAD_BYTES, INVALIDATION_KINDS, decisionKey };

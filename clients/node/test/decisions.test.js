@@ -1,0 +1,375 @@
+'use strict';
+// The decision cache of authServerInterceptor (issue 15), driven event by event through
+// FakeWatchSidecar (a fake of our own Watch protocol; Verify answers come from the REAL
+// sidecar behind it) and called by a real grpc-js client through a real Node service.
+
+const assert = require('node:assert/strict');
+const { after, afterEach, before, test } = require('node:test');
+const grpc = require('@grpc/grpc-js');
+const {
+  AuthClient, DecisionCache, authServerInterceptor, currentClaims, errorReason,
+} = require('../src');
+const { FakeWatchSidecar } = require('./fake_watch_sidecar');
+const { startSidecar } = require('./support');
+
+const bytes = { serialize: (b) => b, deserialize: (b) => b };
+const HELLO = {
+  path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
+  requestSerialize: bytes.serialize, requestDeserialize: bytes.deserialize,
+  responseSerialize: bytes.serialize, responseDeserialize: bytes.deserialize,
+};
+
+let sidecar;
+let admin;
+let upstream;
+const cleanups = [];
+
+before(async () => {
+  sidecar = await startSidecar();
+  admin = new AuthClient(sidecar.admin);
+  upstream = new AuthClient(sidecar.unix);
+});
+
+after(async () => {
+  admin.close();
+  upstream.close();
+  await sidecar.stop();
+});
+
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()();
+});
+
+async function waitFor(predicate, what, timeoutMs = 10000) {
+  const until = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Fake watch sidecar + Node callee with the interceptor + a way to call it. */
+async function setup(options = {}, fakeOptions = {}) {
+  const fake = await new FakeWatchSidecar(upstream, fakeOptions).start();
+  const client = new AuthClient(fake.address);
+  const interceptor = authServerInterceptor(client, { audience: 'greeter', defaultScopes: ['greet'] },
+    // A generous staleness bound unless a test is about staleness: a loaded machine can stall
+    // this process for longer than a few heartbeats, which would (rightly) cost hits.
+    { initialBackoffMs: 20, maxBackoffMs: 100, stalenessMs: 5000, ...options });
+  const seen = [];
+  const server = new grpc.Server({ interceptors: [interceptor] });
+  server.addService({ Hello: HELLO }, {
+    Hello(call, callback) {
+      seen.push(currentClaims(call));
+      callback(null, Buffer.from('ok'));
+    },
+  });
+  const port = await new Promise((resolve, reject) => {
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(),
+      (error, bound) => (error ? reject(error) : resolve(bound)));
+  });
+  // The caller sets the header itself (no bearerInterceptor: its one resend on
+  // UNAUTHENTICATED would be a second Verify and blur the counts).
+  const channel = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const call = (token) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    return new Promise((resolve) => {
+      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
+        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 }, (error) => {
+          resolve(error ? { code: error.code, reason: errorReason(error.metadata) } : { code: 0 });
+        });
+    });
+  };
+  const asked = () => fake.verifyCalls + fake.batchItems;
+  cleanups.push(async () => {
+    channel.close();
+    interceptor.close();
+    client.close();
+    server.forceShutdown();
+    fake.stop();
+  });
+  return { fake, interceptor, call, asked, seen, current: () => interceptor.stats().current };
+}
+
+async function issue(extra = {}) {
+  const grant = await admin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet', ...extra });
+  const claims = await upstream.verify(grant.accessToken, { audience: 'greeter' });
+  return { token: grant.accessToken, claims };
+}
+
+test('repeat calls are served from the cache with the sidecar claims unchanged', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token, claims } = await issue();
+  for (let i = 0; i < 5; i += 1) assert.deepEqual(await s.call(token), { code: 0 });
+  assert.equal(s.asked(), 1);
+  const stats = s.interceptor.stats();
+  assert.deepEqual([stats.hits, stats.misses, stats.entries], [4, 1, 1]);
+  for (const seen of s.seen) assert.deepEqual(seen, claims);
+});
+
+test('a revoked token is refused at a callee that had cached it, once the event arrives', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token, claims } = await issue();
+  assert.equal((await s.call(token)).code, 0);
+  await admin.revoke(token);
+  // Within the push delay the cached decision still holds (the window the watch closes).
+  assert.equal((await s.call(token)).code, 0);
+  s.fake.publish({ token_revoked: { iss: claims.iss, jti: claims.jti } });
+  await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the event');
+  assert.deepEqual(await s.call(token), { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+  assert.equal(s.asked(), 2);
+});
+
+test('family, key and reset events each drop the decisions they void', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const a = await issue({ refreshToken: true });
+  const b = await issue();
+  assert.equal(typeof a.claims.claims.sid, 'string');
+  await s.call(a.token);
+  await s.call(b.token);
+  assert.equal(s.asked(), 2);
+  s.fake.publish({ family_revoked: { iss: a.claims.iss, sid: a.claims.claims.sid } });
+  await waitFor(() => s.interceptor.stats().invalidations.familyRevoked === 1, 'family event');
+  assert.equal(s.interceptor.stats().entries, 1); // only a's decision was void
+  await s.call(b.token);
+  assert.equal(s.asked(), 2);
+  await s.call(a.token);
+  assert.equal(s.asked(), 3);
+  s.fake.publish({ key_retired: { kid: 'some-other-kid' } });
+  await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 1, 'unrelated kid');
+  assert.equal(s.interceptor.stats().entries, 2);
+  s.fake.publish({ key_retired: { kid: b.claims.kid } });
+  await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 2, 'key event');
+  assert.equal(s.interceptor.stats().entries, 0);
+  await s.call(a.token);
+  await s.call(b.token);
+  assert.equal(s.asked(), 5);
+  s.fake.publish({ decisions_reset: {} });
+  await waitFor(() => s.interceptor.stats().invalidations.decisionsReset === 1, 'reset event');
+  assert.equal(s.interceptor.stats().entries, 0);
+});
+
+test('a cut stream serves no hits; the watch resumes from its position and caching resumes', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const kept = await issue();
+  const voided = await issue();
+  await s.call(kept.token);
+  await s.call(voided.token);
+  s.fake.publish({ key_retired: { kid: 'unrelated' } }); // sequence 1
+  await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 1, 'event 1');
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the watch to notice the cut');
+  const before = s.asked();
+  for (let i = 0; i < 3; i += 1) assert.equal((await s.call(kept.token)).code, 0);
+  assert.equal(s.asked(), before + 3); // every call went to Verify
+  assert.equal(s.interceptor.stats().hits, 0);
+  // While down, the sidecar logs a revocation; the resubscription must replay it.
+  s.fake.publish({ token_revoked: { iss: voided.claims.iss, jti: voided.claims.jti } });
+  s.fake.accepting = true;
+  await waitFor(s.current, 'the watch to resubscribe');
+  const resumed = s.fake.watchRequests.at(-1);
+  assert.deepEqual(resumed, { epoch: 'fake-epoch-1', after: 1 });
+  assert.equal(s.interceptor.stats().invalidations.tokenRevoked, 1);
+  assert.equal(s.interceptor.stats().invalidations.resync, 1); // only the first sync
+  const asked = s.asked();
+  await s.call(kept.token);
+  assert.equal(s.asked(), asked); // a hit again
+  await s.call(voided.token);
+  assert.equal(s.asked(), asked + 1); // its decision was dropped by the replayed event
+});
+
+test('a resumed stream serves no hits until a heartbeat says the replay is complete', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token, claims } = await issue();
+  await s.call(token);
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the cut');
+  s.fake.publish({ token_revoked: { iss: claims.iss, jti: claims.jti } });
+  s.fake.heartbeats = false;
+  s.fake.accepting = true;
+  await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the replay');
+  assert.equal(s.current(), false); // synced and replayed, but no heartbeat yet
+  s.fake.heartbeats = true;
+  await waitFor(s.current, 'the first heartbeat');
+  assert.equal(s.interceptor.stats().invalidations.resync, 1); // resumed, not reset
+});
+
+test('a resuming sync at another position than the one asked for is a reset', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  await s.call(token);
+  s.fake.publish({ key_retired: { kid: 'unrelated' } });
+  s.fake.publish({ key_retired: { kid: 'unrelated-too' } });
+  await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 2, 'events');
+  await s.call(token);
+  assert.equal(s.interceptor.stats().entries, 1);
+  s.fake.syncSequence = 1; // claims to continue after 1 when 2 was applied
+  s.fake.cut();
+  await waitFor(() => s.interceptor.stats().invalidations.resync === 2, 'the reset');
+  assert.equal(s.interceptor.stats().entries, 0);
+});
+
+test('a heartbeat later than the staleness bound stops hits until messages resume', async () => {
+  const s = await setup({ stalenessMs: 1000 }, { heartbeatIntervalMs: 100 });
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  await s.call(token);
+  await s.call(token);
+  assert.equal(s.asked(), 1);
+  s.fake.accepting = false; // the watchdog's resubscription (below) is refused meanwhile
+  s.fake.heartbeats = false;
+  await waitFor(() => !s.current(), 'staleness');
+  assert.ok(s.interceptor.stats().stalenessMs > 1000);
+  await s.call(token);
+  assert.equal(s.asked(), 2);
+  s.fake.heartbeats = true;
+  s.fake.accepting = true;
+  await waitFor(s.current, 'messages again');
+  await s.call(token);
+  assert.equal(s.asked(), 2);
+});
+
+test('a stream that stays open but silent is abandoned and resubscribed', async () => {
+  const s = await setup({ stalenessMs: 300 }, { heartbeatIntervalMs: 100 });
+  await waitFor(s.current, 'the watch to be current');
+  const subscriptions = s.fake.watchRequests.length;
+  s.fake.heartbeats = false;
+  await waitFor(() => s.fake.watchRequests.length > subscriptions, 'a new subscription');
+  assert.deepEqual(s.fake.watchRequests.at(-1), { epoch: 'fake-epoch-1', after: 0 });
+  s.fake.heartbeats = true;
+  await waitFor(s.current, 'current on the new stream');
+});
+
+test('a gap in sequence numbers or a foreign epoch drops every decision', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  await s.call(token);
+  s.fake.sendRaw({ epoch: 'fake-epoch-1', sequence: s.fake.sequence + 2, event: 'key_retired',
+    key_retired: { kid: 'unrelated' } });
+  await waitFor(() => s.interceptor.stats().invalidations.gap === 1, 'the gap');
+  assert.equal(s.interceptor.stats().entries, 0);
+  await s.call(token);
+  assert.equal(s.interceptor.stats().entries, 1);
+  // A heartbeat announcing a number never received is a gap too.
+  s.fake.sendRaw({ epoch: 'fake-epoch-1', sequence: s.fake.sequence + 5, event: 'heartbeat', heartbeat: {} });
+  await waitFor(() => s.interceptor.stats().invalidations.gap === 2, 'heartbeat gap');
+  assert.equal(s.interceptor.stats().entries, 0);
+  // An event from another epoch on this stream: drop everything and subscribe afresh.
+  await s.call(token);
+  assert.equal(s.interceptor.stats().entries, 1);
+  const subscriptions = s.fake.watchRequests.length;
+  s.fake.sendRaw({ epoch: 'another-epoch', sequence: 1, event: 'heartbeat', heartbeat: {} });
+  await waitFor(() => s.fake.watchRequests.length > subscriptions, 'a fresh subscription');
+  assert.equal(s.interceptor.stats().entries, 0);
+  assert.equal(s.fake.watchRequests.at(-1).epoch, '');
+  await waitFor(s.current, 'current again');
+});
+
+test('a decision voided while its Verify was in flight is not cached', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token, claims } = await issue();
+  let release;
+  s.fake.gate = new Promise((resolve) => { release = resolve; });
+  const pending = s.call(token);
+  await waitFor(() => s.asked() === 1, 'the Verify to be in flight');
+  s.fake.publish({ token_revoked: { iss: claims.iss, jti: claims.jti } });
+  await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the event');
+  s.fake.gate = null;
+  release();
+  assert.equal((await pending).code, 0); // the sidecar's answer to that call stands
+  assert.equal(s.interceptor.stats().entries, 0);
+  await s.call(token);
+  assert.equal(s.asked(), 2);
+  assert.equal(s.interceptor.stats().entries, 1); // later answers are cached again
+});
+
+test('a token past exp (or before nbf) is never served from the cache', async () => {
+  let offsetMs = 0;
+  const s = await setup({ now: () => Date.now() + offsetMs });
+  await waitFor(s.current, 'the watch to be current');
+  const { token, claims } = await issue({ expiresIn: 60 });
+  await s.call(token);
+  await s.call(token);
+  assert.equal(s.asked(), 1);
+  offsetMs = claims.exp * 1000 - Date.now(); // the callee's clock reaches exp
+  await s.call(token); // the sidecar (its own clock) still says yes; it was asked
+  assert.equal(s.asked(), 2);
+  assert.equal(s.interceptor.stats().entries, 0); // ...and an answer at/after exp is not kept
+  offsetMs = (claims.nbf - 5) * 1000 - Date.now(); // the callee's clock before nbf
+  await s.call(token);
+  await s.call(token);
+  assert.equal(s.interceptor.stats().entries, 1);
+  assert.equal(s.asked(), 4); // kept, but not served before nbf
+  offsetMs = 0;
+  await s.call(token);
+  assert.equal(s.asked(), 4);
+});
+
+test('misses arriving together go as one VerifyBatch; identical ones share one item', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const tokens = await Promise.all(Array.from({ length: 20 }, () => issue()));
+  const results = await Promise.all(tokens.map(({ token }) => s.call(token)));
+  assert.ok(results.every((r) => r.code === 0));
+  assert.equal(s.fake.verifyCalls, 0);
+  assert.equal(s.fake.batchItems, 20);
+  assert.ok(s.fake.batchCalls < 20, `batches: ${s.fake.batchCalls}`);
+  const same = await issue();
+  await Promise.all(Array.from({ length: 10 }, () => s.call(same.token)));
+  assert.equal(s.fake.batchItems, 21);
+  const lone = await issue();
+  const batches = s.fake.batchCalls;
+  assert.equal((await s.call(lone.token)).code, 0);
+  assert.equal(s.fake.batchCalls, batches + 1);
+});
+
+test('cacheDecisions false asks Verify every call; coalesceMisses false uses Verify', async () => {
+  const s = await setup({ cacheDecisions: false, coalesceMisses: false });
+  const { token } = await issue();
+  for (let i = 0; i < 3; i += 1) assert.equal((await s.call(token)).code, 0);
+  assert.deepEqual([s.fake.verifyCalls, s.fake.batchCalls, s.fake.watchRequests.length], [3, 0, 0]);
+  assert.equal(s.interceptor.stats().hits, 0);
+});
+
+test('refusals are never cached', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue({ scope: 'other' });
+  assert.deepEqual(await s.call(token), { code: grpc.status.PERMISSION_DENIED, reason: 'SCOPE_MISSING' });
+  assert.deepEqual(await s.call(token), { code: grpc.status.PERMISSION_DENIED, reason: 'SCOPE_MISSING' });
+  assert.equal(s.asked(), 2);
+  assert.equal(s.interceptor.stats().entries, 0);
+});
+
+test('the cache is bounded in entries and bytes, least recently used out first', () => {
+  const claims = (jti, extra = '') => ({ iss: 'i', jti, kid: 'k', exp: Date.now() / 1000 + 60,
+    nbf: 0, claims: { pad: extra } });
+  const put = (cache, jti, extra) => {
+    const c = claims(jti, extra);
+    return cache.put(jti, c, Buffer.from(JSON.stringify(c)), cache.mark());
+  };
+  const byCount = new DecisionCache({ maxEntries: 3 });
+  for (const jti of ['a', 'b', 'c']) put(byCount, jti);
+  byCount.get('a'); // a is now the most recently used
+  put(byCount, 'd');
+  assert.deepEqual([...byCount.entries.keys()], ['c', 'a', 'd']);
+  assert.equal(byCount.stats().evictions, 1);
+  const byBytes = new DecisionCache({ maxBytes: 2000 });
+  for (const jti of ['a', 'b', 'c', 'd']) put(byBytes, jti, 'x'.repeat(400));
+  assert.ok(byBytes.stats().bytes <= 2000);
+  assert.ok(byBytes.stats().entries < 4 && byBytes.stats().entries >= 1);
+  assert.equal(put(byBytes, 'huge', 'x'.repeat(5000)), false);
+  byBytes.invalidate('tokenRevoked', { iss: 'i', jti: 'd' });
+  assert.equal(byBytes.entries.has('d'), false);
+});

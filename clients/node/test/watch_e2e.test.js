@@ -1,0 +1,231 @@
+'use strict';
+// The decision cache against the REAL sidecar's Watch stream (issue 15), end to end: a real
+// sidecar process, a Node callee with authServerInterceptor (defaults: cache and coalesced
+// misses on), a real client. The callee reaches the sidecar through a TCP proxy (real
+// sockets) that the test can cut, as a network fault or a sidecar restart would.
+
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const net = require('node:net');
+const path = require('node:path');
+const { after, afterEach, before, test } = require('node:test');
+const grpc = require('@grpc/grpc-js');
+const {
+  AuthClient, authServerInterceptor, currentClaims, errorReason,
+} = require('../src');
+const { runPython, startSidecar } = require('./support');
+
+const bytes = { serialize: (b) => b, deserialize: (b) => b };
+const HELLO = {
+  path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
+  requestSerialize: bytes.serialize, requestDeserialize: bytes.deserialize,
+  responseSerialize: bytes.serialize, responseDeserialize: bytes.deserialize,
+};
+
+let sidecar;
+let admin;
+let publicClient;
+const cleanups = [];
+
+before(async () => {
+  sidecar = await startSidecar({
+    AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
+    AUTHSIDECAR_TOKENS__LEEWAY_S: '0',
+  });
+  admin = new AuthClient(sidecar.admin);
+  publicClient = new AuthClient(sidecar.tcp);
+});
+
+after(async () => {
+  admin.close();
+  publicClient.close();
+  await sidecar.stop();
+});
+
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()();
+});
+
+async function waitFor(predicate, what, timeoutMs = 15000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (await predicate()) return;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** A TCP proxy to `target` (host:port); cut() destroys every connection it carries. */
+async function startProxy(target) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const sockets = new Set();
+  const server = net.createServer((inbound) => {
+    const outbound = net.connect(port, host);
+    for (const [a, b] of [[inbound, outbound], [outbound, inbound]]) {
+      sockets.add(a);
+      a.pipe(b);
+      a.on('error', () => b.destroy());
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${server.address().port}`,
+    cut() {
+      for (const socket of sockets) socket.destroy();
+    },
+    close() {
+      this.cut();
+      server.close();
+    },
+  };
+}
+
+async function setup(options = {}, target = sidecar) {
+  const proxy = await startProxy(target.tcp);
+  const client = new AuthClient(proxy.address);
+  // A generous staleness bound: a loaded machine can stall either process for longer than a
+  // few 100 ms heartbeats, which would (rightly) cost hits; a cut is noticed at once anyway.
+  const interceptor = authServerInterceptor(client, { audience: 'greeter', defaultScopes: ['greet'] },
+    { stalenessMs: 5000, ...options });
+  const seen = [];
+  const server = new grpc.Server({ interceptors: [interceptor] });
+  server.addService({ Hello: HELLO }, {
+    Hello(call, callback) {
+      seen.push(currentClaims(call));
+      callback(null, Buffer.from('ok'));
+    },
+  });
+  const port = await new Promise((resolve, reject) => {
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(),
+      (error, bound) => (error ? reject(error) : resolve(bound)));
+  });
+  const channel = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const call = (token) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    return new Promise((resolve) => {
+      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
+        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 }, (error) => {
+          resolve(error ? { code: error.code, reason: errorReason(error.metadata) } : { code: 0 });
+        });
+    });
+  };
+  cleanups.push(async () => {
+    channel.close();
+    interceptor.close();
+    client.close();
+    server.forceShutdown();
+    proxy.close();
+  });
+  const stats = () => interceptor.stats();
+  await waitFor(() => stats().current, 'the watch to be current');
+  return { call, stats, proxy, seen };
+}
+
+async function issue(extra = {}) {
+  return admin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet', ...extra });
+}
+
+test('a revoked token is refused at a callee that had cached it', async () => {
+  const s = await setup();
+  const grant = await issue();
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  assert.equal(s.stats().hits, 1);
+  assert.deepEqual(s.seen[1], s.seen[0]); // the sidecar's claims, from the cache
+  await publicClient.revoke(grant.accessToken);
+  await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+});
+
+test('a revoked refresh family voids the cached decisions of its access tokens', async () => {
+  const s = await setup();
+  const grant = await issue({ refreshToken: true });
+  await s.call(grant.accessToken);
+  await s.call(grant.accessToken);
+  assert.equal(s.stats().hits, 1);
+  await publicClient.revoke(grant.refreshToken, { tokenTypeHint: 'refresh_token' });
+  await waitFor(() => s.stats().invalidations.familyRevoked >= 1, 'the FamilyRevoked event');
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+});
+
+test('a cut stream falls back to Verify with no stale hits, and caching resumes after resync', async () => {
+  // A long first backoff keeps the watch down for a while after the cut.
+  const s = await setup({ initialBackoffMs: 6000, maxBackoffMs: 6000 });
+  const kept = await issue();
+  const revoked = await issue();
+  for (const grant of [kept, revoked, kept, revoked]) assert.equal((await s.call(grant.accessToken)).code, 0);
+  assert.equal(s.stats().hits, 2);
+  const resets = s.stats().invalidations.resync;
+  s.proxy.cut();
+  await waitFor(() => !s.stats().current, 'the watch to notice the cut');
+  const before = s.stats();
+  // Revoked while this callee's stream is down: nothing can push it here now.
+  await publicClient.revoke(revoked.accessToken);
+  assert.deepEqual(await s.call(revoked.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+  assert.equal((await s.call(kept.accessToken)).code, 0);
+  const during = s.stats();
+  assert.equal(during.hits, before.hits); // no hits while not current: both went to Verify
+  assert.equal(during.bypassed, before.bypassed + 2);
+  await waitFor(() => s.stats().current, 'the watch to resubscribe');
+  assert.equal(s.stats().invalidations.resync, resets); // resumed from its position
+  assert.equal(s.stats().invalidations.tokenRevoked, 1); // the missed event was replayed
+  assert.equal((await s.call(kept.accessToken)).code, 0);
+  assert.equal(s.stats().hits, before.hits + 1); // caching resumed
+  assert.deepEqual(await s.call(revoked.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+});
+
+test('a token past exp is never served from the cache', async () => {
+  const s = await setup();
+  const grant = await issue({ expiresIn: 2 });
+  const claims = await publicClient.verify(grant.accessToken, { audience: 'greeter' });
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  assert.equal(s.stats().hits, 1);
+  const waitMs = claims.exp * 1000 - Date.now() + 50;
+  if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_EXPIRED' });
+  assert.equal(s.stats().hits, 1);
+});
+
+test('a retired key voids the cached decisions made with it', async () => {
+  const keys = fs.mkdtempSync('/tmp/asn-keys-');
+  for (const kid of ['k1', 'k2']) {
+    const made = await runPython(['-m', 'sidecar', 'keys', 'generate', '--alg', 'ES256',
+      '--kid', kid, '--out', path.join(keys, `${kid}.jwk.json`)]);
+    assert.equal(made.code, 0, made.stderr);
+  }
+  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k1' }));
+  const own = await startSidecar({
+    AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
+    AUTHSIDECAR_KEYS__DIRECTORY: keys,
+    AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S: '0',
+  });
+  const ownAdmin = new AuthClient(own.admin);
+  cleanups.push(async () => {
+    ownAdmin.close();
+    await own.stop();
+    fs.rmSync(keys, { recursive: true, force: true });
+  });
+  const s = await setup({}, own);
+  const grant = await ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  await s.call(grant.accessToken);
+  await s.call(grant.accessToken);
+  assert.equal(s.stats().hits, 1);
+  // Rotate: k2 signs, k1 is removed; SIGHUP makes the sidecar re-read the directory now.
+  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
+  fs.rmSync(path.join(keys, 'k1.jwk.json'));
+  own.child.kill('SIGHUP');
+  await waitFor(() => s.stats().invalidations.keyRetired >= 1, 'the KeyRetired event');
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'KEY_UNKNOWN' });
+});
