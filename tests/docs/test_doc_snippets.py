@@ -178,7 +178,6 @@ def _env(live: LiveSidecar) -> dict[str, str]:
         AUTHSIDECAR_ADDR=live.tcp,
         AUTHSIDECAR_ADMIN_ADDR=live.admin,
         TOKEN=live.token,
-        PYTHONPATH=str(REPO),
     )
     return env
 
