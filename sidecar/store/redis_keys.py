@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from sidecar.store.base import Revocation
+from sidecar.store.base import Revocation, RevocationRow
 
 # Family hash fields, in FamilyRecord order.
 FAMILY_FIELDS = (
@@ -94,4 +94,19 @@ def decode_member(member: str, expires_at: int) -> Revocation | None:
         return Revocation("jti", issuer, key, expires_at)
     if kind == "family":
         return Revocation("family", issuer, key, expires_at)
+    return None
+
+
+def decode_row(member: str, expires_at: int) -> RevocationRow | None:
+    """`decode_member` as a plain tuple, for bulk loads (no percent sign: no unquoting)."""
+    parts = member.split(" ")
+    if len(parts) != 3:
+        return None
+    kind, issuer, key = parts
+    if "%" in member:
+        kind, issuer, key = unquote(kind), unquote(issuer), unquote(key)
+    if kind == "jti":
+        return ("jti", issuer, key, expires_at)
+    if kind == "family":
+        return ("family", issuer, key, expires_at)
     return None
