@@ -135,6 +135,15 @@ _UPSERT_REVOCATION = (
     " SET expires_at = excluded.expires_at, seq = excluded.seq"
     " WHERE excluded.expires_at > revocations.expires_at"
 )
+_SCAN_FIRST = (
+    "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?"
+    " ORDER BY kind, issuer, key LIMIT ?"
+)
+_SCAN_AFTER = (
+    "SELECT kind, issuer, key, expires_at FROM revocations"
+    " WHERE (kind, issuer, key) > (?, ?, ?) AND expires_at > ?"
+    " ORDER BY kind, issuer, key LIMIT ?"
+)
 _SELECT_SEQUENCE = "SELECT value FROM sequence WHERE name = 'revocations'"
 _SELECT_AFTER = (
     "SELECT kind, issuer, key, expires_at, seq FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -318,8 +327,21 @@ class SqliteTokenStore:
     async def scan_revocations(
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str]:
-        rows, last, looked = await self._run(lambda: self._after(int(token or 0), now, limit))
-        return rows, (last if looked == limit else "")
+        """In primary-key order (keyset pagination: the token is the last key, as JSON), so
+        the scan reads the table sequentially; what is written meanwhile is read after the
+        cursor taken before the scan."""
+
+        def scan_sync() -> tuple[list[RevocationRow], str]:
+            db = self._db()
+            if token:
+                found = db.execute(_SCAN_AFTER, (*json.loads(token), now, limit)).fetchall()
+            else:
+                found = db.execute(_SCAN_FIRST, (now, limit)).fetchall()
+            # Rows of (kind, issuer, key, expires_at) as the STRICT table holds them.
+            rows: list[RevocationRow] = found
+            return rows, (json.dumps(found[-1][:3]) if len(found) == limit else "")
+
+        return await self._run(scan_sync)
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

@@ -97,37 +97,7 @@ class RevocationSet:
 
     def add(self, kind: str, issuer: str, key: str, expires_at: int) -> bool:
         """Record (keeping the later horizon if known); True when the triple is new."""
-        code = self._codes.get(issuer) or self._intern(issuer)
-        body = _KIND_CODES[kind] + code + key.encode("utf-8", "surrogatepass")
-        until = min(max(expires_at, 0), _MAX_HORIZON)
-        b = hash(body) & _MASK
-        blob, horizons = self._blobs[b], self._horizons[b]
-        minutes = self._minutes
-        minute = until // 60
-        if blob is None or horizons is None:
-            self._blobs[b] = bytearray(_SEP + body + _SEP)
-            self._horizons[b] = array("I", (until,))
-            self._earliest[b] = until
-            self._len += 1
-            minutes[minute] = minutes.get(minute, 0) + 1
-            return True
-        at = blob.find(_SEP + body + _SEP)
-        if at >= 0:
-            i = blob.count(_SEP, 0, at)
-            old = horizons[i]
-            if old < until:
-                horizons[i] = until
-                self._uncount(old)
-                minutes[minute] = minutes.get(minute, 0) + 1
-            return False
-        blob += body
-        blob += _SEP
-        horizons.append(until)
-        if until < self._earliest[b]:
-            self._earliest[b] = until
-        self._len += 1
-        minutes[minute] = minutes.get(minute, 0) + 1
-        return True
+        return bool(self.add_rows(((kind, issuer, key, expires_at),)))  # type: ignore[arg-type]
 
     def _uncount(self, until: int) -> None:
         minute = until // 60
@@ -143,9 +113,46 @@ class RevocationSet:
         return sum(n for minute, n in self._minutes.items() if minute >= first)
 
     def add_rows(self, rows: Iterable[Row]) -> list[Row]:
-        """`add` for many; returns the rows whose triple was new."""
-        add = self.add
-        return [row for row in rows if add(*row)]
+        """`add` for many (the same steps, inlined: this is the bulk-load path); returns the
+        rows whose triple was new."""
+        codes, blobs, horizons, earliest = self._codes, self._blobs, self._horizons, self._earliest
+        minutes, kinds, sep, mask = self._minutes, _KIND_CODES, _SEP, _MASK
+        new = []
+        for row in rows:
+            kind, issuer, key, until = row
+            code = codes.get(issuer) or self._intern(issuer)
+            body = kinds[kind] + code + key.encode("utf-8", "surrogatepass")
+            if not 0 <= until <= _MAX_HORIZON:
+                until = 0 if until < 0 else _MAX_HORIZON
+            b = hash(body) & mask
+            blob = blobs[b]
+            if blob is None:
+                blobs[b] = bytearray(sep + body + sep)
+                horizons[b] = array("I", (until,))
+                earliest[b] = until
+            else:
+                at = blob.find(sep + body + sep)
+                if at >= 0:
+                    self._lengthen(b, blob.count(sep, 0, at), until)
+                    continue
+                blob += body
+                blob += sep
+                horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
+                if until < earliest[b]:
+                    earliest[b] = until
+            minute = until // 60
+            minutes[minute] = minutes.get(minute, 0) + 1
+            new.append(row)
+        self._len += len(new)
+        return new
+
+    def _lengthen(self, b: int, i: int, until: int) -> None:
+        horizons = self._horizons[b]
+        if horizons is not None and horizons[i] < until:
+            self._uncount(horizons[i])
+            horizons[i] = until
+            minute = until // 60
+            self._minutes[minute] = self._minutes.get(minute, 0) + 1
 
     def purge(self, now: int, start: int = 0, stop: int = _MASK + 1) -> int:
         """Forget entries with `expires_at <= now` in buckets [start, stop); returns how many.

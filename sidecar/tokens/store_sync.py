@@ -128,6 +128,8 @@ class StoreSync:
         self._cursor = None
         cursor = await self._store.revocation_cursor()
         token = ""
+        # One page at a time. Asking for the next page while merging this one was tried: with
+        # SQLite it is slower (the worker thread takes the GIL back for every row it steps).
         while True:
             rows, token = await self._store.scan_revocations(token, now, PAGE_ROWS)
             self._mirror.merge(rows)
