@@ -85,6 +85,7 @@ class StoreSync:
         # Where the next incremental read starts; None until a full read completed.
         self._cursor: str | None = None
         self.full_reads = 0
+        self._write_back_owed = False
         # The poll and the feed's reconnection may both reconcile: one at a time, so a loss
         # is written back and reported once, not once per path.
         self._lock = asyncio.Lock()
@@ -110,8 +111,12 @@ class StoreSync:
         if not complete:
             had_entries = len(self._mirror) > 0
             await self._read_all(now)
-            if had_entries:
-                restored = await self._write_back(now)
+            # Owed until it completes: a write-back cut short (the store went away again) is
+            # done again by the next reconciliation, even though that one reads incrementally.
+            self._write_back_owed = self._write_back_owed or had_entries
+        if self._write_back_owed:
+            restored = await self._write_back(now)
+            self._write_back_owed = False
         await self._purge(now)
         if changed or restored:
             log.warning(

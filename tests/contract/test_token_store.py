@@ -530,7 +530,7 @@ async def test_scan_revocations_pages_through_every_live_entry(store: TokenStore
     live = {Revocation("jti", ISS, f"k{i}", NOW + 100 + i) for i in range(300)}
     dead = [Revocation("jti", ISS, f"d{i}", NOW - 5) for i in range(5)]
     await store.restore([*live, *dead], deadline_ms=_later())
-    token, seen = "", set()
+    token, seen = "", set[Revocation]()
     for _ in range(1_000):
         rows, token = await store.scan_revocations(token, NOW, 16)
         seen.update(Revocation(*row) for row in rows)
