@@ -118,11 +118,12 @@ class RevocationSet:
         codes, blobs, horizons, earliest = self._codes, self._blobs, self._horizons, self._earliest
         minutes, kinds, sep, mask = self._minutes, _KIND_CODES, _SEP, _MASK
         new = []
+        append = new.append
         for row in rows:
             kind, issuer, key, until = row
             code = codes.get(issuer) or self._intern(issuer)
             body = kinds[kind] + code + key.encode("utf-8", "surrogatepass")
-            if not 0 <= until <= _MAX_HORIZON:
+            if until > _MAX_HORIZON or until < 0:
                 until = 0 if until < 0 else _MAX_HORIZON
             b = hash(body) & mask
             blob = blobs[b]
@@ -131,18 +132,18 @@ class RevocationSet:
                 horizons[b] = array("I", (until,))
                 earliest[b] = until
             else:
-                at = blob.find(sep + body + sep)
+                needle = sep + body + sep
+                at = blob.find(needle)
                 if at >= 0:
                     self._lengthen(b, blob.count(sep, 0, at), until)
                     continue
-                blob += body
-                blob += sep
+                blob += needle[1:]
                 horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
                 if until < earliest[b]:
                     earliest[b] = until
             minute = until // 60
             minutes[minute] = minutes.get(minute, 0) + 1
-            new.append(row)
+            append(row)
         self._len += len(new)
         return new
 
