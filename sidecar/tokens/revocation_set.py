@@ -117,7 +117,7 @@ class RevocationSet:
         rows whose triple was new."""
         codes, blobs, horizons, earliest = self._codes, self._blobs, self._horizons, self._earliest
         minutes, kinds, sep, mask = self._minutes, _KIND_CODES, _SEP, _MASK
-        new = []
+        new: list[Row] = []
         append = new.append
         for row in rows:
             kind, issuer, key, until = row
