@@ -94,7 +94,8 @@ class Sidecar:
     def start(self) -> bool:
         full = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
         full.update(
-            PYTHONPATH=str(self.code),
+            # Both packages of that tree (the sidecar, and the client package it imports).
+            PYTHONPATH=os.pathsep.join((str(self.code), str(self.code / "clients" / "python"))),
             AUTHSIDECAR_DATA_DIR=str(self.data),
             AUTHSIDECAR_LISTEN__TCP="127.0.0.1:0",
             AUTHSIDECAR_LOG_LEVEL="WARNING",

@@ -245,6 +245,15 @@ class TokenStore(Protocol):
         during or after the scan is missed."""
         ...
 
+    @property
+    def scan_ahead(self) -> bool:
+        """Whether a reader should ask for the next page of `scan_revocations` while it
+        merges the current one: True where a page waits on a server (Redis: its work and the
+        round trip overlap ours); False where the page is computed by a thread of this
+        process (SQLite: its driver takes the GIL back for every row, so overlapping it with
+        our own work makes both slower)."""
+        ...
+
     async def scan_revocations(
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str]:

@@ -41,6 +41,7 @@ class MemoryTokenStore:
     """A `TokenStore` over dicts; every method may raise StoreUnavailableError after `close`."""
 
     timeout_s = 1.0  # nothing here waits; the budget only bounds a caller's deadline
+    scan_ahead = False  # a page is computed on the loop itself
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()

@@ -123,6 +123,9 @@ class RedisTokenStore:
     def timeout_s(self) -> float:
         return self._connector.timeout_s
 
+    # The next ZSCAN page is computed by Redis while this process merges the current one.
+    scan_ahead = True
+
     async def ping(self) -> None:
         await self._call(self._client.ping())
 

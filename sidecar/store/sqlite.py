@@ -185,6 +185,9 @@ class SqliteTokenStore:
     def timeout_s(self) -> float:
         return self._busy_timeout_ms / 1000
 
+    # The worker thread takes the GIL back per row: overlapping it with a merge slows both.
+    scan_ahead = False
+
     async def ping(self) -> None:
         await self._run(lambda: self._db().execute("SELECT 1").fetchone())
 

@@ -44,6 +44,7 @@ warns in one line whenever the answer is one that loses data on a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 
@@ -132,15 +133,25 @@ class StoreSync:
         the cursor and is read by the incremental read that follows."""
         self._cursor = None
         cursor = await self._store.revocation_cursor()
-        token = ""
-        # One page at a time. Asking for the next page while merging this one was tried: with
-        # SQLite it is slower (the worker thread takes the GIL back for every row it steps).
-        while True:
-            rows, token = await self._store.scan_revocations(token, now, PAGE_ROWS)
-            self._mirror.merge(rows)
-            if not token:
-                break
-            await asyncio.sleep(0)
+        scan = self._store.scan_revocations
+        ahead = self._store.scan_ahead  # see TokenStore.scan_ahead
+        pending = asyncio.ensure_future(scan("", now, PAGE_ROWS))
+        try:
+            while True:
+                rows, token = await pending
+                if token and ahead:
+                    pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
+                self._mirror.merge(rows)
+                if not token:
+                    break
+                if not ahead:
+                    pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
+                await asyncio.sleep(0)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
+                    await pending
         self.full_reads += 1
         if not await self._read_changes(cursor, now):
             raise StoreUnavailableError()  # trimmed away during our own scan: next poll retries
