@@ -43,7 +43,13 @@ from sidecar.store.base import (
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
-from sidecar.store.sqlite import SCHEMA_VERSION, SqliteTokenStore
+from sidecar.store.sqlite import (
+    _SCHEMA_V1,
+    _SCHEMA_V2,
+    _SCHEMA_V3,
+    SCHEMA_VERSION,
+    SqliteTokenStore,
+)
 from tests.support.redis import delete_prefix, unique_prefix
 from tests.support.redis_topologies import SentinelSet
 
@@ -782,6 +788,49 @@ async def test_sqlite_refuses_a_newer_schema(db_path: Path) -> None:
     raw.close()
     with pytest.raises(StoreUnavailableError):
         await _sqlite(db_path)
+
+
+async def test_sqlite_v3_file_is_numbered_once_and_read_incrementally_after(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: a file from before positions existed gets one distinct position per row,
+    and writes after the upgrade come after all of them."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    for script in (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3):
+        for statement in script.split(";"):
+            if statement.strip():
+                raw.execute(statement)
+    raw.executemany(
+        "INSERT INTO revocations (kind, issuer, key, expires_at) VALUES ('jti', ?, ?, ?)",
+        [(ISS, f"old-{i}", NOW + 60) for i in range(5)],
+    )
+    raw.execute("PRAGMA user_version = 3")
+    raw.commit()
+    raw.close()
+    store = await _sqlite(path)
+    try:
+        rows, cursor = await _since_all(store, "0", NOW, 2)
+        assert sorted(r[2] for r in rows) == [f"old-{i}" for i in range(5)]
+        assert cursor == await store.revocation_cursor() == "5"
+        await store.revoke(Revocation("jti", ISS, "new", NOW + 60), deadline_ms=_later())
+        assert await store.revocations_since(cursor, NOW, 10) == (
+            [("jti", ISS, "new", NOW + 60)],
+            "6",
+        )
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_sequence_behind_the_cursor_means_a_full_read(db_path: Path) -> None:
+    """A file restored from an older backup keeps its epoch; its sequence goes back."""
+    store = await _sqlite(db_path)
+    try:
+        await store.revoke(Revocation("jti", ISS, "a", NOW + 60), deadline_ms=_later())
+        assert await store.revocations_since("2", NOW, 10) is None
+        assert await store.revocations_since("1", NOW, 10) == ([], "1")
+    finally:
+        await store.close()
 
 
 async def test_sqlite_unusable_path_is_unavailable(tmp_path: Path) -> None:
