@@ -12,6 +12,7 @@ latest.md. All ratios in the report come from this one run.
   python -m bench --only two_service
                              only issue 15's two-service section (bench/two_service.py),
                              merged into an existing latest.json (the rest kept as it was)
+  python -m bench --only revocation_scale   the revocation set at 0 / 100k / 1M (issue 16)
 """
 
 from __future__ import annotations
@@ -602,9 +603,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run only the RSS soak")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* are written")
     parser.add_argument(
-        "--only", choices=["two_service"], help="run only this section (merged into latest.*)"
+        "--only",
+        choices=["two_service", "revocation_scale"],
+        help="run only this section (two_service: merged into latest.*); revocation_scale is"
+        " a separate benchmark (minutes; not in the suite or --quick) whose own options"
+        " follow (bench/revocation_scale.py --help)",
     )
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.only == "revocation_scale":
+        from bench import revocation_scale
+
+        return revocation_scale.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     profile = QUICK if args.quick else FULL
     if args.duration:
         profile = dataclasses.replace(profile, duration_s=args.duration)

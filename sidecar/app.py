@@ -184,8 +184,9 @@ class App:
 
     async def _follow(self) -> None:
         """Push: apply the store's revocation feed to the mirror as entries arrive. Each
-        (re)connection opens the feed first and then reloads the mirror in full, so nothing
-        written while disconnected, or between the two steps, is missed."""
+        (re)connection opens the feed first and then reconciles (everything written since
+        the last reconciliation, or a full read when the store cannot vouch for that: issue
+        16), so nothing written while disconnected, or between the two steps, is missed."""
         mirror = self.service.revocations
         delay = _FEED_RETRY_S[0]
         while True:

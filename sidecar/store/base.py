@@ -35,6 +35,15 @@ had it, a new SQLite file). Sidecars use it to notice a lost store and write bac
 revocations they still hold (tokens/revocation.py); refresh families are not restored: their
 refresh tokens are refused (UNKNOWN) from then on, which fails closed.
 
+Reading revocations at scale (issue 16): a sidecar loads the live set once, in pages
+(`revocation_cursor`, then `scan_revocations` until its token is ""), and afterwards reads only
+what was written since (`revocations_since`), so a reconciliation costs the store O(changes),
+not O(all revocations). Every write that adds a revocation or lengthens its horizon gets a
+position after every earlier one (SQLite: a sequence column; Redis: the feed stream's ids);
+a write that changes nothing gets none. `revocations_since` answers None when it cannot vouch
+for the changes since a cursor (the position was trimmed away, or the store no longer has it:
+it lost data): the caller then reads everything again and writes back what is missing.
+
 Forgetting: nothing is kept past its `expires_at`. `revocations(now)` purges expired
 revocations and ended families, so `rotate`/`get_family` on an ended family may answer
 UNKNOWN/None instead of REVOKED; both refuse, and the refresh token has expired by then anyway.
@@ -48,6 +57,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 RevocationKind = Literal["jti", "family"]
+# A revocation as bulk reads hand it over (kind, issuer, key, expires_at): a plain tuple, since
+# building a frozen dataclass per entry costs more than the rest of a million-entry load.
+RevocationRow = tuple[RevocationKind, str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +229,65 @@ class TokenStore(Protocol):
         """
         ...
 
-    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> int:
         """`revoke` for many at once: how a sidecar writes back the revocations a lost store
         forgot (issue 13). Duplicates are harmless. SQLite and memory apply all in one step;
         Redis in batches of one script each (a failure part way leaves earlier batches
-        written, which a retry writes again). Past `deadline_ms` a step writes nothing."""
+        written, which a retry writes again). Past `deadline_ms` a step writes nothing.
+
+        Returns how many the store lacked (absent, or held with a shorter horizon): only
+        those are written, published and given a new position; the rest change nothing."""
+        ...
+
+    async def revocation_cursor(self) -> str:
+        """The position of the newest revocation write now. Read it before a full
+        `scan_revocations`, then follow with `revocations_since` from it: nothing written
+        during or after the scan is missed."""
+        ...
+
+    @property
+    def scan_ahead(self) -> bool:
+        """Whether a reader should ask for the next page of `scan_revocations` while it
+        merges the current one: True where a page waits on a server (Redis: its work and the
+        round trip overlap ours); False where the page is computed by a thread of this
+        process (SQLite: its driver takes the GIL back for every row, so overlapping it with
+        our own work makes both slower)."""
+        ...
+
+    async def scan_revocations(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str]:
+        """One page (about `limit` rows) of the live revocations (`expires_at > now`), and
+        the token of the next page ("" when this was the last). Start with token "". Every
+        entry present for the whole scan is returned at least once; duplicates are possible.
+        """
+        ...
+
+    async def revocations_since(
+        self, cursor: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str] | None:
+        """Up to `limit` revocation writes after `cursor` still in force at `now`, and the
+        cursor after them (equal to `cursor` when nothing is new). Fewer than `limit` rows
+        means caught up. None when the store cannot say what changed since `cursor`: the
+        position was trimmed away or the store lost it (data lost); read everything again."""
+        ...
+
+    async def count_revocations(self, from_expires_at: int) -> int | None:
+        """How many revocations have `expires_at >= from_expires_at`, when the store can
+        answer in O(log n) and can lose part of its data while keeping its epoch and
+        positions (Redis: a failover to a replica that missed the last writes); None
+        otherwise (SQLite commits all or nothing; memory dies with its mirror). A sidecar
+        that holds more such entries than the store knows the store lost some."""
+        ...
+
+    async def purge(self, now: int) -> None:
+        """Drop expired revocations and ended families (`expires_at <= now`); cheap when
+        nothing has expired, so every sidecar may call it on every poll."""
         ...
 
     async def revocations(self, now: int) -> list[Revocation]:
         """Every revocation still in force at `now` (`expires_at > now`), in no set order.
+        One list of everything: for tests and tools; sidecars read pages (see above).
 
         Expired revocations and ended families (`expires_at <= now`) are purged on the way
         (the contract suite checks it), so state stays bounded by what is still live.

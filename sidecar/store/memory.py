@@ -26,6 +26,7 @@ from sidecar.store.base import (
     Revocation,
     RevocationFeed,
     RevocationKind,
+    RevocationRow,
     RotateOutcome,
     RotateResult,
     Rotation,
@@ -40,11 +41,16 @@ class MemoryTokenStore:
     """A `TokenStore` over dicts; every method may raise StoreUnavailableError after `close`."""
 
     timeout_s = 1.0  # nothing here waits; the budget only bounds a caller's deadline
+    scan_ahead = False  # a page is computed on the loop itself
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
         self._families: dict[str, FamilyRecord] = {}
         self._revocations: dict[_RevocationKey, Revocation] = {}
+        # Each revocation's position: the write sequence number that last added it or
+        # lengthened its horizon (issue 16, `revocations_since`).
+        self._positions: dict[_RevocationKey, int] = {}
+        self._sequence = 0
         self._epoch = ""
         # Every multi-step operation holds this lock. None of them awaits between its read
         # and its write, so the event loop alone makes them atomic; the lock keeps them
@@ -124,23 +130,68 @@ class MemoryTokenStore:
     async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
         await self.restore((revocation,), deadline_ms=deadline_ms)
 
-    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> int:
         self._check_open()
+        written = 0
         async with self._lock:
             self._check_deadline(deadline_ms)
             for revocation in revocations:
-                self._put_revocation(revocation)
+                written += self._put_revocation(revocation)
                 if revocation.kind == "family":
                     family = self._families.get(revocation.key)
                     if family is not None:
                         self._revoke_family(family)
+        return written
 
     async def revocations(self, now: int) -> list[Revocation]:
+        await self.purge(now)
+        return list(self._revocations.values())
+
+    async def purge(self, now: int) -> None:
         self._check_open()
         async with self._lock:
-            self._revocations = {k: r for k, r in self._revocations.items() if r.expires_at > now}
+            expired = [k for k, r in self._revocations.items() if r.expires_at <= now]
+            for key in expired:
+                del self._revocations[key]
+                del self._positions[key]
             self._families = {k: f for k, f in self._families.items() if f.expires_at > now}
-            return list(self._revocations.values())
+
+    async def count_revocations(self, from_expires_at: int) -> int | None:
+        self._check_open()
+        return None  # one process: the store and its mirror live and die together
+
+    async def revocation_cursor(self) -> str:
+        self._check_open()
+        return str(self._sequence)
+
+    async def scan_revocations(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str]:
+        page = await self._after(int(token or 0), now, limit)
+        return page[0], (page[1] if page[2] == limit else "")
+
+    async def revocations_since(
+        self, cursor: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str] | None:
+        position = int(cursor)
+        if position > self._sequence:
+            return None  # a position this store never gave out
+        rows, last, _ = await self._after(position, now, limit)
+        return rows, last
+
+    async def _after(
+        self, position: int, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str, int]:
+        """Rows with a position after `position` (the first `limit` of them, in order), the
+        position of the last one looked at, and how many were looked at."""
+        self._check_open()
+        later = sorted((p, k) for k, p in self._positions.items() if p > position)[:limit]
+        rows: list[RevocationRow] = []
+        for _, key in later:
+            r = self._revocations[key]
+            if r.expires_at > now:
+                rows.append((r.kind, r.issuer, r.key, r.expires_at))
+        return rows, str(later[-1][0] if later else position), len(later)
 
     async def open_revocation_feed(self) -> RevocationFeed | None:
         self._check_open()
@@ -150,14 +201,20 @@ class MemoryTokenStore:
         self._closed = True
         self._families.clear()
         self._revocations.clear()
+        self._positions.clear()
 
     def _revoke_family(self, family: FamilyRecord) -> FamilyRecord:
         revoked = dataclasses.replace(family, revoked=True)
         self._families[family.family_id] = revoked
         return revoked
 
-    def _put_revocation(self, revocation: Revocation) -> None:
+    def _put_revocation(self, revocation: Revocation) -> bool:
+        """Record; True when it was absent or held with a shorter horizon."""
         key: _RevocationKey = (revocation.kind, revocation.issuer, revocation.key)
         old = self._revocations.get(key)
-        if old is None or old.expires_at < revocation.expires_at:
-            self._revocations[key] = revocation
+        if old is not None and old.expires_at >= revocation.expires_at:
+            return False
+        self._revocations[key] = revocation
+        self._sequence += 1
+        self._positions[key] = self._sequence
+        return True

@@ -13,6 +13,10 @@ until the first call; `await store.close()`.
 * Expiry: every key has a TTL (families: `expires_at` plus a margin; the sets: their latest
   entry plus the margin; the feed: a day after its last write), and `revocations(now)` purges
   expired revocations and ended families, so state never outgrows what is live.
+* Reading at scale (issue 16): a full load is a ZSCAN in pages; afterwards a sidecar reads
+  only the feed entries after its cursor (`revocations_since`, script SINCE), which also tells
+  when the stream can no longer vouch for them (trimmed past the cursor, or lost): then the
+  sidecar loads everything again. Needs Redis >= 7.0 (XINFO's max-deleted-entry-id).
 * Propagation: every revocation write appends `(member, expires_at)` to a stream in the same
   script. `open_revocation_feed` reads it with XREAD BLOCK on a dedicated connection from the
   position it found on opening, so delivery is gap-free while connected; the consumer reloads
@@ -42,13 +46,21 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from sidecar.clock import Clock
 from sidecar.errors import StoreDeadlineError, StoreUnavailableError
 from sidecar.store import redis_scripts
-from sidecar.store.base import FamilyRecord, Revocation, RotateOutcome, RotateResult, Rotation
+from sidecar.store.base import (
+    FamilyRecord,
+    Revocation,
+    RevocationRow,
+    RotateOutcome,
+    RotateResult,
+    Rotation,
+)
 from sidecar.store.redis_connect import RedisClient, RedisConnector
 from sidecar.store.redis_keys import (
     FAMILY_FIELDS,
     FAMILY_REVOCATION_FIELD,
     KeyLayout,
     decode_member,
+    decode_row,
     encode_member,
 )
 
@@ -101,13 +113,18 @@ class RedisTokenStore:
         self._rotate = self._client.register_script(redis_scripts.ROTATE)
         self._revoke = self._client.register_script(redis_scripts.REVOKE)
         self._epoch = self._client.register_script(redis_scripts.EPOCH)
-        self._purge = self._client.register_script(redis_scripts.PURGE_AND_LIST)
+        self._purge_and_list = self._client.register_script(redis_scripts.PURGE_AND_LIST)
+        self._purge = self._client.register_script(redis_scripts.PURGE)
+        self._since = self._client.register_script(redis_scripts.SINCE)
         self._feeds: set[_StreamFeed] = set()
         self._closed = False
 
     @property
     def timeout_s(self) -> float:
         return self._connector.timeout_s
+
+    # The next ZSCAN page is computed by Redis while this process merges the current one.
+    scan_ahead = True
 
     async def ping(self) -> None:
         await self._call(self._client.ping())
@@ -181,13 +198,16 @@ class RedisTokenStore:
     async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
         await self.restore((revocation,), deadline_ms=deadline_ms)
 
-    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> int:
         """In batches of RESTORE_BATCH, each one script (one step); a failure part way
         leaves the earlier batches written, which is what a retry would write again."""
+        written = 0
         for start in range(0, len(revocations), RESTORE_BATCH):
-            await self._revoke_batch(revocations[start : start + RESTORE_BATCH], deadline_ms)
+            batch = revocations[start : start + RESTORE_BATCH]
+            written += await self._revoke_batch(batch, deadline_ms)
+        return written
 
-    async def _revoke_batch(self, batch: Sequence[Revocation], deadline_ms: int) -> None:
+    async def _revoke_batch(self, batch: Sequence[Revocation], deadline_ms: int) -> int:
         keys = [self._keys.revoked, self._keys.feed]
         latest = max(r.expires_at for r in batch)
         args: list[str | int] = [deadline_ms, self._ttl(latest), FEED_MAXLEN, FEED_TTL_S]
@@ -200,11 +220,61 @@ class RedisTokenStore:
         done = await self._call(self._revoke(keys=keys, args=args))
         if done == redis_scripts.LATE:
             raise StoreDeadlineError()
+        return int(done)
+
+    async def purge(self, now: int) -> None:
+        keys = [self._keys.revoked, self._keys.families]
+        args: list[str | int] = [now, self._keys.family(""), PURGE_BATCH]
+        await self._call(self._purge(keys=keys, args=args))
+
+    async def count_revocations(self, from_expires_at: int) -> int | None:
+        """ZCOUNT: O(log n)."""
+        found = await self._call(self._client.zcount(self._keys.revoked, from_expires_at, "+inf"))
+        return int(found)
+
+    async def revocation_cursor(self) -> str:
+        newest: Any = await self._call(self._client.xrevrange(self._keys.feed, count=1))
+        return str(newest[0][0]) if newest else "0-0"
+
+    async def scan_revocations(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str]:
+        """ZSCAN over the live set: every member present throughout is returned at least
+        once; what is written during the scan is caught by `revocations_since` after it."""
+        cursor, pairs = await self._call(
+            self._client.zscan(self._keys.revoked, int(token or 0), count=limit)
+        )
+        rows: list[RevocationRow] = []
+        for member, score in pairs:
+            until = int(score)
+            if until > now:
+                row = decode_row(str(member), until)
+                if row is not None:
+                    rows.append(row)
+        return rows, (str(cursor) if int(cursor) else "")
+
+    async def revocations_since(
+        self, cursor: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str] | None:
+        """From the feed stream: its ids are the positions (see redis_scripts.SINCE)."""
+        reply: Any = await self._call(self._since(keys=[self._keys.feed], args=[cursor, limit]))
+        if reply[0] != "ok":
+            return None
+        rows: list[RevocationRow] = []
+        last = cursor
+        for entry_id, fields in reply[1]:
+            last = str(entry_id)
+            found = dict(zip(fields[0::2], fields[1::2], strict=True))
+            revocation = _revocation_from(found)
+            if revocation is not None and revocation.expires_at > now:
+                r = revocation
+                rows.append((r.kind, r.issuer, r.key, r.expires_at))
+        return rows, last
 
     async def revocations(self, now: int) -> list[Revocation]:
         keys = [self._keys.revoked, self._keys.families]
         args: list[str | int] = [now, self._keys.family(""), PURGE_BATCH]
-        reply: list[str] = await self._call(self._purge(keys=keys, args=args))
+        reply: list[str] = await self._call(self._purge_and_list(keys=keys, args=args))
         found = []
         for member, score in zip(reply[0::2], reply[1::2], strict=True):
             revocation = decode_member(member, int(float(score)))

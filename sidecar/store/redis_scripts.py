@@ -121,20 +121,26 @@ return result
 # ARGV: deadline_ms, ttl, feed_maxlen, feed_ttl, then (member, expires_at, family key index or
 # 0) per revocation, applied as one step; a repeat keeps the later expires_at (ZADD GT still
 # adds a new member); a family revocation also marks its family revoked if it exists.
+# Only a revocation that is new or lengthens its horizon (ZADD CH) is published, so writing
+# back what the store already has (issue 16) costs no feed entry. Returns how many changed.
 REVOKE = (
     _LIB
     + """
 if too_late(ARGV[1]) then return 'late' end
+local written = 0
 for i = 5, #ARGV, 3 do
   local member, expires_at, fam = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  redis.call('ZADD', KEYS[1], 'GT', expires_at, member)
+  local changed = redis.call('ZADD', KEYS[1], 'GT', 'CH', expires_at, member)
   if fam > 0 and redis.call('EXISTS', KEYS[fam]) == 1 then
     redis.call('HSET', KEYS[fam], 'revoked', '1')
   end
-  publish(KEYS[2], member, expires_at, ARGV[3], ARGV[4])
+  if changed > 0 then
+    publish(KEYS[2], member, expires_at, ARGV[3], ARGV[4])
+    written = written + 1
+  end
 end
 extend_ttl(KEYS[1], tonumber(ARGV[2]))
-return 1
+return written
 """
 )
 
@@ -149,6 +155,46 @@ redis.call('SET', KEYS[1], ARGV[2], 'NX')
 return redis.call('GET', KEYS[1])
 """
 )
+
+# KEYS: revoked, families. ARGV: now, family key prefix, purge batch.
+# Drops expired revocations and ended families (these in batches); returns 1.
+PURGE = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, family_id in ipairs(ended) do
+  redis.call('DEL', ARGV[2] .. family_id)
+  redis.call('ZREM', KEYS[2], family_id)
+end
+return 1
+"""
+
+# KEYS: feed. ARGV: cursor (a stream id, '0-0' for "before the first entry"), count.
+# Returns {'gap'} when the stream cannot vouch for what came after the cursor: the entry at the
+# cursor is gone (trimmed, expired with the key, or lost with the data) or entries after it
+# were trimmed (XINFO's max-deleted-entry-id, Redis >= 7.0). Otherwise {'ok', entries} with
+# up to `count` entries after the cursor, oldest first.
+SINCE = """
+local cursor = ARGV[1]
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if cursor == '0-0' then return {'ok', {}} end
+  return {'gap'}
+end
+if cursor ~= '0-0' and #redis.call('XRANGE', KEYS[1], cursor, cursor) == 0 then
+  return {'gap'}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' and before(cursor, info[i + 1]) then return {'gap'} end
+end
+return {'ok', redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', tonumber(ARGV[2]))}
+"""
 
 # KEYS: revoked, families. ARGV: now, family key prefix, purge batch.
 # Drops expired revocations and ended families, then returns {member, score, ...} of the

@@ -36,7 +36,7 @@ import dataclasses
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -47,6 +47,7 @@ from sidecar.store.base import (
     FamilyRecord,
     Revocation,
     RevocationFeed,
+    RevocationRow,
     RotateOutcome,
     RotateResult,
     Rotation,
@@ -54,7 +55,7 @@ from sidecar.store.base import (
     scope_within,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _T = TypeVar("_T")
 
@@ -98,6 +99,24 @@ CREATE TABLE IF NOT EXISTS meta (
 ) STRICT, WITHOUT ROWID;
 """
 
+# v4 (issue 16): each revocation's position in the write order, so a sidecar reads only what
+# changed since its last reconciliation. `sequence` is the last position given out; it never
+# goes back (a purge deletes rows, never positions), so a position is never reused. Rows from
+# before v4 are numbered once here.
+_SCHEMA_V4 = """
+ALTER TABLE revocations ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS sequence (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+UPDATE revocations SET seq = numbered.n
+    FROM (SELECT kind AS k, issuer AS i, key AS y, row_number() OVER () AS n FROM revocations)
+    AS numbered
+    WHERE kind = numbered.k AND issuer = numbered.i AND key = numbered.y;
+INSERT INTO sequence (name, value) SELECT 'revocations', count(*) FROM revocations;
+CREATE INDEX IF NOT EXISTS revocations_seq ON revocations (seq);
+"""
+
 # Literal SQL, no string building: every value is a bound parameter.
 _INSERT_FAMILY = (
     "INSERT INTO families (family_id, issuer, subject, audience, scope, client_id, claims_json,"
@@ -109,10 +128,25 @@ _SELECT_FAMILY = (
     " created_at, expires_at, current_jti, revoked, previous_jti, rotated_at"
     " FROM families WHERE family_id = ?"
 )
+# Writes only when the entry is new or its horizon grows (then it takes a new position).
 _UPSERT_REVOCATION = (
-    "INSERT INTO revocations (kind, issuer, key, expires_at) VALUES (?, ?, ?, ?)"
+    "INSERT INTO revocations (kind, issuer, key, expires_at, seq) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (kind, issuer, key) DO UPDATE"
-    " SET expires_at = max(expires_at, excluded.expires_at)"
+    " SET expires_at = excluded.expires_at, seq = excluded.seq"
+    " WHERE excluded.expires_at > revocations.expires_at"
+)
+_SCAN_FIRST = (
+    "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?"
+    " ORDER BY kind, issuer, key LIMIT ?"
+)
+_SCAN_AFTER = (
+    "SELECT kind, issuer, key, expires_at FROM revocations"
+    " WHERE (kind, issuer, key) > (?, ?, ?) AND expires_at > ?"
+    " ORDER BY kind, issuer, key LIMIT ?"
+)
+_SELECT_SEQUENCE = "SELECT value FROM sequence WHERE name = 'revocations'"
+_SELECT_AFTER = (
+    "SELECT kind, issuer, key, expires_at, seq FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 
 
@@ -150,6 +184,9 @@ class SqliteTokenStore:
     @property
     def timeout_s(self) -> float:
         return self._busy_timeout_ms / 1000
+
+    # The worker thread takes the GIL back per row: overlapping it with a merge slows both.
+    scan_ahead = False
 
     async def ping(self) -> None:
         await self._run(lambda: self._db().execute("SELECT 1").fetchone())
@@ -246,41 +283,96 @@ class SqliteTokenStore:
             "family", family.issuer, r.family_id, family.expires_at + r.revoke_extra_s
         )
         db.execute("UPDATE families SET revoked = 1 WHERE family_id = ?", (r.family_id,))
-        db.execute(
-            _UPSERT_REVOCATION,
-            (revocation.kind, revocation.issuer, revocation.key, revocation.expires_at),
-        )
+        _put_revocations(db, (revocation,))
         revoked = dataclasses.replace(family, revoked=True)
         return RotateResult(RotateOutcome.REUSED, revoked, revocation)
 
     async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
         await self.restore((revocation,), deadline_ms=deadline_ms)
 
-    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> None:
-        rows = [(r.kind, r.issuer, r.key, r.expires_at) for r in revocations]
+    async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> int:
         families = [(r.key,) for r in revocations if r.kind == "family"]
 
-        def restore_sync() -> None:
+        def restore_sync() -> int:
             with self._transaction(deadline_ms) as db:
-                db.executemany(_UPSERT_REVOCATION, rows)
+                written = _put_revocations(db, revocations)
                 db.executemany("UPDATE families SET revoked = 1 WHERE family_id = ?", families)
+                return written
 
-        await self._run(restore_sync)
+        return await self._run(restore_sync)
+
+    async def purge(self, now: int) -> None:
+        await self._run(lambda: self._purge_sync(now))
+
+    def _purge_sync(self, now: int) -> None:
+        db = self._db()
+        # Purge only when something has expired: this is polled by every sidecar, and an
+        # unconditional DELETE would take the write lock (and an fsync) on every poll.
+        expired = db.execute(
+            "SELECT EXISTS (SELECT 1 FROM revocations WHERE expires_at <= ?)"
+            " OR EXISTS (SELECT 1 FROM families WHERE expires_at <= ?)",
+            (now, now),
+        ).fetchone()[0]
+        if expired:
+            with self._transaction() as tx:
+                tx.execute("DELETE FROM revocations WHERE expires_at <= ?", (now,))
+                tx.execute("DELETE FROM families WHERE expires_at <= ?", (now,))
+
+    async def count_revocations(self, from_expires_at: int) -> int | None:
+        """None: a transaction is all or nothing, and a replaced or restored file is caught
+        by its epoch or its sequence going back (`revocations_since`)."""
+        await self.ping()
+        return None
+
+    async def revocation_cursor(self) -> str:
+        return await self._run(lambda: str(self._db().execute(_SELECT_SEQUENCE).fetchone()[0]))
+
+    async def scan_revocations(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str]:
+        """In primary-key order (keyset pagination: the token is the last key, as JSON), so
+        the scan reads the table sequentially; what is written meanwhile is read after the
+        cursor taken before the scan."""
+
+        def scan_sync() -> tuple[list[RevocationRow], str]:
+            db = self._db()
+            if token:
+                found = db.execute(_SCAN_AFTER, (*json.loads(token), now, limit)).fetchall()
+            else:
+                found = db.execute(_SCAN_FIRST, (now, limit)).fetchall()
+            # Rows of (kind, issuer, key, expires_at) as the STRICT table holds them.
+            rows: list[RevocationRow] = found
+            return rows, (json.dumps(found[-1][:3]) if len(found) == limit else "")
+
+        return await self._run(scan_sync)
+
+    async def revocations_since(
+        self, cursor: str, now: int, limit: int
+    ) -> tuple[list[RevocationRow], str] | None:
+        position = int(cursor)
+
+        def since_sync() -> tuple[list[RevocationRow], str] | None:
+            # A sequence behind our cursor: the file was replaced or restored from a backup.
+            if self._db().execute(_SELECT_SEQUENCE).fetchone()[0] < position:
+                return None
+            rows, last, _ = self._after(position, now, limit)
+            return rows, last
+
+        return await self._run(since_sync)
+
+    def _after(self, position: int, now: int, limit: int) -> tuple[list[RevocationRow], str, int]:
+        """Rows after `position` in write order (up to `limit`, those in force at `now`), the
+        position of the last row looked at, and how many rows were looked at."""
+        found = self._db().execute(_SELECT_AFTER, (position, limit)).fetchall()
+        rows: list[RevocationRow] = [
+            (kind, issuer, key, until) for kind, issuer, key, until, _ in found if until > now
+        ]
+        return rows, str(found[-1][4] if found else position), len(found)
 
     async def revocations(self, now: int) -> list[Revocation]:
         def revocations_sync() -> list[Revocation]:
             db = self._db()
-            # Purge only when something has expired: this is polled by every sidecar, and an
-            # unconditional DELETE would take the write lock (and an fsync) on every poll.
-            expired = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM revocations WHERE expires_at <= ?)"
-                " OR EXISTS (SELECT 1 FROM families WHERE expires_at <= ?)",
-                (now, now),
-            ).fetchone()[0]
-            if expired:
-                with self._transaction() as tx:
-                    tx.execute("DELETE FROM revocations WHERE expires_at <= ?", (now,))
-                    tx.execute("DELETE FROM families WHERE expires_at <= ?", (now,))
+            self._purge_sync(now)
             rows = db.execute(
                 "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?",
                 (now,),
@@ -359,7 +451,7 @@ class SqliteTokenStore:
                 raise StoreUnavailableError(
                     f"token store schema version {version} is newer than {SCHEMA_VERSION}"
                 )
-            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3))
+            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3), (4, _SCHEMA_V4))
             for step_version, script in steps:
                 if version < step_version:
                     for statement in script.split(";"):
@@ -383,6 +475,22 @@ class SqliteTokenStore:
         values[3] = tuple(json.loads(values[3]))
         values[10] = bool(values[10])
         return FamilyRecord(*values)
+
+
+def _put_revocations(db: sqlite3.Connection, revocations: Iterable[Revocation]) -> int:
+    """Upsert inside the caller's transaction; each row that changes takes the next position.
+    Returns how many changed (were absent or had a shorter horizon)."""
+    position = db.execute(_SELECT_SEQUENCE).fetchone()[0]
+    written = 0
+    for r in revocations:
+        row = (r.kind, r.issuer, r.key, r.expires_at, position + written + 1)
+        if db.execute(_UPSERT_REVOCATION, row).rowcount > 0:
+            written += 1
+    if written:
+        db.execute(
+            "UPDATE sequence SET value = ? WHERE name = 'revocations'", (position + written,)
+        )
+    return written
 
 
 class _Transaction:

@@ -2,16 +2,29 @@
 
 Every reconciliation (start-up, each poll, each reconnection of the feed) does, in order:
 
-1. take a snapshot of the mirror (`RevocationMirror.held`);
-2. ask the store its identity (`TokenStore.epoch`, set once if absent): an answer different
+1. ask the store its identity (`TokenStore.epoch`, set once if absent): an answer different
    from the last one means the data set was replaced: Redis restarted without persistence,
    a failover to a replica that never had the data, a new SQLite file;
-3. read the store's live revocations and merge them into the mirror: nothing in force is
-   dropped, entries leave the mirror only by their own horizon;
-4. write back (`TokenStore.restore`) every entry of the snapshot still in force that the store
-   lacks. Any sidecar may do it, several may do it at once (a revocation written twice is one
-   revocation), and a sidecar started after the loss loads what the others wrote back.
+2. read what changed: at start, after an epoch change, or when the store cannot say what
+   changed since our cursor (`revocations_since` answers None: a Redis feed trimmed past us,
+   or a store that went back in time, e.g. a failover to a replica that missed the last
+   writes), a full read in pages (`revocation_cursor`, `scan_revocations`); otherwise only the
+   writes after our cursor (issue 16: O(changes) per poll on the store, not O(all)), then
+   checks the store holds at least as many entries as the mirror (`count_revocations`,
+   O(log n) on Redis, where a promoted replica may lack the last writes yet keep the epoch
+   and the cursor); fewer means a loss and a full read with write-back follows. Every
+   page is merged into the mirror and the event loop gets a turn between pages, so a million
+   entries never block it;
+3. after a full read that followed a loss (or any full read while the mirror already held
+   entries), write back (`TokenStore.restore`) everything the mirror holds, one bucket-sized
+   chunk at a time: the store writes only what it lacks (absent, or with a shorter horizon)
+   and says how many, so a store that lost nothing costs reads, not writes. Any sidecar may
+   do it, several may do it at once (a revocation written twice is one revocation), and a
+   sidecar started after the loss loads what the others wrote back;
+4. purge expired entries from the mirror (only buckets holding one are touched, a slice of
+   them per loop turn) and from the store.
 
+Entries leave the mirror only by their own horizon, never because the store lacks them.
 Clock skew between sidecars can make one write back an entry another's purge just dropped
 (its clock says the entry is still in force); the write is harmless and stops once the slower
 clock passes the entry's horizon.
@@ -31,14 +44,22 @@ warns in one line whenever the answer is one that loses data on a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 
 from sidecar.clock import Clock
-from sidecar.store.base import TokenStore, deadline_for
+from sidecar.errors import StoreUnavailableError
+from sidecar.store.base import Revocation, TokenStore, deadline_for
 from sidecar.tokens.revocation import RevocationMirror
 
 log = logging.getLogger(__name__)
+# Rows per store read and per write-back batch: one page is merged in one synchronous step
+# (a few milliseconds), so the event loop is never held longer than that.
+PAGE_ROWS = 2_000
+# How far another sidecar's clock may run ahead of ours (its purge drops entries our clock
+# still holds): entries expiring sooner are not counted when checking the store is intact.
+SKEW_MARGIN_S = 60
 
 # What each risky persistence mode loses when the store restarts; other modes are fine.
 RISKY_PERSISTENCE = {
@@ -62,6 +83,10 @@ class StoreSync:
         self.epoch_changes = 0
         self.restored = 0
         self.persistence = ""
+        # Where the next incremental read starts; None until a full read completed.
+        self._cursor: str | None = None
+        self.full_reads = 0
+        self._write_back_owed = False
         # The poll and the feed's reconnection may both reconcile: one at a time, so a loss
         # is written back and reported once, not once per path.
         self._lock = asyncio.Lock()
@@ -74,26 +99,111 @@ class StoreSync:
     async def _reconcile(self) -> None:
         now_s = self._clock.now()
         now = int(now_s)
-        held = self._mirror.held()
         deadline = deadline_for(now_s, self._store.timeout_s)
         epoch = await self._store.epoch(secrets.token_hex(16), deadline_ms=deadline)
         previous, self.epoch = self.epoch, epoch
         changed = previous is not None and epoch != previous
         if changed:
             self.epoch_changes += 1
-        lost = self._mirror.reconcile(await self._store.revocations(now), held, now)
-        if lost:
-            deadline = deadline_for(self._clock.now(), self._store.timeout_s)
-            await self._store.restore(lost, deadline_ms=deadline)
-            self.restored += len(lost)
-        if changed or lost:
+        complete = False
+        if self._cursor is not None and not changed:
+            complete = await self._read_changes(self._cursor, now) and await self._intact(now)
+        restored = 0
+        if not complete:
+            had_entries = len(self._mirror) > 0
+            await self._read_all(now)
+            # Owed until it completes: a write-back cut short (the store went away again) is
+            # done again by the next reconciliation, even though that one reads incrementally.
+            self._write_back_owed = self._write_back_owed or had_entries
+        if self._write_back_owed:
+            restored = await self._write_back(now)
+            self._write_back_owed = False
+        await self._purge(now)
+        if changed or restored:
             log.warning(
                 "token store lost data (epoch %s -> %s): wrote back %d unexpired revocations"
                 " held here; refresh families lost with it are refused (fail closed)",
                 _short(previous),
                 _short(epoch),
-                len(lost),
+                restored,
             )
+
+    async def _read_all(self, now: int) -> None:
+        """The cursor first, then every page: what is written during the scan comes after
+        the cursor and is read by the incremental read that follows."""
+        self._cursor = None
+        cursor = await self._store.revocation_cursor()
+        scan = self._store.scan_revocations
+        ahead = self._store.scan_ahead  # see TokenStore.scan_ahead
+        pending = asyncio.ensure_future(scan("", now, PAGE_ROWS))
+        try:
+            while True:
+                rows, token = await pending
+                if token and ahead:
+                    pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
+                self._mirror.merge(rows)
+                if not token:
+                    break
+                if not ahead:
+                    pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
+                await asyncio.sleep(0)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
+                    await pending
+        self.full_reads += 1
+        if not await self._read_changes(cursor, now):
+            raise StoreUnavailableError()  # trimmed away during our own scan: next poll retries
+        self._mirror.mark_loaded()
+
+    async def _read_changes(self, cursor: str, now: int) -> bool:
+        """Merge every write after `cursor`; False when the store cannot vouch for them."""
+        while True:
+            page = await self._store.revocations_since(cursor, now, PAGE_ROWS)
+            if page is None:
+                return False
+            rows, cursor = page
+            self._mirror.merge(rows)
+            self._cursor = cursor
+            if len(rows) < PAGE_ROWS:
+                return True
+            await asyncio.sleep(0)
+
+    async def _intact(self, now: int) -> bool:
+        """Whether the store still holds at least as many revocations as we do (Redis: a
+        replica promoted without the last writes keeps the epoch and can keep the feed
+        cursor too). Counted from a minute boundary past the clock-skew margin, so entries
+        another sidecar's faster clock already purged do not look lost."""
+        since = -(-(now + SKEW_MARGIN_S) // 60) * 60
+        found = await self._store.count_revocations(since)
+        return found is None or found >= self._mirror.count_from(since)
+
+    async def _write_back(self, now: int) -> int:
+        """Offer every held entry back to the store in chunks; returns how many it lacked."""
+        restored = 0
+        batch: list[Revocation] = []
+        for chunk in self._mirror.chunks():
+            batch.extend(r for r in chunk if r.expires_at > now)
+            if len(batch) >= PAGE_ROWS:
+                restored += await self._restore(batch)
+                batch = []
+        if batch:
+            restored += await self._restore(batch)
+        self.restored += restored
+        return restored
+
+    async def _restore(self, batch: list[Revocation]) -> int:
+        deadline = deadline_for(self._clock.now(), self._store.timeout_s)
+        return await self._store.restore(batch, deadline_ms=deadline)
+
+    async def _purge(self, now: int) -> None:
+        mirror = self._mirror
+        step = 64  # buckets per loop turn: a few thousand entries at most to rewrite
+        for start in range(0, mirror.buckets, step):
+            mirror.purge(now, start, start + step)
+            await asyncio.sleep(0)
+        await self._store.purge(now)
 
     async def check_persistence(self) -> str:
         """Read the store's persistence; warn (one line) when it changed to a risky mode."""

@@ -34,6 +34,7 @@ from sidecar.errors import StoreDeadlineError, StoreUnavailableError
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
+    RevocationRow,
     RotateOutcome,
     RotateResult,
     Rotation,
@@ -42,7 +43,13 @@ from sidecar.store.base import (
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
-from sidecar.store.sqlite import SCHEMA_VERSION, SqliteTokenStore
+from sidecar.store.sqlite import (
+    _SCHEMA_V1,
+    _SCHEMA_V2,
+    _SCHEMA_V3,
+    SCHEMA_VERSION,
+    SqliteTokenStore,
+)
 from tests.support.redis import delete_prefix, unique_prefix
 from tests.support.redis_topologies import SentinelSet
 
@@ -480,6 +487,102 @@ async def test_restore_writes_back_many_and_keeps_the_later_expiry(store: TokenS
     assert family is not None and family.revoked
 
 
+async def _since_all(
+    store: TokenStore, cursor: str, now: int, limit: int
+) -> tuple[list[RevocationRow], str]:
+    """Every write after `cursor`, page by page, and the cursor after them."""
+    rows: list[RevocationRow] = []
+    while True:
+        page = await store.revocations_since(cursor, now, limit)
+        assert page is not None
+        rows += page[0]
+        if page[1] == cursor and not page[0]:
+            return rows, cursor
+        cursor = page[1]
+
+
+async def test_revocations_since_reads_only_the_writes_after_the_cursor(store: TokenStore) -> None:
+    """Issue 16: a reconciliation reads what changed, not the whole set."""
+    await store.revoke(Revocation("jti", ISS, "before", NOW + 60), deadline_ms=_later())
+    cursor = await store.revocation_cursor()
+    after = [Revocation("jti", ISS, f"after-{i}", NOW + 60 + i) for i in range(7)]
+    for revocation in after:
+        await store.revoke(revocation, deadline_ms=_later())
+    await store.revoke(Revocation("jti", ISS, "dead", NOW), deadline_ms=_later())
+    rows, end = await _since_all(store, cursor, NOW, 3)
+    # In write order, expired writes left out, nothing from before the cursor.
+    assert rows == [(r.kind, r.issuer, r.key, r.expires_at) for r in after]
+    assert await store.revocations_since(end, NOW, 3) == ([], end)
+
+
+async def test_a_write_that_changes_nothing_takes_no_position(store: TokenStore) -> None:
+    """A repeat with the same or a shorter horizon (a write-back of what the store has) is
+    not a change: other sidecars do not read it again, and restore does not count it."""
+    a = Revocation("jti", ISS, "a", NOW + 60)
+    assert await store.restore([a], deadline_ms=_later()) == 1
+    cursor = await store.revocation_cursor()
+    assert (
+        await store.restore([a, Revocation("jti", ISS, "a", NOW + 30)], deadline_ms=_later()) == 0
+    )
+    await store.revoke(a, deadline_ms=_later())
+    assert await store.revocations_since(cursor, NOW, 10) == ([], cursor)
+    longer = Revocation("jti", ISS, "a", NOW + 90)
+    assert await store.restore([longer, a], deadline_ms=_later()) == 1
+    rows, _ = await _since_all(store, cursor, NOW, 10)
+    assert rows == [("jti", ISS, "a", NOW + 90)]
+
+
+async def test_scan_revocations_pages_through_every_live_entry(store: TokenStore) -> None:
+    live = {Revocation("jti", ISS, f"k{i}", NOW + 100 + i) for i in range(300)}
+    dead = [Revocation("jti", ISS, f"d{i}", NOW - 5) for i in range(5)]
+    await store.restore([*live, *dead], deadline_ms=_later())
+    token, seen = "", set[Revocation]()
+    for _ in range(1_000):
+        rows, token = await store.scan_revocations(token, NOW, 16)
+        seen.update(Revocation(*row) for row in rows)
+        if not token:
+            break
+    assert seen == live
+
+
+async def test_revocations_written_during_a_scan_are_read_after_its_cursor(
+    store: TokenStore,
+) -> None:
+    """The cursor taken before a full scan, then the changes since it: nothing is missed."""
+    await store.restore(
+        [Revocation("jti", ISS, f"k{i}", NOW + 60) for i in range(50)], deadline_ms=_later()
+    )
+    cursor = await store.revocation_cursor()
+    rows, token = await store.scan_revocations("", NOW, 10)
+    late = Revocation("jti", ISS, "late", NOW + 60)
+    await store.revoke(late, deadline_ms=_later())
+    while token:
+        page, token = await store.scan_revocations(token, NOW, 10)
+        rows += page
+    since, _ = await _since_all(store, cursor, NOW, 10)
+    assert ("jti", ISS, "late", NOW + 60) in set(rows) | set(since)
+    assert {r[2] for r in rows} | {r[2] for r in since} == {f"k{i}" for i in range(50)} | {"late"}
+
+
+async def test_purge_drops_expired_revocations_and_ended_families(store: TokenStore) -> None:
+    await store.create_family(_family("ends", expires_at=NOW + 10), deadline_ms=_later())
+    await store.restore(
+        [Revocation("jti", ISS, "old", NOW + 10), Revocation("jti", ISS, "new", NOW + 11)],
+        deadline_ms=_later(),
+    )
+    await store.purge(NOW + 10)
+    assert await store.get_family("ends") is None
+    assert await store.revocations(0) == [Revocation("jti", ISS, "new", NOW + 11)]
+
+
+async def test_count_revocations_is_exact_or_not_offered(store: TokenStore) -> None:
+    await store.restore(
+        [Revocation("jti", ISS, f"k{i}", NOW + 60 * i) for i in range(1, 11)], deadline_ms=_later()
+    )
+    found = await store.count_revocations(NOW + 300)
+    assert found is None or found == 6
+
+
 async def test_persistence_is_reported_in_a_known_word(store: TokenStore) -> None:
     known = {"aof-always", "aof-everysec", "aof-no", "rdb", "none", "fsync", "process", "unknown"}
     assert await store.persistence() in known
@@ -685,6 +788,49 @@ async def test_sqlite_refuses_a_newer_schema(db_path: Path) -> None:
     raw.close()
     with pytest.raises(StoreUnavailableError):
         await _sqlite(db_path)
+
+
+async def test_sqlite_v3_file_is_numbered_once_and_read_incrementally_after(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: a file from before positions existed gets one distinct position per row,
+    and writes after the upgrade come after all of them."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    for script in (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3):
+        for statement in script.split(";"):
+            if statement.strip():
+                raw.execute(statement)
+    raw.executemany(
+        "INSERT INTO revocations (kind, issuer, key, expires_at) VALUES ('jti', ?, ?, ?)",
+        [(ISS, f"old-{i}", NOW + 60) for i in range(5)],
+    )
+    raw.execute("PRAGMA user_version = 3")
+    raw.commit()
+    raw.close()
+    store = await _sqlite(path)
+    try:
+        rows, cursor = await _since_all(store, "0", NOW, 2)
+        assert sorted(r[2] for r in rows) == [f"old-{i}" for i in range(5)]
+        assert cursor == await store.revocation_cursor() == "5"
+        await store.revoke(Revocation("jti", ISS, "new", NOW + 60), deadline_ms=_later())
+        assert await store.revocations_since(cursor, NOW, 10) == (
+            [("jti", ISS, "new", NOW + 60)],
+            "6",
+        )
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_sequence_behind_the_cursor_means_a_full_read(db_path: Path) -> None:
+    """A file restored from an older backup keeps its epoch; its sequence goes back."""
+    store = await _sqlite(db_path)
+    try:
+        await store.revoke(Revocation("jti", ISS, "a", NOW + 60), deadline_ms=_later())
+        assert await store.revocations_since("2", NOW, 10) is None
+        assert await store.revocations_since("1", NOW, 10) == ([], "1")
+    finally:
+        await store.close()
 
 
 async def test_sqlite_unusable_path_is_unavailable(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from sidecar.errors import (
     SubscriberLimitError,
 )
 from sidecar.keys.ring import KeyRing
-from sidecar.store.base import Revocation
+from sidecar.store.base import Revocation, RevocationRow
 from sidecar.tokens.events import Event, EventLog, Subscription, retired_kids
 from sidecar.tokens.revocation import RevocationMirror
 from tests.support.keys import make_key
@@ -198,6 +198,10 @@ def _revocation(key: str, kind: str = "jti", until: int = 100) -> Revocation:
     return Revocation(kind, ISS, key, until)  # type: ignore[arg-type]
 
 
+def _row(key: str) -> RevocationRow:
+    return ("jti", ISS, key, 100)
+
+
 def test_the_mirror_reports_only_entries_new_to_it_after_they_are_in_place() -> None:
     mirror = RevocationMirror()
     reported: list[list[tuple[str, str]]] = []
@@ -209,18 +213,17 @@ def test_the_mirror_reports_only_entries_new_to_it_after_they_are_in_place() -> 
         reported.append([(r.kind, r.key) for r in revocations])
 
     mirror.on_new = on_new
-    mirror.reconcile([_revocation("baseline")], [], 0)  # the first load is the baseline
+    mirror.merge([_row("baseline")])  # the first load is the baseline
+    mirror.mark_loaded()
     assert reported == []
     mirror.add(_revocation("j1"))
     mirror.add(_revocation("j1", until=500))  # a longer horizon voids nothing new
     mirror.add(_revocation("f1", kind="family"))
     assert reported == [[("jti", "j1")], [("family", "f1")]]
     # Reconciliation: only what the mirror did not have.
-    mirror.reconcile(
-        [_revocation("baseline"), _revocation("j1"), _revocation("j2")], mirror.held(), 0
-    )
+    mirror.merge([_row("baseline"), _row("j1"), _row("j2")])
     assert reported[-1] == [("jti", "j2")]
-    mirror.reconcile([_revocation("j2")], mirror.held(), 0)  # a store that lost entries
+    mirror.merge([_row("j2")])  # a store that lost entries
     assert len(reported) == 3
 
 

@@ -1,0 +1,347 @@
+"""The revocation set at scale (issue 16): RSS, start time and Verify latency of one sidecar
+holding 0, 100,000 and 1,000,000 live revocations, on SQLite and on Redis, for two versions
+of the code in the same run (before: a git ref exported with `git archive`; after: this tree).
+
+    python -m bench --only revocation_scale [--sizes 0,100000,1000000] [--before-ref main]
+    python bench/revocation_scale.py --sizes 0,100000 --stores sqlite --window 12
+
+For each (code, store): the sidecar is started once empty (that creates the schema of its own
+version), stopped, and for each size the store is filled in bulk to that many live revocations
+(random 22-character jtis, as the sidecar mints them, one issuer, horizon two hours away) and
+the sidecar started again with default settings (store.sync_interval_s 5 s, Redis timeout
+1 s). Measured: start (spawn to the serving banner, which comes after the load; and the CPU
+seconds the process had used by then, which a machine shared with other work inflates
+less than the wall time), RSS after
+start and after the window, and Verify latency from 8 concurrent callers over TCP for
+`--window` seconds (about two reconciliations at the default interval), p50 / p99 / worst.
+Redis runs in a private `redis-server` on a free port (nothing on disk). A sidecar that does
+not start is reported as such, with what it printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from authsidecar.v1 import auth_pb2, auth_pb2_grpc  # noqa: E402  (needs the path above)
+from sidecar.store.redis_keys import encode_member  # noqa: E402  (same in both versions)
+
+ISSUER = "https://authsidecar.local"
+PREFIX = "bench-scale"
+CALLERS = 8
+
+
+def _jtis(count: int) -> list[str]:
+    raw = os.urandom(16 * count)
+    return [
+        base64.urlsafe_b64encode(raw[i : i + 16]).rstrip(b"=").decode()
+        for i in range(0, len(raw), 16)
+    ]
+
+
+def _which(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found on PATH")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of the process so far (all threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Sidecar:
+    def __init__(self, code: Path, data: Path, env: dict[str, str]) -> None:
+        self.code, self.data, self.env = code, data, env
+        self.proc: subprocess.Popen[str] | None = None
+        self.tcp = self.admin = ""
+        self.start_s = 0.0
+        self.failure = ""
+
+    def start(self) -> bool:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
+        full.update(
+            # Both packages of that tree (the sidecar, and the client package it imports).
+            PYTHONPATH=os.pathsep.join((str(self.code), str(self.code / "clients" / "python"))),
+            AUTHSIDECAR_DATA_DIR=str(self.data),
+            AUTHSIDECAR_LISTEN__TCP="127.0.0.1:0",
+            AUTHSIDECAR_LOG_LEVEL="WARNING",
+            AUTHSIDECAR_TOKENS__ISSUER=ISSUER,
+            **self.env,
+        )
+        began = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve"],
+            cwd=self.code,
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.start_s = time.perf_counter() - began
+        if "authsidecar serving" not in line:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=30)
+            tail = [x for x in err.splitlines() if x.strip()][-1:] or [line.strip()]
+            self.failure = tail[0][:200]
+            return False
+        for part in line.split():
+            if part.startswith("tcp="):
+                self.tcp = part[4:]
+            if part.startswith("admin="):
+                self.admin = part[6:]
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate(timeout=10)
+
+
+async def _verify_load(sidecar: Sidecar, window_s: float) -> dict[str, float]:
+    async with (
+        grpc.aio.insecure_channel(f"unix:{sidecar.admin}") as admin,
+        grpc.aio.insecure_channel(sidecar.tcp) as public,
+    ):
+        issue = auth_pb2_grpc.AuthServiceStub(admin).Issue
+        tokens = [
+            (
+                await issue(auth_pb2.IssueRequest(subject=f"u{i}", audience=["svc"]), timeout=30)
+            ).access_token
+            for i in range(64)
+        ]
+        verify = auth_pb2_grpc.AuthServiceStub(public).Verify
+        for token in tokens[:8]:  # warm up the channel and the code paths
+            await verify(auth_pb2.VerifyRequest(token=token, audience="svc"), timeout=30)
+        latencies: list[float] = []
+        errors = 0
+        end = time.perf_counter() + window_s
+
+        async def caller(n: int) -> None:
+            nonlocal errors
+            i = n
+            while time.perf_counter() < end:
+                request = auth_pb2.VerifyRequest(token=tokens[i % len(tokens)], audience="svc")
+                i += CALLERS
+                began = time.perf_counter()
+                try:
+                    await verify(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                latencies.append(time.perf_counter() - began)
+
+        await asyncio.gather(*(caller(n) for n in range(CALLERS)))
+    latencies.sort()
+    return {
+        "calls_per_s": len(latencies) / window_s,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "worst_ms": latencies[-1] * 1000,
+        "errors": errors,
+    }
+
+
+class Filler:
+    """Brings a store to N live revocations in bulk (both versions' layouts)."""
+
+    def __init__(self, store: str, data: Path, redis_url: str, prefix: str) -> None:
+        self.store, self.data, self.redis_url, self.prefix = store, data, redis_url, prefix
+        self.count = 0
+
+    def fill(self, jtis: list[str], until: int) -> None:
+        new = jtis[self.count :]
+        if not new:
+            return
+        if self.store == "sqlite":
+            db = sqlite3.connect(self.data / "state.db")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(revocations)")}
+            with db:
+                if "seq" in columns:  # issue 16's schema: positions, and the sequence
+                    base = db.execute("SELECT value FROM sequence").fetchone()[0]
+                    db.executemany(
+                        "INSERT INTO revocations (kind, issuer, key, expires_at, seq)"
+                        " VALUES ('jti', ?, ?, ?, ?)",
+                        ((ISSUER, jti, until, base + i + 1) for i, jti in enumerate(new)),
+                    )
+                    db.execute("UPDATE sequence SET value = ?", (base + len(new),))
+                else:
+                    db.executemany(
+                        "INSERT INTO revocations (kind, issuer, key, expires_at)"
+                        " VALUES ('jti', ?, ?, ?)",
+                        ((ISSUER, jti, until) for jti in new),
+                    )
+            db.close()
+        else:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=60)
+            key = "{" + self.prefix + "}:revoked"
+            for start in range(0, len(new), 50_000):
+                batch = new[start : start + 50_000]
+                client.zadd(key, {encode_member("jti", ISSUER, jti): until for jti in batch})
+            client.close()
+        self.count = len(jtis)
+
+
+def _run_store(
+    label: str, code: Path, store: str, sizes: list[int], jtis: list[str], work: Path,
+    redis_url: str, window_s: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    data = work / f"{label}-{store}"
+    data.mkdir(parents=True)
+    prefix = f"{PREFIX}-{label}"
+    env = {"AUTHSIDECAR_STORE__BACKEND": store}
+    if store == "redis":
+        env.update(
+            AUTHSIDECAR_STORE__REDIS_URL=redis_url, AUTHSIDECAR_STORE__REDIS_KEY_PREFIX=prefix
+        )
+    filler = Filler(store, data, redis_url, prefix)
+    until = int(time.time()) + 7200
+    rows = []
+    primer = Sidecar(code, data, env)  # creates the store's schema, as that version has it
+    if primer.start():
+        primer.stop()
+    for size in sizes:
+        filler.fill(jtis[:size], until)
+        sidecar = Sidecar(code, data, env)
+        row: dict[str, Any] = {"code": label, "store": store, "revocations": size}
+        try:
+            if not sidecar.start():
+                row["failed"] = sidecar.failure
+            else:
+                assert sidecar.proc is not None
+                row["start_s"] = sidecar.start_s
+                row["start_cpu_s"] = _cpu_s(sidecar.proc.pid)
+                row["rss_start_mib"] = _rss(sidecar.proc.pid) / 2**20
+                row.update(asyncio.run(_verify_load(sidecar, window_s)))
+                row["rss_end_mib"] = _rss(sidecar.proc.pid) / 2**20
+        finally:
+            sidecar.stop()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    base = {(r["code"], r["store"]): r for r in rows if r["revocations"] == 0 and "failed" not in r}
+    lines = [
+        "| code | store | revocations | start s (CPU s) | RSS after start MiB (+ vs 0) |"
+        " RSS after window MiB (+ vs 0) | Verify/s | p50 ms | p99 ms | worst ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        head = f"| {r['code']} | {r['store']} | {r['revocations']:,} |"
+        if "failed" in r:
+            lines.append(f"{head} did not start: {r['failed']} | | | | | | |")
+            continue
+        b = base.get((r["code"], r["store"]))
+        d1 = r["rss_start_mib"] - b["rss_start_mib"] if b else float("nan")
+        d2 = r["rss_end_mib"] - b["rss_end_mib"] if b else float("nan")
+        lines.append(
+            f"{head} {r['start_s']:.2f} ({r['start_cpu_s']:.2f}) |"
+            f" {r['rss_start_mib']:.0f} (+{d1:.0f}) |"
+            f" {r['rss_end_mib']:.0f} (+{d2:.0f}) | {r['calls_per_s']:.0f} |"
+            f" {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['worst_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="0,100000,1000000")
+    parser.add_argument("--stores", default="sqlite,redis")
+    parser.add_argument("--before-ref", default="main", help="git ref of the 'before' code")
+    parser.add_argument("--no-before", action="store_true", help="measure this tree only")
+    parser.add_argument("--window", type=float, default=12.0, help="seconds of Verify load")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    stores = args.stores.split(",")
+    jtis = _jtis(max(sizes))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="rscale-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        codes = [("after", ROOT)]
+        if not args.no_before:
+            before = work / "before-code"
+            before.mkdir()
+            archive = subprocess.run(
+                [_which("git"), "-C", str(ROOT), "archive", args.before_ref],
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run([_which("tar"), "-x", "-C", str(before)], input=archive, check=True)
+            codes.insert(0, ("before", before))
+        redis_proc = None
+        redis_url = ""
+        if "redis" in stores:
+            port = _free_port()
+            redis_proc = subprocess.Popen(
+                [_which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", tmp],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            for _ in range(100):
+                try:
+                    redis.Redis.from_url(redis_url).ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        try:
+            for store in stores:
+                for label, code in codes:
+                    rows += _run_store(
+                        label, code, store, sizes, jtis, work, redis_url, args.window
+                    )
+        finally:
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(timeout=30)
+    table = _table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "revocation_scale.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "revocation_scale.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
