@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,11 @@ from authsidecar.v1 import auth_pb2
 from tests.client.harness import OK, UNAUTHENTICATED, Callee, Outcome, call_b, callee
 from tests.client.tokens import mint
 from tests.client.watch_fake import FakeWatchSidecar, fake_watch_sidecar
+from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar
 
 AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 POLICY = AuthPolicy(audience="svc-b")
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def round_trips(fake: FakeWatchSidecar) -> int:

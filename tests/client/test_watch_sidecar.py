@@ -8,9 +8,7 @@ would; nothing is pushed by the test.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,18 +22,12 @@ from tests.client.harness import OK, UNAUTHENTICATED, Callee, Outcome, call_b, c
 from tests.client.proxy import SidecarProxy, sidecar_proxy
 from tests.client.tokens import mint
 from tests.support.keys import write_jwk_file
+from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
 AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 POLICY = AuthPolicy(audience="svc-b")
 AUDIENCES = {"audiences": ["svc-a", "svc-b"]}
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def round_trips(proxy: SidecarProxy) -> int:

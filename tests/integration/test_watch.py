@@ -10,7 +10,7 @@ import asyncio
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from sidecar.store.base import Revocation
 from tests.support.fleet import fleet
 from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import write_jwk_file
+from tests.support.polling import eventually
 from tests.support.redis import RedisServer, delete_prefix, unique_prefix
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
 from tests.support.watch import WatchStream, claim_of
@@ -61,14 +62,6 @@ async def verify_reason(
     except grpc.aio.AioRpcError as error:
         return reason_of(error)
     return grpc.StatusCode.OK, ""
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_watch_starts_with_sync_carrying_reset_and_the_heartbeat_interval(
@@ -226,7 +219,7 @@ async def test_key_reload_that_removes_a_kid_sends_key_retired(data_dir: Path) -
         await stream.sync()
         write_manifest(keys, "k2", 0)  # promote k2: k1 still verifies, nothing is void
         sc.app.reload_keys()
-        await until(lambda: _signing_kid(sc) == "k2", "k2 promoted")
+        await eventually(lambda: _signing_kid(sc) == "k2", "k2 promoted")
         (keys / "k1.jwk.json").unlink()  # retire k1
         sc.app.reload_keys()
         event = await stream.next_event()
@@ -256,7 +249,7 @@ async def test_a_subscriber_that_stops_reading_is_dropped_without_affecting_othe
             idle_call = auth_pb2_grpc.AuthServiceStub(channel).Watch(auth_pb2.WatchRequest())
             reader = WatchStream(sc.public)
             await reader.sync()
-            await until(lambda: events.subscriber_count == 2, "both subscribed")
+            await eventually(lambda: events.subscriber_count == 2, "both subscribed")
             received: list[int] = []
 
             async def read_all() -> None:
@@ -276,7 +269,7 @@ async def test_a_subscriber_that_stops_reading_is_dropped_without_affecting_othe
                 revoked += len(tokens)
             assert events.dropped == 1, revoked
             assert events.subscriber_count == 1  # the reader stays subscribed
-            await until(lambda: len(received) == events.sequence, "the reader caught up")
+            await eventually(lambda: len(received) == events.sequence, "the reader caught up")
             assert received == list(range(1, events.sequence + 1))
             # The dropped stream, read now, ends UNAVAILABLE with the reason after what the
             # transport had buffered.
@@ -308,12 +301,12 @@ async def test_subscribers_beyond_the_limit_are_refused_resource_exhausted(
         assert await third.end() == (grpc.StatusCode.RESOURCE_EXHAUSTED, "WATCH_SUBSCRIBER_LIMIT")
         await first.close()  # a client going away frees its place
         events = sc.app.service.events
-        await until(lambda: events.subscriber_count == 1, "the cancelled stream unsubscribed")
+        await eventually(lambda: events.subscriber_count == 1, "the cancelled stream unsubscribed")
         fourth = WatchStream(sc.public)
         await fourth.sync()
         await second.close()
         await fourth.close()
-        await until(lambda: events.subscriber_count == 0, "all unsubscribed")
+        await eventually(lambda: events.subscriber_count == 0, "all unsubscribed")
 
 
 async def test_watch_is_held_to_the_metadata_limit(sc: RunningSidecar) -> None:
@@ -534,7 +527,7 @@ async def test_a_stream_blocked_on_a_client_that_stopped_reading_ends_shutting_d
     try:
         events = sc.app.service.events
         call = auth_pb2_grpc.AuthServiceStub(channel).Watch(auth_pb2.WatchRequest())
-        await until(lambda: events.subscriber_count == 1, "subscribed")
+        await eventually(lambda: events.subscriber_count == 1, "subscribed")
         published = 3000  # ~300 KB of events: far beyond the window
         mirror = sc.app.service.revocations
         for i in range(published):
@@ -544,7 +537,7 @@ async def test_a_stream_blocked_on_a_client_that_stopped_reading_ends_shutting_d
                 await asyncio.sleep(0.01)  # let the handler write what the window allows
         await asyncio.sleep(0.5)
         stopping = asyncio.create_task(sc.app.stop())
-        await until(lambda: events.closed, "shutdown began")
+        await eventually(lambda: events.closed, "shutdown began")
         await asyncio.sleep(0.5)
         received = 0
         try:
