@@ -138,9 +138,12 @@ def test_client_sdist_and_wheel_ship_the_typed_packages_and_nothing_of_the_serve
     assert not [n for n in names if n.startswith("sidecar/")]
     with tarfile.open(sdist) as archive:
         members = {m.split("/", 1)[1] for m in archive.getnames() if "/" in m}
-    assert {"README.md", "pyproject.toml", "authsidecar/client/py.typed"} <= members
+    assert {"README.md", "LICENSE", "pyproject.toml", "authsidecar/client/py.typed"} <= members
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(meta).decode()
+    # The licence travels with the code a service vendors: the text, and its SPDX name.
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: Apache-2.0" in text.splitlines()
     requires = [
         line.split(":", 1)[1].strip()
         for line in text.splitlines()

@@ -67,6 +67,7 @@ def installed() -> Iterator[Path]:
         files = {f["path"] for f in info["files"]}
         assert f"proto/{PROTO}" in files
         assert {"src/index.js", "src/index.mjs", "src/index.d.ts", "package.json"} <= files
+        assert "LICENSE" in files, "the Apache-2.0 text named by package.json must be packed"
         assert not any(f.startswith("test/") for f in files), "tests must not be packed"
         project = root / "service"
         project.mkdir()
