@@ -51,7 +51,7 @@ PUBLIC_API = {
     "sidecar_token_source",
 }
 # Public submodules: imported by their own name, never by `import authsidecar.client`.
-PUBLIC_MODULES: set[str] = set()
+PUBLIC_MODULES = {"metrics"}  # needs the [prometheus] extra
 
 
 def test_all_is_exactly_the_pinned_public_api() -> None:

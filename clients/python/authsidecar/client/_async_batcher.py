@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from types import TracebackType
 
 from authsidecar.client._async_client import AsyncAuthClient
 from authsidecar.client._batch import (
@@ -18,12 +17,13 @@ from authsidecar.client._batch import (
     latest_deadline_s,
     settle,
 )
+from authsidecar.client._closing import AsyncClosing
 from authsidecar.client._models import VerifiedClaims
 
 _Waiter = Waiter[asyncio.Future[VerifiedClaims]]
 
 
-class AsyncVerifyBatcher(BatcherBase[AsyncAuthClient]):
+class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
     """`verify` with the meaning of `AsyncAuthClient.verify`, one VerifyBatch per gathering.
 
     Use it from the loop of its client. Cancelling a caller drops that caller's item (or its
@@ -129,13 +129,4 @@ class AsyncVerifyBatcher(BatcherBase[AsyncAuthClient]):
             # asyncio.wait, not gather: cancelling close() must not cancel the batches.
             await asyncio.wait(set(self._in_flight))
 
-    async def __aenter__(self) -> AsyncVerifyBatcher:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    _aclose = close

@@ -8,13 +8,13 @@ channel, so no call blocks the event loop. Construct it inside a running event l
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import TypeVar
 
 import grpc
 
 from authsidecar.client import _calls
 from authsidecar.client._calls import Call, ClientBase
+from authsidecar.client._closing import AsyncClosing
 from authsidecar.client._errors import AuthClientError, from_rpc_error
 from authsidecar.client._models import Introspection, TokenGrant, VerifiedClaims, VerifyItem
 from authsidecar.v1 import auth_pb2
@@ -22,7 +22,7 @@ from authsidecar.v1 import auth_pb2
 R = TypeVar("R")
 
 
-class AsyncAuthClient(ClientBase[grpc.aio.Channel]):
+class AsyncAuthClient(AsyncClosing, ClientBase[grpc.aio.Channel]):
     """An asyncio client for one sidecar; use from the loop it was created in.
 
     Arguments as for `AuthClient`."""
@@ -41,16 +41,7 @@ class AsyncAuthClient(ClientBase[grpc.aio.Channel]):
         if self._owned:
             await self._channel.close()
 
-    async def __aenter__(self) -> AsyncAuthClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    _aclose = close
 
     async def issue(
         self,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import Any, Never
 
 import grpc
 
 from authsidecar.client._async_batcher import AsyncVerifyBatcher
 from authsidecar.client._async_client import AsyncAuthClient
+from authsidecar.client._closing import AsyncClosing
 from authsidecar.client._context import bind_claims
 from authsidecar.client._errors import AuthClientError
 from authsidecar.client._gate import Handler, InterceptorBase, Miss, behaviour, rebuild
@@ -32,7 +32,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], refusal: Refusal) 
     await context.abort(refusal.code, refusal.message, refusal.trailing_metadata())
 
 
-class AsyncAuthServerInterceptor(InterceptorBase[_Verifier], grpc.aio.ServerInterceptor):
+class AsyncAuthServerInterceptor(
+    AsyncClosing, InterceptorBase[_Verifier], grpc.aio.ServerInterceptor
+):
     """For `grpc.aio.server(interceptors=[AsyncAuthServerInterceptor(AsyncAuthClient(a))])`.
 
     Verify is awaited on the server's loop; handlers must be coroutines or async generators.
@@ -61,16 +63,7 @@ class AsyncAuthServerInterceptor(InterceptorBase[_Verifier], grpc.aio.ServerInte
         if self._owned_batcher is not None:
             await self._owned_batcher.close()
 
-    async def __aenter__(self) -> AsyncAuthServerInterceptor:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    _aclose = aclose
 
     async def intercept_service(
         self,

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import grpc
 
@@ -28,6 +27,7 @@ from authsidecar.client._batch import (
     settle,
 )
 from authsidecar.client._client import AuthClient
+from authsidecar.client._closing import Closing
 from authsidecar.client._models import VerifiedClaims, batch_request, batch_results
 from authsidecar.v1 import auth_pb2
 
@@ -40,7 +40,7 @@ class _Batch:
     sealed: bool = False
 
 
-class VerifyBatcher(BatcherBase[AuthClient]):
+class VerifyBatcher(Closing, BatcherBase[AuthClient]):
     """`verify` with the meaning of `AuthClient.verify`, for threads; thread-safe."""
 
     def __init__(
@@ -149,14 +149,3 @@ class VerifyBatcher(BatcherBase[AuthClient]):
             if self._open is not None:
                 self._seal(self._open)
             self._changed.wait_for(lambda: self._unfinished == 0)
-
-    def __enter__(self) -> VerifyBatcher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

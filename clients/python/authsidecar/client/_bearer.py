@@ -108,13 +108,7 @@ class BearerClientInterceptor(
     ) -> Any:
         return self._stream(continuation, client_call_details, request_iterator)
 
-    def intercept_stream_stream(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: Any,
-        request_iterator: Any,
-    ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
+    intercept_stream_stream = intercept_stream_unary
 
 
 async def _token_of(source: TokenSource | AsyncTokenSource) -> str:

@@ -13,13 +13,13 @@ class only sends them, blocking.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import TypeVar
 
 import grpc
 
 from authsidecar.client import _calls
 from authsidecar.client._calls import Call, ClientBase
+from authsidecar.client._closing import Closing
 from authsidecar.client._errors import AuthClientError, from_rpc_error
 from authsidecar.client._models import Introspection, TokenGrant, VerifiedClaims, VerifyItem
 from authsidecar.v1 import auth_pb2
@@ -27,7 +27,7 @@ from authsidecar.v1 import auth_pb2
 R = TypeVar("R")
 
 
-class AuthClient(ClientBase[grpc.Channel]):
+class AuthClient(Closing, ClientBase[grpc.Channel]):
     """A blocking client for one sidecar; thread-safe, and reusable until `close()`."""
 
     _connect = staticmethod(grpc.insecure_channel)
@@ -42,17 +42,6 @@ class AuthClient(ClientBase[grpc.Channel]):
     def close(self) -> None:
         if self._owned:
             self._channel.close()
-
-    def __enter__(self) -> AuthClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def issue(
         self,

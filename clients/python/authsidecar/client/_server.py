@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from authsidecar.client._batcher import VerifyBatcher
 from authsidecar.client._client import AuthClient
+from authsidecar.client._closing import Closing
 from authsidecar.client._context import bind_claims
 from authsidecar.client._errors import AuthClientError
 from authsidecar.client._gate import Handler, InterceptorBase, Miss, behaviour, rebuild
@@ -51,7 +51,9 @@ from authsidecar.client._refusal import EXPIRED_MID_STREAM, Refusal, refusal_for
 from authsidecar.client._watch import ThreadWatcher
 
 
-class AuthServerInterceptor(InterceptorBase[AuthClient | VerifyBatcher], grpc.ServerInterceptor):
+class AuthServerInterceptor(
+    Closing, InterceptorBase[AuthClient | VerifyBatcher], grpc.ServerInterceptor
+):
     """For `grpc.server(..., interceptors=[AuthServerInterceptor(AuthClient(addr), policy)])`.
 
     Runs a watcher thread while decisions are cached: `close()` it (or `with` it) when the
@@ -77,17 +79,6 @@ class AuthServerInterceptor(InterceptorBase[AuthClient | VerifyBatcher], grpc.Se
             self._watcher.close()
         if self._owned_batcher is not None:
             self._owned_batcher.close()
-
-    def __enter__(self) -> AuthServerInterceptor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def intercept_service(
         self,
