@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+from types import ModuleType
 
 import authsidecar.client
 
@@ -57,6 +58,16 @@ PUBLIC_MODULES = {"metrics"}  # needs the [prometheus] extra
 def test_all_is_exactly_the_pinned_public_api() -> None:
     assert set(authsidecar.client.__all__) == PUBLIC_API
     assert len(authsidecar.client.__all__) == len(PUBLIC_API), "a name listed twice"
+
+
+def test_the_package_namespace_holds_no_public_name_outside_all() -> None:
+    """As httpx's test_exported_members: no helper leaks into the namespace unlisted."""
+    public = {
+        name
+        for name, value in vars(authsidecar.client).items()
+        if not name.startswith("_") and not isinstance(value, ModuleType)
+    }
+    assert public == set(authsidecar.client.__all__)
 
 
 def test_every_public_name_imports_in_a_fresh_interpreter() -> None:
