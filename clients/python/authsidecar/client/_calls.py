@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
@@ -38,9 +37,9 @@ R = TypeVar("R")
 C = TypeVar("C")
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[R]):
-    """One unary RPC: `method` of the stub, its `request`, and `result(reply)`."""
+class Call(NamedTuple, Generic[R]):
+    """One unary RPC: `method` of the stub, its `request`, and `result(reply)`. A tuple: it
+    is made on every call, and a frozen dataclass costs about 0.5 µs more to build."""
 
     method: str
     request: Message
