@@ -2,9 +2,10 @@
 
 Every sidecar call is one `Call`: the stub method, the request built from the caller's
 arguments, and the function that turns the reply into the typed result. The two clients only
-differ in how they send it (`_client.py` blocks, `_async_client.py` awaits); building the
-request, mapping the reply, mapping a failure to an `AuthClientError`, the deadline and the
-retry policy (`_transport.py`) are written once, here, so the two cannot drift apart.
+differ in how they send it (`_client.py` blocks, `_async_client.py` awaits, and both raise
+`_errors.from_rpc_error` of a failure); building the request, mapping the reply, the default
+deadline and the retry policy (`_transport.py`) are written once, here, so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
