@@ -17,7 +17,7 @@ from google.protobuf import descriptor, json_format, message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from authsidecar.client.models import json_numbers
+from authsidecar.client._models import json_numbers
 from sidecar.config import Settings
 
 __all__ = [

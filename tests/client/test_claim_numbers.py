@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from authsidecar.client import AsyncAuthClient
-from authsidecar.client.models import json_numbers
+from authsidecar.client._models import json_numbers
 from tests.support.sidecar import RunningSidecar
 
 EXTRA = {"level": 3, "ratio": 0.5, "nested": {"n": 2, "xs": [1, 2.5, -7]}, "big": 2**40}

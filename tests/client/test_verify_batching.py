@@ -33,7 +33,7 @@ from authsidecar.client import (
     VerifyBatcher,
     VerifyItem,
 )
-from authsidecar.client.errors import REASON_CODES
+from authsidecar.client._errors import REASON_CODES
 from authsidecar.v1 import auth_pb2
 from tests.client import services
 from tests.client.batch_harness import Ask, Batching, Outcome, unary_outcomes

@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import struct_pb2
 
 from authsidecar.client._decisions import DecisionCache, decision_key, entry_bytes
+from authsidecar.client._models import VerifiedClaims, claims_from
 from authsidecar.client._watch_state import WatchState
-from authsidecar.client.models import VerifiedClaims, claims_from
 from authsidecar.v1 import auth_pb2
 
 NOW = 1_800_000_000.0

@@ -13,18 +13,20 @@ Never imports the sidecar itself.
   sidecar under an `AuthPolicy`; handlers read `current_claims()`. Decisions are cached and
   kept consistent by the sidecar's Watch stream, misses coalesced (`DecisionStats` from
   `stats()`).
+
+Every implementation module is private (a leading underscore, as in httpx): import from
+`authsidecar.client` only; `__all__` below is the public API, pinned by
+tests/client/test_public_api.py.
 """
 
-from authsidecar.client._watch_state import DecisionStats
-from authsidecar.client.aio import AsyncAuthClient
-from authsidecar.client.batching import AsyncVerifyBatcher, VerifyBatcher
-from authsidecar.client.client import AuthClient
-from authsidecar.client.client_interceptor import (
-    BearerClientInterceptor,
-    async_bearer_interceptors,
-)
-from authsidecar.client.context import current_claims
-from authsidecar.client.credentials import (
+from authsidecar.client._async_batcher import AsyncVerifyBatcher
+from authsidecar.client._async_client import AsyncAuthClient
+from authsidecar.client._async_server import AsyncAuthServerInterceptor
+from authsidecar.client._batcher import VerifyBatcher
+from authsidecar.client._bearer import BearerClientInterceptor, async_bearer_interceptors
+from authsidecar.client._client import AuthClient
+from authsidecar.client._context import current_claims
+from authsidecar.client._credentials import (
     AsyncCallableTokenSource,
     AsyncTokenSource,
     CallableTokenSource,
@@ -34,7 +36,7 @@ from authsidecar.client.credentials import (
     bearer_call_credentials,
     sidecar_token_source,
 )
-from authsidecar.client.errors import (
+from authsidecar.client._errors import (
     AuthClientError,
     InvalidRequestError,
     PermissionDeniedError,
@@ -43,13 +45,11 @@ from authsidecar.client.errors import (
     TokenInvalidError,
     error_reason,
 )
-from authsidecar.client.models import Introspection, TokenGrant, VerifiedClaims, VerifyItem
-from authsidecar.client.policy import DEFAULT_EXEMPT, AuthPolicy, MethodRule
-from authsidecar.client.renewal import AsyncRenewingTokenSource, RenewingTokenSource
-from authsidecar.client.server_interceptor import (
-    AsyncAuthServerInterceptor,
-    AuthServerInterceptor,
-)
+from authsidecar.client._models import Introspection, TokenGrant, VerifiedClaims, VerifyItem
+from authsidecar.client._policy import DEFAULT_EXEMPT, AuthPolicy, MethodRule
+from authsidecar.client._renewal import AsyncRenewingTokenSource, RenewingTokenSource
+from authsidecar.client._server import AuthServerInterceptor
+from authsidecar.client._stats import DecisionStats
 
 __all__ = [
     "DEFAULT_EXEMPT",

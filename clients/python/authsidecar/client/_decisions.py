@@ -6,7 +6,7 @@ the sorted required scopes asked for. A hit therefore means "these very bytes, a
 same question, were answered OK by the sidecar"; a forged token that reuses claims has other
 bytes and misses.
 
-What keeps an entry true, besides the watch stream (`_watch.WatchState`) that drops it:
+What keeps an entry true, besides the watch stream (`_watch_state.WatchState`) that drops it:
 
 * time: an entry is served only while `nbf <= now < exp` (the token's own claims, on the
   interceptor's epoch clock), and is dropped once `exp` has passed; the sidecar's leeway is
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from authsidecar.client.models import VerifiedClaims
+from authsidecar.client._models import VerifiedClaims
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 32 << 20

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from authsidecar.client.errors import (
+from authsidecar.client._errors import (
     ERROR_DOMAIN,
     STATUS_DETAILS_KEY,
     AuthClientError,

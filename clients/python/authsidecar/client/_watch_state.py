@@ -30,13 +30,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
 from authsidecar.client._decisions import DecisionCache, Key
-from authsidecar.client.models import VerifiedClaims
+from authsidecar.client._models import VerifiedClaims
+from authsidecar.client._stats import INVALIDATION_KINDS, DecisionStats
 from authsidecar.v1 import auth_pb2
 
 # How many recent invalidations `admit` can look back over; a Verify slower than this many
@@ -46,54 +47,6 @@ STALENESS_HEARTBEATS = 3
 # Before the first sync of a stream there is no heartbeat interval: a stream that sends
 # nothing for this long is cut and resubscribed.
 CONNECT_TIMEOUT_S = 10.0
-INVALIDATION_KINDS = (
-    "token_revoked",
-    "family_revoked",
-    "key_retired",
-    "decisions_reset",
-    "resync",  # a sync with reset: true (new epoch, or events no longer replayable)
-    "gap",  # a missing sequence number, an unknown event kind, or a broken stream contract
-)
-
-
-def _no_invalidations() -> Mapping[str, int]:
-    return MappingProxyType(dict.fromkeys(INVALIDATION_KINDS, 0))
-
-
-@dataclass(frozen=True)
-class DecisionStats:
-    """A snapshot of an interceptor's decision cache and watch stream (`stats()`).
-
-    Attributes:
-        hits: calls answered from the cache (no sidecar round trip).
-        misses: lookups while current that found nothing usable.
-        bypassed: lookups while not current: the call went to Verify unconditionally.
-        stored / not_stored: Verify answers kept, or not kept (the insertion check refused
-            them, the state was not current, or the token is outside `nbf..exp`).
-        evictions: entries dropped to stay within `max_entries` / `max_bytes`.
-        expirations: entries dropped because the token's `exp` passed.
-        entries / bytes: what the cache holds now (bytes is the estimate it is bounded by).
-        invalidations: stream events applied, by kind (`INVALIDATION_KINDS`).
-        dropped: entries those events removed.
-        current: whether a hit may be served right now.
-        staleness_s: seconds since the last message on the stream; None before the first.
-        subscriptions: Watch streams opened (the first one included).
-    """
-
-    hits: int = 0
-    misses: int = 0
-    bypassed: int = 0
-    stored: int = 0
-    not_stored: int = 0
-    evictions: int = 0
-    expirations: int = 0
-    entries: int = 0
-    bytes: int = 0
-    invalidations: Mapping[str, int] = field(default_factory=_no_invalidations)
-    dropped: int = 0
-    current: bool = False
-    staleness_s: float | None = None
-    subscriptions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from types import MappingProxyType
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from authsidecar.client.errors import AuthClientError, error_for, error_for_reason
+from authsidecar.client._errors import AuthClientError, error_for, error_for_reason
 from authsidecar.v1 import auth_pb2
 
 

@@ -17,10 +17,10 @@ from typing import Protocol
 
 import grpc
 
-from authsidecar.client.aio import AsyncAuthClient
-from authsidecar.client.client import AuthClient
-from authsidecar.client.models import TokenGrant
-from authsidecar.client.renewal import (
+from authsidecar.client._async_client import AsyncAuthClient
+from authsidecar.client._client import AuthClient
+from authsidecar.client._models import TokenGrant
+from authsidecar.client._renewal import (
     DEFAULT_SKEW_S,
     AsyncRenewingTokenSource,
     RenewingTokenSource,
@@ -78,6 +78,17 @@ class AsyncCallableTokenSource:
         """The callable decides freshness itself."""
 
 
+class _Rotation:
+    """The refresh token to present next: each Refresh retires it and returns its successor."""
+
+    def __init__(self, refresh_token: str) -> None:
+        self.current = refresh_token
+
+    def keep(self, grant: TokenGrant) -> TokenGrant:
+        self.current = grant.refresh_token
+        return grant
+
+
 def sidecar_token_source(
     client: AuthClient,
     subject: str = "",
@@ -92,12 +103,10 @@ def sidecar_token_source(
     """Tokens from the sidecar: Issue `subject` (the client must reach the admin socket), or,
     given `refresh_token`, Refresh and keep the rotated successor for the next renewal."""
     if refresh_token:
-        current = [refresh_token]
+        rotation = _Rotation(refresh_token)
 
         def rotate() -> TokenGrant:
-            grant = client.refresh(current[0], scope=scope)
-            current[0] = grant.refresh_token
-            return grant
+            return rotation.keep(client.refresh(rotation.current, scope=scope))
 
         return RenewingTokenSource(rotate, skew_s=skew_s)
 
@@ -120,12 +129,10 @@ def async_sidecar_token_source(
 ) -> AsyncRenewingTokenSource:
     """As `sidecar_token_source`, for asyncio."""
     if refresh_token:
-        current = [refresh_token]
+        rotation = _Rotation(refresh_token)
 
         async def rotate() -> TokenGrant:
-            grant = await client.refresh(current[0], scope=scope)
-            current[0] = grant.refresh_token
-            return grant
+            return rotation.keep(await client.refresh(rotation.current, scope=scope))
 
         return AsyncRenewingTokenSource(rotate, skew_s=skew_s)
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-from authsidecar.client.models import TokenGrant
+from authsidecar.client._models import TokenGrant
 
 DEFAULT_SKEW_S = 30.0
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from authsidecar.client.credentials import AUTHORIZATION, AsyncTokenSource, TokenSource
+from authsidecar.client._credentials import AUTHORIZATION, AsyncTokenSource, TokenSource
 
 _UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
@@ -108,13 +108,7 @@ class BearerClientInterceptor(
     ) -> Any:
         return self._stream(continuation, client_call_details, request_iterator)
 
-    def intercept_stream_stream(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: Any,
-        request_iterator: Any,
-    ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
+    intercept_stream_stream = intercept_stream_unary
 
 
 async def _token_of(source: TokenSource | AsyncTokenSource) -> str:
@@ -166,31 +160,23 @@ class _AsyncBearer:
         return schedule
 
 
-class _AsyncUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _PerKind:
+    """One of the four asyncio interceptors: each files one of these under its kind's name."""
+
     def __init__(self, core: _AsyncBearer) -> None:
         self._core = core
 
-    async def intercept_unary_unary(
+    async def _unary(
         self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
     ) -> Any:
         return await self._core.unary(continuation, client_call_details, request)
 
-
-class _AsyncUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, core: _AsyncBearer) -> None:
-        self._core = core
-
-    async def intercept_unary_stream(
+    async def _unary_stream(
         self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
     ) -> Any:
         return await self._core.stream(continuation, client_call_details, request)
 
-
-class _AsyncStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, core: _AsyncBearer) -> None:
-        self._core = core
-
-    async def intercept_stream_unary(
+    async def _stream(
         self,
         continuation: Callable[[Any, Any], Any],
         client_call_details: Any,
@@ -199,17 +185,20 @@ class _AsyncStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
         return await self._core.stream(continuation, client_call_details, request_iterator)
 
 
-class _AsyncStreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, core: _AsyncBearer) -> None:
-        self._core = core
+class _AsyncUnaryUnary(_PerKind, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _PerKind._unary
 
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: Any,
-        request_iterator: Any,
-    ) -> Any:
-        return await self._core.stream(continuation, client_call_details, request_iterator)
+
+class _AsyncUnaryStream(_PerKind, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _PerKind._unary_stream
+
+
+class _AsyncStreamUnary(_PerKind, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _PerKind._stream
+
+
+class _AsyncStreamStream(_PerKind, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _PerKind._stream
 
 
 def async_bearer_interceptors(

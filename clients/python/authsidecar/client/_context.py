@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from authsidecar.client.models import VerifiedClaims
+from authsidecar.client._models import VerifiedClaims
 
 _claims: ContextVar[VerifiedClaims | None] = ContextVar("authsidecar_claims", default=None)
 

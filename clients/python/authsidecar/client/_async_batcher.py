@@ -1,0 +1,132 @@
+"""`AsyncVerifyBatcher`: the batcher of `_batch.py` for asyncio, gathering per loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from authsidecar.client._async_client import AsyncAuthClient
+from authsidecar.client._batch import (
+    DEFAULT_MAX_BATCH,
+    BatcherBase,
+    Outcome,
+    Waiter,
+    cancelled,
+    deadline_exceeded,
+    failed,
+    latest_deadline_s,
+    settle,
+)
+from authsidecar.client._closing import AsyncClosing
+from authsidecar.client._models import VerifiedClaims
+
+_Waiter = Waiter[asyncio.Future[VerifiedClaims]]
+
+
+class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
+    """`verify` with the meaning of `AsyncAuthClient.verify`, one VerifyBatch per gathering.
+
+    Use it from the loop of its client. Cancelling a caller drops that caller's item (or its
+    answer, if the batch was already sent) and leaves the others alone.
+    """
+
+    def __init__(
+        self,
+        client: AsyncAuthClient,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay_s: float = 0.0,
+        max_in_flight: int | None = None,
+    ) -> None:
+        """
+        Args:
+            client: sends the batches; the batcher never closes it.
+            max_batch: send as soon as this many callers wait (1..256).
+            max_delay_s: send at the latest this long after a batch's first caller; 0 means
+                at the next turn of the event loop.
+            max_in_flight: when set, a batch goes out at the next loop turn while fewer
+                than this many batches are in flight, and otherwise when one comes back,
+                `max_batch` callers wait, or (if > 0) `max_delay_s` passed: callers that
+                arrive over many loop turns while the sidecar is busy share one call.
+        """
+        super().__init__(client, max_batch, max_delay_s, max_in_flight)
+        self._waiting: list[_Waiter] = []
+        self._timer: asyncio.Handle | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def verify(
+        self,
+        token: str,
+        *,
+        audience: str = "",
+        required_scopes: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> VerifiedClaims:
+        """The token's claims, or the error `AsyncAuthClient.verify` would raise."""
+        if self._closed:
+            raise RuntimeError("AsyncVerifyBatcher is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[VerifiedClaims] = loop.create_future()
+        waiter = self._waiter(future, loop.time(), token, audience, required_scopes, timeout_s)
+        self._waiting.append(waiter)
+        if len(self._waiting) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._schedule(loop)
+        try:
+            async with asyncio.timeout_at(waiter.deadline):
+                return await future
+        except TimeoutError:
+            raise deadline_exceeded() from None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = self.max_delay_s
+        if self.max_in_flight is not None and not self._has_room(len(self._in_flight)):
+            if delay:  # otherwise `_landed` sends it
+                self._timer = loop.call_later(delay, self._flush)
+        elif delay and self.max_in_flight is None:
+            self._timer = loop.call_later(delay, self._flush)
+        else:
+            self._timer = loop.call_soon(self._flush)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._has_room(len(self._in_flight)) and self._waiting:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = [w for w in self._waiting if not w.future.done()]
+        self._waiting = []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._landed)
+
+    async def _send(self, batch: list[_Waiter]) -> None:
+        """Every waiter of `batch` ends with a result or an error. Raises nothing but its own
+        cancellation (the loop shutting down), and only after ending the waiters."""
+        timeout_s = latest_deadline_s(batch, asyncio.get_running_loop().time())
+        outcomes: Sequence[Outcome]
+        try:
+            items = [w.item for w in batch]
+            outcomes = await self._client.verify_batch(items, timeout_s=timeout_s)
+        except asyncio.CancelledError:  # the loop is going away: end the waiters, not hang
+            settle(batch, cancelled(len(batch)))
+            raise
+        except Exception as error:
+            outcomes = failed(error, len(batch))
+        settle(batch, outcomes)
+
+    async def close(self) -> None:
+        """Send what waits, then wait for the batches in flight (their deadlines bound this)."""
+        self._closed = True
+        self._flush()
+        if self._in_flight:
+            # asyncio.wait, not gather: cancelling close() must not cancel the batches.
+            await asyncio.wait(set(self._in_flight))
+
+    _aclose = close

@@ -1,0 +1,132 @@
+"""`AsyncAuthServerInterceptor`: the server interceptor of `_server.py` for `grpc.aio`.
+
+Verify is awaited on the server's loop; the decisions, the policy and the refusals are
+`_gate.py`'s, shared with the sync interceptor. The watcher is a task on the server's loop,
+started by the constructor when a loop runs, else by the first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Never
+
+import grpc
+
+from authsidecar.client._async_batcher import AsyncVerifyBatcher
+from authsidecar.client._async_client import AsyncAuthClient
+from authsidecar.client._closing import AsyncClosing
+from authsidecar.client._context import bind_claims
+from authsidecar.client._errors import AuthClientError
+from authsidecar.client._gate import Handler, InterceptorBase, Miss, behaviour, rebuild
+from authsidecar.client._models import VerifiedClaims
+from authsidecar.client._policy import MethodRule
+from authsidecar.client._refusal import EXPIRED_MID_STREAM, Refusal, refusal_for
+from authsidecar.client._watch import AsyncWatcher
+
+_Verifier = AsyncAuthClient | AsyncVerifyBatcher
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], refusal: Refusal) -> Never:
+    await context.abort(refusal.code, refusal.message, refusal.trailing_metadata())
+
+
+class AsyncAuthServerInterceptor(
+    AsyncClosing, InterceptorBase[_Verifier], grpc.aio.ServerInterceptor
+):
+    """For `grpc.aio.server(interceptors=[AsyncAuthServerInterceptor(AsyncAuthClient(a))])`.
+
+    Verify is awaited on the server's loop; handlers must be coroutines or async generators.
+    """
+
+    def _connect(self, client: _Verifier, coalesce_misses: bool) -> _Verifier:
+        sidecar = client.client if isinstance(client, AsyncVerifyBatcher) else client
+        self._owned_batcher: AsyncVerifyBatcher | None = None
+        if isinstance(client, AsyncAuthClient) and coalesce_misses:
+            self._owned_batcher = AsyncVerifyBatcher(client, max_in_flight=1)
+        self._watcher: AsyncWatcher | None = None
+        if self._gate.state is not None:
+            self._watcher = AsyncWatcher(self._gate.state, sidecar._watch)
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # started by the first call, on the server's loop
+            else:
+                self._watcher.start()
+        return self._owned_batcher or client
+
+    async def aclose(self) -> None:
+        """Stop the watcher and send the misses still waiting; the client stays open."""
+        if self._watcher is not None:
+            await self._watcher.aclose()
+        if self._owned_batcher is not None:
+            await self._owned_batcher.close()
+
+    _aclose = aclose
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        if self._watcher is not None and not self._watcher.started:
+            self._watcher.start()
+        handler: Handler | None = await continuation(handler_call_details)
+        return self._protect(handler, handler_call_details)
+
+    async def _authenticate(
+        self, token: str | None, rule: MethodRule, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> VerifiedClaims:
+        step = self._gate.start(token, rule)
+        if isinstance(step, Miss):
+            try:
+                claims = await self._client.verify(
+                    step.token, audience=step.audience, required_scopes=step.scopes
+                )
+            except AuthClientError as error:
+                step = refusal_for(error)
+            else:
+                step = self._gate.finish(step, claims)
+        if isinstance(step, Refusal):
+            await _abort(context, step)
+        # Each asyncio call runs in its own task, with its own copy of the context.
+        bind_claims(step)
+        return step
+
+    def _wrap(self, handler: Handler, token: str | None, rule: MethodRule) -> Handler:
+        gate = self._gate
+        authenticate = self._authenticate
+
+        async def check(context: Any, claims: VerifiedClaims) -> None:
+            if gate.expired(claims):
+                await _abort(context, EXPIRED_MID_STREAM)
+
+        async def requests(it: Any, context: Any, claims: VerifiedClaims) -> AsyncIterator[Any]:
+            async for request in it:
+                await check(context, claims)
+                yield request
+
+        async def responses(it: Any, context: Any, claims: VerifiedClaims) -> AsyncIterator[Any]:
+            async for response in it:
+                await check(context, claims)
+                yield response
+
+        kind, inner = behaviour(handler)
+        streams_in = kind.startswith("stream")
+        if kind.endswith("_stream") and inspect.isasyncgenfunction(inner):
+
+            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                claims = await authenticate(token, rule, context)
+                arg = requests(request, context, claims) if streams_in else request
+                async for response in responses(inner(arg, context), context, claims):
+                    yield response
+
+            return rebuild(handler, **{kind: streaming})
+
+        async def single(request: Any, context: Any) -> Any:
+            claims = await authenticate(token, rule, context)
+            arg = requests(request, context, claims) if streams_in else request
+            return await inner(arg, context)
+
+        return rebuild(handler, **{kind: single})
