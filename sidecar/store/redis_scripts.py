@@ -3,9 +3,9 @@
 Redis runs a script to completion before any other command, and a SIGKILLed client cannot cut
 one short (the server has the whole script before it starts), so a rotation is either wholly
 done or not at all, and a reuse revokes the family, records the revocation at its full horizon
-and publishes it in the same step. All keys of a deployment share one hash tag, so each script
-touches one slot (Cluster requirement); keys built inside a script (`fam:` in PURGE) carry that
-tag too.
+and publishes it in the same step. Every key a script is given belongs to one partition (one
+hash tag, `redis_keys`), so each script touches one slot (Cluster requirement); keys built
+inside a script (`fam:` in PURGE) carry that tag too.
 
 Deadlines (issue 13): every write script first reads the server's `TIME` and, past the
 caller's `deadline_ms`, returns `late` having done nothing. A script delayed in the network
