@@ -94,6 +94,10 @@ class Caller:
         one pipeline (one round trip, one connection). `make` may queue a script (a
         coroutine, awaited to queue it) or a plain command."""
         if self.cluster:
+            # Discover the topology first, alone: redis-py replaces the seed node's
+            # connections when it does, failing commands sent concurrently on them
+            # (seen on every fresh client). A no-op once discovered.
+            await self.call(self.client.initialize())
             return list(await asyncio.gather(*(self.call(make(self.client, p)) for p in parts)))
         self.check_open()
         pipe = self.client.pipeline(transaction=False)
