@@ -41,7 +41,6 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreDeadlineError, StoreUnavailableError
@@ -56,14 +55,10 @@ from sidecar.store.base import (
 )
 from sidecar.store.redis_codec import family_fields, family_from
 from sidecar.store.redis_connect import RedisConnector
-from sidecar.store.redis_driver import (
-    DRIVER_ERRORS,
-    Caller,
-    close_quietly,
-    persistence_mode,
-)
+from sidecar.store.redis_driver import Caller, close_quietly, read_persistence
 from sidecar.store.redis_feed import FEED_BLOCK_S, StreamFeed
 from sidecar.store.redis_keys import FAMILY_REVOCATION_FIELD, KeyLayout, Partition, encode_member
+from sidecar.store.redis_legacy import LegacyFamilies
 from sidecar.store.redis_revocations import RevocationReads
 
 log = logging.getLogger(__name__)
@@ -93,6 +88,7 @@ class RedisTokenStore:
         self._revoke = self._client.register_script(redis_scripts.REVOKE)
         self._epoch = self._client.register_script(redis_scripts.EPOCH)
         self._reads = RevocationReads(self._caller, self._keys)
+        self._legacy = LegacyFamilies(self._caller, self._keys, margin_s=TTL_MARGIN_S)
         self._feeds: set[StreamFeed] = set()
 
     @property
@@ -121,19 +117,7 @@ class RedisTokenStore:
         return hashlib.sha256(",".join(epochs).encode()).hexdigest()[:32]
 
     async def persistence(self) -> str:
-        """From CONFIG GET appendonly / appendfsync / save; "unknown" when CONFIG is renamed,
-        disabled or refused by an ACL (managed Redis often does). Not through `_call`: a
-        refusal here is an answer, not a failure to log on every poll."""
-        self._caller.check_open()
-        found: dict[str, str] = {}
-        try:
-            for name in ("appendonly", "appendfsync", "save"):
-                found.update(await self._client.config_get(name))  # type: ignore[arg-type]
-        except ResponseError:
-            return "unknown"  # the server answered, but not this command
-        except DRIVER_ERRORS as exc:
-            raise StoreUnavailableError() from exc
-        return persistence_mode(found)
+        return await read_persistence(self._caller)
 
     async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:
         fields = family_fields(family)
@@ -154,11 +138,23 @@ class RedisTokenStore:
         fields: dict[str, str] = await self._call(
             self._client.hgetall(self._keys.family(family_id))  # type: ignore[arg-type]
         )
-        return family_from(fields) if fields else None
+        if fields:
+            return family_from(fields)
+        return await self._legacy.get(family_id)
 
     async def rotate(self, rotation: Rotation) -> RotateResult:
         """One script on the family's partition: the reuse revocation goes to that
-        partition's set and feed, so it is recorded and published in the same step."""
+        partition's set and feed, so it is recorded and published in the same step. A
+        family unknown there may be a version-1 family, moved on first use (redis_legacy)."""
+        result = await self._rotate_here(rotation)
+        if result.outcome is not RotateOutcome.UNKNOWN:
+            return result
+        r = rotation
+        if await self._legacy.move(r.family_id, now=r.now, deadline_ms=r.deadline_ms):
+            return await self._rotate_here(rotation)
+        return result
+
+    async def _rotate_here(self, rotation: Rotation) -> RotateResult:
         r = rotation
         part = self._keys.partition_of(r.family_id)
         keys = [part.family(r.family_id), part.revoked, part.feed]

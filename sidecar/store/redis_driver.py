@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.redis_connect import RedisClient
@@ -48,6 +48,22 @@ async def close_quietly(client: RedisClient) -> None:
         await client.aclose()
     except DRIVER_ERRORS:
         pass  # closing a connection to a dead server: nothing left to release
+
+
+async def read_persistence(caller: Caller) -> str:
+    """From CONFIG GET appendonly / appendfsync / save; "unknown" when CONFIG is renamed,
+    disabled or refused by an ACL (managed Redis often does). Not through `Caller.call`: a
+    refusal here is an answer, not a failure to log on every poll."""
+    caller.check_open()
+    found: dict[str, str] = {}
+    try:
+        for name in ("appendonly", "appendfsync", "save"):
+            found.update(await caller.client.config_get(name))  # type: ignore[arg-type]
+    except ResponseError:
+        return "unknown"  # the server answered, but not this command
+    except DRIVER_ERRORS as exc:
+        raise StoreUnavailableError() from exc
+    return persistence_mode(found)
 
 
 def persistence_mode(config: dict[str, str]) -> str:
