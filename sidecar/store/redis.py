@@ -283,11 +283,11 @@ class RedisTokenStore:
         need = self._connector.wait_replicas
         if need == 0:
             return await self._call(script(keys=keys, args=args))
-        pipe = self._client.pipeline(transaction=False)
-        # Queued, sent by execute(); redis-py's annotation omits the pipelines it supports.
-        await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
-        pipe.wait(need, max(int(self.timeout_s * 500), 1))  # under the socket timeout
-        reply, acked = await self._call(pipe.execute())
+        async with self._client.pipeline(transaction=False) as pipe:  # see Caller.fan_out
+            # Queued, sent by execute(); redis-py's annotation omits the pipelines it supports.
+            await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            pipe.wait(need, max(int(self.timeout_s * 500), 1))  # under the socket timeout
+            reply, acked = await self._call(pipe.execute())
         if reply != late and int(acked) < need:
             log.warning("redis write not acknowledged by %d replica(s) in time", need)
             raise StoreUnavailableError()

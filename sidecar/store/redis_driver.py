@@ -116,9 +116,11 @@ class Caller:
             await self.call(self.client.initialize())
             return list(await asyncio.gather(*(self.call(make(self.client, p)) for p in parts)))
         self.check_open()
-        pipe = self.client.pipeline(transaction=False)
-        for part in parts:
-            queued = make(pipe, part)
-            if asyncio.iscoroutine(queued):
-                await queued
-        return list(await self.call(pipe.execute()))
+        # As a context: redis-py leaves a failed pipeline holding its connection otherwise
+        # (its script preload runs outside its own clean-up), warning at garbage collection.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for part in parts:
+                queued = make(pipe, part)
+                if asyncio.iscoroutine(queued):
+                    await queued
+            return list(await self.call(pipe.execute()))
