@@ -11,9 +11,7 @@ runs in this suite.
 from __future__ import annotations
 
 import collections
-import re
 import secrets
-import zlib
 from typing import Any
 
 import pytest
@@ -63,8 +61,12 @@ def test_the_partition_of_an_id_is_the_same_in_every_process() -> None:
     """CRC-32, not Python's per-process keyed hash: every sidecar must find one family in
     one place (pinned values)."""
     keys = KeyLayout("authsidecar")
-    assert keys.partition_of("family-1") is keys.partitions[zlib.crc32(b"family-1") % 16]
-    assert re.fullmatch(r"\{authsidecar:0:[0-9]+\}", keys.partitions[0].tag)
+    assert keys.partition_of("family-1") is keys.partitions[13]
+    assert keys.partition_of("jti-7") is keys.partitions[5]
+    # The tags too: a sidecar computing other salts would look in other slots.
+    tags = [part.tag for part in keys.partitions[:3]]
+    assert tags == ["{authsidecar:0:21}", "{authsidecar:1:22}", "{authsidecar:2:12}"]
+    assert keys.family("family-1") == keys.partitions[13].tag + ":fam:family-1"
     assert keys.legacy.revoked == "{authsidecar}:revoked"
 
 
