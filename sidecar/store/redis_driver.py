@@ -114,7 +114,15 @@ class Caller:
             # connections when it does, failing commands sent concurrently on them
             # (seen on every fresh client). A no-op once discovered.
             await self.call(self.client.initialize())
-            return list(await asyncio.gather(*(self.call(make(self.client, p)) for p in parts)))
+            # Every call finishes before this returns or raises: none is left running
+            # against a store the caller already gave up on.
+            replies = await asyncio.gather(
+                *(self.call(make(self.client, p)) for p in parts), return_exceptions=True
+            )
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return list(replies)
         self.check_open()
         # As a context: redis-py leaves a failed pipeline holding its connection otherwise
         # (its script preload runs outside its own clean-up), warning at garbage collection.
