@@ -1,0 +1,44 @@
+"""What every settings section shares: frozen, unknown names refused, and the checks more
+than one section applies (an issuer name, a listener address kept on loopback)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from sidecar.addresses import is_loopback, parse_host_port
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def checked_issuer(value: str) -> str:
+    """An `iss` value: compared exactly, so white space is always a mistake."""
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("issuer must be a non-empty string without white space")
+    return value
+
+
+def checked_address(value: str) -> str:
+    """`host:port`, or "" for a listener that is off."""
+    if value:
+        parse_host_port(value)
+    return value
+
+
+IssuerName = Annotated[str, AfterValidator(checked_issuer)]
+Address = Annotated[str, AfterValidator(checked_address)]
+
+
+def loopback_only(address: str, *, allowed: bool, label: str, flag: str, beyond: str) -> None:
+    """Refuse an address off loopback unless the section's `allow_non_loopback` (`flag`) is
+    set: every listener here is plaintext, so leaving the host is an explicit choice.
+    `label` names the address in the message and `beyond` says what setting the flag does.
+    The address is parsed either way, so a malformed one is refused even when allowed."""
+    if not address:
+        return
+    host, _ = parse_host_port(address)
+    if not allowed and not is_loopback(host):
+        raise ValueError(f"{label} {address!r} is not loopback; set {flag} to {beyond}")
