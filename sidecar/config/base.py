@@ -3,15 +3,28 @@ than one section applies (an issuer name, a listener address kept on loopback)."
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from sidecar.addresses import is_loopback, parse_host_port
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Options = TypeVar("Options", bound="DataclassInstance")
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to(self, options: type[Options]) -> Options:
+        """The domain's frozen dataclass `options`, each field taken from this section's
+        setting of the same name: the domain says what it needs, the schema what it holds,
+        and a name on one side only fails at the first start, never silently."""
+        names = (field.name for field in dataclasses.fields(options))
+        return options(**{name: getattr(self, name) for name in names})
 
 
 def checked_issuer(value: str) -> str:

@@ -68,16 +68,4 @@ class ExternalIssuerSettings(Frozen):
 
     def options(self) -> ExternalIssuerOptions:
         """What keys/remote.py fetches and tokens/issuers.py enforces for this issuer."""
-        return ExternalIssuerOptions(
-            issuer=self.issuer,
-            audiences=self.audiences,
-            jwks_url=self.jwks_url,
-            jwks_file=self.jwks_file,
-            refresh_s=self.refresh_s,
-            min_refetch_interval_s=self.min_refetch_interval_s,
-            algorithms=self.algorithms,
-            ca_file=self.ca_file,
-            timeout_s=self.timeout_s,
-            max_response_bytes=self.max_response_bytes,
-            max_lifetime_s=self.max_lifetime_s,
-        )
+        return self.to(ExternalIssuerOptions)

@@ -27,7 +27,7 @@ class KeyFileSettings(Frozen):
     alg: Literal[SIGNING_ALGS] | None = None  # type: ignore[valid-type]
 
     def options(self) -> KeyFile:
-        return KeyFile(path=self.path, kid=self.kid, alg=self.alg)
+        return self.to(KeyFile)
 
 
 class KeySettings(Frozen):

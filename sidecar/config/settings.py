@@ -90,17 +90,11 @@ class Settings(BaseSettings):
     # Derived paths: one place decides where the quick start puts its files.
     @property
     def public_socket(self) -> Path | None:
-        value = self.listen.unix_socket
-        if value == "":
-            return None
-        return Path(value) if value else self.data_dir / "run" / "auth.sock"
+        return _socket(self.listen.unix_socket, self.data_dir / "run" / "auth.sock")
 
     @property
     def admin_socket(self) -> Path | None:
-        value = self.listen.admin_socket
-        if value == "":
-            return None
-        return Path(value) if value else self.data_dir / "admin" / "admin.sock"
+        return _socket(self.listen.admin_socket, self.data_dir / "admin" / "admin.sock")
 
     @property
     def sqlite_path(self) -> Path:
@@ -109,3 +103,10 @@ class Settings(BaseSettings):
     @property
     def dev_key_path(self) -> Path:
         return self.data_dir / "keys" / f"dev-{self.keys.dev_alg.lower()}.jwk.json"
+
+
+def _socket(value: str | None, default: Path) -> Path | None:
+    """A Unix socket setting: "" turns the listener off, unset is the quick start's path."""
+    if value == "":
+        return None
+    return Path(value) if value else default

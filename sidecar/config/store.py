@@ -74,11 +74,4 @@ class StoreSettings(Frozen):
 
     def redis_options(self) -> RedisOptions:
         """The Redis connection values (store/options.py), checked together above."""
-        return RedisOptions(
-            redis_mode=self.redis_mode,
-            redis_url=self.redis_url,
-            redis_sentinels=self.redis_sentinels,
-            redis_sentinel_master=self.redis_sentinel_master,
-            redis_timeout_s=self.redis_timeout_s,
-            redis_wait_replicas=self.redis_wait_replicas,
-        )
+        return self.to(RedisOptions)

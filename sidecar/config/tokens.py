@@ -49,18 +49,4 @@ class TokenSettings(Frozen):
     def options(self) -> TokenOptions:
         """The token engine's values (tokens/options.py); `signing_threads` sizes the signer
         the composition root builds, so it is not among them."""
-        return TokenOptions(
-            issuer=self.issuer,
-            audiences=self.audiences,
-            default_audience=self.default_audience,
-            access_ttl_s=self.access_ttl_s,
-            max_access_ttl_s=self.max_access_ttl_s,
-            refresh_ttl_s=self.refresh_ttl_s,
-            family_ttl_s=self.family_ttl_s,
-            leeway_s=self.leeway_s,
-            max_token_bytes=self.max_token_bytes,
-            refresh_grace_s=self.refresh_grace_s,
-            verify_cache_entries=self.verify_cache_entries,
-            verify_cache_bytes=self.verify_cache_bytes,
-            max_verify_batch=self.max_verify_batch,
-        )
+        return self.to(TokenOptions)

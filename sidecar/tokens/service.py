@@ -18,7 +18,7 @@ owns atomicity.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sidecar.clock import Clock
@@ -32,7 +32,7 @@ from sidecar.tokens.grants import Minter
 from sidecar.tokens.introspect import IntrospectFlow
 from sidecar.tokens.issue import IssueFlow
 from sidecar.tokens.issuers import Issuers
-from sidecar.tokens.model import Introspection, TokenGrant, TokenKind, VerifiedToken
+from sidecar.tokens.model import TokenKind, VerifiedToken
 from sidecar.tokens.options import TokenOptions
 from sidecar.tokens.refresh import Refresher
 from sidecar.tokens.revocation import RevocationMirror
@@ -64,8 +64,6 @@ class TokenService:
         self._mirror.on_new = self._events.publish_revocations
         self._mirror.on_reset = self._events.publish_reset
         self._sync = StoreSync(store, self._mirror, clock)
-        # External issuers whose access tokens Verify accepts (tokens/issuers.py); None:
-        # only our own tokens, and verification is exactly as without the feature.
         self._verifier = Verifier(
             ring=ring,
             policies=_policies(settings),
@@ -76,26 +74,30 @@ class TokenService:
             ),
             max_token_bytes=settings.max_token_bytes,
             max_batch=settings.max_verify_batch,
+            # External issuers whose access tokens Verify accepts (tokens/issuers.py); None:
+            # only our own tokens, and verification is exactly as without the feature.
             issuers=issuers,
         )
         # Where signatures are computed (tokens/signing.py); its owner (the app) closes it.
         # None: every signature in place, on the calling thread.
         minter = Minter(ring=self._current_ring, options=settings, signer=signer or Signer(0))
-        self._issue = IssueFlow(store=store, options=settings, clock=clock, minter=minter)
-        self._refresher = Refresher(
+        # The flows that change or read state, one module each (see the module docstring):
+        # their own methods, bound here, so a call goes straight to the flow.
+        self.issue = IssueFlow(store=store, options=settings, clock=clock, minter=minter).issue
+        self.refresh = Refresher(
             store=store,
             mirror=self._mirror,
             settings=settings,
             verifier=self._verifier,
             minter=minter,
             clock=clock,
-        )
-        self._introspect = IntrospectFlow(
+        ).refresh
+        self.introspect = IntrospectFlow(
             verifier=self._verifier, mirror=self._mirror, store=store, clock=clock
-        )
-        self._revoke = RevokeFlow(
+        ).introspect
+        self.revoke = RevokeFlow(
             ring=self._current_ring, store=store, mirror=self._mirror, options=settings, clock=clock
-        )
+        ).revoke
 
     @property
     def ring(self) -> KeyRing:
@@ -165,42 +167,6 @@ class TokenService:
         self, items: Sequence[VerifyItem]
     ) -> list[VerifiedToken | AuthSidecarError]:
         return await self._verifier.verify_batch_refetching(items)
-
-    # -- the flows that change or read state: one module each ---------------------------
-
-    async def issue(
-        self,
-        *,
-        subject: str,
-        audience: Sequence[str] = (),
-        scope: str = "",
-        claims: Mapping[str, Any] | None = None,
-        client_id: str = "",
-        expires_in: int = 0,
-        refresh_token: bool = False,
-        time_left_s: float | None = None,
-    ) -> TokenGrant:
-        return await self._issue.issue(
-            subject=subject,
-            audience=audience,
-            scope=scope,
-            claims=claims,
-            client_id=client_id,
-            expires_in=expires_in,
-            refresh_token=refresh_token,
-            time_left_s=time_left_s,
-        )
-
-    async def refresh(
-        self, refresh_token: str, *, scope: str = "", time_left_s: float | None = None
-    ) -> TokenGrant:
-        return await self._refresher.refresh(refresh_token, scope=scope, time_left_s=time_left_s)
-
-    async def introspect(self, token: str) -> Introspection:
-        return await self._introspect.introspect(token)
-
-    async def revoke(self, token: str, *, time_left_s: float | None = None) -> None:
-        await self._revoke.revoke(token, time_left_s=time_left_s)
 
     def jwks(self) -> dict[str, Any]:
         return self._ring.jwks()
