@@ -78,7 +78,7 @@ class Minted:
         return TokenService(
             ring=KeyRing([self.signing_key]),
             store=MemoryTokenStore(),
-            settings=settings,
+            settings=settings.options(),
             clock=SystemClock(),
         )
 

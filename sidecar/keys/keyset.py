@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.config import KeyFile
 from sidecar.errors import KeyMaterialError
 from sidecar.keys.generate import write_key_file
 from sidecar.keys.loader import load_key_data, read_key_file, strict_json
 from sidecar.keys.material import KeyMaterial
+from sidecar.keys.options import KeyFile
 from sidecar.keys.ring import KeyRing
 
 __all__ = [

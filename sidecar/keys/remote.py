@@ -49,10 +49,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config import ExternalIssuerSettings
 from sidecar.errors import ConfigError, KeyMaterialError
 from sidecar.keys.loader import parse_jwk, read_key_file, strict_json
 from sidecar.keys.material import HMAC_ALGS, SUPPORTED_ALGS, KeyMaterial
+from sidecar.keys.options import ExternalIssuerOptions
 from sidecar.keys.ring import KeyRing
 
 __all__ = ["RemoteKeySet", "RemoteStatus", "parse_remote_jwks"]
@@ -137,7 +137,7 @@ class RemoteKeySet:
 
     def __init__(
         self,
-        settings: ExternalIssuerSettings,
+        settings: ExternalIssuerOptions,
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -32,7 +32,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from sidecar.config import StoreSettings, parse_host_port
+from sidecar.addresses import parse_host_port
+from sidecar.store.options import RedisOptions
 
 RedisClient = Redis | RedisCluster
 
@@ -40,7 +41,7 @@ RedisClient = Redis | RedisCluster
 class RedisConnector:
     """Makes clients for the configured deployment; constructing one never connects."""
 
-    def __init__(self, settings: StoreSettings) -> None:
+    def __init__(self, settings: RedisOptions) -> None:
         self._settings = settings
         self._sentinel: Sentinel | None = None
 

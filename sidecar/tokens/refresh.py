@@ -1,6 +1,8 @@
 """Refresh families: one rotation per call, decided whole by the store (issues 3, 12, 13).
 
-The flow owns everything between "this refresh token is validly signed" and "mint the pair":
+`Refresher.refresh` is the whole Refresh call: the token is verified on the verifier's one
+path (tokens/verifier.py), then everything between "this refresh token is validly signed" and
+"mint the pair" happens here, and the pair is minted by tokens/grants.py:
 
 1. the mirror is asked first (a family revoked anywhere is refused with no store round trip);
 2. ONE store transaction (`TokenStore.rotate`) decides subject/issuer match, revoked or ended,
@@ -24,18 +26,28 @@ import logging
 from dataclasses import dataclass
 
 from sidecar.calls import record_outcome
-from sidecar.config import TokenSettings
-from sidecar.errors import ClaimError, InvalidRequestError, RefreshReuseError, RevokedTokenError
+from sidecar.clock import Clock
+from sidecar.errors import (
+    ClaimError,
+    InvalidRequestError,
+    RefreshReuseError,
+    RevokedTokenError,
+    TokenError,
+)
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
     RotateOutcome,
     Rotation,
     TokenStore,
+    deadline_for,
 )
 from sidecar.tokens import minting
-from sidecar.tokens.model import Claims
+from sidecar.tokens.grants import Minter
+from sidecar.tokens.model import Claims, TokenGrant, TokenKind
+from sidecar.tokens.options import TokenOptions
 from sidecar.tokens.revocation import RevocationMirror
+from sidecar.tokens.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +72,13 @@ class Rotated:
     outcome: RefreshOutcome
 
 
-def revoke_extra_s(settings: TokenSettings) -> int:
+def revoke_extra_s(settings: TokenOptions) -> int:
     """How long a family revocation outlives the family: its access tokens may."""
     return settings.max_access_ttl_s + settings.leeway_s
 
 
 def family_revocation(
-    settings: TokenSettings, issuer: str, family_id: str, family_end: int
+    settings: TokenOptions, issuer: str, family_id: str, family_end: int
 ) -> Revocation:
     """The revocation of a family ending at `family_end`, at its full horizon."""
     return Revocation("family", issuer, family_id, family_end + revoke_extra_s(settings))
@@ -76,11 +88,62 @@ class Refresher:
     """Rotates refresh tokens through the store; see the module docstring."""
 
     def __init__(
-        self, *, store: TokenStore, mirror: RevocationMirror, settings: TokenSettings
+        self,
+        *,
+        store: TokenStore,
+        mirror: RevocationMirror,
+        settings: TokenOptions,
+        verifier: Verifier,
+        minter: Minter,
+        clock: Clock,
     ) -> None:
         self._store = store
         self._mirror = mirror
         self._settings = settings
+        self._verifier = verifier
+        self._minter = minter
+        self._clock = clock
+
+    async def refresh(
+        self, refresh_token: str, *, scope: str = "", time_left_s: float | None = None
+    ) -> TokenGrant:
+        """Rotate (RFC 9700 section 4.14.2) in one store transaction and mint the new pair;
+        docs/lifecycle.md.
+
+        A retired refresh token presented again within `refresh_grace_s` of its rotation gets
+        a refresh token for the same successor jti (same claims as the one first returned,
+        so either copy works, once) and a fresh access token; after the window it is reuse
+        and revokes the family. Raises StoreUnavailableError when the store is unreachable
+        or the write missed its deadline (`time_left_s` bounds it): then nothing changed.
+        """
+        if not refresh_token:
+            raise InvalidRequestError("refresh_token required")
+        now = int(self._clock.now())
+        # One of our own refresh tokens: the verifier's one path, uncached.
+        claims = self._verifier.decode(refresh_token, TokenKind.REFRESH, now).claims
+        deadline_ms = deadline_for(self._clock.now(), self._store.timeout_s, time_left_s)
+        try:
+            rotated = await self.rotate(claims, scope=scope, now=now, deadline_ms=deadline_ms)
+        except TokenError as refused:
+            # Reuse, a revoked family, a mismatch: the token verified, so its ids are known
+            # and the audit line names them (no second parse of the token).
+            refused.claiming(claims.sub, claims.jti)
+            raise
+        family = rotated.family
+        request = minting.IssueRequest(
+            subject=family.subject,
+            audience=family.audience,
+            scope=rotated.scope,
+            client_id=family.client_id,
+            claims_json=family.claims_json,
+            expires_in=self._settings.access_ttl_s,
+            refresh=True,
+        )
+        access_job = self._minter.access_token(request, now, family.family_id)
+        refresh_job = self._minter.refresh_token(family, rotated.successor_jti, rotated.minted_at)
+        return await self._minter.sign(
+            request, access_job, refresh_job, outcome=rotated.outcome.value
+        )
 
     async def rotate(self, claims: Claims, *, scope: str, now: int, deadline_ms: int) -> Rotated:
         """Raises RevokedTokenError, RefreshReuseError (the family is revoked by then),

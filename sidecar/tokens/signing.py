@@ -52,7 +52,7 @@ def _sign_each(work: Sequence[tuple[KeyMaterial, bytes]]) -> list[bytes]:
 class Signer:
     """Signs tokens for `TokenService`; owns the pool (`threads` 0: everything in place).
 
-    `close` stops the threads; it is the owner's (app.py's) job to call it once no call is
+    `close` stops the threads; it is the owner's (the app's) job to call it once no call is
     in flight. A signature asked for after `close` is computed in place.
     """
 

@@ -33,7 +33,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.config import HttpSettings, parse_host_port
+from sidecar.addresses import parse_host_port
+from sidecar.config import HttpSettings
 from sidecar.errors import ConfigError
 from sidecar.keys.ring import KeyRing
 

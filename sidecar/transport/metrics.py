@@ -23,12 +23,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.addresses import parse_host_port
 from sidecar.calls import CallInfo, current_call, request_id_from
-from sidecar.config import parse_host_port
 from sidecar.errors import ConfigError
 from sidecar.keys.remote import RemoteKeySet
+from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
-from sidecar.tokens.service import TokenService
+from sidecar.tokens.cache import VerifyCache
+from sidecar.tokens.events import EventLog
+from sidecar.tokens.store_sync import StoreSync
 from sidecar.transport.layers import Behavior, UnaryLayer
 
 REQUEST_ID = "x-request-id"
@@ -53,7 +56,19 @@ def _refresh_outcome(ok: bool, outcome: str) -> str:
 
 
 class Metrics:
-    def __init__(self, service: TokenService, *, now: Callable[[], float] = time.time) -> None:
+    """The registry and the call layer's counters. The scrape-time state is handed over by
+    the app, each part by itself (the current key ring, the Verify cache, the store sync,
+    the Watch event log), so metrics reads what it shows and nothing of the token engine."""
+
+    def __init__(
+        self,
+        *,
+        ring: Callable[[], KeyRing],
+        verify_cache: VerifyCache,
+        store_sync: StoreSync,
+        events: EventLog,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -87,8 +102,8 @@ class Metrics:
             "authsidecar_store_up", "1 while the token store answers, else 0", registry=r
         )
         self.store_up.set(1)
-        r.register(_StateCollector(service, now))
-        r.register(_WatchCollector(service))
+        r.register(_StateCollector(ring, verify_cache, store_sync, now))
+        r.register(_WatchCollector(events))
         self._key_sources = _KeySourceCollector()
         r.register(self._key_sources)
         self._requests: dict[tuple[str, str, str], Any] = {}
@@ -141,14 +156,22 @@ class Metrics:
 class _StateCollector(Collector):
     """Read at scrape time: the key set in use and the Verify cache's counters."""
 
-    def __init__(self, service: TokenService, now: Callable[[], float]) -> None:
-        self._service = service
+    def __init__(
+        self,
+        ring: Callable[[], KeyRing],
+        cache: VerifyCache,
+        sync: StoreSync,
+        now: Callable[[], float],
+    ) -> None:
+        self._ring = ring
+        self._cache = cache
+        self._sync = sync
         self._now = now
-        self._version = service.ring.version
+        self._version = ring().version
         self._since = now()
 
     def collect(self) -> Iterator[Metric]:
-        ring = self._service.ring
+        ring = self._ring()
         if ring.version != self._version:
             self._version, self._since = ring.version, self._now()
         signing = ring.signing_key
@@ -165,7 +188,7 @@ class _StateCollector(Collector):
             value=max(0.0, self._now() - self._since),
         )
         yield GaugeMetricFamily("authsidecar_keys", "Keys in the key set", value=len(ring.keys))
-        cache = self._service.verify_cache
+        cache = self._cache
         hits = CounterMetricFamily(
             "authsidecar_verify_cache_hits", "Verify calls answered from the cache"
         )
@@ -179,7 +202,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "authsidecar_verify_cache_entries", "Entries in the Verify cache", value=len(cache)
         )
-        sync = self._service.store_sync
+        sync = self._sync
         restored = CounterMetricFamily(
             "authsidecar_store_revocations_restored",
             "Unexpired revocations this sidecar wrote back to a store that had lost them",
@@ -205,8 +228,8 @@ class _StateCollector(Collector):
 class _WatchCollector(Collector):
     """The Watch event log (issue 15), read at scrape time: the log counts, metrics reads."""
 
-    def __init__(self, service: TokenService) -> None:
-        self._events = service.events
+    def __init__(self, events: EventLog) -> None:
+        self._events = events
 
     def collect(self) -> Iterator[Metric]:
         events = self._events

@@ -81,7 +81,9 @@ def redis_store(
             **extra,
         }
     )
-    return RedisTokenStore(RedisConnector(settings), clock=FixedClock(now), key_prefix=prefix)
+    return RedisTokenStore(
+        RedisConnector(settings.redis_options()), clock=FixedClock(now), key_prefix=prefix
+    )
 
 
 async def _memory(request: pytest.FixtureRequest, _: Path) -> TokenStore:

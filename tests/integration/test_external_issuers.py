@@ -427,7 +427,7 @@ async def test_a_bad_token_gets_the_same_reason_with_and_without_external_issuer
         built = TokenService(
             ring=KeyRing([own]),
             store=MemoryTokenStore(),
-            settings=settings.tokens,
+            settings=settings.tokens.options(),
             clock=FixedClock(float(NOW)),
             issuers=issuers if with_issuers else None,
         )

@@ -67,7 +67,9 @@ def _redis_with(url: str, until: int) -> RedisTokenStore:
     settings = StoreSettings.model_validate(
         {"backend": "redis", "redis_url": url, "redis_key_prefix": PREFIX, "redis_timeout_s": 5}
     )
-    return RedisTokenStore(RedisConnector(settings), clock=SystemClock(), key_prefix=PREFIX)
+    return RedisTokenStore(
+        RedisConnector(settings.redis_options()), clock=SystemClock(), key_prefix=PREFIX
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

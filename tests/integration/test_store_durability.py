@@ -53,7 +53,9 @@ def _store(url: str) -> RedisTokenStore:
     settings = StoreSettings.model_validate(
         {"backend": "redis", "redis_url": url, "redis_key_prefix": PREFIX, "redis_timeout_s": 5}
     )
-    return RedisTokenStore(RedisConnector(settings), clock=SystemClock(), key_prefix=PREFIX)
+    return RedisTokenStore(
+        RedisConnector(settings.redis_options()), clock=SystemClock(), key_prefix=PREFIX
+    )
 
 
 def _revoked_count(url: str) -> int:

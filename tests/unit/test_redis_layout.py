@@ -108,7 +108,7 @@ def test_malformed_members_are_ignored(member: str) -> None:
 
 async def test_standalone_url_builds_a_client_with_timeouts() -> None:
     settings = StoreSettings(backend="redis", redis_url="unix:///run/redis.sock?db=2")
-    client = RedisConnector(settings).client()
+    client = RedisConnector(settings.redis_options()).client()
     assert isinstance(client, Redis)
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["path"], kwargs["db"], kwargs["socket_timeout"]) == ("/run/redis.sock", 2, 1.0)
@@ -119,7 +119,7 @@ async def test_replies_are_parsed_by_hiredis() -> None:
     """redis-py falls back to its pure-Python parser without hiredis, silently: that costs
     ~100 µs of a Refresh on Redis (docs/performance.md), so losing the dependency fails here."""
     settings = StoreSettings(backend="redis", redis_url="redis://127.0.0.1:6379/0")
-    client = RedisConnector(settings).client()
+    client = RedisConnector(settings.redis_options()).client()
     assert isinstance(client, Redis)
     pool: Any = client.connection_pool  # make_connection is unannotated in redis-py
     assert type(pool.make_connection()._parser).__name__ == "_AsyncHiredisParser"
@@ -135,7 +135,7 @@ async def test_sentinel_mode_asks_the_sentinels_for_the_named_master() -> None:
         redis_url="redis://user:s3cret@ignored:1/3",
         redis_timeout_s=0.5,
     )
-    connector = RedisConnector(settings)
+    connector = RedisConnector(settings.redis_options())
     client = connector.client()
     assert isinstance(client, Redis)
     pool: object = client.connection_pool
@@ -151,7 +151,7 @@ async def test_cluster_mode_builds_a_cluster_client_from_a_seed_node() -> None:
     settings = StoreSettings(
         backend="redis", redis_mode="cluster", redis_url="redis://10.0.0.1:7000/0"
     )
-    client = RedisConnector(settings).client()
+    client = RedisConnector(settings.redis_options()).client()
     assert isinstance(client, RedisCluster)
     seeds = client.nodes_manager.startup_nodes.values()
     assert [(n.host, n.port) for n in seeds] == [("10.0.0.1", 7000)]

@@ -43,7 +43,7 @@ class Fixture:
         self.store_clock = FixedClock(float(NOW))
         self.ring = KeyRing([make_key("ES256", "a")])
         self.store = MemoryTokenStore(clock=self.store_clock)
-        self.settings = TokenSettings(issuer=ISSUER, **settings)  # type: ignore[arg-type]
+        self.settings = TokenSettings(issuer=ISSUER, **settings).options()  # type: ignore[arg-type]
         self.service = TokenService(
             ring=self.ring, store=self.store, settings=self.settings, clock=self.clock
         )

@@ -175,7 +175,7 @@ def _service(ring: KeyRing, signer: Signer) -> TokenService:
     return TokenService(
         ring=ring,
         store=MemoryTokenStore(),
-        settings=TokenSettings(issuer=ISSUER, default_audience=("orders",)),
+        settings=TokenSettings(issuer=ISSUER, default_audience=("orders",)).options(),
         clock=FixedClock(float(NOW)),
         signer=signer,
     )

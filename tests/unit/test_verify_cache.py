@@ -42,7 +42,7 @@ def _service(clock: FixedClock, ring: KeyRing | None = None, **settings: int) ->
     return TokenService(
         ring=ring or KeyRing([make_key("ES256", "a")]),
         store=MemoryTokenStore(),
-        settings=TokenSettings(issuer=ISSUER, **settings),  # type: ignore[arg-type]
+        settings=TokenSettings(issuer=ISSUER, **settings).options(),  # type: ignore[arg-type]
         clock=clock,
     )
 
@@ -164,7 +164,7 @@ def test_cache_is_bounded_by_bytes() -> None:
     service = TokenService(
         ring=ring,
         store=MemoryTokenStore(),
-        settings=TokenSettings(issuer=ISSUER),
+        settings=TokenSettings(issuer=ISSUER).options(),
         clock=FixedClock(float(NOW)),
     )
     verified = service.verify(_token(ring))
@@ -193,7 +193,7 @@ def test_cached_external_token_is_rechecked_with_its_issuers_rules(clock: FixedC
     service = TokenService(
         ring=KeyRing([make_key("ES256", "a")]),
         store=MemoryTokenStore(),
-        settings=TokenSettings(issuer=ISSUER, leeway_s=30),
+        settings=TokenSettings(issuer=ISSUER, leeway_s=30).options(),
         clock=clock,
         issuers=issuers,
     )

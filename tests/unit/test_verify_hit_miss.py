@@ -68,7 +68,7 @@ def _world(cache_entries: int) -> World:
             audiences=("orders", "billing"),
             leeway_s=30,
             verify_cache_entries=cache_entries,
-        ),
+        ).options(),
         clock=clock,
         issuers=Issuers(OURS, [Issuer(THEIRS, external, policy)]),
     )

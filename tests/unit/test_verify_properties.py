@@ -235,7 +235,7 @@ def _service(with_issuers: bool) -> TokenService:
     return TokenService(
         ring=ASYM_RING,
         store=MemoryTokenStore(),
-        settings=TokenSettings(issuer=ISSUER, audiences=("orders",)),
+        settings=TokenSettings(issuer=ISSUER, audiences=("orders",)).options(),
         clock=FixedClock(float(NOW)),
         issuers=issuers if with_issuers else None,
     )

@@ -1,0 +1,121 @@
+"""Reading the configuration: defaults, then one YAML or TOML file, then `AUTHSIDECAR_*`
+environment variables, then keyword overrides (tests, `./dev up`), validated once.
+
+The file is named by the caller or by $AUTHSIDECAR_CONFIG and handed to the parser as one of
+its sources (`_sources`); no module state carries it. Every failure is a `ConfigError` on ONE
+line naming the setting (`setting listen.tcp: ...`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import (
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsError,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings.sources import DefaultSettingsSource
+
+from sidecar.config.settings import Settings
+from sidecar.errors import ConfigError
+
+CONFIG_ENV = "AUTHSIDECAR_CONFIG"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate; every failure is a ConfigError whose message names the setting."""
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = os.environ[CONFIG_ENV]
+    path = Path(config_file) if config_file is not None else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist or is not a file")
+        if path.suffix.lower() not in (".yaml", ".yml", ".toml"):
+            raise ConfigError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+    try:
+        # `_build_sources`: pydantic-settings' documented way to hand over the sources; the
+        # pydantic mypy plugin's synthesised __init__ does not list it yet.
+        return Settings(_build_sources=(_sources(path, overrides), overrides))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # an AUTHSIDECAR_* variable that is not valid JSON
+        raise ConfigError(_one_line(f"invalid configuration: {exc}")) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable or unparsable file
+        raise ConfigError(
+            _one_line(f"config file {str(path)!r} could not be read: {exc}")
+        ) from None
+
+
+def _sources(
+    path: Path | None, overrides: dict[str, Any]
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Highest precedence first: overrides, the environment, the file, the defaults (the
+    file's source reads it here, so its errors surface inside load_settings' try)."""
+    sources: list[PydanticBaseSettingsSource] = [
+        InitSettingsSource(Settings, init_kwargs=overrides),
+        EnvSettingsSource(Settings),
+    ]
+    if path is not None:
+        if path.suffix.lower() == ".toml":
+            sources.append(TomlConfigSettingsSource(Settings, toml_file=path))
+        else:
+            sources.append(YamlConfigSettingsSource(Settings, yaml_file=path))
+    sources.append(DefaultSettingsSource(Settings))
+    return tuple(sources)
+
+
+def _describe(exc: ValidationError) -> str:
+    """Every problem on ONE line (issue 14: a log line or a `kubectl logs` tail shows it whole):
+    `invalid configuration: setting a.b: why; setting c: why`. A name that is not a setting
+    says so and offers the nearest valid one at that level (difflib)."""
+    problems = []
+    for error in exc.errors():
+        loc = error["loc"]
+        where = ".".join(str(part) for part in loc) or "settings"
+        if error["type"] == "extra_forbidden" and loc:
+            problems.append(f"unknown setting {where}{_did_you_mean(loc)}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"setting {where}: {message}")
+    return _one_line("invalid configuration: " + "; ".join(problems))
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """` (did you mean tokens.access_ttl_s?)`, or "" when no valid name is close."""
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # an element of a list of models: same model
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    prefix = ".".join(str(part) for part in loc[:-1])
+    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds, directly or as the element of a tuple."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
