@@ -40,9 +40,9 @@ from tests.client.batch_harness import Ask, Batching, Outcome, unary_outcomes
 from tests.client.harness import OK, UNAUTHENTICATED, call_b
 from tests.client.proxy import sidecar_proxy
 from tests.client.tokens import mint
+from tests.support.marks import AIO
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 PROTO = Path(__file__).resolve().parents[2] / "protos/authsidecar/v1/auth.proto"
 AUDIENCES = {"audiences": ["svc-a", "svc-b"]}
 UNAVAILABLE = (SidecarUnavailableError, grpc.StatusCode.UNAVAILABLE, "")
@@ -205,14 +205,16 @@ async def test_a_stopped_sidecar_fails_every_caller_promptly_with_unavailable(
 ) -> None:
     async with running_sidecar(data_dir, tokens=AUDIENCES) as sc:
         token = await mint(sc)
-        batching = Batching(aio, sc.unix_target, timeout_s=5.0, max_delay_s=0.01)
+        batching = Batching(aio, sc.unix_target, timeout_s=60.0, max_delay_s=0.01)
         assert isinstance((await batching.verify_all([Ask(token, "svc-b")]))[0], VerifiedClaims)
     started = time.monotonic()
-    outcomes = await asyncio.wait_for(batching.verify_all([Ask(token, "svc-b")] * 20), 10)
+    outcomes = await asyncio.wait_for(batching.verify_all([Ask(token, "svc-b")] * 20), 90)
     elapsed = time.monotonic() - started
     await batching.close()
+    # UNAVAILABLE, not DEADLINE_EXCEEDED: grpc's retries gave up, nobody waited the deadline
+    # out; and well before it (half a 60 s deadline: a bound no loaded machine comes near).
     assert outcomes == [UNAVAILABLE] * 20
-    assert elapsed < 3.0  # failed fast, after grpc's retries, long before the 5 s deadline
+    assert elapsed < 30.0
 
 
 @AIO

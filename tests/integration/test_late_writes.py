@@ -26,7 +26,8 @@ import redis.asyncio
 
 from authsidecar.v1 import auth_pb2
 from sidecar.store import redis_scripts
-from tests.integration.test_multi_sidecar import (
+from tests.support.fleet import SidecarProcess, fleet
+from tests.support.fleet_calls import (
     POLL,
     REVOKED,
     UNAVAILABLE,
@@ -37,7 +38,6 @@ from tests.integration.test_multi_sidecar import (
     until_refused,
     verify,
 )
-from tests.support.fleet import SidecarProcess, fleet
 from tests.support.redis import RedisServer
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 

@@ -33,7 +33,8 @@ import pytest
 import redis
 
 from authsidecar.v1 import auth_pb2
-from tests.integration.test_multi_sidecar import (
+from tests.support.fleet import Fleet, fleet, start_sidecar
+from tests.support.fleet_calls import (
     REVOKED,
     UNAVAILABLE,
     issue,
@@ -43,7 +44,6 @@ from tests.integration.test_multi_sidecar import (
     until_refused,
     verify,
 )
-from tests.support.fleet import Fleet, fleet, start_sidecar
 from tests.support.redis_topologies import RedisClusterSet, SentinelSet, repl_offset, wait_until
 from tests.support.sidecar import short_tmpdir
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy

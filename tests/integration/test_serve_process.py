@@ -21,7 +21,6 @@ import pytest
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from tests.support.keys import rsa_key_of_size
-from tests.support.sidecar import short_tmpdir
 
 BANNER = re.compile(r"authsidecar serving .* tcp=(\S+) admin=(\S+)")
 
@@ -56,12 +55,6 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 def _start(data_dir: Path, **extra: str) -> ServeProcess:
