@@ -2,7 +2,8 @@
 
 For tests and single-process deployments: state dies with the process, and two sidecars never
 share it. It defines the behaviour the other stores must match (the contract suite runs against
-all of them), so it stays as plain as the protocol allows.
+all of them), so it stays as plain as the protocol allows. Its refresh decision is
+rotation.py's `decide_rotation`, the same function SQLite applies in its transaction.
 
 Atomicity without a journal: every write decides and applies under one lock with no `await`
 between its first read and its last write, so on one event loop nothing can interleave with it
