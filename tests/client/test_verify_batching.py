@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from tests.client.harness import OK, UNAUTHENTICATED, call_b
 from tests.client.proxy import sidecar_proxy
 from tests.client.tokens import mint
 from tests.support.marks import AIO
+from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
 PROTO = Path(__file__).resolve().parents[2] / "protos/authsidecar/v1/auth.proto"
@@ -257,12 +258,15 @@ async def test_a_cancelled_caller_leaves_the_others_answered(
 ) -> None:
     token = await mint(sidecar)
 
-    async def cancel_one(batching: Batching, after_s: float) -> list[object]:
+    async def cancel_one(
+        batching: Batching, ready: Callable[[], Awaitable[None]], release: Callable[[], None]
+    ) -> list[object]:
         batcher = batching.batcher
         assert isinstance(batcher, AsyncVerifyBatcher)
         tasks = [asyncio.create_task(batcher.verify(token, audience="svc-b")) for _ in range(10)]
-        await asyncio.sleep(after_s)
+        await ready()
         tasks[3].cancel()
+        release()
         gathered = asyncio.gather(*tasks, return_exceptions=True)
         done: list[object] = list(await asyncio.wait_for(gathered, 10))
         assert (await batcher.verify(token, audience="svc-b")).sub == "alice"
@@ -271,13 +275,18 @@ async def test_a_cancelled_caller_leaves_the_others_answered(
 
     # Cancelled while waiting to be sent: its item is left out of the call.
     waiting = Batching(True, sidecar.unix_target, max_delay_s=0.2)
-    done = await cancel_one(waiting, 0.02)
+    done = await cancel_one(waiting, lambda: asyncio.sleep(0.02), lambda: None)
     assert waiting.counted.batch_sizes == [9, 1]
-    # Cancelled while its call is in flight: the others still get their answers.
+    # Cancelled while its call is in flight (the "sidecar" holds it until the cancel): the
+    # others still get their answers.
     async with sidecar_proxy(sidecar.unix_target, socket_dir) as slow:
-        slow.delay_s = 0.3
+        slow.hold = asyncio.Event()
         in_flight = Batching(True, slow.target)
-        done += await cancel_one(in_flight, 0.1)
+
+        async def sent() -> None:
+            await eventually(lambda: slow.attempts["VerifyBatch"] >= 1, "the batch in flight")
+
+        done += await cancel_one(in_flight, sent, slow.hold.set)
     assert in_flight.counted.batch_sizes == [10, 1]
     for i, result in enumerate(done):
         assert isinstance(result, asyncio.CancelledError if i % 10 == 3 else VerifiedClaims)
