@@ -8,7 +8,10 @@ so the server's CPU and the client's are never the same interpreter's.
 Requests are pre-serialised bytes sent through a generic stub (no client-side protobuf work
 on the static paths). Only calls that *complete* inside [start_at, end_at] (CLOCK_MONOTONIC,
 which is system-wide on Linux, so every process and the parent agree) are counted; calls
-before `start_at` are the warm-up.
+before `start_at` are the warm-up. The window is a floor, not a fixed length: a process that
+has completed fewer than `min_calls` calls (spec, default 0) by `end_at` (a loaded machine
+can starve a short --quick window) keeps calling until it has them, or until `end_at` +
+`GIVE_UP_S`, and reports where its window really ended as `window_end`.
 
 Modes:
   static   cycle through `payloads` (a token pool) calling `method` on `target`
@@ -39,6 +42,12 @@ import grpc
 from authsidecar.v1 import auth_pb2
 
 _REFRESH = "/authsidecar.v1.AuthService/Refresh"
+# The calls each process completes before a cell's window may end (bench/run.py passes it as
+# `min_calls`): the window runs past `end_at` only when a loaded machine starved it.
+MIN_CALLS = 10
+# How far past `end_at` a process that has not reached `min_calls` keeps calling: a bound for a
+# stuck server, far beyond what a loaded machine needs.
+GIVE_UP_S = 60.0
 _ISSUE = "/authsidecar.v1.AuthService/Issue"
 
 
@@ -47,18 +56,35 @@ def _identity(value: bytes) -> bytes:
 
 
 class _Tally:
-    def __init__(self, start_at: float, end_at: float) -> None:
+    def __init__(self, start_at: float, end_at: float, min_calls: int = 0) -> None:
         self.start_at = start_at
         self.end_at = end_at
+        self.min_calls = min_calls
+        self.window_end = end_at
         self.latencies_us: list[int] = []
         self.errors: Counter[str] = Counter()
 
+    def counted(self) -> int:
+        return len(self.latencies_us) + sum(self.errors.values())
+
+    def done(self, now: float) -> bool:
+        """Whether a task should stop: the window is over and it holds `min_calls` calls (or
+        the give-up bound has passed)."""
+        if now < self.end_at:
+            return False
+        return self.counted() >= self.min_calls or now >= self.end_at + GIVE_UP_S
+
     def record(self, began: float, ended: float, error: str | None) -> None:
-        if self.start_at <= ended <= self.end_at:
-            if error is None:
-                self.latencies_us.append(int((ended - began) * 1e6))
-            else:
-                self.errors[error] += 1
+        if ended < self.start_at:
+            return
+        if ended > self.end_at:
+            if self.counted() >= self.min_calls:
+                return
+            self.window_end = max(self.window_end, ended)
+        if error is None:
+            self.latencies_us.append(int((ended - began) * 1e6))
+        else:
+            self.errors[error] += 1
 
 
 _Metadata = tuple[tuple[str, str], ...]
@@ -75,7 +101,7 @@ async def _static(
     clock = time.monotonic
     while True:
         began = clock()
-        if began >= tally.end_at:
+        if tally.done(began):
             return
         error = None
         try:
@@ -98,7 +124,7 @@ async def _with_tokens(
     clock = time.monotonic
     while True:
         began = clock()
-        if began >= tally.end_at:
+        if tally.done(began):
             return
         i = next_index()
         if i >= n:  # "once" and the pool is spent: say so rather than reuse a token
@@ -120,7 +146,7 @@ def _cycle_from(start: int, n: int) -> Callable[[], int]:
 def _token_tasks(
     spec: dict[str, Any], call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], tally: _Tally
 ) -> list[asyncio.Task[None]]:
-    metadata = [(("authorization", f"Bearer {t}"),) for t in spec["tokens"]]
+    metadata: list[_Metadata] = [(("authorization", f"Bearer {t}"),) for t in spec["tokens"]]
     payload = base64.b64decode(spec["payloads"][0])
     tasks = spec["tasks"]
     if spec.get("token_use", "cycle") == "once":
@@ -137,11 +163,12 @@ def _token_tasks(
 
 
 async def _cpu_window(tally: _Tally, box: dict[str, float]) -> None:
-    """This process's CPU time over the measured window (the caller's cost per call)."""
+    """This process's CPU time over the measured window (the caller's cost per call); `run`
+    measures it again at the end if the window was extended for `min_calls`."""
     await asyncio.sleep(max(0.0, tally.start_at - time.monotonic()))
-    began = time.process_time()
+    box["began"] = time.process_time()
     await asyncio.sleep(max(0.0, tally.end_at - time.monotonic()))
-    box["cpu_s"] = time.process_time() - began
+    box["cpu_s"] = time.process_time() - box["began"]
 
 
 async def _refresh_chain(
@@ -155,7 +182,7 @@ async def _refresh_chain(
     clock = time.monotonic
     while True:
         began = clock()
-        if began >= tally.end_at:
+        if tally.done(began):
             return
         error = None
         try:
@@ -178,7 +205,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     await channel.channel_ready()
     print("ready", flush=True)
     start_at, end_at = (float(x) for x in sys.stdin.readline().split())
-    tally = _Tally(start_at, end_at)
+    tally = _Tally(start_at, end_at, spec.get("min_calls", 0))
     cpu: dict[str, float] = {}
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(_cpu_window(tally, cpu))]
     if spec.get("tokens"):
@@ -198,12 +225,15 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         for t in range(spec["tasks"]):
             tasks.append(asyncio.create_task(_static(call, payloads, t * step, tally)))
     await asyncio.gather(*tasks)
+    if tally.window_end > end_at and "began" in cpu:
+        cpu["cpu_s"] = time.process_time() - cpu["began"]
     for ch in channels:
         await ch.close()
     return {
         "latencies_us": tally.latencies_us,
         "errors": dict(tally.errors),
         "cpu_s": cpu.get("cpu_s", 0.0),
+        "window_end": tally.window_end,
     }
 
 

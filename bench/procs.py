@@ -137,13 +137,17 @@ def drive(
     tokens: list[str] | None = None,
     one_shot: bool = False,
     sidecars: tuple[Server, ...] = (),
+    min_calls: int = 0,
 ) -> dict[str, Any]:
     """Run `concurrency` calls in flight from min(concurrency, 2) load processes.
 
     `tokens`: every call carries a bearer token from this pool, each load process a disjoint
     slice; cycled, or each used once with `one_shot` (bench/load.py). `sidecars`: processes
     the server calls; their CPU is added to the server's and also reported on its own
-    (`sidecar_cpu_s_per_1k`). `client_cpu_s_per_1k` is the load processes' own CPU."""
+    (`sidecar_cpu_s_per_1k`). `client_cpu_s_per_1k` is the load processes' own CPU.
+    `min_calls`: each load process measures past `duration_s` until it has completed that
+    many calls (bench/load.py), so a starved short window still measures something; the
+    rates then use the window as it really was."""
     procs = min(concurrency, 2)
     encoded = [base64.b64encode(p).decode("ascii") for p in payloads]
     children = []
@@ -157,6 +161,7 @@ def drive(
             # cache stays cold whatever the interleaving.
             "payloads": encoded[i::procs] or encoded,
             "tasks": concurrency // procs + (1 if i < concurrency % procs else 0),
+            "min_calls": min_calls,
         }
         if tokens:
             spec["tokens"] = tokens[i::procs] or tokens
@@ -181,6 +186,7 @@ def drive(
     latencies: list[int] = []
     errors: dict[str, int] = {}
     client_cpu = 0.0
+    window_end = end_at
     for child in children:
         assert child.stdout is not None
         out = child.stdout.read()
@@ -190,8 +196,12 @@ def drive(
         result = json.loads(out)
         latencies.extend(result["latencies_us"])
         client_cpu += result["cpu_s"]
+        window_end = max(window_end, result["window_end"])
         for code, count in result["errors"].items():
             errors[code] = errors.get(code, 0) + count
+    if window_end > end_at:  # a generator measured on for `min_calls`: so does the server
+        cpu1, t1 = server.cpu_s(), window_end
+        side1 = sum(s.cpu_s() for s in sidecars)
     latencies.sort()
     calls = len(latencies)
     window = t1 - t0

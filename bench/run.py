@@ -35,6 +35,7 @@ import grpc
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from bench import h2load, inprocess, procs, report, two_service
+from bench.load import MIN_CALLS
 from bench.tokens import ALGORITHMS, AUDIENCE, Minted, make_key
 
 VERIFY = "/authsidecar.v1.AuthService/Verify"
@@ -61,6 +62,8 @@ class Profile:
     # The "algorithms" group (OTHER_ALGS): its token pools and its in-process seconds a row.
     alg_pool: int
     alg_inprocess_s: float
+    # Calls each load process completes before a cell's window may end (bench/load.py).
+    min_calls: int = MIN_CALLS
 
 
 FULL = Profile(
@@ -230,6 +233,7 @@ class Suite:
             warmup_s=self.p.warmup_s,
             mode=o.get("mode", "static"),
             items_per_call=o.get("items", 1),
+            min_calls=self.p.min_calls,
         )
 
     def execute(self) -> None:

@@ -1,4 +1,6 @@
-"""Fixtures every test directory may use: real Redis, shared or private.
+"""Fixtures every test directory may use: private directories, a running sidecar, real Redis
+(shared or private). Defined here once; a directory or module overrides one only where it needs
+something different (say so where it does).
 
 Redis-dependent tests skip when no Redis is reachable, except in CI: with
 `AUTHSIDECAR_REQUIRE_REDIS=1` (`.ci/run` exports it) they fail instead, so a broken Redis
@@ -8,13 +10,35 @@ set-up can never turn the issue-3 proofs into silent skips.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.redis import REDIS_URL, RedisServer, redis_problem
 from tests.support.redis_topologies import RedisClusterSet, SentinelSet
-from tests.support.sidecar import short_tmpdir
+from tests.support.sidecar import RunningSidecar, running_sidecar, short_tmpdir
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A private directory for a sidecar's data (keys, SQLite), short enough for its sockets."""
+    with short_tmpdir() as path:
+        yield path
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A private directory for the test's own Unix sockets (proxies, fake sidecars)."""
+    with short_tmpdir() as path:
+        yield path
+
+
+@pytest.fixture
+async def sidecar(data_dir: Path) -> AsyncIterator[RunningSidecar]:
+    """An in-process sidecar on embedded defaults, issuing for audiences svc-a and svc-b."""
+    async with running_sidecar(data_dir, tokens={"audiences": ["svc-a", "svc-b"]}) as running:
+        yield running
 
 
 def _redis_missing(why: str) -> None:

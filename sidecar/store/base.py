@@ -1,4 +1,7 @@
-"""What the token engine asks of a store: refresh families and revocations.
+"""What the token engine asks of a store: refresh families and revocations (`TokenStore`).
+
+The values it takes and returns live in records.py and the shared pure parts (the refresh
+decision, deadlines, scopes) in rotation.py; both are importable from here as before.
 
 State is keyed by family id and by `iss` + `jti`, never by token text: one token has several
 accepted spellings elsewhere, and a store keyed by text would let a respelled token dodge a
@@ -51,93 +54,34 @@ UNKNOWN/None instead of REVOKED; both refuse, and the refresh token has expired 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-RevocationKind = Literal["jti", "family"]
-# A revocation as bulk reads hand it over (kind, issuer, key, expires_at): a plain tuple, since
-# building a frozen dataclass per entry costs more than the rest of a million-entry load.
-RevocationRow = tuple[RevocationKind, str, str, int]
+from sidecar.store.records import (
+    FamilyRecord,
+    Revocation,
+    RevocationKind,
+    RevocationRow,
+    RotateOutcome,
+    RotateResult,
+    Rotation,
+)
+from sidecar.store.rotation import deadline_for, past, scope_within
 
-
-@dataclass(frozen=True, slots=True)
-class FamilyRecord:
-    """One login's chain of refresh tokens; `current_jti` is the only live refresh token."""
-
-    family_id: str
-    issuer: str
-    subject: str
-    audience: tuple[str, ...]
-    scope: str
-    client_id: str
-    # The caller's extra claims as canonical JSON text, replayed into every access token.
-    claims_json: str
-    created_at: int
-    # Absolute end of the family: no refresh after this, whatever the rotations.
-    expires_at: int
-    current_jti: str
-    revoked: bool = False
-    # The refresh token `current_jti` replaced, and when (`now` of that rotation): the grace
-    # window hands `current_jti` again to whoever presents `previous_jti` shortly after.
-    previous_jti: str = ""
-    rotated_at: int = 0
-
-
-class RotateOutcome(enum.Enum):
-    ROTATED = "rotated"  # presented == current: current is now the successor
-    GRACE = "grace"  # presented was retired < grace_s ago: family.current_jti is its successor
-    REUSED = "reused"  # presented was retired: the family is now revoked
-    REVOKED = "revoked"  # the family was already revoked (or has ended)
-    UNKNOWN = "unknown"  # no such family
-    MISMATCH = "mismatch"  # the presented subject/issuer are not the family's: nothing changed
-    SCOPE_WIDENED = "scope_widened"  # the requested scope is not within the family's: nothing
-
-
-@dataclass(frozen=True, slots=True)
-class Rotation:
-    """One refresh, as the store decides it: everything the decision needs, in one value.
-
-    `subject`/`issuer` are the presented refresh token's `sub`/`iss`; `scope` is the narrowed
-    scope asked for ("" keeps the family's); `revoke_extra_s` is how long past the family's
-    end a reuse revocation must last (the longest access-token lifetime plus leeway: access
-    tokens minted at the family's last refresh outlive it); `deadline_ms` as for every write.
-    """
-
-    family_id: str
-    presented_jti: str
-    next_jti: str
-    now: int
-    deadline_ms: int
-    subject: str
-    issuer: str
-    scope: str = ""
-    grace_s: int = 0
-    revoke_extra_s: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RotateResult:
-    outcome: RotateOutcome
-    # The family after the operation (None when UNKNOWN).
-    family: FamilyRecord | None
-    # REUSED only: the family revocation recorded in the same transaction (full horizon).
-    revocation: Revocation | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Revocation:
-    """A revoked token (`kind="jti"`, `key` = its jti) or family (`key` = family id).
-
-    `expires_at` is when the revoked thing would have stopped working anyway; after it the
-    entry can be forgotten, so revocation state never grows without bound.
-    """
-
-    kind: RevocationKind
-    issuer: str
-    key: str
-    expires_at: int
+__all__ = [
+    "FamilyRecord",
+    "Revocation",
+    "RevocationFeed",
+    "RevocationKind",
+    "RevocationRow",
+    "RotateOutcome",
+    "RotateResult",
+    "Rotation",
+    "TokenStore",
+    "deadline_for",
+    "past",
+    "scope_within",
+]
 
 
 class RevocationFeed(Protocol):
@@ -307,21 +251,3 @@ class TokenStore(Protocol):
     async def close(self) -> None:
         """Release the backend (idempotent); every later call raises StoreUnavailableError."""
         ...
-
-
-def scope_within(requested: str, granted: str) -> bool:
-    """Whether every scope token of `requested` is in `granted` (space-separated)."""
-    return set(requested.split()) <= set(granted.split())
-
-
-def past(deadline_ms: int, now_s: float) -> bool:
-    """Whether a write decided at `now_s` (epoch seconds) is past `deadline_ms`."""
-    return now_s * 1000 > deadline_ms
-
-
-def deadline_for(now_s: float, timeout_s: float, time_left_s: float | None = None) -> int:
-    """The deadline (epoch ms) of a write started at `now_s`: no later than the moment its
-    caller stops waiting, i.e. the store's own timeout or the call's remaining time (a gRPC
-    deadline), whichever comes first."""
-    budget = timeout_s if time_left_s is None else max(0.0, min(timeout_s, time_left_s))
-    return int((now_s + budget) * 1000)

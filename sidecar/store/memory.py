@@ -2,7 +2,8 @@
 
 For tests and single-process deployments: state dies with the process, and two sidecars never
 share it. It defines the behaviour the other stores must match (the contract suite runs against
-all of them), so it stays as plain as the protocol allows.
+all of them), so it stays as plain as the protocol allows. Its refresh decision is
+rotation.py's `decide_rotation`, the same function SQLite applies in its transaction.
 
 Atomicity without a journal: every write decides and applies under one lock with no `await`
 between its first read and its last write, so on one event loop nothing can interleave with it
@@ -21,18 +22,16 @@ from collections.abc import Sequence
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import StoreDeadlineError, StoreUnavailableError
-from sidecar.store.base import (
+from sidecar.store.base import RevocationFeed
+from sidecar.store.records import (
     FamilyRecord,
     Revocation,
-    RevocationFeed,
     RevocationKind,
     RevocationRow,
-    RotateOutcome,
     RotateResult,
     Rotation,
-    past,
-    scope_within,
 )
+from sidecar.store.rotation import decide_rotation, past
 
 _RevocationKey = tuple[RevocationKind, str, str]
 
@@ -98,34 +97,12 @@ class MemoryTokenStore:
         r = rotation
         async with self._lock:
             self._check_deadline(r.deadline_ms)
-            family = self._families.get(r.family_id)
-            if family is None:
-                return RotateResult(RotateOutcome.UNKNOWN, None)
-            if family.subject != r.subject or family.issuer != r.issuer:
-                return RotateResult(RotateOutcome.MISMATCH, family)
-            if family.revoked or r.now >= family.expires_at:
-                return RotateResult(RotateOutcome.REVOKED, family)
-            if r.presented_jti == family.previous_jti and r.next_jti == family.current_jti:
-                return RotateResult(RotateOutcome.ROTATED, family)  # the same call, retried
-            current = r.presented_jti == family.current_jti
-            grace = r.presented_jti == family.previous_jti and r.now < family.rotated_at + r.grace_s
-            if current or grace:
-                if r.scope and not scope_within(r.scope, family.scope):
-                    return RotateResult(RotateOutcome.SCOPE_WIDENED, family)
-                if grace:
-                    return RotateResult(RotateOutcome.GRACE, family)
-                rotated = dataclasses.replace(
-                    family, current_jti=r.next_jti, previous_jti=r.presented_jti, rotated_at=r.now
-                )
-                self._families[r.family_id] = rotated
-                return RotateResult(RotateOutcome.ROTATED, rotated)
-            # A retired token came back: RFC 9700 section 4.14.2 says revoke the whole family.
-            revocation = Revocation(
-                "family", family.issuer, r.family_id, family.expires_at + r.revoke_extra_s
-            )
-            revoked = self._revoke_family(family)
-            self._put_revocation(revocation)
-            return RotateResult(RotateOutcome.REUSED, revoked, revocation)
+            result, write = decide_rotation(self._families.get(r.family_id), r)
+            if write is not None:
+                self._families[r.family_id] = write
+                if result.revocation is not None:  # REUSED: the family and its revocation
+                    self._put_revocation(result.revocation)
+            return result
 
     async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
         await self.restore((revocation,), deadline_ms=deadline_ms)

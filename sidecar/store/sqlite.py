@@ -8,22 +8,12 @@ one dedicated worker thread that owns the connection (a single-thread executor).
 serialised in submission order and the connection never crosses threads. A cancelled caller
 cannot cut a transaction short: a queued call is dropped, a running one finishes.
 
-Durability choices:
-
-* WAL, so the many readers (`revocations`, `get_family`) never wait for a writer.
-* `synchronous=FULL`: with WAL, NORMAL survives a process crash but may lose the last commits
-  on power loss. Here a lost commit is a lost revocation (a revoked token works again) or a lost
-  rotation (the client's next honest refresh looks like reuse and kills its login). One fsync
-  per write is a fair price for neither; reads do not pay it.
-* `busy_timeout`: a second process holding the write lock makes us wait, not fail, up to the
-  timeout; beyond it the call raises StoreUnavailableError.
-* Every write is one `BEGIN IMMEDIATE` transaction: the write lock is taken before the read, so
-  two processes rotating the same token serialise and exactly one sees it current; a SIGKILL
-  mid-transaction leaves the old state (SQLite's journal guarantees all or nothing).
-* Deadlines (issue 13): a write compares its `deadline_ms` with the store's clock just before
-  COMMIT and rolls back past it, so a write that waited for the lock (or behind other calls on
-  the worker thread) longer than its caller did is never applied after the caller gave up.
-* Identity: the `meta` table holds the store's epoch (written once); a new file is a new epoch.
+This module is that thread and the `TokenStore` methods; the rest has a module each: the file,
+its settings and migrations (sqlite_schema.py), a write transaction with its deadline
+(sqlite_transaction.py), the families table and the rotation write (sqlite_families.py), the
+revocations table (sqlite_revocations.py). Every write is one `BEGIN IMMEDIATE` transaction,
+rolled back past its deadline (issue 13). Identity: the `meta` table holds the store's epoch
+(written once); a new file is a new epoch.
 
 Every sqlite3 or OS error becomes StoreUnavailableError with a generic message (the original is
 chained as `__cause__` for operators; SQL text carries no values, all of them are bound).
@@ -32,122 +22,23 @@ chained as `__cause__` for operators; SQL text carries no values, all of them ar
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from sidecar.clock import Clock, SystemClock
-from sidecar.errors import StoreDeadlineError, StoreUnavailableError
-from sidecar.store.base import (
-    FamilyRecord,
-    Revocation,
-    RevocationFeed,
-    RevocationRow,
-    RotateOutcome,
-    RotateResult,
-    Rotation,
-    past,
-    scope_within,
-)
+from sidecar.errors import StoreUnavailableError
+from sidecar.store import sqlite_families, sqlite_revocations
+from sidecar.store.base import RevocationFeed
+from sidecar.store.records import FamilyRecord, Revocation, RevocationRow, RotateResult, Rotation
+from sidecar.store.sqlite_schema import SCHEMA_VERSION, connect
+from sidecar.store.sqlite_transaction import Transaction
 
-SCHEMA_VERSION = 4
+__all__ = ["SCHEMA_VERSION", "SqliteTokenStore"]
 
 _T = TypeVar("_T")
-
-# STRICT tables (SQLite >= 3.37) refuse a value of the wrong type instead of storing it.
-_SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS families (
-    family_id   TEXT PRIMARY KEY,
-    issuer      TEXT NOT NULL,
-    subject     TEXT NOT NULL,
-    audience    TEXT NOT NULL,  -- JSON array of strings
-    scope       TEXT NOT NULL,
-    client_id   TEXT NOT NULL,
-    claims_json TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    current_jti TEXT NOT NULL,
-    revoked     INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE INDEX IF NOT EXISTS families_expires_at ON families (expires_at);
-CREATE TABLE IF NOT EXISTS revocations (
-    kind       TEXT NOT NULL CHECK (kind IN ('jti', 'family')),
-    issuer     TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (kind, issuer, key)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS revocations_expires_at ON revocations (expires_at);
-"""
-
-# v2 (issue 3, grace window): what the current refresh token replaced, and when.
-_SCHEMA_V2 = """
-ALTER TABLE families ADD COLUMN previous_jti TEXT NOT NULL DEFAULT '';
-ALTER TABLE families ADD COLUMN rotated_at INTEGER NOT NULL DEFAULT 0;
-"""
-
-# v3 (issue 13): the store's identity, written once.
-_SCHEMA_V3 = """
-CREATE TABLE IF NOT EXISTS meta (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) STRICT, WITHOUT ROWID;
-"""
-
-# v4 (issue 16): each revocation's position in the write order, so a sidecar reads only what
-# changed since its last reconciliation. `sequence` is the last position given out; it never
-# goes back (a purge deletes rows, never positions), so a position is never reused. Rows from
-# before v4 are numbered once here.
-_SCHEMA_V4 = """
-ALTER TABLE revocations ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE IF NOT EXISTS sequence (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) STRICT, WITHOUT ROWID;
-UPDATE revocations SET seq = numbered.n
-    FROM (SELECT kind AS k, issuer AS i, key AS y, row_number() OVER () AS n FROM revocations)
-    AS numbered
-    WHERE kind = numbered.k AND issuer = numbered.i AND key = numbered.y;
-INSERT INTO sequence (name, value) SELECT 'revocations', count(*) FROM revocations;
-CREATE INDEX IF NOT EXISTS revocations_seq ON revocations (seq);
-"""
-
-# Literal SQL, no string building: every value is a bound parameter.
-_INSERT_FAMILY = (
-    "INSERT INTO families (family_id, issuer, subject, audience, scope, client_id, claims_json,"
-    " created_at, expires_at, current_jti, revoked, previous_jti, rotated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_SELECT_FAMILY = (
-    "SELECT family_id, issuer, subject, audience, scope, client_id, claims_json,"
-    " created_at, expires_at, current_jti, revoked, previous_jti, rotated_at"
-    " FROM families WHERE family_id = ?"
-)
-# Writes only when the entry is new or its horizon grows (then it takes a new position).
-_UPSERT_REVOCATION = (
-    "INSERT INTO revocations (kind, issuer, key, expires_at, seq) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (kind, issuer, key) DO UPDATE"
-    " SET expires_at = excluded.expires_at, seq = excluded.seq"
-    " WHERE excluded.expires_at > revocations.expires_at"
-)
-_SCAN_FIRST = (
-    "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?"
-    " ORDER BY kind, issuer, key LIMIT ?"
-)
-_SCAN_AFTER = (
-    "SELECT kind, issuer, key, expires_at FROM revocations"
-    " WHERE (kind, issuer, key) > (?, ?, ?) AND expires_at > ?"
-    " ORDER BY kind, issuer, key LIMIT ?"
-)
-_SELECT_SEQUENCE = "SELECT value FROM sequence WHERE name = 'revocations'"
-_SELECT_AFTER = (
-    "SELECT kind, issuer, key, expires_at, seq FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?"
-)
 
 
 class SqliteTokenStore:
@@ -212,111 +103,43 @@ class SqliteTokenStore:
         return "process" if self._path == ":memory:" else "fsync"
 
     async def create_family(self, family: FamilyRecord, *, deadline_ms: int) -> None:
-        row = (
-            family.family_id,
-            family.issuer,
-            family.subject,
-            json.dumps(list(family.audience)),
-            family.scope,
-            family.client_id,
-            family.claims_json,
-            family.created_at,
-            family.expires_at,
-            family.current_jti,
-            int(family.revoked),
-            family.previous_jti,
-            family.rotated_at,
-        )
-
         def insert() -> None:
             try:
                 with self._transaction(deadline_ms) as db:
-                    db.execute(_INSERT_FAMILY, row)
+                    sqlite_families.insert_family(db, family)
             except sqlite3.IntegrityError:
                 raise ValueError("family id already exists") from None
 
         await self._run(insert)
 
     async def get_family(self, family_id: str) -> FamilyRecord | None:
-        return await self._run(lambda: self._select_family(self._db(), family_id))
+        return await self._run(lambda: sqlite_families.select_family(self._db(), family_id))
 
     async def rotate(self, rotation: Rotation) -> RotateResult:
-        r = rotation
-
         def rotate_sync() -> RotateResult:
             # Read-only outcomes commit nothing, but still end inside the transaction (and
             # its deadline check): a late call must not answer as if it had been on time.
-            with self._transaction(r.deadline_ms) as db:
-                return self._rotate_in(db, r)
+            with self._transaction(rotation.deadline_ms) as db:
+                return sqlite_families.rotate_in(db, rotation)
 
         return await self._run(rotate_sync)
-
-    def _rotate_in(self, db: sqlite3.Connection, r: Rotation) -> RotateResult:
-        """The decision of `TokenStore.rotate`, inside the caller's transaction."""
-        family = self._select_family(db, r.family_id)
-        if family is None:
-            return RotateResult(RotateOutcome.UNKNOWN, None)
-        if family.subject != r.subject or family.issuer != r.issuer:
-            return RotateResult(RotateOutcome.MISMATCH, family)
-        if family.revoked or r.now >= family.expires_at:
-            return RotateResult(RotateOutcome.REVOKED, family)
-        if r.presented_jti == family.previous_jti and r.next_jti == family.current_jti:
-            return RotateResult(RotateOutcome.ROTATED, family)  # the same call, retried
-        current = r.presented_jti == family.current_jti
-        grace = r.presented_jti == family.previous_jti and r.now < family.rotated_at + r.grace_s
-        if current or grace:
-            if r.scope and not scope_within(r.scope, family.scope):
-                return RotateResult(RotateOutcome.SCOPE_WIDENED, family)
-            if grace:
-                return RotateResult(RotateOutcome.GRACE, family)
-            db.execute(
-                "UPDATE families SET current_jti = ?, previous_jti = ?, rotated_at = ?"
-                " WHERE family_id = ?",
-                (r.next_jti, r.presented_jti, r.now, r.family_id),
-            )
-            rotated = dataclasses.replace(
-                family, current_jti=r.next_jti, previous_jti=r.presented_jti, rotated_at=r.now
-            )
-            return RotateResult(RotateOutcome.ROTATED, rotated)
-        # A retired token came back: RFC 9700 section 4.14.2, revoke the whole family.
-        revocation = Revocation(
-            "family", family.issuer, r.family_id, family.expires_at + r.revoke_extra_s
-        )
-        db.execute("UPDATE families SET revoked = 1 WHERE family_id = ?", (r.family_id,))
-        _put_revocations(db, (revocation,))
-        revoked = dataclasses.replace(family, revoked=True)
-        return RotateResult(RotateOutcome.REUSED, revoked, revocation)
 
     async def revoke(self, revocation: Revocation, *, deadline_ms: int) -> None:
         await self.restore((revocation,), deadline_ms=deadline_ms)
 
     async def restore(self, revocations: Sequence[Revocation], *, deadline_ms: int) -> int:
-        families = [(r.key,) for r in revocations if r.kind == "family"]
+        revoked_families = [r.key for r in revocations if r.kind == "family"]
 
         def restore_sync() -> int:
             with self._transaction(deadline_ms) as db:
-                written = _put_revocations(db, revocations)
-                db.executemany("UPDATE families SET revoked = 1 WHERE family_id = ?", families)
+                written = sqlite_revocations.put_revocations(db, revocations)
+                sqlite_families.mark_revoked(db, revoked_families)
                 return written
 
         return await self._run(restore_sync)
 
     async def purge(self, now: int) -> None:
-        await self._run(lambda: self._purge_sync(now))
-
-    def _purge_sync(self, now: int) -> None:
-        db = self._db()
-        # Purge only when something has expired: this is polled by every sidecar, and an
-        # unconditional DELETE would take the write lock (and an fsync) on every poll.
-        expired = db.execute(
-            "SELECT EXISTS (SELECT 1 FROM revocations WHERE expires_at <= ?)"
-            " OR EXISTS (SELECT 1 FROM families WHERE expires_at <= ?)",
-            (now, now),
-        ).fetchone()[0]
-        if expired:
-            with self._transaction() as tx:
-                tx.execute("DELETE FROM revocations WHERE expires_at <= ?", (now,))
-                tx.execute("DELETE FROM families WHERE expires_at <= ?", (now,))
+        await self._run(lambda: sqlite_revocations.purge(self._db(), now))
 
     async def count_revocations(self, from_expires_at: int) -> int | None:
         """None: a transaction is all or nothing, and a replaced or restored file is caught
@@ -325,61 +148,23 @@ class SqliteTokenStore:
         return None
 
     async def revocation_cursor(self) -> str:
-        return await self._run(lambda: str(self._db().execute(_SELECT_SEQUENCE).fetchone()[0]))
+        return await self._run(lambda: str(sqlite_revocations.sequence(self._db())))
 
     async def scan_revocations(
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str]:
-        """In primary-key order (keyset pagination: the token is the last key, as JSON), so
-        the scan reads the table sequentially; what is written meanwhile is read after the
-        cursor taken before the scan."""
-
-        def scan_sync() -> tuple[list[RevocationRow], str]:
-            db = self._db()
-            if token:
-                found = db.execute(_SCAN_AFTER, (*json.loads(token), now, limit)).fetchall()
-            else:
-                found = db.execute(_SCAN_FIRST, (now, limit)).fetchall()
-            # Rows of (kind, issuer, key, expires_at) as the STRICT table holds them.
-            rows: list[RevocationRow] = found
-            return rows, (json.dumps(found[-1][:3]) if len(found) == limit else "")
-
-        return await self._run(scan_sync)
+        return await self._run(lambda: sqlite_revocations.scan(self._db(), token, now, limit))
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str] | None:
         position = int(cursor)
-
-        def since_sync() -> tuple[list[RevocationRow], str] | None:
-            # A sequence behind our cursor: the file was replaced or restored from a backup.
-            if self._db().execute(_SELECT_SEQUENCE).fetchone()[0] < position:
-                return None
-            rows, last, _ = self._after(position, now, limit)
-            return rows, last
-
-        return await self._run(since_sync)
-
-    def _after(self, position: int, now: int, limit: int) -> tuple[list[RevocationRow], str, int]:
-        """Rows after `position` in write order (up to `limit`, those in force at `now`), the
-        position of the last row looked at, and how many rows were looked at."""
-        found = self._db().execute(_SELECT_AFTER, (position, limit)).fetchall()
-        rows: list[RevocationRow] = [
-            (kind, issuer, key, until) for kind, issuer, key, until, _ in found if until > now
-        ]
-        return rows, str(found[-1][4] if found else position), len(found)
+        return await self._run(lambda: sqlite_revocations.since(self._db(), position, now, limit))
 
     async def revocations(self, now: int) -> list[Revocation]:
         def revocations_sync() -> list[Revocation]:
-            db = self._db()
-            self._purge_sync(now)
-            rows = db.execute(
-                "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?",
-                (now,),
-            ).fetchall()
-            return [
-                Revocation(kind, issuer, key, expires_at) for kind, issuer, key, expires_at in rows
-            ]
+            sqlite_revocations.purge(self._db(), now)
+            return sqlite_revocations.live(self._db(), now)
 
         return await self._run(revocations_sync)
 
@@ -423,105 +208,9 @@ class SqliteTokenStore:
         return self._conn
 
     def _open_sync(self) -> None:
-        if self._path != ":memory:":
-            path = Path(self._path)
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Create it 0600 ourselves: sqlite would honour the umask. Its -wal and -shm files
-            # copy the main file's mode. An existing file keeps the mode its owner gave it.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(
-            self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
-        )
-        try:
-            # `timeout` above is sqlite3_busy_timeout; WAL persists in the file once set.
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            self._conn = conn
-            self._migrate()
-        except BaseException:
-            self._conn = None
-            conn.close()
-            raise
+        self._conn = connect(self._path, self._busy_timeout_ms)
 
-    def _migrate(self) -> None:
-        """Bring the schema to SCHEMA_VERSION (PRAGMA user_version); refuse a newer one."""
-        with self._transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreUnavailableError(
-                    f"token store schema version {version} is newer than {SCHEMA_VERSION}"
-                )
-            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3), (4, _SCHEMA_V4))
-            for step_version, script in steps:
-                if version < step_version:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-            if version < SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _transaction(self, deadline_ms: int | None = None) -> _Transaction:
-        """A write transaction; with `deadline_ms`, one that rolls back instead of committing
-        past it (StoreDeadlineError)."""
-        return _Transaction(self._db(), deadline_ms, self._clock)
-
-    @staticmethod
-    def _select_family(db: sqlite3.Connection, family_id: str) -> FamilyRecord | None:
-        row = db.execute(_SELECT_FAMILY, (family_id,)).fetchone()
-        if row is None:
-            return None
-        # Columns in FamilyRecord field order; only audience and revoked need converting.
-        values = list(row)
-        values[3] = tuple(json.loads(values[3]))
-        values[10] = bool(values[10])
-        return FamilyRecord(*values)
-
-
-def _put_revocations(db: sqlite3.Connection, revocations: Iterable[Revocation]) -> int:
-    """Upsert inside the caller's transaction; each row that changes takes the next position.
-    Returns how many changed (were absent or had a shorter horizon)."""
-    position = db.execute(_SELECT_SEQUENCE).fetchone()[0]
-    written = 0
-    for r in revocations:
-        row = (r.kind, r.issuer, r.key, r.expires_at, position + written + 1)
-        if db.execute(_UPSERT_REVOCATION, row).rowcount > 0:
-            written += 1
-    if written:
-        db.execute(
-            "UPDATE sequence SET value = ? WHERE name = 'revocations'", (position + written,)
-        )
-    return written
-
-
-class _Transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception (then re-raised), and
-    `ROLLBACK` + StoreDeadlineError when the deadline has passed by the time it would commit."""
-
-    def __init__(self, db: sqlite3.Connection, deadline_ms: int | None, clock: Clock) -> None:
-        self._db = db
-        self._deadline_ms = deadline_ms
-        self._clock = clock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            if self._deadline_ms is not None and past(self._deadline_ms, self._clock.now()):
-                self._rollback()
-                raise StoreDeadlineError()
-            try:
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            return
-        self._rollback()
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # The original error says more; sqlite rolls back on close anyway.
+    def _transaction(self, deadline_ms: int) -> Transaction:
+        """A write transaction that rolls back instead of committing past `deadline_ms`
+        (StoreDeadlineError)."""
+        return Transaction(self._db(), deadline_ms, self._clock)

@@ -1,6 +1,7 @@
 """A real gRPC proxy in front of the sidecar that can be slow or fail: no mock of gRPC.
 
-It forwards every AuthService call byte for byte, after `delay_s`, and answers the first
+It forwards every AuthService call byte for byte, after `delay_s` (and, when `hold` is an
+Event, once it is set: the test decides when the "sidecar" answers), and answers the first
 `fail_first[method]` attempts of a method with UNAVAILABLE instead. It counts the attempts
 it saw per method, which is how the tests count sidecar round trips and retries.
 
@@ -35,6 +36,7 @@ class SidecarProxy:
     delay_s: float = 0.0
     fail_first: dict[str, int] = field(default_factory=dict)
     block_watch: bool = False
+    hold: asyncio.Event | None = None
     streams: set[asyncio.Queue[object]] = field(default_factory=set)
 
     def cut_streams(self) -> None:
@@ -58,6 +60,8 @@ async def sidecar_proxy(upstream: str, socket_dir: Path) -> AsyncIterator[Sideca
             if proxy.fail_first.get(name, 0) >= proxy.attempts[name]:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy says unavailable")
             await asyncio.sleep(proxy.delay_s)
+            if proxy.hold is not None:
+                await proxy.hold.wait()
             try:
                 reply: bytes = await upstream_call(request, metadata=context.invocation_metadata())
             except grpc.aio.AioRpcError as error:

@@ -23,9 +23,9 @@ from authsidecar.client import (
 )
 from tests.client.proxy import sidecar_proxy
 from tests.client.tokens import expire
+from tests.support.marks import AIO
 from tests.support.sidecar import RunningSidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 T = TypeVar("T")
 
 

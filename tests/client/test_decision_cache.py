@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from authsidecar.client import (
     AsyncAuthClient,
@@ -31,10 +30,10 @@ from authsidecar.v1 import auth_pb2
 from tests.client.harness import OK, UNAUTHENTICATED, Callee, Outcome, call_b, callee
 from tests.client.tokens import mint
 from tests.client.watch_fake import FakeWatchSidecar, fake_watch_sidecar
+from tests.support.marks import AIO
 from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 POLICY = AuthPolicy(audience="svc-b")
 
 

@@ -19,10 +19,10 @@ from authsidecar.client.metrics import register_decision_metrics
 from tests.client.harness import OK
 from tests.client.test_decision_cache import identity, watched, whoami
 from tests.client.tokens import mint
+from tests.support.marks import AIO
 from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 P = "authsidecar_client_"
 
 

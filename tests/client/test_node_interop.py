@@ -11,23 +11,15 @@ AUTHSIDECAR_REQUIRE_NODE=1 (CI), where it fails instead.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.node import node_tools as _tools
+
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
-
-
-def _tools() -> tuple[str, str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("AUTHSIDECAR_REQUIRE_NODE") == "1":
-            pytest.fail("node and npm are required here (AUTHSIDECAR_REQUIRE_NODE=1)")
-        pytest.skip("node/npm not installed (set AUTHSIDECAR_REQUIRE_NODE=1 to fail instead)")
-    return node, npm
 
 
 @pytest.mark.timeout(600)

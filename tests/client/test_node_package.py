@@ -24,21 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.node import node_tools as _tools
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "clients" / "node"
 README = REPO / "clients" / "README.md"
 PROTO = "authsidecar/v1/auth.proto"
-
-
-def _tools() -> tuple[str, str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("AUTHSIDECAR_REQUIRE_NODE") == "1":
-            pytest.fail("node and npm are required here (AUTHSIDECAR_REQUIRE_NODE=1)")
-        pytest.skip("node/npm not installed (set AUTHSIDECAR_REQUIRE_NODE=1 to fail instead)")
-    return node, npm
 
 
 def test_node_package_ships_the_contract_unchanged() -> None:

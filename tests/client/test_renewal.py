@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from authsidecar.client import (
     AsyncAuthClient,
     AsyncRenewingTokenSource,
@@ -24,9 +22,10 @@ from authsidecar.client import (
 from authsidecar.v1 import auth_pb2
 from tests.client.harness import OK, UNAUTHENTICATED, call_b, service_b
 from tests.client.proxy import sidecar_proxy
+from tests.support.marks import AIO
+from tests.support.polling import eventually_async
 from tests.support.sidecar import RunningSidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 POLICY = AuthPolicy(audience="svc-b")
 CALLERS = 12
 
@@ -93,6 +92,12 @@ async def _current_token(source: RenewingTokenSource | AsyncRenewingTokenSource)
     return [await asyncio.to_thread(source.token)]
 
 
+async def _current_token_differs(
+    source: RenewingTokenSource | AsyncRenewingTokenSource, before: list[str]
+) -> bool:
+    return await _current_token(source) != before
+
+
 @AIO
 async def test_a_second_refusal_is_returned_not_retried_again(
     sidecar: RunningSidecar, socket_dir: Path, aio: bool
@@ -115,10 +120,15 @@ async def test_streams_are_not_retried_but_invalidate_the_refused_token(
     async with sidecar_proxy(sidecar.admin_target, socket_dir) as admin:
         source, client = _source(aio, admin.target)
         async with service_b(aio, sidecar.unix_target, POLICY) as b:
-            for token in await _current_token(source):
+            revoked = await _current_token(source)
+            for token in revoked:
                 await sidecar.public.Revoke(auth_pb2.RevokeRequest(token=token))
             refused = await call_b(aio, b, source, "Count")
-            await asyncio.sleep(0.05)  # the aio done-callback runs as a task
+            # The refusal invalidates the token (aio: in a done-callback that runs as a task):
+            # the source hands out another once that has happened, and only then.
+            await eventually_async(
+                lambda: _current_token_differs(source, revoked), "the refused token dropped"
+            )
             renewed = await call_b(aio, b, source, "Count")
         await _close(client)
     assert (refused.code, refused.reason) == (UNAUTHENTICATED, "TOKEN_REVOKED")

@@ -14,9 +14,9 @@ from authsidecar.client import AuthPolicy, StaticTokenSource
 from authsidecar.v1 import auth_pb2
 from tests.client.harness import OK, PERMISSION_DENIED, UNAUTHENTICATED, call_b, service_b
 from tests.client.tokens import expire, mint
+from tests.support.marks import AIO
 from tests.support.sidecar import RunningSidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 KIND = pytest.mark.parametrize("name", ["Whoami", "Count", "Sum", "Chat"])
 EXPECTED = {
     "Whoami": [b"alice"],

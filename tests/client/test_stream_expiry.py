@@ -12,7 +12,6 @@ import queue
 from collections.abc import Iterator
 
 import grpc
-import pytest
 
 from authsidecar.client import (
     AuthPolicy,
@@ -24,9 +23,9 @@ from authsidecar.client import (
 from sidecar.clock import FixedClock
 from tests.client.harness import OK, UNAUTHENTICATED, Outcome, service_b
 from tests.client.tokens import mint
+from tests.support.marks import AIO
 from tests.support.sidecar import RunningSidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 TTL_S = 60
 
 

@@ -13,8 +13,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from authsidecar.client import AuthPolicy, StaticTokenSource
 from authsidecar.v1 import auth_pb2
 from sidecar.keys.keyset import write_manifest
@@ -22,10 +20,10 @@ from tests.client.harness import OK, UNAUTHENTICATED, Callee, Outcome, call_b, c
 from tests.client.proxy import SidecarProxy, sidecar_proxy
 from tests.client.tokens import mint
 from tests.support.keys import write_jwk_file
+from tests.support.marks import AIO
 from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar, running_sidecar
 
-AIO = pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
 POLICY = AuthPolicy(audience="svc-b")
 AUDIENCES = {"audiences": ["svc-a", "svc-b"]}
 

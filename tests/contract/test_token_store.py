@@ -43,13 +43,8 @@ from sidecar.store.base import (
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
-from sidecar.store.sqlite import (
-    _SCHEMA_V1,
-    _SCHEMA_V2,
-    _SCHEMA_V3,
-    SCHEMA_VERSION,
-    SqliteTokenStore,
-)
+from sidecar.store.sqlite import SqliteTokenStore
+from sidecar.store.sqlite_schema import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION
 from tests.support.redis import delete_prefix, unique_prefix
 from tests.support.redis_topologies import SentinelSet
 
@@ -802,7 +797,7 @@ async def test_sqlite_v3_file_is_numbered_once_and_read_incrementally_after(
     and writes after the upgrade come after all of them."""
     path = tmp_path / "old.db"
     raw = sqlite3.connect(path)
-    for script in (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3):
+    for script in (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3):
         for statement in script.split(";"):
             if statement.strip():
                 raw.execute(statement)

@@ -16,13 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_serve_process import ServeProcess, _env, _start, _stop
-from tests.support.sidecar import short_tmpdir
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 @pytest.fixture

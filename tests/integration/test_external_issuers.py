@@ -4,7 +4,6 @@ tokens are signed by PyJWT and whose JWK Set is served over real HTTPS (test CA)
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +27,7 @@ from sidecar.store.base import Revocation
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.service import TokenService
+from tests.support.jose import b64url as _b64
 from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import make_key
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
@@ -285,10 +285,6 @@ def test_issuer_settings_are_validated(issuers: list[dict[str, Any]]) -> None:
 
 OURS = "urn:authsidecar:local"
 NOW = 1_800_000_000
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _json(value: object) -> bytes:

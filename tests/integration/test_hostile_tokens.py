@@ -7,7 +7,6 @@ no INTERNAL, no hang, no traceback text in a reply.
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authsidecar.v1 import auth_pb2
+from tests.support.jose import b64url as _b64
 from tests.support.sidecar import RunningSidecar, reason_of
 from tests.support.vectors import load_json
 
@@ -37,10 +37,6 @@ DOCUMENTED = {
     "TOKEN_REVOKED",
     "WRONG_TOKEN_TYPE",
 }
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 async def _verify_outcome(sc: RunningSidecar, token: str) -> tuple[grpc.StatusCode, str]:

@@ -11,7 +11,6 @@ sidecar's own key, so only this rule can refuse them.
 
 from __future__ import annotations
 
-import base64
 import json
 import warnings
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ import pytest
 
 from authsidecar.v1 import auth_pb2
 from sidecar.keys.material import KeyMaterial
+from tests.support.jose import b64url as _b64
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
 
 with warnings.catch_warnings():
@@ -50,10 +50,6 @@ async def sidecar(data_dir: Path) -> AsyncIterator[RunningSidecar]:
         data_dir, tokens={"audiences": ["svc-a"]}, envoy={"enabled": True}
     ) as running:
         yield running
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _signed(sc: RunningSidecar, *, number: bytes, typ: str = "at+jwt", jti: str = "j-n") -> str:

@@ -9,7 +9,6 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,6 +19,7 @@ from sidecar.keys.keyset import write_manifest
 from sidecar.keys.ring import KeyRing
 from tests.integration.test_serve_process import _start, _stop
 from tests.support.keys import rsa_key_of_size, write_jwk_file
+from tests.support.polling import eventually
 from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar, short_tmpdir
 
 POLL_S = 0.05
@@ -29,14 +29,6 @@ def _kid(token: str) -> str:
     header = token.split(".")[0]
     kid: str = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
     return kid
-
-
-async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _signing_kid(ring: KeyRing) -> str | None:
@@ -85,11 +77,15 @@ async def test_verify_never_fails_while_the_key_set_rotates_twice(data_dir: Path
                     failures.append((_kid(token), reason_of(error)[1]))
                 rounds[worker] += 1
 
-        async def drained() -> None:
-            # Every verifier finished two calls since `retiring` grew: none is still
-            # sending a token of the key about to go.
+        async def progressed(what: str, calls: int = 2) -> None:
+            """Every verifier finished `calls` more verifies (by count, not by time). After
+            `retiring` grew, two: none is still sending a token of the key about to go."""
             start = list(rounds)
-            await _until(lambda: all(r >= s + 2 for r, s in zip(rounds, start, strict=True)), "")
+
+            def done() -> bool:
+                return all(r >= s + calls for r, s in zip(rounds, start, strict=True))
+
+            await eventually(done, what)
 
         service = sc.app.service
         tasks = [asyncio.create_task(issuer())] + [
@@ -98,27 +94,27 @@ async def test_verify_never_fails_while_the_key_set_rotates_twice(data_dir: Path
         old_token = ""
         for old, new, alg in (("k1", "k2", "PS256"), ("k2", "k3", "EdDSA")):
             write_jwk_file(keys, alg, new)  # 1. publish: verifies, does not sign
-            await _until(lambda: new in service.ring, f"{new} published")  # noqa: B023
-            await asyncio.sleep(0.2)
+            await eventually(lambda: new in service.ring, f"{new} published")  # noqa: B023
+            await progressed(f"verifies while {new} is published, not signing", calls=5)
             assert service.ring.signing_key is not None
             assert service.ring.signing_key.kid == old
             write_manifest(keys, new, 0)  # 2. promote
-            await _until(
+            await eventually(
                 lambda: _signing_kid(service.ring) == new,  # noqa: B023
                 f"{new} promoted",
             )
             old_token = next(t for t in pool if _kid(t) == old)
-            await asyncio.sleep(0.2)
+            await eventually(lambda: verified.get(new, 0) >= 3, f"{new}'s tokens verified")  # noqa: B023
             # Promoted away, not yet retired: the old key's tokens still verify.
             await sc.public.Verify(auth_pb2.VerifyRequest(token=old_token))
             retiring.add(old)
-            await drained()
+            await progressed("verifies since the retirement began")
             (keys / f"{old}.jwk.json").unlink()  # 3. retire
-            await _until(lambda: old not in service.ring, f"{old} retired")  # noqa: B023
+            await eventually(lambda: old not in service.ring, f"{old} retired")  # noqa: B023
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await sc.public.Verify(auth_pb2.VerifyRequest(token=old_token))
             assert reason_of(refused.value) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_UNKNOWN")
-        await asyncio.sleep(0.2)
+        await progressed("verifies after the last retirement", calls=5)
         stop.set()
         await asyncio.gather(*tasks)
         assert failures == []
@@ -181,7 +177,7 @@ async def test_reload_of_an_emptied_key_directory_is_refused(data_dir: Path) -> 
         watcher = sc.app.key_watcher
         assert watcher is not None
         (keys / "k1.jwk.json").unlink()
-        await _until(lambda: watcher.status.failures == 1, "refusal")
+        await eventually(lambda: watcher.status.failures == 1, "refusal")
         assert "no keys found" in (watcher.status.last_error or "")
         assert "k1" in sc.app.service.ring
 

@@ -27,7 +27,8 @@ import redis.asyncio
 from authsidecar.v1 import auth_pb2
 from sidecar.store import redis_scripts
 from sidecar.store.redis_keys import KeyLayout
-from tests.integration.test_multi_sidecar import (
+from tests.support.fleet import SidecarProcess, fleet
+from tests.support.fleet_calls import (
     POLL,
     REVOKED,
     UNAVAILABLE,
@@ -38,7 +39,6 @@ from tests.integration.test_multi_sidecar import (
     until_refused,
     verify,
 )
-from tests.support.fleet import SidecarProcess, fleet
 from tests.support.redis import RedisServer, key_pattern
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
@@ -104,6 +104,26 @@ class Monitor:
         return inner
 
 
+async def _until_monitoring(monitor: Monitor, reader: asyncio.Task[None]) -> None:
+    """Return once MONITOR is on: it has shown a marker sent on another connection. A marker
+    sent before MONITOR began is never shown, so one is sent every round until one shows."""
+    client = redis.asyncio.Redis.from_url(monitor.url, decode_responses=True)
+    sent: set[str] = set()
+    deadline = time.monotonic() + 15  # a bound for a hung test, not a speed check
+    try:
+        while not any(
+            marker in str(entry.get("command", "")) for entry in monitor.commands for marker in sent
+        ):
+            assert not reader.done(), "MONITOR ended"
+            assert time.monotonic() < deadline, "MONITOR never showed a marker"
+            marker = f"monitor-on-{time.monotonic_ns()}"
+            sent.add(marker)
+            await client.echo(marker)
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+
 @contextlib.asynccontextmanager
 async def monitoring(url: str) -> AsyncIterator[Monitor]:
     monitor = Monitor(url)
@@ -115,8 +135,8 @@ async def monitoring(url: str) -> AsyncIterator[Monitor]:
                 monitor.commands.append(entry)
 
     task = asyncio.create_task(read())
-    await asyncio.sleep(0.2)  # MONITOR is on before anything we watch is sent
     try:
+        await _until_monitoring(monitor, task)  # before anything we watch is sent
         yield monitor
     finally:
         task.cancel()

@@ -37,7 +37,8 @@ from redis.crc import key_slot
 
 from authsidecar.v1 import auth_pb2
 from sidecar.store.redis_keys import KeyLayout
-from tests.integration.test_multi_sidecar import (
+from tests.support.fleet import Fleet, fleet, start_sidecar
+from tests.support.fleet_calls import (
     POLL,
     REUSED,
     REVOKED,
@@ -49,7 +50,6 @@ from tests.integration.test_multi_sidecar import (
     until_refused,
     verify,
 )
-from tests.support.fleet import Fleet, fleet, start_sidecar
 from tests.support.redis import key_pattern, unique_prefix
 from tests.support.redis_topologies import RedisClusterSet, SentinelSet, repl_offset, wait_until
 from tests.support.sidecar import short_tmpdir

@@ -21,7 +21,6 @@ import pytest
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from tests.support.keys import rsa_key_of_size
-from tests.support.sidecar import short_tmpdir
 
 BANNER = re.compile(r"authsidecar serving .* tcp=(\S+) admin=(\S+)")
 
@@ -56,12 +55,6 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 def _start(data_dir: Path, **extra: str) -> ServeProcess:
@@ -119,7 +112,9 @@ def test_serve_drains_in_flight_calls_on_sigterm_and_exits_cleanly(served: Serve
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30  # a bound for a hung test, not a speed check
+    while outcomes["OK"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the load is under way before the stop: progress, not a fixed time
     ok_before = outcomes["OK"]
     started = time.monotonic()
     returncode = _stop(served)

@@ -29,7 +29,8 @@ from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.redis_keys import KeyLayout
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.store_sync import StoreSync
-from tests.integration.test_multi_sidecar import (
+from tests.support.fleet import SidecarProcess, fleet, start_sidecar
+from tests.support.fleet_calls import (
     POLL,
     REUSED,
     REVOKED,
@@ -39,7 +40,6 @@ from tests.integration.test_multi_sidecar import (
     until_refused,
     verify,
 )
-from tests.support.fleet import SidecarProcess, fleet, start_sidecar
 from tests.support.redis import RedisServer, revoked_count
 from tests.support.sidecar import short_tmpdir
 

@@ -31,24 +31,12 @@ from sidecar.tokens.jws import (
     peek,
     verify_compact,
 )
+from tests.support.jose import KeysByKid as _Keys
+from tests.support.jose import b64url as _b64
 from tests.support.keys import make_key, private_key
 
 ALL_ALGS = sorted(SUPPORTED_ALGS)
 CLAIMS: dict[str, Any] = {"iss": "https://issuer.test", "sub": "alice", "exp": 1_700_000_060}
-
-
-class _Keys:
-    """A fake of our own `KeyLookup` protocol: exact lookup by kid."""
-
-    def __init__(self, *keys: KeyMaterial) -> None:
-        self._keys = {key.kid: key for key in keys}
-
-    def get(self, kid: str) -> KeyMaterial | None:
-        return self._keys.get(kid)
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _json(value: object) -> bytes:

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sidecar.errors import KeyMaterialError
 from sidecar.keys.loader import MAX_KEY_FILE_BYTES, load_key_file, parse_jwk, parse_jwks
+from tests.support.jose import b64url as _b64
 from tests.support.keys import make_key, make_private_jwk, private_key, write_jwk_file
 from tests.support.vectors import vectors_dir
 
@@ -21,10 +22,6 @@ COOKBOOK = VECTORS / "jose-cookbook"
 
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _refused(jwk: dict[str, Any], match: str) -> None:

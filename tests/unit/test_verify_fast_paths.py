@@ -41,6 +41,8 @@ from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.model import Claims, TokenKind, VerifiedToken
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.verifier import Verifier
+from tests.support.jose import KeysByKid as _Keys
+from tests.support.jose import b64url as _b64
 from tests.support.keys import make_key
 
 FAST = settings(
@@ -171,20 +173,6 @@ def test_fast_path_still_refuses_what_strict_json_refuses(document: bytes) -> No
 
 
 # --- the memo of verified headers -------------------------------------------------------
-
-
-class _Keys:
-    """A fake of our own `KeyLookup` protocol: exact lookup by kid."""
-
-    def __init__(self, *keys: KeyMaterial) -> None:
-        self._keys = {key.kid: key for key in keys}
-
-    def get(self, kid: str) -> KeyMaterial | None:
-        return self._keys.get(kid)
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _token(header: dict[str, Any], payload: object, key: KeyMaterial) -> str:

@@ -19,6 +19,7 @@ from sidecar.store.base import Revocation, RevocationRow
 from sidecar.tokens.events import Event, EventLog, Subscription, retired_kids
 from sidecar.tokens.revocation import RevocationMirror
 from tests.support.keys import make_key
+from tests.support.polling import eventually
 
 ISS = "urn:test"
 
@@ -98,10 +99,12 @@ async def test_no_event_is_lost_or_duplicated_between_replay_and_live_under_thre
     thread = threading.Thread(target=publisher)
     thread.start()
     try:
-        await asyncio.sleep(0.02)
+        # By progress, not by time: events on both sides of the subscription whatever the load.
+        await eventually(lambda: log.sequence >= 1000, "events before the subscription")
         position = log.sequence // 2
         subscription = log.subscribe(log.epoch, position)
-        await asyncio.sleep(0.02)
+        after = log.sequence + 1000
+        await eventually(lambda: log.sequence >= after, "events after the subscription")
     finally:
         stop.set()
         thread.join()

@@ -1,0 +1,111 @@
+"""The SQLite store's `revocations` table: upserts that take positions, and the three reads
+(the paged scan, the changes since a cursor, everything live) plus the purge.
+
+Each revocation write that adds an entry or lengthens its horizon takes the next position in
+the `sequence` table (schema v4); a write that changes nothing takes none (issue 16). Every
+function runs on the store's worker thread, inside the caller's transaction where it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+
+from sidecar.store.records import Revocation, RevocationRow
+from sidecar.store.sqlite_transaction import Transaction
+
+# Writes only when the entry is new or its horizon grows (then it takes a new position).
+_UPSERT_REVOCATION = (
+    "INSERT INTO revocations (kind, issuer, key, expires_at, seq) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (kind, issuer, key) DO UPDATE"
+    " SET expires_at = excluded.expires_at, seq = excluded.seq"
+    " WHERE excluded.expires_at > revocations.expires_at"
+)
+_SCAN_FIRST = (
+    "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?"
+    " ORDER BY kind, issuer, key LIMIT ?"
+)
+_SCAN_AFTER = (
+    "SELECT kind, issuer, key, expires_at FROM revocations"
+    " WHERE (kind, issuer, key) > (?, ?, ?) AND expires_at > ?"
+    " ORDER BY kind, issuer, key LIMIT ?"
+)
+_SELECT_SEQUENCE = "SELECT value FROM sequence WHERE name = 'revocations'"
+_SELECT_AFTER = (
+    "SELECT kind, issuer, key, expires_at, seq FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def put_revocations(db: sqlite3.Connection, revocations: Iterable[Revocation]) -> int:
+    """Upsert inside the caller's transaction; each row that changes takes the next position.
+    Returns how many changed (were absent or had a shorter horizon)."""
+    position = sequence(db)
+    written = 0
+    for r in revocations:
+        row = (r.kind, r.issuer, r.key, r.expires_at, position + written + 1)
+        if db.execute(_UPSERT_REVOCATION, row).rowcount > 0:
+            written += 1
+    if written:
+        db.execute(
+            "UPDATE sequence SET value = ? WHERE name = 'revocations'", (position + written,)
+        )
+    return written
+
+
+def sequence(db: sqlite3.Connection) -> int:
+    """The position of the newest revocation write."""
+    value: int = db.execute(_SELECT_SEQUENCE).fetchone()[0]
+    return value
+
+
+def scan(
+    db: sqlite3.Connection, token: str, now: int, limit: int
+) -> tuple[list[RevocationRow], str]:
+    """One page in primary-key order (keyset pagination: the token is the last key, as JSON),
+    so the scan reads the table sequentially; what is written meanwhile is read after the
+    cursor taken before the scan."""
+    if token:
+        found = db.execute(_SCAN_AFTER, (*json.loads(token), now, limit)).fetchall()
+    else:
+        found = db.execute(_SCAN_FIRST, (now, limit)).fetchall()
+    # Rows of (kind, issuer, key, expires_at) as the STRICT table holds them.
+    rows: list[RevocationRow] = found
+    return rows, (json.dumps(found[-1][:3]) if len(found) == limit else "")
+
+
+def since(
+    db: sqlite3.Connection, position: int, now: int, limit: int
+) -> tuple[list[RevocationRow], str] | None:
+    """Up to `limit` writes after `position` still in force at `now`, and the position of the
+    last row looked at; None when the sequence is behind `position` (the file was replaced or
+    restored from a backup)."""
+    if sequence(db) < position:
+        return None
+    found = db.execute(_SELECT_AFTER, (position, limit)).fetchall()
+    rows: list[RevocationRow] = [
+        (kind, issuer, key, until) for kind, issuer, key, until, _ in found if until > now
+    ]
+    return rows, str(found[-1][4] if found else position)
+
+
+def live(db: sqlite3.Connection, now: int) -> list[Revocation]:
+    rows = db.execute(
+        "SELECT kind, issuer, key, expires_at FROM revocations WHERE expires_at > ?", (now,)
+    ).fetchall()
+    return [Revocation(kind, issuer, key, expires_at) for kind, issuer, key, expires_at in rows]
+
+
+def purge(db: sqlite3.Connection, now: int) -> None:
+    """Drop expired revocations and ended families, taking the write lock only when something
+    has expired: every sidecar polls this, and an unconditional DELETE would take the lock
+    (and an fsync) on every poll."""
+    expired = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM revocations WHERE expires_at <= ?)"
+        " OR EXISTS (SELECT 1 FROM families WHERE expires_at <= ?)",
+        (now, now),
+    ).fetchone()[0]
+    if expired:
+        with Transaction(db) as tx:
+            tx.execute("DELETE FROM revocations WHERE expires_at <= ?", (now,))
+            tx.execute("DELETE FROM families WHERE expires_at <= ?", (now,))
