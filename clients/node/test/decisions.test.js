@@ -373,3 +373,66 @@ test('the cache is bounded in entries and bytes, least recently used out first',
   byBytes.invalidate('tokenRevoked', { iss: 'i', jti: 'd' });
   assert.equal(byBytes.entries.has('d'), false);
 });
+
+// An answer that crossed a lapse of the stream is not kept, even when the stream then
+// resumes with nothing to replay (the Python client's rule: one generation from asking to
+// answering, current at both ends).
+
+test('an answer whose Verify was in flight while the stream was cut is not cached', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  let release;
+  s.fake.gate = new Promise((resolve) => { release = resolve; });
+  const pending = s.call(token);
+  await waitFor(() => s.asked() === 1, 'the Verify to be in flight');
+  const subscriptions = s.fake.watchRequests.length;
+  s.fake.cut(); // resubscribes at once and resumes: nothing was published meanwhile
+  await waitFor(() => s.fake.watchRequests.length > subscriptions, 'the resubscription');
+  await waitFor(s.current, 'current again');
+  assert.equal(s.interceptor.stats().invalidations.resync, 1); // resumed, not reset
+  s.fake.gate = null;
+  release();
+  assert.equal((await pending).code, 0);
+  assert.equal(s.interceptor.stats().entries, 0);
+  await s.call(token);
+  assert.equal(s.asked(), 2);
+  assert.equal(s.interceptor.stats().entries, 1); // later answers are cached again
+});
+
+test('an answer whose Verify was in flight while the stream went stale is not cached', async () => {
+  const s = await setup({ stalenessMs: 1000 }, { heartbeatIntervalMs: 100 });
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  let release;
+  s.fake.gate = new Promise((resolve) => { release = resolve; });
+  const pending = s.call(token);
+  await waitFor(() => s.asked() === 1, 'the Verify to be in flight');
+  s.fake.heartbeats = false;
+  await waitFor(() => !s.current(), 'staleness');
+  s.fake.heartbeats = true;
+  await waitFor(s.current, 'messages again');
+  s.fake.gate = null;
+  release();
+  assert.equal((await pending).code, 0);
+  assert.equal(s.interceptor.stats().entries, 0);
+  await s.call(token);
+  assert.equal(s.asked(), 2);
+});
+
+test('an answer given while the watch is not current is not cached', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the cut');
+  assert.equal((await s.call(token)).code, 0); // asked Verify (bypassed)
+  assert.equal(s.interceptor.stats().entries, 0);
+  s.fake.accepting = true;
+  await waitFor(s.current, 'the watch to resubscribe');
+  await s.call(token);
+  assert.equal(s.asked(), 2); // not a hit: the earlier answer was not kept
+  await s.call(token);
+  assert.equal(s.asked(), 2); // this one was
+});
