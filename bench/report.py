@@ -327,6 +327,22 @@ def verify_cache_markdown(cell: dict[str, Any]) -> str:
         off, miss = paths["off"]["cpu_us_median"], paths["miss"]["cpu_us_median"]
         delta = f"{miss - off:+.1f} µs ({(miss - off) / off:+.0%})"
         out.append(f"| {alg} | " + " | ".join(cells) + f" | {delta} |\n")
+    shared = cell.get("shared") or []
+    if shared:
+        out.append(
+            "\nWith decision caches in the interceptors (bench/sidecar_cache.py): one callee "
+            "process of N grpc.aio servers, each with its own interceptor defaults (decision "
+            "cache, Watch, VerifyBatch), every token sent once to every server; the sidecar's "
+            f"CPU (/proc) per token it was asked about, {shared[0]['alg']}, median of "
+            f"{shared[0]['rounds']} interleaved rounds:\n\n"
+            "| interceptors sharing each token | tokens | asked | sidecar cache | "
+            "sidecar µs CPU per token asked |\n|---:|---:|---:|---|---:|\n"
+        )
+        for r in shared:
+            out.append(
+                f"| {r['interceptors']} | {r['tokens']} | {r['asked']:.0f} | "
+                f"{r['sidecar_cache']} | {r['sidecar_cpu_us_per_asked']:.0f} |\n"
+            )
     return "".join(out)
 
 

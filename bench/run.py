@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from bench import h2load, inprocess, procs, report, two_service
+from bench import h2load, inprocess, procs, report, sidecar_cache, two_service
 from bench.tokens import ALGORITHMS, AUDIENCE, Minted, make_key
 
 VERIFY = "/authsidecar.v1.AuthService/Verify"
@@ -154,6 +154,7 @@ class Suite:
         self.inprocess: list[dict[str, Any]] = []
         self.cache_cost: list[dict[str, Any]] = []
         self.verify_cache: list[dict[str, Any]] = []
+        self.verify_cache_shared: list[dict[str, Any]] = []
         self._n = 0
 
     # -- servers ---------------------------------------------------------------------------
@@ -562,6 +563,16 @@ class Suite:
                     f"{row['cpu_us_median']:8.2f} us CPU (min {row['cpu_us_min']:.2f})",
                     flush=True,
                 )
+        self.verify_cache_shared = sidecar_cache.shared_tokens(
+            self.dir / "sidecar-cache", full=self.p.full, rounds=3 if self.p.full else 1
+        )
+        for row in self.verify_cache_shared:
+            print(
+                f"  verify cache, sidecar {row['sidecar_cache']:3}, {row['interceptors']:2} "
+                f"interceptors sharing {row['tokens']} tokens: asked {row['asked']:.0f}, "
+                f"sidecar {row['sidecar_cpu_us_per_asked']:.0f} us CPU per token asked",
+                flush=True,
+            )
 
     def soak(self, seconds: float) -> dict[str, Any]:
         """RSS of an ES256 sidecar under Verify load (cold pool: the cache fills and turns
@@ -668,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                 "started_at": started,
                 "load_average": os.getloadavg(),
                 "rows": suite.verify_cache,
+                "shared": suite.verify_cache_shared,
             }
             return _write_section(args.out, "verify_cache", cell)
         plan = two_service.plan(
@@ -699,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started,
             "load_average": os.getloadavg(),
             "rows": suite.verify_cache,
+            "shared": suite.verify_cache_shared,
         },
         "notes": suite.notes,
     }

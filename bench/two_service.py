@@ -83,6 +83,7 @@ class Minter:
     caller identities; every token has its own jti."""
 
     def __init__(self, minted: Minted) -> None:
+        self.minted = minted
         self._service = minted.service(cache_entries=0)
         self._n = 0
 
@@ -104,14 +105,18 @@ class Minter:
         return tokens
 
 
-def start_sidecar(workdir: Path, minted: Minted, name: str) -> procs.Server:
-    """A sidecar with its defaults (verify cache included), as a deployment would run it."""
+def start_sidecar(
+    workdir: Path, minted: Minted, name: str, *, env_extra: dict[str, str] | None = None
+) -> procs.Server:
+    """A sidecar with its defaults (verify cache included), as a deployment would run it;
+    `env_extra` overrides settings (bench/sidecar_cache.py turns the verify cache off)."""
     env = {
         "AUTHSIDECAR_DATA_DIR": str(workdir / name),
         "AUTHSIDECAR_LISTEN__TCP": "127.0.0.1:0",
         "AUTHSIDECAR_KEYS__FILES": str(minted.key_path),
         "AUTHSIDECAR_STORE__BACKEND": "memory",
         "AUTHSIDECAR_LOG_LEVEL": "WARNING",
+        **(env_extra or {}),
     }
     return procs.start(f"sidecar {name}", ["-m", "sidecar", "serve"], env)
 
