@@ -19,6 +19,10 @@ dropped  the push alone: the same set-up, but nobody calls the callees after Rev
          interceptor's time (`first_*`): the spread between first and last is the fan-out
          (the sidecar writing 50 streams, 5 processes woken on 2 cores).
 
+First, the refused pass's own floor (`probe round, nothing revoked`): rounds of one probe
+per callee at once while every decision is held, first and last answer of each round; what
+the prober and 50 callees on this machine cost before any revocation is involved.
+
 Both passes wait `SETTLE_S` between the set-up calls and Revoke. The delay of one
 revocation is the latest callee's (or interceptor's) time. A probe answered
 with any other error ends the bench; a probe loop (one per callee when refusing, one per
@@ -34,7 +38,7 @@ import functools
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -43,6 +47,9 @@ from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 
 STATS = "/bench.CalleeControl/Stats"
 DROPPED = "/bench.CalleeControl/Dropped"
+# The probe-round floor: rounds of one probe per callee with nothing revoked.
+PROBE_ROUND = "probe round, nothing revoked"
+PROBE_ROUNDS = 30
 # After the set-up calls and before Revoke: the callees finish the set-up's work first.
 SETTLE_S = 0.05
 # How often the `dropped` pass asks whether every time is in: not part of the figure (the
@@ -91,7 +98,7 @@ class _Prober:
 
 
 async def _until_all(
-    watchers: list[Callable[[], Awaitable[list[float]]]], give_up_s: float
+    watchers: list[Callable[[], Coroutine[Any, Any, list[float]]]], give_up_s: float
 ) -> tuple[tuple[float, float] | None, int]:
     """Run every watcher (each returns the times its targets changed); the earliest and
     latest times, or None with the count of targets that never changed."""
@@ -146,7 +153,7 @@ async def _one(
                 return times
             await asyncio.sleep(DROP_POLL_S)
 
-    watchers: list[Callable[[], Awaitable[list[float]]]]
+    watchers: list[Callable[[], Coroutine[Any, Any, list[float]]]]
     if kind == "refused":
         watchers = [functools.partial(refusal, call) for call in prober.calls]
     else:
@@ -157,6 +164,28 @@ async def _one(
     if span is None:
         return None, never
     return (span[0] - returned, span[1] - returned), never
+
+
+async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str, Any]:
+    """The `refused` pass's floor: one probe of every callee at once, every decision held
+    and nothing revoked, PROBE_ROUNDS times; each round's first and last answer."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    for _ in range(2):
+        await asyncio.gather(
+            *(call(payload, metadata=metadata, timeout=10) for call in prober.calls)
+        )
+
+    async def probe(call: _Call) -> float:
+        await call(payload, metadata=metadata, timeout=10)
+        return time.monotonic()
+
+    spans = []
+    for _ in range(PROBE_ROUNDS):
+        await asyncio.sleep(SETTLE_S)
+        began = time.monotonic()
+        answered = await asyncio.gather(*(probe(call) for call in prober.calls))
+        spans.append((min(answered) - began, max(answered) - began))
+    return _summary(spans, 0, PROBE_ROUNDS)
 
 
 def _summary(spans: list[tuple[float, float]], never: int, revocations: int) -> dict[str, Any]:
@@ -192,6 +221,7 @@ async def _measure(
     passes = ["refused"] + (["dropped"] if controls else [])
     out: dict[str, Any] = {}
     try:
+        out[PROBE_ROUND] = await _probe_rounds(prober, tokens[0], payload)
         for k, kind in enumerate(passes):
             delays: list[tuple[float, float]] = []
             never = 0

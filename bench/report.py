@@ -299,6 +299,14 @@ def markdown(doc: dict[str, Any]) -> str:
         parts.append(verify_cache_markdown(cache))
     if two is not None:
         parts.append(two_service_report.markdown(two))
+    propagation = doc.get("propagation")
+    if propagation is not None:
+        load = propagation["load_average"]
+        parts.append(
+            f"## Revocation propagation alone\n\nCommand: `{propagation['command']}`; load "
+            f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start.\n"
+            + two_service_report.revocation_markdown(propagation["revocation"])
+        )
     return "\n".join(parts)
 
 

@@ -15,6 +15,9 @@ latest.md. All ratios in the report come from this one run.
   python -m bench --only verify_cache
                              only the sidecar verify cache's CPU per path (off / miss /
                              stored / hit, thread CPU in-process), merged likewise
+  python -m bench --only propagation
+                             only the revocation propagation of the two-service section
+                             (50 interceptors; minutes), merged likewise
   python -m bench --only revocation_scale   the revocation set at 0 / 100k / 1M (issue 16)
 """
 
@@ -643,8 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* are written")
     parser.add_argument(
         "--only",
-        choices=["two_service", "verify_cache", "revocation_scale"],
-        help="run only this section (two_service, verify_cache: merged into latest.*);"
+        choices=["two_service", "verify_cache", "propagation", "revocation_scale"],
+        help="run only this section (two_service, verify_cache, propagation: merged into"
+        " latest.*);"
         " revocation_scale is"
         " a separate benchmark (minutes; not in the suite or --quick) whose own options"
         " follow (bench/revocation_scale.py --help)",
@@ -682,6 +686,23 @@ def main(argv: list[str] | None = None) -> int:
                 "shared": suite.verify_cache_shared,
             }
             return _write_section(args.out, "verify_cache", cell)
+        if args.only == "propagation":
+            quick_plan = two_service.plan(
+                full=profile.full,
+                duration_s=profile.duration_s,
+                warmup_s=profile.warmup_s,
+                rounds=rounds,
+            )
+            cell = {
+                "command": "python -m bench"
+                + (" --quick" if args.quick else "")
+                + " --only propagation",
+                "started_at": started,
+                "load_average": os.getloadavg(),
+                "revocation": two_service.propagation_only(Path(tmp) / "prop", quick_plan),
+            }
+            cell["load_average_after"] = os.getloadavg()
+            return _write_section(args.out, "propagation", cell)
         plan = two_service.plan(
             full=profile.full,
             duration_s=profile.duration_s,

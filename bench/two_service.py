@@ -382,3 +382,12 @@ def line(row: dict[str, Any]) -> str:
 
 def run(workdir: Path, plan: Plan) -> dict[str, Any]:
     return TwoService(workdir, plan).run()
+
+
+def propagation_only(workdir: Path, plan: Plan) -> list[dict[str, Any]]:
+    """The revocation propagation part alone (`python -m bench --only propagation`), columns
+    (3) and (4) as in the full section."""
+    section = TwoService(workdir, plan)
+    minted = make_key(workdir, ALG, 0)
+    minter = Minter(minted)
+    return [section._propagation(kind, minted, minter) for kind in ("verify", "default")]

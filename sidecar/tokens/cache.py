@@ -106,6 +106,7 @@ class VerifyCache:
         self._held: set[int] = set()
         self._bytes = 0
         self._lock = threading.Lock()
+        # Counted by the verifier (an entry whose key changed is a miss): metrics.
         self.hits = 0
         self.misses = 0
 
@@ -121,7 +122,9 @@ class VerifyCache:
         verifier checks `entry.key` is still the key for its kid."""
         key = self._key(token)
         entry = self._entries.get(key)
-        if entry is None or entry.digest != sha256(token):
+        if entry is None:
+            return None
+        if entry.digest != sha256(token):
             return None
         with self._lock:
             if key in self._entries:
@@ -132,13 +135,6 @@ class VerifyCache:
         """Whether this very result is an entry's (the response memo keeps only those: a
         result the cache does not hold never comes back, so memoising it is waste)."""
         return id(verified) in self._held
-
-    def count(self, *, hit: bool) -> None:
-        """Record the caller's verdict (an entry whose key changed is a miss): metrics."""
-        if hit:
-            self.hits += 1
-        else:
-            self.misses += 1
 
     def seen_before(self, token: str) -> bool:
         """True from a token's second verification on; the first only records its `hash`

@@ -129,13 +129,13 @@ class Verifier:
             issuer = entry.issuer
             keys = self.ring if issuer is None else issuer.keys
             if keys.get(entry.verified.kid) is entry.key:
-                cache.count(hit=True)
+                cache.hits += 1
                 self._admit(entry, now, audience, required_scopes)
                 return entry.verified
             cache.discard(token)  # its key was rotated out or replaced: verify afresh
-        cache.count(hit=False)
+        cache.misses += 1
         checked = self._checked(self._parse(token), _ACCESS, route=True)
-        self._admit(checked, now, audience, required_scopes, put=(cache, token))
+        self._admit(checked, now, audience, required_scopes, token)
         return checked.verified
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifiedToken | AuthSidecarError]:
@@ -256,21 +256,18 @@ class Verifier:
         now: float,
         audience: str | None,
         required_scopes: Collection[str],
-        *,
-        put: tuple[VerifyCache, str] | None = None,
+        put: str | None = None,
     ) -> None:
         """The checks of every call, hit or miss: the time window (with the issuer's rules:
         its leeway may differ from ours), then, after a miss has been offered to the cache
-        (`put`: stored from its second verification on), the per-call audience, revocation
-        and scopes."""
+        (`put`: the token text; stored from its second verification on), the per-call
+        audience, revocation and scopes."""
         issuer = checked.issuer
         self._in_window(checked, self._policies[_ACCESS] if issuer is None else issuer.policy, now)
         if put is not None:
-            cache, token = put
-            if cache.seen_before(token):
-                cache.put(
-                    token, checked.verified, checked.key, issuer=issuer, window=checked.window
-                )
+            cache = self.cache
+            if cache.seen_before(put):
+                cache.put(put, checked.verified, checked.key, issuer=issuer, window=checked.window)
         claims = checked.verified.claims
         try:
             if audience is not None and audience not in claims.aud:
