@@ -30,7 +30,14 @@ checks nothing.
 A separate control server without interceptors, on `unix:PREFIX.control`, answers
 `/bench.CalleeControl/Stats` with the JSON list of each interceptor's `stats()` (issue 15's
 `DecisionStats`: hits, misses, bypassed, invalidations, ...; `{}` where there is none), so
-the bench can show that column (4) really served hits, without touching the measured path.
+the bench can show that column (4) really served hits, without touching the measured path;
+and `/bench.CalleeControl/Dropped` (request: a jti) with the times, on CLOCK_MONOTONIC
+(`time.monotonic`, one clock for every process on the host), at which each interceptor of
+this process applied the Watch event revoking that token (from then on it serves no
+decision about it): the push delay measured where it ends, with no polling in it
+(bench/propagation.py). The times are taken by wrapping the client's private
+`DecisionCache.revoke_token`, which the watcher calls once per event whether or not it held
+a decision: bench instrumentation only.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,11 +60,13 @@ import grpc
 import jwt
 
 from authsidecar.client import AsyncAuthClient, AsyncAuthServerInterceptor, AuthPolicy
+from authsidecar.client._decisions import DecisionCache
 
 SERVICE = "bench.Callee"
 METHOD = f"/{SERVICE}/Call"
 CONTROL = "bench.CalleeControl"
 STATS = f"/{CONTROL}/Stats"
+DROPPED = f"/{CONTROL}/Dropped"
 KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
 # The callee verifying in-process holds only the public half of an asymmetric key.
 _PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
@@ -185,11 +195,33 @@ def _stats(interceptor: Any) -> dict[str, Any]:
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}
 
 
+# jti -> when each interceptor of this process applied its revocation (time.monotonic()).
+_DROPPED_AT: dict[str, list[float]] = {}
+
+
+def _record_drops() -> None:
+    """Time every TokenRevoked event in the watcher that applies it."""
+    original = DecisionCache.revoke_token
+
+    def revoke_token(self: DecisionCache, iss: str, jti: str) -> int:
+        dropped = original(self, iss, jti)
+        _DROPPED_AT.setdefault(jti, []).append(time.monotonic())
+        return dropped
+
+    DecisionCache.revoke_token = revoke_token  # type: ignore[method-assign]
+
+
 async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
     async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps([_stats(i) for i in interceptors]).encode()
 
-    handlers = {"Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity)}
+    async def dropped(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return json.dumps(_DROPPED_AT.get(request.decode(), [])).encode()
+
+    handlers = {
+        "Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity),
+        "Dropped": grpc.unary_unary_rpc_method_handler(dropped, _identity, _identity),
+    }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROL, handlers),))
     server.add_insecure_port(f"unix:{prefix}.control")
@@ -198,6 +230,7 @@ async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    _record_drops()
     handlers = {"Call": grpc.unary_unary_rpc_method_handler(_call, _identity, _identity)}
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
     servers: list[tuple[grpc.aio.Server, Any, AsyncAuthClient | None]] = []

@@ -219,7 +219,8 @@ def cache_cost(minted: Minted, entries: int = 2000) -> Row:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for token in tokens:
+    for token in tokens:  # a token is stored on its second verification
+        service.verify(token)
         service.verify(token)
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
@@ -233,3 +234,57 @@ def cache_cost(minted: Minted, entries: int = 2000) -> Row:
         "measured_bytes_per_entry": round((after - before) / len(cache)),
         "estimated_bytes_per_entry": entry_bytes(round(length)),
     }
+
+
+# The verify-cache cell (issue 15): what each of the cache's paths costs against no cache.
+CACHE_PATHS = (
+    ("off", "cache off"),
+    ("miss", "miss, first sighting (a one-shot token: not stored)"),
+    ("insert", "miss, second sighting (stored)"),
+    ("hit", "hit"),
+)
+
+
+def _thread_us(fn: Callable[[str], object], tokens: list[str]) -> float:
+    """Thread CPU µs per call of `fn` over `tokens`: other processes on a shared machine
+    slow the wall clock, not this thread's CPU time."""
+    began = time.thread_time_ns()
+    for token in tokens:
+        fn(token)
+    return (time.thread_time_ns() - began) / len(tokens) / 1000
+
+
+def cache_paths(minted: Minted, rounds: int) -> list[Row]:
+    """Thread CPU per Verify on each path of the sidecar's verify cache, the paths
+    interleaved within each round (medians and minimums over rounds).
+
+    Each round takes a fresh cache-off service and a fresh service with the default cache,
+    and passes the whole pool (distinct tokens) through: once with the cache off, then
+    three times through the cached one, which are every token's first sighting (the miss
+    of a one-shot token), its second (the miss that stores it) and a hit.
+    """
+    pool = minted.tokens
+    samples: dict[str, list[float]] = {path: [] for path, _ in CACHE_PATHS}
+    for _ in range(rounds):
+        gc.collect()
+        off = minted.service(cache_entries=0)
+        samples["off"].append(_thread_us(off.verify, pool))
+        cached = minted.service()
+        samples["miss"].append(_thread_us(cached.verify, pool))
+        samples["insert"].append(_thread_us(cached.verify, pool))
+        samples["hit"].append(_thread_us(cached.verify, pool))
+    rows = []
+    for path, label in CACHE_PATHS:
+        values = sorted(samples[path])
+        rows.append(
+            {
+                "alg": minted.alg,
+                "path": path,
+                "label": label,
+                "tokens": len(pool),
+                "rounds": rounds,
+                "cpu_us_median": values[len(values) // 2],
+                "cpu_us_min": values[0],
+            }
+        )
+    return rows

@@ -10,13 +10,21 @@ refused  (issue 15's definition) every callee accepts the token twice (so each i
          decision already dropped, the Verify that the miss costs. 50 of those at once on a
          2-core machine queue behind each other; the callee that verifies every call
          (column 3) shows that floor.
-dropped  the push alone: the same set-up, but instead of calling the callees the prober
-         polls each callee process's control server (bench/callee.py) every
-         `probe_interval_s` for its interceptors' `stats()`, and an interceptor's time is
-         the first poll answer whose `dropped` counter (entries removed by Watch events)
-         went up. Only for interceptors that report stats.
+dropped  the push alone: the same set-up, but nobody calls the callees after Revoke; each
+         interceptor's time is when its watcher dropped the decision, taken in the callee
+         process itself on CLOCK_MONOTONIC (bench/callee.py, `Dropped`), which every process
+         on the host shares, and read after the fact (the control servers are asked every
+         `DROP_POLL_S` whether every interceptor has one yet; that polling is not in the
+         figure). Only for callees with a control server. Also reported: the first
+         interceptor's time (`first_*`): the spread between first and last is the fan-out
+         (the sidecar writing 50 streams, 5 processes woken on 2 cores).
 
-The delay of one revocation is the latest callee's (or interceptor's) time. A probe answered
+First, the refused pass's own floor (`probe round, nothing revoked`): rounds of one probe
+per callee at once while every decision is held, first and last answer of each round; what
+the prober and 50 callees on this machine cost before any revocation is involved.
+
+Both passes wait `SETTLE_S` between the set-up calls and Revoke. The delay of one
+revocation is the latest callee's (or interceptor's) time. A probe answered
 with any other error ends the bench; a probe loop (one per callee when refusing, one per
 callee process when polling) that has not seen the change after `give_up_s` is counted in
 `never`, the worst outcome this measures.
@@ -25,11 +33,12 @@ callee process when polling) that has not seen the change after `give_up_s` is c
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -37,6 +46,15 @@ import grpc
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 
 STATS = "/bench.CalleeControl/Stats"
+DROPPED = "/bench.CalleeControl/Dropped"
+# The probe-round floor: rounds of one probe per callee with nothing revoked.
+PROBE_ROUND = "probe round, nothing revoked"
+PROBE_ROUNDS = 30
+# After the set-up calls and before Revoke: the callees finish the set-up's work first.
+SETTLE_S = 0.05
+# How often the `dropped` pass asks whether every time is in: not part of the figure (the
+# times are taken in the callees), so slow enough not to load the machine it measures.
+DROP_POLL_S = 0.02
 
 
 def _identity(value: bytes) -> bytes:
@@ -59,11 +77,15 @@ class _Prober:
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channels[0])
         self.calls: list[_Call] = []
         self.controls: list[_Call] = []
+        self.drop_times: list[_Call] = []
 
     def bind(self, method: str, n_callees: int) -> None:
         channels = self.channels[1:]
         self.calls = [ch.unary_unary(method, _identity, _identity) for ch in channels[:n_callees]]
         self.controls = [ch.unary_unary(STATS, _identity, _identity) for ch in channels[n_callees:]]
+        self.drop_times = [
+            ch.unary_unary(DROPPED, _identity, _identity) for ch in channels[n_callees:]
+        ]
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -76,10 +98,10 @@ class _Prober:
 
 
 async def _until_all(
-    watchers: list[Callable[[], Awaitable[list[float]]]], give_up_s: float
-) -> tuple[float | None, int]:
-    """Run every watcher (each returns the times its targets changed); the latest time, or
-    None with the count of targets that never changed."""
+    watchers: list[Callable[[], Coroutine[Any, Any, list[float]]]], give_up_s: float
+) -> tuple[tuple[float, float] | None, int]:
+    """Run every watcher (each returns the times its targets changed); the earliest and
+    latest times, or None with the count of targets that never changed."""
     tasks = [asyncio.create_task(w()) for w in watchers]
     done, pending = await asyncio.wait(tasks, timeout=give_up_s)
     for task in pending:
@@ -87,7 +109,13 @@ async def _until_all(
     times = [t for task in done for t in task.result()]
     if pending:
         return None, len(pending)
-    return max(times), 0
+    return (min(times), max(times)), 0
+
+
+def _jti(token: str) -> str:
+    """The token's jti, read from its payload (the prober's own token: no check needed)."""
+    payload = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
 
 
 async def _one(
@@ -97,13 +125,16 @@ async def _one(
     kind: str,
     interval_s: float,
     give_up_s: float,
-) -> tuple[float | None, int]:
+) -> tuple[tuple[float, float] | None, int]:
     metadata = (("authorization", f"Bearer {token}"),)
     for _ in range(2):  # each interceptor now holds a decision about this token
         await asyncio.gather(
             *(call(payload, metadata=metadata, timeout=10) for call in prober.calls)
         )
-    before = [await prober.dropped(c) for c in prober.controls] if kind == "dropped" else []
+    # How many interceptors each callee process runs: the drops to wait for there.
+    counts = [len(await prober.dropped(c)) for c in prober.controls] if kind == "dropped" else []
+    await asyncio.sleep(SETTLE_S)  # the set-up's calls' tails are not measured
+    jti = _jti(token).encode()
 
     async def refusal(call: _Call) -> list[float]:
         while True:
@@ -112,38 +143,63 @@ async def _one(
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                     raise
-                return [time.perf_counter()]
+                return [time.monotonic()]
             await asyncio.sleep(interval_s)
 
     async def drop(i: int) -> list[float]:
-        seen: list[float | None] = [None] * len(before[i])
-        while any(t is None for t in seen):
-            counts = await prober.dropped(prober.controls[i])
-            now = time.perf_counter()
-            for j, count in enumerate(counts):
-                if seen[j] is None and count > before[i][j]:
-                    seen[j] = now
-            await asyncio.sleep(interval_s)
-        return [t for t in seen if t is not None]
+        while True:
+            times: list[float] = json.loads(await prober.drop_times[i](jti, timeout=10))
+            if len(times) >= counts[i]:
+                return times
+            await asyncio.sleep(DROP_POLL_S)
 
-    watchers: list[Callable[[], Awaitable[list[float]]]]
+    watchers: list[Callable[[], Coroutine[Any, Any, list[float]]]]
     if kind == "refused":
         watchers = [functools.partial(refusal, call) for call in prober.calls]
     else:
         watchers = [functools.partial(drop, i) for i in range(len(prober.controls))]
     await prober.stub.Revoke(auth_pb2.RevokeRequest(token=token), timeout=10)
-    returned = time.perf_counter()
-    latest, never = await _until_all(watchers, give_up_s)
-    return (None if latest is None else latest - returned), never
+    returned = time.monotonic()  # CLOCK_MONOTONIC, as the callees' drop times
+    span, never = await _until_all(watchers, give_up_s)
+    if span is None:
+        return None, never
+    return (span[0] - returned, span[1] - returned), never
 
 
-def _summary(delays: list[float], never: int, revocations: int) -> dict[str, Any]:
-    ms = sorted(d * 1000 for d in delays)
+async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str, Any]:
+    """The `refused` pass's floor: one probe of every callee at once, every decision held
+    and nothing revoked, PROBE_ROUNDS times; each round's first and last answer."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    for _ in range(2):
+        await asyncio.gather(
+            *(call(payload, metadata=metadata, timeout=10) for call in prober.calls)
+        )
+
+    async def probe(call: _Call) -> float:
+        await call(payload, metadata=metadata, timeout=10)
+        return time.monotonic()
+
+    spans = []
+    for _ in range(PROBE_ROUNDS):
+        await asyncio.sleep(SETTLE_S)
+        began = time.monotonic()
+        answered = await asyncio.gather(*(probe(call) for call in prober.calls))
+        spans.append((min(answered) - began, max(answered) - began))
+    return _summary(spans, 0, PROBE_ROUNDS)
+
+
+def _summary(spans: list[tuple[float, float]], never: int, revocations: int) -> dict[str, Any]:
+    """Each revocation's delay is its last callee's (or interceptor's); `first_*` are its
+    first one's."""
+    ms = sorted(last * 1000 for _, last in spans)
+    first = sorted(early * 1000 for early, _ in spans)
     return {
         "revocations": revocations,
         "p50_ms": statistics.median(ms) if ms else float("nan"),
         "p99_ms": percentile(ms, 0.99),
         "max_ms": ms[-1] if ms else float("nan"),
+        "first_p50_ms": statistics.median(first) if first else float("nan"),
+        "first_p99_ms": percentile(first, 0.99),
         "never": never,
         "delays_ms": ms,
     }
@@ -165,8 +221,10 @@ async def _measure(
     passes = ["refused"] + (["dropped"] if controls else [])
     out: dict[str, Any] = {}
     try:
+        out[PROBE_ROUND] = await _probe_rounds(prober, tokens[0], payload)
         for k, kind in enumerate(passes):
-            delays, never = [], 0
+            delays: list[tuple[float, float]] = []
+            never = 0
             for token in tokens[k :: len(passes)]:
                 delay, missing = await _one(
                     prober, token, payload, kind, probe_interval_s, give_up_s

@@ -290,11 +290,68 @@ def summary(doc: dict[str, Any]) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The whole report; a document holding only the two-service section renders that."""
+    """The whole report; a document holding only sections (two-service, verify cache)
+    renders those."""
     two = doc.get("two_service")
-    if "rows" not in doc:
-        return "" if two is None else two_service_report.markdown(two)
-    return _suite_markdown(doc) + ("" if two is None else "\n" + two_service_report.markdown(two))
+    cache = doc.get("verify_cache")
+    parts = [_suite_markdown(doc)] if "rows" in doc else []
+    if cache is not None and cache.get("rows"):
+        parts.append(verify_cache_markdown(cache))
+    if two is not None:
+        parts.append(two_service_report.markdown(two))
+    propagation = doc.get("propagation")
+    if propagation is not None:
+        load = propagation["load_average"]
+        parts.append(
+            f"## Revocation propagation alone\n\nCommand: `{propagation['command']}`; load "
+            f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start.\n"
+            + two_service_report.revocation_markdown(propagation["revocation"])
+        )
+    return "\n".join(parts)
+
+
+def verify_cache_markdown(cell: dict[str, Any]) -> str:
+    """The sidecar verify cache's paths against no cache: thread CPU per Verify."""
+    rows = cell["rows"]
+    load = cell.get("load_average")
+    first = rows[0]
+    out = [
+        "## Sidecar verify cache: CPU per Verify on each path (issue 15)\n\n",
+        f"Command: `{cell['command']}`"
+        + (f"; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}" if load else "")
+        + f". In-process, thread CPU µs per Verify over {first['tokens']} distinct tokens, "
+        f"the paths interleaved in each of {first['rounds']} rounds: median (minimum).\n\n",
+        "| alg | cache off | miss, first sighting | miss, stored | hit | first miss - off |\n",
+        "|---|---:|---:|---:|---:|---:|\n",
+    ]
+    by_alg: dict[str, dict[str, Row]] = {}
+    for row in rows:
+        by_alg.setdefault(row["alg"], {})[row["path"]] = row
+    for alg, paths in by_alg.items():
+        cells = [
+            f"{paths[p]['cpu_us_median']:.1f} ({paths[p]['cpu_us_min']:.1f})"
+            for p in ("off", "miss", "insert", "hit")
+        ]
+        off, miss = paths["off"]["cpu_us_median"], paths["miss"]["cpu_us_median"]
+        delta = f"{miss - off:+.1f} µs ({(miss - off) / off:+.0%})"
+        out.append(f"| {alg} | " + " | ".join(cells) + f" | {delta} |\n")
+    shared = cell.get("shared") or []
+    if shared:
+        out.append(
+            "\nWith decision caches in the interceptors (bench/sidecar_cache.py): one callee "
+            "process of N grpc.aio servers, each with its own interceptor defaults (decision "
+            "cache, Watch, VerifyBatch), every token sent once to every server; the sidecar's "
+            f"CPU (/proc) per token it was asked about, {shared[0]['alg']}, median of "
+            f"{shared[0]['rounds']} interleaved rounds:\n\n"
+            "| interceptors sharing each token | tokens | asked | sidecar cache | "
+            "sidecar µs CPU per token asked |\n|---:|---:|---:|---|---:|\n"
+        )
+        for r in shared:
+            out.append(
+                f"| {r['interceptors']} | {r['tokens']} | {r['asked']:.0f} | "
+                f"{r['sidecar_cache']} | {r['sidecar_cpu_us_per_asked']:.0f} |\n"
+            )
+    return "".join(out)
 
 
 def _suite_markdown(doc: dict[str, Any]) -> str:

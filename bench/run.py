@@ -12,6 +12,12 @@ latest.md. All ratios in the report come from this one run.
   python -m bench --only two_service
                              only issue 15's two-service section (bench/two_service.py),
                              merged into an existing latest.json (the rest kept as it was)
+  python -m bench --only verify_cache
+                             only the sidecar verify cache's CPU per path (off / miss /
+                             stored / hit, thread CPU in-process), merged likewise
+  python -m bench --only propagation
+                             only the revocation propagation of the two-service section
+                             (50 interceptors; minutes), merged likewise
   python -m bench --only revocation_scale   the revocation set at 0 / 100k / 1M (issue 16)
 """
 
@@ -21,6 +27,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -34,7 +41,7 @@ from typing import Any
 import grpc
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
-from bench import h2load, inprocess, procs, report, two_service
+from bench import h2load, inprocess, procs, report, sidecar_cache, two_service
 from bench.load import MIN_CALLS
 from bench.tokens import ALGORITHMS, AUDIENCE, Minted, make_key
 
@@ -48,6 +55,10 @@ CACHE_ENTRIES = 256
 # The algorithms of the verify group (and of the targets); the "algorithms" group covers the
 # rest of ALGORITHMS.
 CORE_ALGS = ("HS256", "RS256", "ES256")
+# The verify-cache cell alone (`--only verify_cache`): distinct tokens per algorithm, and
+# rounds in the full run (each round passes the pool four times; medians over rounds).
+CACHE_CELL_POOL = 1000
+CACHE_CELL_ROUNDS = 15
 OTHER_ALGS = tuple(alg for alg in ALGORITHMS if alg not in CORE_ALGS)
 
 
@@ -148,6 +159,8 @@ class Suite:
         self.rounds = rounds
         self.inprocess: list[dict[str, Any]] = []
         self.cache_cost: list[dict[str, Any]] = []
+        self.verify_cache: list[dict[str, Any]] = []
+        self.verify_cache_shared: list[dict[str, Any]] = []
         self._n = 0
 
     # -- servers ---------------------------------------------------------------------------
@@ -532,10 +545,39 @@ class Suite:
         self.cache_cost = [
             inprocess.cache_cost(self.keys[a], 500 if self.p.full else 50) for a in self.keys
         ]
+        self.verify_cache_group()
         for row in rows:
             print(
                 f"  in-process {row['alg']:6} {row['name']:34} {row['per_s']:>10.0f}/s "
                 f"{row['us_per_call']:8.1f} us",
+                flush=True,
+            )
+
+    def verify_cache_group(self) -> None:
+        """Issue 15's verify-cache cell: thread CPU per Verify, cache off / miss / stored /
+        hit, for the core algorithms (`--only verify_cache` runs it alone)."""
+        if not self.keys:
+            for alg in CORE_ALGS:
+                self.keys[alg] = make_key(self.dir, alg, CACHE_CELL_POOL if self.p.full else 200)
+        rounds = CACHE_CELL_ROUNDS if self.p.full else 3
+        self.verify_cache = []
+        for alg in CORE_ALGS:
+            rows = inprocess.cache_paths(self.keys[alg], rounds)
+            self.verify_cache.extend(rows)
+            for row in rows:
+                print(
+                    f"  verify cache {alg:6} {row['label']:52} "
+                    f"{row['cpu_us_median']:8.2f} us CPU (min {row['cpu_us_min']:.2f})",
+                    flush=True,
+                )
+        self.verify_cache_shared = sidecar_cache.shared_tokens(
+            self.dir / "sidecar-cache", full=self.p.full, rounds=3 if self.p.full else 1
+        )
+        for row in self.verify_cache_shared:
+            print(
+                f"  verify cache, sidecar {row['sidecar_cache']:3}, {row['interceptors']:2} "
+                f"interceptors sharing {row['tokens']} tokens: asked {row['asked']:.0f}, "
+                f"sidecar {row['sidecar_cpu_us_per_asked']:.0f} us CPU per token asked",
                 flush=True,
             )
 
@@ -608,8 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* are written")
     parser.add_argument(
         "--only",
-        choices=["two_service", "revocation_scale"],
-        help="run only this section (two_service: merged into latest.*); revocation_scale is"
+        choices=["two_service", "verify_cache", "propagation", "revocation_scale"],
+        help="run only this section (two_service, verify_cache, propagation: merged into"
+        " latest.*);"
+        " revocation_scale is"
         " a separate benchmark (minutes; not in the suite or --quick) whose own options"
         " follow (bench/revocation_scale.py --help)",
     )
@@ -635,6 +679,34 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.only is None:
             suite.run()
+        elif args.only == "verify_cache":
+            suite.verify_cache_group()
+            command = "python -m bench" + (" --quick" if args.quick else "")
+            cell = {
+                "command": f"{command} --only verify_cache",
+                "started_at": started,
+                "load_average": os.getloadavg(),
+                "rows": suite.verify_cache,
+                "shared": suite.verify_cache_shared,
+            }
+            return _write_section(args.out, "verify_cache", cell)
+        if args.only == "propagation":
+            quick_plan = two_service.plan(
+                full=profile.full,
+                duration_s=profile.duration_s,
+                warmup_s=profile.warmup_s,
+                rounds=rounds,
+            )
+            cell = {
+                "command": "python -m bench"
+                + (" --quick" if args.quick else "")
+                + " --only propagation",
+                "started_at": started,
+                "load_average": os.getloadavg(),
+                "revocation": two_service.propagation_only(Path(tmp) / "prop", quick_plan),
+            }
+            cell["load_average_after"] = os.getloadavg()
+            return _write_section(args.out, "propagation", cell)
         plan = two_service.plan(
             full=profile.full,
             duration_s=profile.duration_s,
@@ -646,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     section["command"] = command + (f" --only {args.only}" if args.only else "")
     section["started_at"] = started
     if args.only is not None:
-        return _write_section(args.out, section)
+        return _write_section(args.out, "two_service", section)
     if not suite.h2:
         suite.notes.append("h2load: not used (not installed or --no-h2load)")
     document = {
@@ -659,6 +731,13 @@ def main(argv: list[str] | None = None) -> int:
         "rows": suite.rows,
         "inprocess": suite.inprocess,
         "cache_cost": suite.cache_cost,
+        "verify_cache": {
+            "command": command,
+            "started_at": started,
+            "load_average": os.getloadavg(),
+            "rows": suite.verify_cache,
+            "shared": suite.verify_cache_shared,
+        },
         "notes": suite.notes,
     }
     document["targets"] = report.targets(document)
@@ -677,14 +756,15 @@ def _write(out: Path, document: dict[str, Any]) -> None:
     print(markdown)
 
 
-def _write_section(out: Path, section: dict[str, Any]) -> int:
-    """`--only two_service`: replace that section of the existing results, keep the rest
-    (the section says which command and when measured it), or start a document of its own."""
+def _write_section(out: Path, name: str, section: dict[str, Any]) -> int:
+    """`--only two_service` / `verify_cache`: replace that section of the existing results,
+    keep the rest (the section says which command and when measured it), or start a
+    document of its own."""
     path = out / "latest.json"
     if path.exists():
         document = json.loads(path.read_text())
     else:
         document = {"command": section["command"], "environment": _environment()}
-    document["two_service"] = section
+    document[name] = section
     _write(out, document)
     return 0

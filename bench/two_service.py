@@ -83,6 +83,7 @@ class Minter:
     caller identities; every token has its own jti."""
 
     def __init__(self, minted: Minted) -> None:
+        self.minted = minted
         self._service = minted.service(cache_entries=0)
         self._n = 0
 
@@ -104,14 +105,18 @@ class Minter:
         return tokens
 
 
-def start_sidecar(workdir: Path, minted: Minted, name: str) -> procs.Server:
-    """A sidecar with its defaults (verify cache included), as a deployment would run it."""
+def start_sidecar(
+    workdir: Path, minted: Minted, name: str, *, env_extra: dict[str, str] | None = None
+) -> procs.Server:
+    """A sidecar with its defaults (verify cache included), as a deployment would run it;
+    `env_extra` overrides settings (bench/sidecar_cache.py turns the verify cache off)."""
     env = {
         "AUTHSIDECAR_DATA_DIR": str(workdir / name),
         "AUTHSIDECAR_LISTEN__TCP": "127.0.0.1:0",
         "AUTHSIDECAR_KEYS__FILES": str(minted.key_path),
         "AUTHSIDECAR_STORE__BACKEND": "memory",
         "AUTHSIDECAR_LOG_LEVEL": "WARNING",
+        **(env_extra or {}),
     }
     return procs.start(f"sidecar {name}", ["-m", "sidecar", "serve"], env)
 
@@ -377,3 +382,12 @@ def line(row: dict[str, Any]) -> str:
 
 def run(workdir: Path, plan: Plan) -> dict[str, Any]:
     return TwoService(workdir, plan).run()
+
+
+def propagation_only(workdir: Path, plan: Plan) -> list[dict[str, Any]]:
+    """The revocation propagation part alone (`python -m bench --only propagation`), columns
+    (3) and (4) as in the full section."""
+    section = TwoService(workdir, plan)
+    minted = make_key(workdir, ALG, 0)
+    minter = Minter(minted)
+    return [section._propagation(kind, minted, minter) for kind in ("verify", "default")]

@@ -4,11 +4,25 @@ What may be stored, and what is checked again on every use, is decided in one pl
 tokens/verifier.py (its docstring states the rules). This module only keeps things:
 
 * `VerifyCache`: the outcome of a verification's time-independent part (parse, key,
-  signature, the claim rules that depend on neither the clock nor the call) by SHA-256 of
-  the exact token text, with the key that verified it and whose keys those were (ours or an
-  external issuer's). LRU, bounded twice: by entries and by an estimate of their bytes
-  (`entry_bytes`). Verify runs on the event loop thread, but the cache takes a lock anyway
-  so a caller on another thread cannot corrupt it (uncontended, it costs ~0.1 µs).
+  signature, the claim rules that depend on neither the clock nor the call), with the key
+  that verified it and whose keys those were (ours or an external issuer's). LRU, bounded
+  twice: by entries and by an estimate of their bytes (`entry_bytes`). Verify runs on the
+  event loop thread, but every change takes a lock anyway so a caller on another thread
+  cannot corrupt it (uncontended, it costs ~0.1 µs).
+
+  Its miss path costs what a call without the cache costs (issue 15), by two choices:
+
+  - the lookup key is Python's `hash` of the token text (SipHash with a per-process
+    secret, ~0.2 µs for a token, and cached in the string), not its SHA-256 (~0.6 µs
+    in a loop, several times that in the server); the entry holds the SHA-256 of the
+    exact text, compared on every hit, so a token whose `hash` collides with a cached
+    one's misses. The cache never holds token text.
+  - a token is stored only the second time it is verified (`seen_before`): a one-shot
+    token costs a set insertion of its `hash`, not an entry (whose allocation and the
+    retained claims made a miss 4-11 µs dearer than no cache, measured in-process). A
+    token used many times pays one extra full verification before its hits start.
+    The first sightings are a set of `max_entries` ints at most, emptied when full.
+
 * `HeaderMemo`: parsed headers by their exact base64url segment. All tokens of one key share
   a header, so decoding and strictly parsing it (~2 µs) is paid once per key, not per token.
   Entries are read-only views, as every caller shares them; emptied when full.
@@ -21,19 +35,24 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
-
-from cachetools import LRUCache
+from typing import Any, NamedTuple
 
 from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.claims import TimeWindow
 from sidecar.tokens.issuers import Issuer
 from sidecar.tokens.model import VerifiedToken
 
-__all__ = ["MAX_VERIFIED_HEADERS", "CachedVerification", "HeaderMemo", "VerifyCache", "entry_bytes"]
+__all__ = [
+    "MAX_VERIFIED_HEADERS",
+    "CachedVerification",
+    "HeaderMemo",
+    "VerifyCache",
+    "entry_bytes",
+    "sha256",
+]
 
 # Distinct headers remembered: one per (key, typ) in use, so a handful; bounded all the same.
 MAX_VERIFIED_HEADERS = 64
@@ -51,8 +70,7 @@ def entry_bytes(token_length: int) -> int:
     return _ENTRY_OVERHEAD + _BYTES_PER_TOKEN_CHAR * token_length
 
 
-@dataclass(frozen=True, slots=True)
-class CachedVerification:
+class CachedVerification(NamedTuple):
     verified: VerifiedToken
     # exp, iat, nbf as sent, for the time window checked on every hit.
     window: TimeWindow
@@ -60,25 +78,35 @@ class CachedVerification:
     key: KeyMaterial
     issuer: Issuer | None
     size: int
+    # SHA-256 of the exact token text: a hit must match it, not only the lookup key.
+    digest: bytes
 
 
-def _size(entry: CachedVerification) -> int:
-    return entry.size
+def sha256(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class VerifyCache:
-    """LRU of `CachedVerification` by SHA-256 of the token; `max_entries == 0` disables it."""
+    """LRU of `CachedVerification` by `hash` of the token, confirmed by its SHA-256;
+    `max_entries == 0` disables it. `key` is the lookup key function (tests pass one that
+    collides on purpose)."""
 
-    def __init__(self, *, max_entries: int, max_bytes: int) -> None:
+    def __init__(
+        self, *, max_entries: int, max_bytes: int, key: Callable[[str], int] = hash
+    ) -> None:
         if max_entries < 0 or max_bytes < 0:
             raise ValueError("cache bounds must be non-negative")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.enabled = max_entries > 0 and max_bytes > 0
-        self._entries: LRUCache[bytes, CachedVerification] = LRUCache(
-            maxsize=max(max_bytes, 1), getsizeof=_size
-        )
+        self._key = key
+        self._entries: OrderedDict[int, CachedVerification] = OrderedDict()
+        self._seen: set[int] = set()
+        # id() of every entry's VerifiedToken: unique while the entry holds the object.
+        self._held: set[int] = set()
+        self._bytes = 0
         self._lock = threading.Lock()
+        # Counted by the verifier (an entry whose key changed is a miss): metrics.
         self.hits = 0
         self.misses = 0
 
@@ -87,51 +115,82 @@ class VerifyCache:
 
     @property
     def current_bytes(self) -> int:
-        return int(self._entries.currsize)
+        return self._bytes
 
-    @staticmethod
-    def digest(token: str) -> bytes:
-        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-    def get(self, digest: bytes) -> CachedVerification | None:
-        """The entry; the verifier checks `entry.key` is still the key for its kid."""
+    def get(self, token: str) -> CachedVerification | None:
+        """The entry for exactly this token text (made most recently used), or None; the
+        verifier checks `entry.key` is still the key for its kid."""
+        key = self._key(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.digest != sha256(token):
+            return None
         with self._lock:
-            return self._entries.get(digest)
+            if key in self._entries:
+                self._entries.move_to_end(key)
+        return entry
 
-    def count(self, *, hit: bool) -> None:
-        """Record the caller's verdict (an entry whose key changed is a miss): metrics."""
-        if hit:
-            self.hits += 1
-        else:
-            self.misses += 1
+    def holds(self, verified: VerifiedToken) -> bool:
+        """Whether this very result is an entry's (the response memo keeps only those: a
+        result the cache does not hold never comes back, so memoising it is waste)."""
+        return id(verified) in self._held
+
+    def seen_before(self, token: str) -> bool:
+        """True from a token's second verification on; the first only records its `hash`
+        (call it for tokens that passed, so a sender of bad tokens cannot fill it)."""
+        key = self._key(token)
+        seen = self._seen
+        if key in seen:
+            return True
+        # No lock: each set operation is atomic, and a race costs at most a lost sighting.
+        if len(seen) >= self.max_entries:
+            seen.clear()
+        seen.add(key)
+        return False
 
     def put(
         self,
-        digest: bytes,
+        token: str,
         verified: VerifiedToken,
         key: KeyMaterial,
-        length: int,
         *,
         issuer: Issuer | None,
         window: TimeWindow,
     ) -> None:
-        size = entry_bytes(length)
+        size = entry_bytes(len(token))
         if not self.enabled or size > self.max_bytes:
             return
-        entry = CachedVerification(verified, window, key, issuer, size)
+        lookup = self._key(token)
+        entry = CachedVerification(verified, window, key, issuer, size, sha256(token))
         with self._lock:
             entries = self._entries
-            while len(entries) >= self.max_entries and digest not in entries:
-                entries.popitem()
-            entries[digest] = entry
+            self._forget(entries.pop(lookup, None))
+            while entries and (
+                len(entries) >= self.max_entries or self._bytes + size > self.max_bytes
+            ):
+                self._forget(entries.popitem(last=False)[1])
+            entries[lookup] = entry
+            self._bytes += size
+            self._held.add(id(verified))
+            self._seen.discard(lookup)
 
-    def discard(self, digest: bytes) -> None:
+    def _forget(self, old: CachedVerification | None) -> None:
+        """Account for an entry leaving (under the lock)."""
+        if old is not None:
+            self._bytes -= old.size
+            self._held.discard(id(old.verified))
+
+    def discard(self, token: str) -> None:
         with self._lock:
-            self._entries.pop(digest, None)
+            self._forget(self._entries.pop(self._key(token), None))
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._seen.clear()
+            self._held.clear()
+            self._bytes = 0
 
 
 class HeaderMemo(dict[bytes, Mapping[str, Any]]):

@@ -23,11 +23,12 @@ takes without them, so its reason never depends on which issuers are configured.
 **What may be cached, and what is checked on every call.** This module decides both; the
 stores themselves (tokens/cache.py) have no policy:
 
-* cached: the outcome of parse -> key -> signature -> claims (`check_static`), keyed by
-  SHA-256 of the exact token text (a forged token reusing a valid `jti` has other bytes, so
-  it misses), together with the time window as sent, the key object and whose key it was;
-  only tokens that passed those steps and were inside their time window enter, so a
-  failing token cannot fill it.
+* cached: the outcome of parse -> key -> signature -> claims (`check_static`), found by
+  the exact token text (its SHA-256 must match: a forged token reusing a valid `jti` has
+  other bytes, so it misses), together with the time window as sent, the key object and
+  whose key it was; only tokens that passed those steps and were inside their time window
+  enter, and only from their second verification on (a one-shot token is never stored:
+  the cache's miss path costs what no cache costs), so a failing token cannot fill it.
   Also cached: headers whose token passed the signature check (`HeaderMemo`).
 * checked on every call, hit or miss, by the same code in the same order (`_admit`): the
   key is still the one its kid names in its key set (identity: a rotated-out or replaced
@@ -123,19 +124,18 @@ class Verifier:
             checked = self._checked(self._parse(token), _ACCESS, route=True)
             self._admit(checked, now, audience, required_scopes)
             return checked.verified
-        digest = cache.digest(token)
-        entry = cache.get(digest)
+        entry = cache.get(token)
         if entry is not None:
             issuer = entry.issuer
             keys = self.ring if issuer is None else issuer.keys
             if keys.get(entry.verified.kid) is entry.key:
-                cache.count(hit=True)
+                cache.hits += 1
                 self._admit(entry, now, audience, required_scopes)
                 return entry.verified
-            cache.discard(digest)  # its key was rotated out or replaced: verify afresh
-        cache.count(hit=False)
+            cache.discard(token)  # its key was rotated out or replaced: verify afresh
+        cache.misses += 1
         checked = self._checked(self._parse(token), _ACCESS, route=True)
-        self._admit(checked, now, audience, required_scopes, put=(cache, digest, len(token)))
+        self._admit(checked, now, audience, required_scopes, token)
         return checked.verified
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[VerifiedToken | AuthSidecarError]:
@@ -256,19 +256,18 @@ class Verifier:
         now: float,
         audience: str | None,
         required_scopes: Collection[str],
-        *,
-        put: tuple[VerifyCache, bytes, int] | None = None,
+        put: str | None = None,
     ) -> None:
         """The checks of every call, hit or miss: the time window (with the issuer's rules:
-        its leeway may differ from ours), then, after a miss has been cached (`put`), the
-        per-call audience, revocation and scopes."""
+        its leeway may differ from ours), then, after a miss has been offered to the cache
+        (`put`: the token text; stored from its second verification on), the per-call
+        audience, revocation and scopes."""
         issuer = checked.issuer
         self._in_window(checked, self._policies[_ACCESS] if issuer is None else issuer.policy, now)
         if put is not None:
-            cache, digest, length = put
-            cache.put(
-                digest, checked.verified, checked.key, length, issuer=issuer, window=checked.window
-            )
+            cache = self.cache
+            if cache.seen_before(put):
+                cache.put(put, checked.verified, checked.key, issuer=issuer, window=checked.window)
         claims = checked.verified.claims
         try:
             if audience is not None and audience not in claims.aud:

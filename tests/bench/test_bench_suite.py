@@ -27,6 +27,7 @@ _SIDECAR_ROWS = (
     "sidecar sign (encode_jws)",
 )
 _REFERENCES = ("python-jose decode", "PyJWT decode")
+_CACHE_PATHS = ("off", "miss", "insert", "hit")
 
 
 @pytest.mark.timeout(600)
@@ -64,6 +65,19 @@ def test_bench_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     markdown = (tmp_path / "latest.md").read_text()
     assert "| target | value | goal | met |" in markdown
     _check_every_algorithm(document, markdown)
+    _check_verify_cache_cell(document, markdown)
+
+
+def _check_verify_cache_cell(document: dict[str, Any], markdown: str) -> None:
+    """Issue 15's verify-cache cell: every path of every core algorithm, measured, and the
+    shared-token cell with the sidecar's cache on and off."""
+    cell = document["verify_cache"]
+    paths = {(row["alg"], row["path"]) for row in cell["rows"] if row["cpu_us_median"] > 0}
+    assert paths == {(alg, path) for alg in ("HS256", "RS256", "ES256") for path in _CACHE_PATHS}
+    modes = {(row["interceptors"], row["sidecar_cache"]) for row in cell["shared"]}
+    assert {mode for _, mode in modes} == {"on", "off"}
+    assert all(row["asked"] >= row["tokens"] for row in cell["shared"])
+    assert "## Sidecar verify cache: CPU per Verify on each path" in markdown
 
 
 def _check_every_algorithm(document: dict[str, Any], markdown: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bench import two_service_report
+from bench.propagation import PROBE_ROUND
 
 ROOT = Path(__file__).resolve().parents[2]
 _KINDS = {"none", "pyjwt", "verify", "default"}
@@ -42,12 +43,14 @@ def test_quick_run_measures_every_column_in_both_token_modes(tmp_path: Path) -> 
         assert (row["sidecar_cpu_us_per_call"] is not None) == has_sidecar, row
     revoked = {r["column"]: r for r in section["revocation"]}
     assert set(revoked) == {"verify", "default"}
-    assert set(revoked["verify"]["passes"]) == {"refused"}  # no Watch: nothing to drop
-    assert set(revoked["default"]["passes"]) == {"refused", "dropped"}
+    # The refused pass's floor (probes with nothing revoked) comes with every column.
+    assert set(revoked["verify"]["passes"]) == {PROBE_ROUND, "refused"}  # no Watch: no drops
+    assert set(revoked["default"]["passes"]) == {PROBE_ROUND, "refused", "dropped"}
     for result in revoked.values():
         for numbers in result["passes"].values():
             assert numbers["never"] == 0, result
             assert len(numbers["delays_ms"]) == numbers["revocations"] > 0, result
+            assert 0 <= numbers["first_p50_ms"] <= numbers["p50_ms"], result
     assert all(t["met"] in (True, False) for t in section["targets"]), section["targets"]
     markdown = (tmp_path / "latest.md").read_text()
     assert "## Two services" in markdown

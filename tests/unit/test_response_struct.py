@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 
 from authsidecar.v1 import auth_pb2
 from sidecar.errors import AuthSidecarError, ExpiredTokenError
+from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.model import Claims, TokenKind, VerifiedToken
 from sidecar.transport.servicer import _batch_response, _ResponseMemo, _verify_response
 from sidecar.transport.structs import fill_struct
+from tests.support.keys import make_key
 
 BASE = {
     "iss": "urn:authsidecar:test",
@@ -195,3 +197,20 @@ def test_response_memo_of_size_zero_stores_nothing() -> None:
     a = _verified({"n": 1})
     assert memo.response(a) is not memo.response(a)
     assert len(memo) == 0
+
+
+def test_response_memo_keeps_only_results_the_verify_cache_holds() -> None:
+    # A result the cache does not hold never comes back: memoising it only kept it alive.
+    key = make_key("HS256", "hs")
+    cache = VerifyCache(max_entries=4, max_bytes=10**6)
+    memo = _ResponseMemo(4, holds=cache.holds)
+    loose, held = _verified({"n": 1}), _verified({"n": 2})
+    cache.put("t" * 100, held, key, issuer=None, window=(None, None, None))
+    memo.response(loose)
+    assert len(memo) == 0
+    first = memo.response(held)
+    assert len(memo) == 1 and memo.response(held) is first
+    cache.discard("t" * 100)
+    assert not cache.holds(held)
+    memo.response(_verified({"n": 3}))
+    assert len(memo) == 1

@@ -1,7 +1,9 @@
 """The verify cache never changes an answer: only the cost of giving it (issue 7).
 
 Every check that can change between two calls (time, revocation, per-call audience and
-scopes, the key ring) runs on a hit; a token that differs in any byte misses.
+scopes, the key ring) runs on a hit; a token that differs in any byte misses. A token is
+stored from its second verification on (issue 15: a one-shot token costs no entry), so the
+tests below verify twice (`_cached`) before they expect a hit.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sidecar.tokens.cache import VerifyCache, entry_bytes
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import encode_jws
+from sidecar.tokens.model import VerifiedToken
 from sidecar.tokens.service import TokenService
 from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
@@ -63,24 +66,34 @@ def _token(ring: KeyRing, *, jti: str = "j1", **claims: object) -> str:
     return encode_jws(body, key, typ="at+jwt")
 
 
+def _cached(service: TokenService, token: str) -> VerifiedToken:
+    """Verify `token` until the cache holds it (twice), and return what it holds."""
+    service.verify(token)
+    verified = service.verify(token)
+    assert len(service.verify_cache) >= 1
+    return verified
+
+
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(float(NOW))
 
 
-def test_verify_cache_hit_returns_the_first_result(clock: FixedClock) -> None:
+def test_a_token_is_stored_on_its_second_verification_and_then_served(clock: FixedClock) -> None:
     service = _service(clock)
     token = _token(service.ring)
     first = service.verify(token)
-    second = service.verify(token)
-    assert second is first
-    assert (service.verify_cache.hits, service.verify_cache.misses) == (1, 1)
+    assert len(service.verify_cache) == 0  # seen once: not stored
+    stored = service.verify(token)
+    assert stored is not first
+    assert service.verify(token) is stored
+    assert (service.verify_cache.hits, service.verify_cache.misses) == (1, 2)
 
 
 def test_cached_token_is_refused_once_expired(clock: FixedClock) -> None:
     service = _service(clock, leeway_s=0)
     token = _token(service.ring)
-    service.verify(token)
+    _cached(service, token)
     clock.set(NOW + 600)
     with pytest.raises(ExpiredTokenError):
         service.verify(token)
@@ -91,7 +104,7 @@ def test_cached_token_rechecks_fractional_nbf_as_sent(clock: FixedClock) -> None
     service = _service(clock, leeway_s=0)
     token = _token(service.ring, nbf=NOW + 0.5)
     clock.set(NOW + 1)
-    service.verify(token)
+    _cached(service, token)
     clock.set(NOW + 0.25)  # the clock stepped back (NTP): the token is not yet valid again
     with pytest.raises(NotYetValidError):
         service.verify(token)
@@ -100,7 +113,7 @@ def test_cached_token_rechecks_fractional_nbf_as_sent(clock: FixedClock) -> None
 def test_cached_token_is_refused_once_revoked(clock: FixedClock) -> None:
     service = _service(clock)
     token = _token(service.ring)
-    service.verify(token)
+    _cached(service, token)
     service.revocations.add(Revocation("jti", ISSUER, "j1", NOW + 3600))
     with pytest.raises(RevokedTokenError):
         service.verify(token)
@@ -109,18 +122,19 @@ def test_cached_token_is_refused_once_revoked(clock: FixedClock) -> None:
 def test_cached_token_rechecks_audience_and_scopes_per_call(clock: FixedClock) -> None:
     service = _service(clock)
     token = _token(service.ring)
+    _cached(service, token)
     service.verify(token, audience="orders", required_scopes=("read",))
     with pytest.raises(AudienceMismatchError):
         service.verify(token, audience="billing")
     with pytest.raises(ScopeMissingError):
         service.verify(token, required_scopes=("admin",))
-    assert service.verify_cache.hits == 2
+    assert service.verify_cache.hits == 3
 
 
 def test_forged_token_reusing_a_cached_jti_misses_the_cache(clock: FixedClock) -> None:
     service = _service(clock)
     token = _token(service.ring)
-    service.verify(token)
+    _cached(service, token)
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["scope"] = "read write admin"
@@ -133,13 +147,13 @@ def test_forged_token_reusing_a_cached_jti_misses_the_cache(clock: FixedClock) -
 def test_cache_entry_is_not_used_after_its_key_leaves_the_ring(clock: FixedClock) -> None:
     service = _service(clock)
     token = _token(service.ring)
-    service.verify(token)
+    _cached(service, token)
     # Same kid, another key: the cached result must not vouch for the token any more.
     service.replace_ring(KeyRing([dataclasses.replace(make_key("ES256", "other"), kid="a")]))
     with pytest.raises(BadSignatureError):
         service.verify(token)
     assert len(service.verify_cache) == 0
-    assert (service.verify_cache.hits, service.verify_cache.misses) == (0, 2)
+    assert (service.verify_cache.hits, service.verify_cache.misses) == (0, 3)
 
 
 def test_failed_verifications_are_not_cached(clock: FixedClock) -> None:
@@ -154,7 +168,7 @@ def test_failed_verifications_are_not_cached(clock: FixedClock) -> None:
 def test_cache_is_bounded_by_entries(clock: FixedClock) -> None:
     service = _service(clock, verify_cache_entries=3)
     for i in range(10):
-        service.verify(_token(service.ring, jti=f"j{i}"))
+        _cached(service, _token(service.ring, jti=f"j{i}"))
     assert len(service.verify_cache) == 3
 
 
@@ -171,7 +185,7 @@ def test_cache_is_bounded_by_bytes() -> None:
     key = ring.get(verified.kid)
     assert key is not None
     for i in range(5):
-        cache.put(bytes([i]) * 32, verified, key, 500, issuer=None, window=(None, None, None))
+        cache.put("t" * 490 + f"{i:010}", verified, key, issuer=None, window=(None, None, None))
     assert len(cache) == 2
     assert cache.current_bytes <= cache.max_bytes
 
@@ -179,7 +193,8 @@ def test_cache_is_bounded_by_bytes() -> None:
 def test_zero_entries_disables_the_cache(clock: FixedClock) -> None:
     service = _service(clock, verify_cache_entries=0)
     token = _token(service.ring)
-    assert service.verify(token) is not service.verify(token)
+    results = [service.verify(token) for _ in range(3)]
+    assert len({id(r) for r in results}) == 3
     assert len(service.verify_cache) == 0
 
 
@@ -198,8 +213,55 @@ def test_cached_external_token_is_rechecked_with_its_issuers_rules(clock: FixedC
         issuers=issuers,
     )
     token = _token(external_ring, iss="https://idp.example")
-    service.verify(token)
+    _cached(service, token)
     clock.set(NOW + 610)  # 10 s past exp: inside our leeway, outside the issuer's
     with pytest.raises(ExpiredTokenError):
         service.verify(token)
     assert service.verify_cache.hits == 1
+
+
+# --- the miss path (issue 15): a one-shot token costs no entry ----------------------------
+
+
+def test_a_token_verified_once_leaves_no_entry(clock: FixedClock) -> None:
+    service = _service(clock)
+    for i in range(20):
+        service.verify(_token(service.ring, jti=f"once-{i}"))
+    assert len(service.verify_cache) == 0
+    assert service.verify_cache.current_bytes == 0
+
+
+def test_a_refused_token_is_not_counted_as_seen(clock: FixedClock) -> None:
+    # An expired token never reaches the cache; once valid again (the clock stepped back),
+    # its next verification is its first sighting, so it is not stored yet.
+    service = _service(clock, leeway_s=0)
+    token = _token(service.ring)
+    clock.set(NOW + 600)
+    for _ in range(3):
+        with pytest.raises(ExpiredTokenError):
+            service.verify(token)
+    clock.set(NOW)
+    service.verify(token)
+    assert len(service.verify_cache) == 0
+    service.verify(token)
+    assert len(service.verify_cache) == 1
+
+
+def test_first_sightings_are_bounded_by_the_entry_bound() -> None:
+    # Emptied when full: with room for two, a third token makes the first one new again.
+    cache = VerifyCache(max_entries=2, max_bytes=10**6)
+    assert [cache.seen_before(t) for t in ("a", "b", "a")] == [False, False, True]
+    assert [cache.seen_before(t) for t in ("c", "a")] == [False, False]
+
+
+def test_a_lookup_key_collision_never_serves_another_tokens_entry(clock: FixedClock) -> None:
+    # Every token shares one lookup key here: only the SHA-256 of the exact text may hit.
+    service = _service(clock)
+    service._verifier.cache = VerifyCache(max_entries=10, max_bytes=10**6, key=lambda _: 0)
+    cache = service.verify_cache
+    first, second = _token(service.ring, jti="j1"), _token(service.ring, jti="j2")
+    stored = _cached(service, first)
+    assert cache.get(second) is None
+    other = service.verify(second)
+    assert other.claims.jti == "j2" and other is not stored
+    assert (cache.hits, cache.misses) == (0, 3)

@@ -342,33 +342,37 @@ def _verified(jti: str) -> VerifiedToken:
     return VerifiedToken(TokenKind.ACCESS, "k", claims)
 
 
+_W: tuple[None, None, None] = (None, None, None)
+
+
+def _t(name: str) -> str:
+    """A 100-character stand-in for a token's text (the cache never parses it)."""
+    return name * 100
+
+
 def test_cache_get_makes_an_entry_most_recently_used() -> None:
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=2, max_bytes=10**6)
-    cache.put(b"a", _verified("a"), key, 100, issuer=None, window=(None, None, None))
-    cache.put(b"b", _verified("b"), key, 100, issuer=None, window=(None, None, None))
-    assert cache.get(b"a") is not None
-    cache.put(b"c", _verified("c"), key, 100, issuer=None, window=(None, None, None))
-    assert cache.get(b"b") is None
-    assert cache.get(b"a") is not None and cache.get(b"c") is not None
+    cache.put(_t("a"), _verified("a"), key, issuer=None, window=_W)
+    cache.put(_t("b"), _verified("b"), key, issuer=None, window=_W)
+    assert cache.get(_t("a")) is not None
+    cache.put(_t("c"), _verified("c"), key, issuer=None, window=_W)
+    assert cache.get(_t("b")) is None
+    assert cache.get(_t("a")) is not None and cache.get(_t("c")) is not None
 
 
 def test_cache_byte_accounting_follows_replace_discard_and_clear() -> None:
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=10, max_bytes=entry_bytes(100) * 3)
-    cache.put(b"a", _verified("a"), key, 100, issuer=None, window=(None, None, None))
-    cache.put(
-        b"a", _verified("a2"), key, 100, issuer=None, window=(None, None, None)
-    )  # replaced, not added
+    cache.put(_t("a"), _verified("a"), key, issuer=None, window=_W)
+    cache.put(_t("a"), _verified("a2"), key, issuer=None, window=_W)  # replaced, not added
     assert (len(cache), cache.current_bytes) == (1, entry_bytes(100))
-    cache.put(b"b", _verified("b"), key, 100, issuer=None, window=(None, None, None))
-    cache.put(b"c", _verified("c"), key, 100, issuer=None, window=(None, None, None))
-    cache.put(
-        b"d", _verified("d"), key, 100, issuer=None, window=(None, None, None)
-    )  # over the byte bound: "a" goes
-    assert cache.get(b"a") is None
+    cache.put(_t("b"), _verified("b"), key, issuer=None, window=_W)
+    cache.put(_t("c"), _verified("c"), key, issuer=None, window=_W)
+    cache.put(_t("d"), _verified("d"), key, issuer=None, window=_W)  # over the byte bound: "a" goes
+    assert cache.get(_t("a")) is None
     assert (len(cache), cache.current_bytes) == (3, entry_bytes(100) * 3)
-    cache.discard(b"b")
+    cache.discard(_t("b"))
     assert (len(cache), cache.current_bytes) == (2, entry_bytes(100) * 2)
     cache.clear()
     assert (len(cache), cache.current_bytes) == (0, 0)

@@ -170,7 +170,8 @@ def test_hit_and_miss_paths_give_the_same_outcome(
 ) -> None:
     issuer, text = token
     primed = _world(cache_entries=64)
-    primed.service.verify(text)  # valid at NOW: now cached
+    primed.service.verify(text)  # valid at NOW: seen once,
+    primed.service.verify(text)  # and now cached
     assert len(primed.service.verify_cache) == 1
     fresh = _world(cache_entries=0)
     _apply(primed, change)
@@ -193,6 +194,7 @@ def test_a_second_call_answers_as_the_first(token: tuple[str, str], change: dict
     call that then hits agree as well."""
     _issuer, text = token
     world = _world(cache_entries=64)
+    world.service.verify(text)
     world.service.verify(text)
     _apply(world, change)
     assert _outcome(world, text, change) == _outcome(world, text, change)

@@ -12,7 +12,8 @@
 //                   stream says they still hold (DecisionWatch); a hit skips the Verify hop.
 //   coalesceMisses  misses waiting at the same moment go as one VerifyBatch (VerifyBatcher).
 // Concurrent misses for the same token and requirements share one Verify, unless an event
-// was applied since that Verify was sent.
+// was applied, or the watch lapsed, since that Verify was sent. An answer is kept only when
+// asked and answered while the watch is current with no lapse between (as in Python).
 
 const grpc = require('@grpc/grpc-js');
 const { VerifyBatcher } = require('./batcher');
@@ -88,7 +89,7 @@ class Decisions {
     this.watch = cacheDecisions
       ? new DecisionWatch(client, this.cache, { stalenessMs, initialBackoffMs, maxBackoffMs })
       : null;
-    this.inFlight = new Map(); // key -> {mark, promise}
+    this.inFlight = new Map(); // key -> {mark, generation, promise}
     this.hits = 0;
     this.misses = 0;
     this.bypassed = 0;
@@ -102,7 +103,8 @@ class Decisions {
       return this.verify(token, audience, scopes);
     }
     const key = decisionKey(token, audience, scopes);
-    if (this.watch.current()) {
+    const current = this.watch.current();
+    if (current) {
       const entry = this.cache.get(key);
       if (entry !== null) {
         this.hits += 1;
@@ -112,20 +114,27 @@ class Decisions {
     } else {
       this.bypassed += 1;
     }
+    // Where the watch stood when Verify was asked. An answer is kept only if it was asked
+    // while current, the watch is current when it arrives, with no lapse, cut or reset in
+    // between (one generation), and no event applied since voids it (`mark`).
     const mark = this.cache.mark();
+    const generation = current ? this.watch.generation : -1;
     const pending = this.inFlight.get(key);
-    if (pending !== undefined && pending.mark === mark) return pending.promise;
+    if (pending !== undefined && pending.mark === mark && pending.generation === generation) {
+      return pending.promise;
+    }
     const promise = this.verifier.verify(token, { audience, requiredScopes: scopes }).then(
       (claims) => {
         const json = Buffer.from(JSON.stringify(claims), 'utf8');
-        // Before the first sync there is nothing to keep it for: that sync drops everything.
-        if (this.watch.epoch !== '') this.cache.put(key, claims, json, mark);
+        if (generation === this.watch.generation && this.watch.current()) {
+          this.cache.put(key, claims, json, mark);
+        }
         return json;
       },
     ).finally(() => {
       if (this.inFlight.get(key)?.promise === promise) this.inFlight.delete(key);
     });
-    this.inFlight.set(key, { mark, promise });
+    this.inFlight.set(key, { mark, generation, promise });
     return promise;
   }
 

@@ -20,6 +20,13 @@
 // (with jitter), reset by each successful sync. A stream that stays open but silent (a
 // black-holed connection sends no error) is abandoned and resubscribed once nothing has
 // arrived for twice the staleness bound.
+//
+// `generation` counts the moments a Verify answer in flight can no longer be trusted to be
+// covered by the events applied: the stream going down or being abandoned, a message
+// arriving after the staleness bound lapsed, and any reset. The interceptor keeps an answer
+// only if the generation it noted when asking is still the generation when the answer
+// arrives, and the watch is current then (as the Python client's WatchState does): events
+// missed across a lapse are replayed, but an answer that crossed it is not relied on.
 
 const DEFAULT_HEARTBEAT_MS = 5000;
 
@@ -46,6 +53,7 @@ class DecisionWatch {
     this.closed = false;
     this.subscriptions = 0;
     this.lastError = null;
+    this.generation = 0;
   }
 
   get stalenessBoundMs() {
@@ -82,7 +90,7 @@ class DecisionWatch {
     const down = (error) => {
       if (this.call !== call) return;
       this.call = null;
-      this.synced = false;
+      this.lapse();
       this.lastError = error || null;
       this.retryLater();
     };
@@ -110,13 +118,23 @@ class DecisionWatch {
     this.timer.unref();
   }
 
+  /** The stream is gone (or abandoned): no hits, and no answer in flight is kept. */
+  lapse() {
+    if (this.synced) this.generation += 1;
+    this.synced = false;
+  }
+
   reset(kind, sequence) {
     this.cache.invalidate(kind);
     this.applied = sequence;
+    this.generation += 1;
   }
 
   onEvent(event) {
-    this.lastMessageAt = this.monotonic();
+    const now = this.monotonic();
+    // Not current for a while: answers that were in flight meanwhile are not kept.
+    if (this.synced && now - this.lastMessageAt > this.stalenessBoundMs) this.generation += 1;
+    this.lastMessageAt = now;
     const sequence = Number(event.sequence);
     if (event.event === 'sync') {
       this.heartbeatMs = event.sync.heartbeat_interval_ms || DEFAULT_HEARTBEAT_MS;
@@ -154,14 +172,14 @@ class DecisionWatch {
   restart() {
     const call = this.call;
     this.call = null;
-    this.synced = false;
+    this.lapse();
     if (call !== null) call.cancel();
     this.retryLater();
   }
 
   close() {
     this.closed = true;
-    this.synced = false;
+    this.lapse();
     if (this.timer !== null) clearTimeout(this.timer);
     if (this.watchdog !== null) clearTimeout(this.watchdog);
     this.timer = null;

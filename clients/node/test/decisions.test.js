@@ -279,19 +279,10 @@ test('a decision voided while its Verify was in flight is not cached', async () 
   const s = await setup();
   await waitFor(s.current, 'the watch to be current');
   const { token, claims } = await issue();
-  let release;
-  s.fake.gate = new Promise((resolve) => { release = resolve; });
-  const pending = s.call(token);
-  await waitFor(() => s.asked() === 1, 'the Verify to be in flight');
+  const { pending, release } = await callHeld(s, token);
   s.fake.publish({ token_revoked: { iss: claims.iss, jti: claims.jti } });
   await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the event');
-  s.fake.gate = null;
-  release();
-  assert.equal((await pending).code, 0); // the sidecar's answer to that call stands
-  assert.equal(s.interceptor.stats().entries, 0);
-  await s.call(token);
-  assert.equal(s.asked(), 2);
-  assert.equal(s.interceptor.stats().entries, 1); // later answers are cached again
+  await releaseNotKept(s, token, pending, release);
 });
 
 test('a token past exp (or before nbf) is never served from the cache', async () => {
@@ -372,4 +363,74 @@ test('the cache is bounded in entries and bytes, least recently used out first',
   assert.equal(put(byBytes, 'huge', 'x'.repeat(5000)), false);
   byBytes.invalidate('tokenRevoked', { iss: 'i', jti: 'd' });
   assert.equal(byBytes.entries.has('d'), false);
+});
+
+// An answer that crossed a lapse of the stream is not kept, even when the stream then
+// resumes with nothing to replay (the Python client's rule: one generation from asking to
+// answering, current at both ends).
+
+/** Let the held Verify answer: the call succeeds (the sidecar's answer to it stands), but
+ * the answer was not kept; the next call asks Verify again, and that answer is kept. */
+async function releaseNotKept(s, token, pending, release) {
+  release();
+  assert.equal((await pending).code, 0);
+  assert.equal(s.interceptor.stats().entries, 0);
+  await s.call(token);
+  assert.equal(s.asked(), 2);
+  assert.equal(s.interceptor.stats().entries, 1);
+}
+
+/** A call whose Verify the fake sidecar holds back until `release()`: in flight on purpose. */
+async function callHeld(s, token) {
+  let open;
+  s.fake.gate = new Promise((resolve) => { open = resolve; });
+  const pending = s.call(token);
+  await waitFor(() => s.asked() === 1, 'the Verify to be in flight');
+  const release = () => {
+    s.fake.gate = null;
+    open();
+  };
+  return { pending, release };
+}
+
+test('an answer whose Verify was in flight while the stream was cut is not cached', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  const { pending, release } = await callHeld(s, token);
+  const subscriptions = s.fake.watchRequests.length;
+  s.fake.cut(); // resubscribes at once and resumes: nothing was published meanwhile
+  await waitFor(() => s.fake.watchRequests.length > subscriptions, 'the resubscription');
+  await waitFor(s.current, 'current again');
+  assert.equal(s.interceptor.stats().invalidations.resync, 1); // resumed, not reset
+  await releaseNotKept(s, token, pending, release);
+});
+
+test('an answer whose Verify was in flight while the stream went stale is not cached', async () => {
+  const s = await setup({ stalenessMs: 1000 }, { heartbeatIntervalMs: 100 });
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  const { pending, release } = await callHeld(s, token);
+  s.fake.heartbeats = false;
+  await waitFor(() => !s.current(), 'staleness');
+  s.fake.heartbeats = true;
+  await waitFor(s.current, 'messages again');
+  await releaseNotKept(s, token, pending, release);
+});
+
+test('an answer given while the watch is not current is not cached', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const { token } = await issue();
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the cut');
+  assert.equal((await s.call(token)).code, 0); // asked Verify (bypassed)
+  assert.equal(s.interceptor.stats().entries, 0);
+  s.fake.accepting = true;
+  await waitFor(s.current, 'the watch to resubscribe');
+  await s.call(token);
+  assert.equal(s.asked(), 2); // not a hit: the earlier answer was not kept
+  await s.call(token);
+  assert.equal(s.asked(), 2); // this one was
 });
