@@ -216,7 +216,10 @@ async def test_sidecar_killed_mid_refresh_leaves_no_half_rotated_family(
     redis_url: str, prefix: str
 ) -> None:
     rng = random.Random()  # a random kill moment, not a secret
-    async with fleet(1, redis_url, prefix, **POLL) as f:
+    # The retry after the restart may present the token whose reply was lost: the grace
+    # window must outlast a restart on a loaded machine (the default 5 s did not, once at
+    # load average 14), or the retry is (rightly) reuse and the test pins the wrong thing.
+    async with fleet(1, redis_url, prefix, TOKENS__REFRESH_GRACE_S="120", **POLL) as f:
         grant = await issue(f.sidecars[0], refresh=True)
         token = grant.refresh_token
         for round_ in range(2):
