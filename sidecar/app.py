@@ -157,6 +157,7 @@ class App:
             self.metrics_server.close()
         if self.jwks_http is not None:
             await self.jwks_http.close()
+        await self.service.store_sync.save_snapshot()  # the next start reads it (issue 16)
         await self.store.close()
 
     def start_background(self) -> None:
@@ -337,6 +338,9 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             events=events,
         )
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
+        if settings.store.backend != "memory":  # issue 16: restart from a local snapshot
+            snapshot = settings.data_dir / "revocations.snapshot"
+            service.store_sync.use_snapshot(snapshot, settings.store.backend)
         await service.start()
         await service.store_sync.check_persistence()
         metrics = Metrics(service) if settings.metrics.listen else None

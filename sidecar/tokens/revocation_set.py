@@ -28,7 +28,8 @@ process unless PYTHONHASHSEED is fixed, which production must not do.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 
 from sidecar.store.base import Revocation, RevocationKind
 
@@ -40,6 +41,8 @@ _KIND_NAMES: dict[int, RevocationKind] = {1: "jti", 2: "family"}
 _MAX_ISSUERS = 0xF0**3
 _MAX_HORIZON = 0xFFFFFFFF
 _NEVER = _MAX_HORIZON + 1
+# Records grouped per step of `load` (a snapshot): bounds the transient objects of a load.
+_LOAD_CHUNK = 100_000
 
 Row = tuple[RevocationKind, str, str, int]
 
@@ -146,6 +149,122 @@ class RevocationSet:
             append(row)
         self._len += len(new)
         return new
+
+    def append_rows(self, rows: Iterable[Row]) -> None:
+        """The first load's fast path: `add_rows` without its search for the triple (most of
+        an insertion's cost, a scan of the bucket). A triple appended twice is held twice
+        until `dedupe` has passed over its bucket; lookups stay exact meanwhile (a copy
+        answers "revoked" only for a triple that is), but `len` and `horizon` may not be."""
+        codes, blobs, horizons, earliest = self._codes, self._blobs, self._horizons, self._earliest
+        minutes, kinds, sep, mask = self._minutes, _KIND_CODES, _SEP, _MASK
+        count = 0
+        for kind, issuer, key, until in rows:
+            code = codes.get(issuer) or self._intern(issuer)
+            body = kinds[kind] + code + key.encode("utf-8", "surrogatepass")
+            if until > _MAX_HORIZON or until < 0:
+                until = 0 if until < 0 else _MAX_HORIZON
+            b = hash(body) & mask
+            blob = blobs[b]
+            if blob is None:
+                blobs[b] = bytearray(sep + body + sep)
+                horizons[b] = array("I", (until,))
+                earliest[b] = until
+            else:
+                blob += body
+                blob += sep
+                horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
+                if until < earliest[b]:
+                    earliest[b] = until
+            minute = until // 60
+            minutes[minute] = minutes.get(minute, 0) + 1
+            count += 1
+        self._len += count
+
+    def dedupe(self, start: int, stop: int) -> int:
+        """Merge the triples held twice in buckets [start, stop) (after `append_rows`),
+        keeping the later horizon; returns how many copies were dropped."""
+        dropped = 0
+        for b in range(start, stop):
+            blob, horizons = self._blobs[b], self._horizons[b]
+            if blob is None or horizons is None:
+                continue
+            bodies = bytes(blob)[1:-1].split(_SEP)
+            if len(set(bodies)) == len(bodies):
+                continue
+            kept: dict[bytes, int] = {}
+            for body, until in zip(bodies, horizons, strict=True):
+                if body in kept:
+                    dropped += 1
+                    self._uncount(min(kept[body], until))
+                    until = max(kept[body], until)
+                kept[body] = until
+            self._blobs[b] = bytearray(_SEP + _SEP.join(kept) + _SEP)
+            self._horizons[b] = array("I", kept.values())
+        self._len -= dropped
+        return dropped
+
+    def export(self, start: int, stop: int) -> tuple[bytes, bytes]:
+        """Buckets [start, stop) as `load` takes them: the records (`0xFF body` each, in
+        bucket order) and their horizons (native `array('I')` bytes, in the same order).
+        Codes refer to `issuers`, read after the last `export` (it only grows)."""
+        records: list[bytes] = []
+        horizons: list[bytes] = []
+        for b in range(start, stop):
+            blob, until = self._blobs[b], self._horizons[b]
+            if blob is not None and until is not None:
+                records.append(bytes(blob[:-1]))
+                horizons.append(until.tobytes())
+        return b"".join(records), b"".join(horizons)
+
+    @property
+    def issuers(self) -> list[str]:
+        """The interned issuers, in code order (a copy)."""
+        return list(self._issuers)
+
+    def load(self, issuers: Sequence[str], records: bytes, horizons: array[int]) -> Iterator[None]:
+        """Fill this empty set from `export`'s output (a snapshot written by another process,
+        whose buckets differ: Python's string hash is seeded per process, so every record is
+        bucketed again here, `_LOAD_CHUNK` at a time, each bucket's share appended with one
+        join), yielding after each chunk so the caller can give the event loop a turn. Raises
+        ValueError when the records do not fit the issuers and horizons (the set is then
+        partly filled: drop it)."""
+        if self._len or self._issuers:
+            raise ValueError("load needs an empty set")
+        bodies = records[1:].split(_SEP) if records else []
+        if records[:1] not in (b"", _SEP) or len(bodies) != len(horizons):
+            raise ValueError("records and horizons differ in number")
+        for issuer in issuers:
+            self._intern(issuer)
+        valid = {kind + code for kind in _KIND_CODES.values() for code in self._codes.values()}
+        blobs, held, earliest, mask, sep = self._blobs, self._horizons, self._earliest, _MASK, _SEP
+        for first in range(0, len(bodies), _LOAD_CHUNK):
+            chunk = bodies[first : first + _LOAD_CHUNK]
+            until_chunk = horizons[first : first + _LOAD_CHUNK]
+            if not {body[:4] for body in chunk} <= valid:
+                raise ValueError("a record names an unknown kind or issuer")
+            grouped: dict[int, tuple[list[bytes], list[int]]] = {}
+            for body, until in zip(chunk, until_chunk, strict=True):
+                b = hash(body) & mask
+                group = grouped.get(b)
+                if group is None:
+                    grouped[b] = ([body], [until])
+                else:
+                    group[0].append(body)
+                    group[1].append(until)
+            for b, (group_bodies, group_until) in grouped.items():
+                blob = blobs[b]
+                if blob is None:
+                    blobs[b] = bytearray(sep + sep.join(group_bodies) + sep)
+                    held[b] = array("I", group_until)
+                else:
+                    blob += sep.join(group_bodies)
+                    blob += sep
+                    held[b].extend(group_until)  # type: ignore[union-attr]  # set with the blob
+                earliest[b] = min(earliest[b], min(group_until))
+            for minute, n in Counter(map((60).__rfloordiv__, until_chunk)).items():
+                self._minutes[minute] = self._minutes.get(minute, 0) + n
+            self._len += len(chunk)
+            yield
 
     def _lengthen(self, b: int, i: int, until: int) -> None:
         horizons = self._horizons[b]

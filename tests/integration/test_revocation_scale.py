@@ -90,15 +90,15 @@ async def test_loading_a_large_set_never_blocks_the_event_loop(big_store: TokenS
             ticks += 1
             await asyncio.sleep(0)
 
-    pages: list[tuple[int, int]] = []  # (ticks so far, rows) at each page merged
-    merge = mirror.merge
+    pages: list[tuple[int, int]] = []  # (ticks so far, rows) at each page taken in
+    append = mirror.append  # the first load's path (no lookup per row, duplicates merged after)
 
-    def merge_page(rows: Iterable[RevocationRow]) -> int:
+    def append_page(rows: Iterable[RevocationRow]) -> None:
         rows = list(rows)
         pages.append((ticks, len(rows)))
-        return merge(rows)
+        append(rows)
 
-    mirror.merge = merge_page  # type: ignore[method-assign]
+    mirror.append = append_page  # type: ignore[method-assign]
     ticking = asyncio.create_task(ticker())
     try:
         await sync.reconcile()
