@@ -41,8 +41,9 @@ _KIND_NAMES: dict[int, RevocationKind] = {1: "jti", 2: "family"}
 _MAX_ISSUERS = 0xF0**3
 _MAX_HORIZON = 0xFFFFFFFF
 _NEVER = _MAX_HORIZON + 1
-# Records grouped per step of `load` (a snapshot): bounds the transient objects of a load.
-_LOAD_CHUNK = 100_000
+# Bytes of records bucketed per step of `load` (a snapshot, ~150,000 entries): bounds the
+# transient objects of a load and how long the event loop waits.
+_LOAD_BYTES = 4 << 20
 
 Row = tuple[RevocationKind, str, str, int]
 
@@ -224,47 +225,57 @@ class RevocationSet:
     def load(self, issuers: Sequence[str], records: bytes, horizons: array[int]) -> Iterator[None]:
         """Fill this empty set from `export`'s output (a snapshot written by another process,
         whose buckets differ: Python's string hash is seeded per process, so every record is
-        bucketed again here, `_LOAD_CHUNK` at a time, each bucket's share appended with one
-        join), yielding after each chunk so the caller can give the event loop a turn. Raises
-        ValueError when the records do not fit the issuers and horizons (the set is then
-        partly filled: drop it)."""
+        bucketed again here, about `_LOAD_BYTES` of records at a time, each bucket's share
+        appended with one join), yielding after each step so the caller can give the event
+        loop a turn. Raises ValueError when the records do not fit the issuers and horizons
+        (the set is then partly filled: drop it)."""
         if self._len or self._issuers:
             raise ValueError("load needs an empty set")
-        bodies = records[1:].split(_SEP) if records else []
-        if records[:1] not in (b"", _SEP) or len(bodies) != len(horizons):
-            raise ValueError("records and horizons differ in number")
         for issuer in issuers:
             self._intern(issuer)
-        valid = {kind + code for kind in _KIND_CODES.values() for code in self._codes.values()}
+        valid = [
+            _SEP + kind + code for kind in _KIND_CODES.values() for code in self._codes.values()
+        ]
+        count = records.count(_SEP)
+        if count != len(horizons) or records[:1] not in (b"", _SEP):
+            raise ValueError("records and horizons differ in number")
+        if sum(records.count(prefix) for prefix in valid) != count:
+            raise ValueError("a record names an unknown kind or issuer")
         blobs, held, earliest, mask, sep = self._blobs, self._horizons, self._earliest, _MASK, _SEP
-        for first in range(0, len(bodies), _LOAD_CHUNK):
-            chunk = bodies[first : first + _LOAD_CHUNK]
-            until_chunk = horizons[first : first + _LOAD_CHUNK]
-            if not {body[:4] for body in chunk} <= valid:
-                raise ValueError("a record names an unknown kind or issuer")
-            grouped: dict[int, tuple[list[bytes], list[int]]] = {}
-            for body, until in zip(chunk, until_chunk, strict=True):
+        bodies: list[list[bytes]] = [[] for _ in range(mask + 1)]
+        untils: list[list[int]] = [[] for _ in range(mask + 1)]
+        at = first = 0
+        while at < len(records):
+            stop = records.find(sep, at + _LOAD_BYTES)
+            stop = len(records) if stop < 0 else stop
+            chunk = records[at + 1 : stop].split(sep)
+            for body, until in zip(chunk, horizons[first : first + len(chunk)], strict=True):
                 b = hash(body) & mask
-                group = grouped.get(b)
-                if group is None:
-                    grouped[b] = ([body], [until])
-                else:
-                    group[0].append(body)
-                    group[1].append(until)
-            for b, (group_bodies, group_until) in grouped.items():
+                bodies[b].append(body)
+                untils[b].append(until)
+            for b in range(mask + 1):
+                group = bodies[b]
+                if not group:
+                    continue
                 blob = blobs[b]
                 if blob is None:
-                    blobs[b] = bytearray(sep + sep.join(group_bodies) + sep)
-                    held[b] = array("I", group_until)
+                    blobs[b] = bytearray(sep + sep.join(group) + sep)
+                    held[b] = array("I", untils[b])
                 else:
-                    blob += sep.join(group_bodies)
+                    blob += sep.join(group)
                     blob += sep
-                    held[b].extend(group_until)  # type: ignore[union-attr]  # set with the blob
-                earliest[b] = min(earliest[b], min(group_until))
-            for minute, n in Counter(map((60).__rfloordiv__, until_chunk)).items():
-                self._minutes[minute] = self._minutes.get(minute, 0) + n
-            self._len += len(chunk)
+                    held[b].extend(untils[b])  # type: ignore[union-attr]  # set with the blob
+                group.clear()
+                untils[b].clear()
+            at, first = stop, first + len(chunk)
+            self._len = first
             yield
+        for b in range(mask + 1):
+            until_b = held[b]
+            if until_b is not None:
+                earliest[b] = min(until_b)
+        for minute, n in Counter(map((60).__rfloordiv__, horizons)).items():
+            self._minutes[minute] = self._minutes.get(minute, 0) + n
 
     def _lengthen(self, b: int, i: int, until: int) -> None:
         horizons = self._horizons[b]

@@ -222,9 +222,17 @@ class StoreSync:
             for _ in self._mirror.load_snapshot(snapshot):
                 await asyncio.sleep(0)
             self._cursor = snapshot.cursor
+            held = len(self._mirror)
             if await self._read_changes(snapshot.cursor, now) and await self._intact(now):
                 self._mirror.mark_loaded()
                 self.snapshot_loads += 1
+                log.info(
+                    "revocations: %d from the snapshot %s, %d more from the store's writes"
+                    " since it",
+                    held,
+                    path,
+                    len(self._mirror) - held,
+                )
                 self._saved_cursor, self._saved_at = snapshot.cursor, time.monotonic()
                 return True
         except ValueError as exc:  # records or cursor that are not this store's
