@@ -25,11 +25,13 @@ from sidecar.store.base import (
     FamilyRecord,
     Revocation,
     RevocationFeed,
+    RevocationGroup,
     RevocationKind,
     RevocationRow,
     RotateOutcome,
     RotateResult,
     Rotation,
+    group_rows,
     past,
     scope_within,
 )
@@ -169,6 +171,12 @@ class MemoryTokenStore:
     ) -> tuple[list[RevocationRow], str]:
         page = await self._after(int(token or 0), now, limit)
         return page[0], (page[1] if page[2] == limit else "")
+
+    async def scan_revocation_groups(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationGroup], str]:
+        rows, token = await self.scan_revocations(token, now, limit)
+        return group_rows(rows), token
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

@@ -39,6 +39,7 @@ import os
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -49,6 +50,7 @@ from sidecar.store import redis_scripts
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
+    RevocationGroup,
     RevocationRow,
     RotateOutcome,
     RotateResult,
@@ -252,6 +254,35 @@ class RedisTokenStore:
                 if row is not None:
                     rows.append(row)
         return rows, (str(cursor) if int(cursor) else "")
+
+    async def scan_revocation_groups(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationGroup], str]:
+        """`scan_revocations`, the members grouped by their `kind issuer ` head (decoded
+        once per page, as `decode_row` would), each key decoded only if percent-encoded."""
+        cursor, pairs = await self._call(
+            self._client.zscan(self._keys.revoked, int(token or 0), count=limit)
+        )
+        heads: dict[str, tuple[list[str], list[int]]] = {}
+        for member, score in pairs:
+            until = int(score)
+            if until > now:
+                head, _, key = str(member).rpartition(" ")
+                found = heads.get(head)
+                if found is None:
+                    found = heads[head] = ([], [])
+                found[0].append(key)
+                found[1].append(until)
+        groups: list[RevocationGroup] = []
+        for head, (keys, untils) in heads.items():
+            row = decode_row(head + " -", 0)  # None: malformed, skipped as decode_row does
+            if row is not None:
+                encoded = [
+                    (unquote(key) if "%" in key else key).encode("utf-8", "surrogatepass")
+                    for key in keys
+                ]
+                groups.append((row[0], row[1], encoded, untils))
+        return groups, (str(cursor) if int(cursor) else "")
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from sidecar.errors import StoreUnavailableError
-from sidecar.store.base import Revocation, RevocationRow
+from sidecar.store.base import Revocation, RevocationGroup, RevocationRow
 from sidecar.tokens.revocation_set import RevocationSet
 
 if TYPE_CHECKING:
@@ -81,13 +81,14 @@ class RevocationMirror:
             self.on_new([Revocation(*row) for row in new])
         return len(new)
 
-    def append(self, rows: Iterable[RevocationRow]) -> None:
+    def append_groups(self, groups: Iterable[RevocationGroup]) -> None:
         """The first full load's fast path (before `mark_loaded`): take a page in without
         looking for each entry first; `dedupe` must then pass over every bucket before the
         load counts as complete."""
         if self._loaded:
-            raise RuntimeError("append is for the first load only; use merge")
-        self._set.append_rows(rows)
+            raise RuntimeError("append_groups is for the first load only; use merge")
+        for kind, issuer, keys, untils in groups:
+            self._set.append_group(kind, issuer, keys, untils)
 
     def dedupe(self, start: int, stop: int) -> int:
         """Merge entries `append` took in twice, in buckets [start, stop)."""

@@ -29,7 +29,7 @@ The first load at start may come from a local snapshot of the mirror instead of 
 epoch, followed by the ordinary incremental read from the snapshot's cursor and the intact
 check; when either fails the snapshot is dropped and the full read runs as if there were
 none (nothing is written back from a snapshot). The first full read into an empty mirror
-appends its pages without looking each entry up (`RevocationMirror.append`) and merges the
+appends its pages without looking each entry up (`RevocationMirror.append_groups`) and merges the
 few duplicates a scan may return afterwards, bucket slice by slice. The snapshot is written
 (off the event loop) at the first poll after a full load, then at most every
 `SNAPSHOT_EVERY_S` when the cursor moved, and at stop (`save_snapshot`).
@@ -59,7 +59,9 @@ import logging
 import secrets
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailableError
@@ -173,10 +175,17 @@ class StoreSync:
         the cursor and is read by the incremental read that follows."""
         self._cursor = None
         cursor = await self._store.revocation_cursor()
-        scan = self._store.scan_revocations
         ahead = self._store.scan_ahead  # see TokenStore.scan_ahead
         first = not self._mirror.loaded
-        take = self._mirror.append if first else self._mirror.merge
+        # The first load takes pages grouped by (kind, issuer) without a lookup per row;
+        # a later one (after a loss) merges, so what is new is reported (Watch).
+        store, mirror = self._store, self._mirror
+        path: tuple[Callable[[str, int, int], Awaitable[tuple[Any, str]]], Callable[[Any], object]]
+        if first:
+            path = (store.scan_revocation_groups, mirror.append_groups)
+        else:
+            path = (store.scan_revocations, mirror.merge)
+        scan, take = path
         pending = asyncio.ensure_future(scan("", now, PAGE_ROWS))
         try:
             while True:

@@ -21,7 +21,7 @@ import redis
 
 from sidecar.clock import SystemClock
 from sidecar.config import StoreSettings
-from sidecar.store.base import Revocation, RevocationRow, TokenStore, deadline_for
+from sidecar.store.base import Revocation, RevocationGroup, TokenStore, deadline_for
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.redis_keys import KeyLayout, encode_member
@@ -91,14 +91,14 @@ async def test_loading_a_large_set_never_blocks_the_event_loop(big_store: TokenS
             await asyncio.sleep(0)
 
     pages: list[tuple[int, int]] = []  # (ticks so far, rows) at each page taken in
-    append = mirror.append  # the first load's path (no lookup per row, duplicates merged after)
+    append = mirror.append_groups  # the first load's path (no lookup per row)
 
-    def append_page(rows: Iterable[RevocationRow]) -> None:
-        rows = list(rows)
-        pages.append((ticks, len(rows)))
-        append(rows)
+    def append_page(groups: Iterable[RevocationGroup]) -> None:
+        groups = list(groups)
+        pages.append((ticks, sum(len(keys) for _, _, keys, _ in groups)))
+        append(groups)
 
-    mirror.append = append_page  # type: ignore[method-assign]
+    mirror.append_groups = append_page  # type: ignore[method-assign]
     ticking = asyncio.create_task(ticker())
     try:
         await sync.reconcile()

@@ -118,8 +118,8 @@ def test_records_that_do_not_fit_their_issuers_are_refused_by_the_load() -> None
 
 def test_appended_duplicates_are_merged_keeping_the_later_horizon() -> None:
     held = RevocationSet()
-    held.append_rows([("jti", ISS, "a", 100), ("jti", ISS, "b", 50), ("jti", ISS, "a", 300)])
-    held.append_rows([("jti", ISS, "a", 200)])
+    held.append_group("jti", ISS, [b"a", b"b", b"a"], [100, 50, 300])
+    held.append_group("jti", ISS, [b"a"], [200])
     assert held.dedupe(0, held.buckets) == 2
     assert len(held) == 2
     assert held.horizon("jti", ISS, "a") == 300 and held.horizon("jti", ISS, "b") == 50
