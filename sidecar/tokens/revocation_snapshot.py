@@ -30,6 +30,7 @@ named in the header), then the 32-byte digest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 MAGIC = b"authsidecar-revocations\n"
 VERSION = 1
@@ -89,31 +91,50 @@ def encode(snapshot: Snapshot) -> list[bytes]:
 
 
 def decode(data: bytes) -> Snapshot:
-    """Parse and check a whole file; raises SnapshotError."""
-    if len(data) < _HEAD.size + _DIGEST_BYTES:
+    """Parse and check a whole file's bytes; raises SnapshotError."""
+    return _parse(io.BytesIO(data), len(data))
+
+
+def _parse(source: BinaryIO, size: int) -> Snapshot:
+    """Read a snapshot of `size` bytes part by part (no copy of the whole file is held),
+    checking every length against `size` and the digest; raises SnapshotError."""
+
+    def take(n: int) -> bytes:
+        part = source.read(n)
+        if len(part) != n:
+            raise SnapshotError("truncated")
+        return part
+
+    if size < _HEAD.size + _DIGEST_BYTES:
         raise SnapshotError("truncated")
-    body = memoryview(data)[:-_DIGEST_BYTES]
-    if hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() != data[-_DIGEST_BYTES:]:
-        raise SnapshotError("checksum mismatch (truncated or damaged)")
-    magic, version, header_len = _HEAD.unpack_from(data)
+    head = take(_HEAD.size)
+    magic, version, header_len = _HEAD.unpack(head)
     if magic != MAGIC or version != VERSION or header_len > _MAX_HEADER:
         raise SnapshotError(f"not a version {VERSION} revocation snapshot")
+    header = take(min(header_len, size - _HEAD.size))
     try:
-        head = json.loads(bytes(body[_HEAD.size : _HEAD.size + header_len]))
-        store, epoch, cursor = str(head["store"]), str(head["epoch"]), str(head["cursor"])
-        issuers = [str(issuer) for issuer in head["issuers"]]
-        count, records_len = int(head["count"]), int(head["records"])
-        byteorder = head["byteorder"]
+        fields = json.loads(header)
+        store, epoch, cursor = str(fields["store"]), str(fields["epoch"]), str(fields["cursor"])
+        issuers = [str(issuer) for issuer in fields["issuers"]]
+        count, records_len = int(fields["count"]), int(fields["records"])
+        byteorder = fields["byteorder"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise SnapshotError("unreadable header") from exc
-    start = _HEAD.size + header_len
+        raise SnapshotError("unreadable header (truncated or damaged)") from exc
     horizons = array("I")
-    if start + records_len + count * horizons.itemsize != len(body):
-        raise SnapshotError("lengths do not add up")
+    horizons_len = count * horizons.itemsize
+    if min(count, records_len) < 0 or (
+        _HEAD.size + header_len + records_len + horizons_len + _DIGEST_BYTES != size
+    ):
+        raise SnapshotError("lengths do not add up (truncated or damaged)")
+    records, until = take(records_len), take(horizons_len)
+    digest = hashlib.blake2b(head, digest_size=_DIGEST_BYTES)
+    for part in (header, records, until):
+        digest.update(part)
+    if digest.digest() != take(_DIGEST_BYTES):
+        raise SnapshotError("checksum mismatch (truncated or damaged)")
     if byteorder != sys.byteorder:
         raise SnapshotError("written on a machine of another byte order")
-    records = bytes(body[start : start + records_len])
-    horizons.frombytes(body[start + records_len :])
+    horizons.frombytes(until)
     return Snapshot(store, epoch, cursor, issuers, records, horizons)
 
 
@@ -143,7 +164,7 @@ def read(path: Path) -> Snapshot | None:
     """The snapshot at `path`, None when there is none; raises SnapshotError when invalid
     (and OSError when it cannot be read)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as source:
+            return _parse(source, os.fstat(source.fileno()).st_size)
     except FileNotFoundError:
         return None
-    return decode(data)
