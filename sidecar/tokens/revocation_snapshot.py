@@ -29,18 +29,26 @@ named in the header), then the 32-byte digest.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import logging
 import os
 import secrets
 import struct
 import sys
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from sidecar.tokens.revocation import RevocationMirror
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"authsidecar-revocations\n"
 VERSION = 1
@@ -48,6 +56,11 @@ _HEAD = struct.Struct("<24sII")
 _DIGEST_BYTES = 32
 # A header is a few issuers and two positions: anything larger is not ours.
 _MAX_HEADER = 1 << 20
+# The snapshot is rewritten at most this often (when the cursor moved), besides at stop: a
+# crash costs at most this much more incremental reading at the next start.
+SNAPSHOT_EVERY_S = 300.0
+# Buckets copied per loop turn when writing a snapshot (~60,000 entries at a million).
+_COPY_STEP = 1024
 
 
 class SnapshotError(ValueError):
@@ -168,3 +181,93 @@ def read(path: Path) -> Snapshot | None:
             return _parse(source, os.fstat(source.fileno()).st_size)
     except FileNotFoundError:
         return None
+
+
+class SnapshotKeeper:
+    """Where, when and for which store one mirror's snapshot is read and written. The caller
+    (tokens/store_sync.py) holds the consistency: it takes `copy` under the lock that also
+    guards its cursor, and loads a snapshot only as the first load, then reads from its
+    cursor."""
+
+    def __init__(self, path: Path, store_kind: str) -> None:
+        self.path, self.store_kind = path, store_kind
+        self._saved_cursor: str | None = None
+        self._saved_at: float | None = None
+        self._warned = False
+        self.loads = 0  # starts loaded from the snapshot
+        self.written = 0
+
+    async def usable(self, epoch: str) -> Snapshot | None:
+        """The snapshot, when there is one of this kind of store at `epoch` (why not:
+        logged; a damaged file is one warning line, never a failed start)."""
+        try:
+            snapshot = await asyncio.to_thread(read, self.path)
+        except (OSError, SnapshotError) as exc:
+            log.warning(
+                "revocation snapshot %s ignored (%s): loading from the store", self.path, exc
+            )
+            return None
+        if snapshot is not None and (snapshot.store, snapshot.epoch) != (self.store_kind, epoch):
+            log.info("revocation snapshot %s is of another store or epoch: ignored", self.path)
+            return None
+        return snapshot
+
+    def used(self, snapshot: Snapshot, held: int, since: int) -> None:
+        self.loads += 1
+        self._saved_cursor, self._saved_at = snapshot.cursor, time.monotonic()
+        log.info(
+            "revocations: %d from the snapshot %s, %d more from the store's writes since it",
+            held,
+            self.path,
+            since,
+        )
+
+    def ignored(self, why: str) -> None:
+        log.info("revocation snapshot %s ignored (%s): loading from the store", self.path, why)
+
+    def due(self, cursor: str | None, started: bool) -> bool:
+        """After the start's own load (`started`: a later reconciliation), then every
+        SNAPSHOT_EVERY_S, and only when the cursor moved since the last one."""
+        if cursor is None or cursor == self._saved_cursor:
+            return False
+        if self._saved_at is None:
+            return started
+        return time.monotonic() - self._saved_at >= SNAPSHOT_EVERY_S
+
+    @staticmethod
+    async def copy(mirror: RevocationMirror) -> tuple[list[bytes], list[bytes], list[str]]:
+        """The mirror's records and horizons, a bucket slice per loop turn, and its issuers
+        (read after the copy: every code it holds is named)."""
+        records: list[bytes] = []
+        horizons: list[bytes] = []
+        for start in range(0, mirror.buckets, _COPY_STEP):
+            part, until = mirror.export(start, start + _COPY_STEP)
+            records.append(part)
+            horizons.append(until)
+            await asyncio.sleep(0)
+        return records, horizons, mirror.issuers
+
+    async def write(
+        self, epoch: str, cursor: str, copied: tuple[list[bytes], list[bytes], list[str]]
+    ) -> bool:
+        """Write a copy by a thread; False when it failed (logged once as a warning: a
+        sidecar without a writable data directory still serves)."""
+        records, horizons, issuers = copied
+
+        def write_file() -> None:
+            held = array("I")
+            held.frombytes(b"".join(horizons))
+            joined = b"".join(records)
+            write(self.path, Snapshot(self.store_kind, epoch, cursor, issuers, joined, held))
+
+        self._saved_at = time.monotonic()
+        try:
+            await asyncio.to_thread(write_file)
+        except OSError as exc:
+            level = logging.DEBUG if self._warned else logging.WARNING
+            self._warned = True
+            log.log(level, "cannot write the revocation snapshot %s: %s", self.path, exc)
+            return False
+        self._saved_cursor = cursor
+        self.written += 1
+        return True

@@ -32,7 +32,7 @@ none (nothing is written back from a snapshot). The first full read into an empt
 appends its pages without looking each entry up (`RevocationMirror.append_groups`) and merges the
 few duplicates a scan may return afterwards, bucket slice by slice. The snapshot is written
 (off the event loop) at the first poll after a full load, then at most every
-`SNAPSHOT_EVERY_S` when the cursor moved, and at stop (`save_snapshot`).
+5 minutes when the cursor moved, and at stop (`save_snapshot`).
 
 Entries leave the mirror only by their own horizon, never because the store lacks them.
 Clock skew between sidecars can make one write back an entry another's purge just dropped
@@ -57,8 +57,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
-from array import array
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -66,9 +64,8 @@ from typing import Any
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation, TokenStore, deadline_for
-from sidecar.tokens import revocation_snapshot
 from sidecar.tokens.revocation import RevocationMirror
-from sidecar.tokens.revocation_snapshot import Snapshot, SnapshotError
+from sidecar.tokens.revocation_snapshot import SnapshotKeeper
 
 log = logging.getLogger(__name__)
 # Rows per store read and per write-back batch: one page is merged in one synchronous step
@@ -77,11 +74,8 @@ PAGE_ROWS = 2_000
 # How far another sidecar's clock may run ahead of ours (its purge drops entries our clock
 # still holds): entries expiring sooner are not counted when checking the store is intact.
 SKEW_MARGIN_S = 60
-# The snapshot is rewritten at most this often (when the cursor moved), besides at stop: a
-# crash costs at most this much more incremental reading at the next start.
-SNAPSHOT_EVERY_S = 300.0
-# Buckets copied per loop turn when writing a snapshot (~60,000 entries at a million).
-_EXPORT_STEP = 1024
+# Buckets deduplicated per loop turn after a first full load.
+_DEDUPE_STEP = 1024
 
 # What each risky persistence mode loses when the store restarts; other modes are fine.
 RISKY_PERSISTENCE = {
@@ -113,27 +107,20 @@ class StoreSync:
         # is written back and reported once, not once per path.
         self._lock = asyncio.Lock()
         # The local snapshot (`use_snapshot`); None: none is kept (a memory store).
-        self._snapshot_path: Path | None = None
-        self._snapshot_store = ""
-        self._saved_cursor: str | None = None
-        self._saved_at: float | None = None
-        self._snapshot_warned = False
+        self.snapshot: SnapshotKeeper | None = None
         self._reconciles = 0
-        # How many loads came from a snapshot (0 or 1) and how many snapshots were written.
-        self.snapshot_loads = 0
-        self.snapshots_written = 0
 
     def use_snapshot(self, path: Path, store_kind: str) -> None:
         """Keep the mirror's snapshot at `path` for a store of kind `store_kind` (recorded
         in the file: a snapshot of another kind of store is never used)."""
-        self._snapshot_path, self._snapshot_store = path, store_kind
+        self.snapshot = SnapshotKeeper(path, store_kind)
 
     async def reconcile(self) -> None:
         """One reconciliation; raises StoreUnavailableError (the next one tries again)."""
         async with self._lock:
             await self._reconcile()
             self._reconciles += 1
-        if self._snapshot_due():
+        if self.snapshot is not None and self.snapshot.due(self._cursor, self._reconciles > 1):
             await self.save_snapshot()
 
     async def _reconcile(self) -> None:
@@ -148,8 +135,8 @@ class StoreSync:
         complete = False
         if self._cursor is not None and not changed:
             complete = await self._read_changes(self._cursor, now) and await self._intact(now)
-        elif self._snapshot_path is not None and not self._mirror.loaded:
-            complete = await self._from_snapshot(self._snapshot_path, epoch, now)
+        elif self.snapshot is not None and not self._mirror.loaded:
+            complete = await self._from_snapshot(self.snapshot, epoch, now)
         restored = 0
         if not complete:
             had_entries = len(self._mirror) > 0
@@ -204,26 +191,19 @@ class StoreSync:
                 with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
                     await pending
         if first:
-            for start in range(0, self._mirror.buckets, _EXPORT_STEP):
-                self._mirror.dedupe(start, start + _EXPORT_STEP)
+            for start in range(0, self._mirror.buckets, _DEDUPE_STEP):
+                self._mirror.dedupe(start, start + _DEDUPE_STEP)
                 await asyncio.sleep(0)
         self.full_reads += 1
         if not await self._read_changes(cursor, now):
             raise StoreUnavailableError()  # trimmed away during our own scan: next poll retries
         self._mirror.mark_loaded()
 
-    async def _from_snapshot(self, path: Path, epoch: str, now: int) -> bool:
+    async def _from_snapshot(self, keeper: SnapshotKeeper, epoch: str, now: int) -> bool:
         """Load the mirror from the snapshot and read the store's writes since it; False
         (mirror empty again) when there is none or it cannot be used."""
-        try:
-            snapshot = await asyncio.to_thread(revocation_snapshot.read, path)
-        except (OSError, SnapshotError) as exc:
-            log.warning("revocation snapshot %s ignored (%s): loading from the store", path, exc)
-            return False
+        snapshot = await keeper.usable(epoch)
         if snapshot is None:
-            return False
-        if snapshot.store != self._snapshot_store or snapshot.epoch != epoch:
-            log.info("revocation snapshot %s is of another store or epoch: ignored", path)
             return False
         why = "the store can no longer say what changed since it"
         self._mirror.clear()
@@ -234,15 +214,7 @@ class StoreSync:
             held = len(self._mirror)
             if await self._read_changes(snapshot.cursor, now) and await self._intact(now):
                 self._mirror.mark_loaded()
-                self.snapshot_loads += 1
-                log.info(
-                    "revocations: %d from the snapshot %s, %d more from the store's writes"
-                    " since it",
-                    held,
-                    path,
-                    len(self._mirror) - held,
-                )
-                self._saved_cursor, self._saved_at = snapshot.cursor, time.monotonic()
+                keeper.used(snapshot, held, len(self._mirror) - held)
                 return True
         except ValueError as exc:  # records or cursor that are not this store's
             why = str(exc)
@@ -250,58 +222,23 @@ class StoreSync:
             if not self._mirror.loaded:
                 self._mirror.clear()
                 self._cursor = None
-        log.info("revocation snapshot %s ignored (%s): loading from the store", path, why)
+        keeper.ignored(why)
         return False
 
-    def _snapshot_due(self) -> bool:
-        """After the start's own load, at the next poll; then every SNAPSHOT_EVERY_S."""
-        if self._snapshot_path is None or self._cursor in (None, self._saved_cursor):
-            return False
-        if self._saved_at is None:
-            return self._reconciles > 1
-        return time.monotonic() - self._saved_at >= SNAPSHOT_EVERY_S
-
     async def save_snapshot(self) -> bool:
-        """Write the mirror to the snapshot file now (the copy is taken a bucket slice per
-        loop turn, the file written by a thread); False when there is nothing to write or
-        it failed (logged: a sidecar without a writable data directory still serves)."""
-        path = self._snapshot_path
-        if path is None:
+        """Write the mirror to the snapshot file now; False when there is nothing to write
+        or it failed (revocation_snapshot.SnapshotKeeper)."""
+        keeper = self.snapshot
+        if keeper is None:
             return False
         async with self._lock:
-            cursor, epoch, mirror = self._cursor, self.epoch, self._mirror
-            if not mirror.loaded or cursor is None or epoch is None:
+            cursor, epoch = self._cursor, self.epoch
+            if not self._mirror.loaded or cursor is None or epoch is None:
                 return False
             # Every write up to `cursor` is held now, and entries leave only by their horizon:
-            # what the copy below misses was written after `cursor`.
-            records: list[bytes] = []
-            horizons: list[bytes] = []
-            for start in range(0, mirror.buckets, _EXPORT_STEP):
-                part, until = mirror.export(start, start + _EXPORT_STEP)
-                records.append(part)
-                horizons.append(until)
-                await asyncio.sleep(0)
-            issuers = mirror.issuers  # after the copy: every code it holds is named
-
-        def write() -> None:
-            held = array("I")
-            held.frombytes(b"".join(horizons))
-            snapshot = Snapshot(
-                self._snapshot_store, epoch, cursor, issuers, b"".join(records), held
-            )
-            revocation_snapshot.write(path, snapshot)
-
-        self._saved_at = time.monotonic()
-        try:
-            await asyncio.to_thread(write)
-        except OSError as exc:
-            level = logging.DEBUG if self._snapshot_warned else logging.WARNING
-            self._snapshot_warned = True
-            log.log(level, "cannot write the revocation snapshot %s: %s", path, exc)
-            return False
-        self._saved_cursor = cursor
-        self.snapshots_written += 1
-        return True
+            # what the copy misses was written after `cursor`.
+            copied = await keeper.copy(self._mirror)
+        return await keeper.write(epoch, cursor, copied)
 
     async def _read_changes(self, cursor: str, now: int) -> bool:
         """Merge every write after `cursor`; False when the store cannot vouch for them."""

@@ -21,7 +21,7 @@ from sidecar.store.sqlite import SqliteTokenStore
 from sidecar.tokens import revocation_snapshot
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.revocation_set import RevocationSet
-from sidecar.tokens.revocation_snapshot import Snapshot, SnapshotError
+from sidecar.tokens.revocation_snapshot import Snapshot, SnapshotError, SnapshotKeeper
 from sidecar.tokens.store_sync import StoreSync
 
 ISS = "https://issuer.example"
@@ -150,6 +150,11 @@ async def _start(store: SqliteTokenStore, snapshot: Path) -> tuple[StoreSync, Re
     return sync, mirror
 
 
+def _keeper(sync: StoreSync) -> SnapshotKeeper:
+    assert sync.snapshot is not None
+    return sync.snapshot
+
+
 async def _run_once(db: Path, snapshot: Path, keys: list[str]) -> None:
     """A first sidecar: revokes `keys`, then stops (which writes the snapshot)."""
     store = await _open(db)
@@ -172,7 +177,7 @@ async def test_a_start_loads_the_snapshot_then_reads_what_was_written_after_it(
     try:
         await _revoke(store, "after")  # by another sidecar while this one was down
         sync, mirror = await _start(store, snapshot)
-        assert (sync.snapshot_loads, sync.full_reads) == (1, 0)
+        assert (_keeper(sync).loads, sync.full_reads) == (1, 0)
         assert all(mirror.is_revoked(ISS, key, "") for key in ("before-1", "before-2", "after"))
         assert len(mirror) == 3 and mirror.loaded
         await _revoke(store, "later")  # and incremental reads go on from there
@@ -190,7 +195,7 @@ async def test_a_snapshot_of_another_epoch_is_ignored(tmp_path: Path) -> None:
     try:
         await _revoke(store, "new")
         sync, mirror = await _start(store, snapshot)
-        assert (sync.snapshot_loads, sync.full_reads, sync.restored) == (0, 1, 0)
+        assert (_keeper(sync).loads, sync.full_reads, sync.restored) == (0, 1, 0)
         assert mirror.is_revoked(ISS, "new", "") and not mirror.is_revoked(ISS, "lost", "")
         # Nothing written back from the snapshot.
         assert [r.key for r in await store.revocations(int(time.time()))] == ["new"]
@@ -212,7 +217,7 @@ async def test_a_snapshot_whose_cursor_the_store_cannot_follow_is_ignored(
     store = await _open(db)
     try:
         sync, mirror = await _start(store, snapshot)
-        assert (sync.snapshot_loads, sync.full_reads, sync.restored) == (0, 1, 0)
+        assert (_keeper(sync).loads, sync.full_reads, sync.restored) == (0, 1, 0)
         assert mirror.is_revoked(ISS, "kept", "") and not mirror.is_revoked(ISS, "after-backup", "")
         assert len(mirror) == 1
     finally:
@@ -236,7 +241,7 @@ async def test_a_bad_snapshot_never_fails_the_start(tmp_path: Path, damage: str)
         sync = StoreSync(store, mirror, SystemClock())
         sync.use_snapshot(snapshot, "redis" if damage == "other-store" else "sqlite")
         await sync.reconcile()
-        assert (sync.snapshot_loads, sync.full_reads) == (0, 1)
+        assert (_keeper(sync).loads, sync.full_reads) == (0, 1)
         assert mirror.is_revoked(ISS, "a", "") and mirror.is_revoked(ISS, "b", "")
     finally:
         await store.close()
@@ -252,8 +257,8 @@ async def test_the_snapshot_is_written_at_the_first_poll_after_a_full_load(
         sync, _ = await _start(store, snapshot)
         assert not snapshot.exists()  # not on the start's own time
         await sync.reconcile()
-        assert snapshot.exists() and sync.snapshots_written == 1
+        assert snapshot.exists() and _keeper(sync).written == 1
         await sync.reconcile()  # the cursor did not move: nothing to write
-        assert sync.snapshots_written == 1
+        assert _keeper(sync).written == 1
     finally:
         await store.close()
