@@ -39,7 +39,6 @@ import os
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -55,6 +54,7 @@ from sidecar.store.base import (
     RotateOutcome,
     RotateResult,
     Rotation,
+    group_rows,
 )
 from sidecar.store.redis_connect import RedisClient, RedisConnector
 from sidecar.store.redis_keys import (
@@ -258,31 +258,10 @@ class RedisTokenStore:
     async def scan_revocation_groups(
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationGroup], str]:
-        """`scan_revocations`, the members grouped by their `kind issuer ` head (decoded
-        once per page, as `decode_row` would), each key decoded only if percent-encoded."""
-        cursor, pairs = await self._call(
-            self._client.zscan(self._keys.revoked, int(token or 0), count=limit)
-        )
-        heads: dict[str, tuple[list[str], list[int]]] = {}
-        for member, score in pairs:
-            until = int(score)
-            if until > now:
-                head, _, key = str(member).rpartition(" ")
-                found = heads.get(head)
-                if found is None:
-                    found = heads[head] = ([], [])
-                found[0].append(key)
-                found[1].append(until)
-        groups: list[RevocationGroup] = []
-        for head, (keys, untils) in heads.items():
-            row = decode_row(head + " -", 0)  # None: malformed, skipped as decode_row does
-            if row is not None:
-                encoded = [
-                    (unquote(key) if "%" in key else key).encode("utf-8", "surrogatepass")
-                    for key in keys
-                ]
-                groups.append((row[0], row[1], encoded, untils))
-        return groups, (str(cursor) if int(cursor) else "")
+        """`scan_revocations`' pages, grouped (whatever the key layout, so this follows any
+        change to how the set is scanned; the per-row decode is `decode_row`'s)."""
+        rows, token = await self.scan_revocations(token, now, limit)
+        return group_rows(rows), token
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int
