@@ -9,9 +9,10 @@ For each (code, store): the sidecar is started once empty (that creates the sche
 version), stopped, and for each size the store is filled in bulk to that many live revocations
 (random 22-character jtis, as the sidecar mints them, one issuer, horizon two hours away) and
 the sidecar started again with default settings (store.sync_interval_s 5 s, Redis timeout
-1 s). Measured: start (spawn to the serving banner, which comes after the load; and the CPU
-seconds the process had used by then, which a machine shared with other work inflates
-less than the wall time), RSS after
+1 s): first with no local snapshot (a new pod), then, when that version wrote one at stop,
+once more from it (a restart). Measured: start (spawn to the serving banner, which comes
+after the load; and the CPU seconds the process had used by then, which a machine shared
+with other work inflates less than the wall time; the load average is recorded), RSS after
 start and after the window, and Verify latency from 8 concurrent callers over TCP for
 `--window` seconds (about two reconciliations at the default interval), p50 / p99 / worst.
 Redis runs in a private `redis-server` on a free port (nothing on disk). A sidecar that does
@@ -47,6 +48,7 @@ from sidecar.store.redis_keys import KeyLayout, encode_member  # noqa: E402  (sa
 ISSUER = "https://authsidecar.local"
 PREFIX = "bench-scale"
 CALLERS = 8
+SNAPSHOT = "revocations.snapshot"  # where this version keeps its snapshot in the data dir
 
 
 def _jtis(count: int) -> list[str]:
@@ -253,44 +255,66 @@ def _run_store(
     primer = Sidecar(code, data, env)  # creates the store's schema, as that version has it
     if primer.start():
         primer.stop()
+    snapshot = data / SNAPSHOT
     for size in sizes:
         filler.fill(jtis[:size], until)
-        sidecar = Sidecar(code, data, env)
-        row: dict[str, Any] = {"code": label, "store": store, "revocations": size}
-        try:
-            if not sidecar.start():
-                row["failed"] = sidecar.failure
-            else:
-                assert sidecar.proc is not None
-                row["start_s"] = sidecar.start_s
-                row["start_cpu_s"] = _cpu_s(sidecar.proc.pid)
-                row["rss_start_mib"] = _rss(sidecar.proc.pid) / 2**20
-                row.update(asyncio.run(_verify_load(sidecar, window_s)))
-                row["rss_end_mib"] = _rss(sidecar.proc.pid) / 2**20
-        finally:
-            sidecar.stop()
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        # First start of a new pod: no snapshot (the filler bypasses the store's feed, so an
+        # older snapshot would not be followed by what it wrote). Then, where the version
+        # left one at stop, the restart from it.
+        snapshot.unlink(missing_ok=True)
+        for start in ("full", "snapshot"):
+            if start == "snapshot" and not snapshot.exists():
+                break
+            sidecar = Sidecar(code, data, env)
+            row: dict[str, Any] = {
+                "code": label,
+                "store": store,
+                "revocations": size,
+                "start": start,
+                "loadavg": os.getloadavg()[0],
+            }
+            try:
+                if not sidecar.start():
+                    row["failed"] = sidecar.failure
+                else:
+                    assert sidecar.proc is not None
+                    row["start_s"] = sidecar.start_s
+                    row["start_cpu_s"] = _cpu_s(sidecar.proc.pid)
+                    row["rss_start_mib"] = _rss(sidecar.proc.pid) / 2**20
+                    row.update(asyncio.run(_verify_load(sidecar, window_s)))
+                    row["rss_end_mib"] = _rss(sidecar.proc.pid) / 2**20
+            finally:
+                sidecar.stop()
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    base = {(r["code"], r["store"]): r for r in rows if r["revocations"] == 0 and "failed" not in r}
+    base = {
+        (r["code"], r["store"], r["start"]): r
+        for r in rows
+        if r["revocations"] == 0 and "failed" not in r
+    }
     lines = [
-        "| code | store | revocations | start s (CPU s) | RSS after start MiB (+ vs 0) |"
-        " RSS after window MiB (+ vs 0) | Verify/s | p50 ms | p99 ms | worst ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| code | store | revocations | loaded from | start s (CPU s) | load avg |"
+        " RSS after start MiB (+ vs 0) | RSS after window MiB (+ vs 0) | Verify/s | p50 ms |"
+        " p99 ms | worst ms |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        head = f"| {r['code']} | {r['store']} | {r['revocations']:,} |"
+        head = (
+            f"| {r['code']} | {r['store']} | {r['revocations']:,} |"
+            f" {'snapshot' if r['start'] == 'snapshot' else 'store'} |"
+        )
         if "failed" in r:
-            lines.append(f"{head} did not start: {r['failed']} | | | | | | |")
+            lines.append(f"{head} did not start: {r['failed']} | {r['loadavg']:.1f} | | | | | | |")
             continue
-        b = base.get((r["code"], r["store"]))
+        b = base.get((r["code"], r["store"], r["start"]))
         d1 = r["rss_start_mib"] - b["rss_start_mib"] if b else float("nan")
         d2 = r["rss_end_mib"] - b["rss_end_mib"] if b else float("nan")
         lines.append(
-            f"{head} {r['start_s']:.2f} ({r['start_cpu_s']:.2f}) |"
+            f"{head} {r['start_s']:.2f} ({r['start_cpu_s']:.2f}) | {r['loadavg']:.1f} |"
             f" {r['rss_start_mib']:.0f} (+{d1:.0f}) |"
             f" {r['rss_end_mib']:.0f} (+{d2:.0f}) | {r['calls_per_s']:.0f} |"
             f" {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['worst_ms']:.1f} |"

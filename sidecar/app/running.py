@@ -87,6 +87,7 @@ class App:
             self.metrics_server.close()
         if self.jwks_http is not None:
             await self.jwks_http.close()
+        await self.service.store_sync.save_snapshot()  # the next start reads it (issue 16)
         await self.store.close()
 
     def start_background(self) -> None:

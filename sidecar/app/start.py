@@ -69,6 +69,9 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             events=events,
         )
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
+        if settings.store.backend != "memory":  # issue 16: restart from a local snapshot
+            snapshot = settings.data_dir / "revocations.snapshot"
+            service.store_sync.use_snapshot(snapshot, settings.store.backend)
         await service.start()
         await service.store_sync.check_persistence()
         metrics = None

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import StoreDeadlineError, StoreUnavailableError
-from sidecar.store.base import RevocationFeed
+from sidecar.store.base import RevocationFeed, group_rows
 from sidecar.store.records import (
     FamilyRecord,
     Revocation,
+    RevocationGroup,
     RevocationKind,
     RevocationRow,
     RotateResult,
@@ -146,6 +147,12 @@ class MemoryTokenStore:
     ) -> tuple[list[RevocationRow], str]:
         page = await self._after(int(token or 0), now, limit)
         return page[0], (page[1] if page[2] == limit else "")
+
+    async def scan_revocation_groups(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationGroup], str]:
+        rows, token = await self.scan_revocations(token, now, limit)
+        return group_rows(rows), token
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

@@ -14,6 +14,9 @@ RevocationKind = Literal["jti", "family"]
 # A revocation as bulk reads hand it over (kind, issuer, key, expires_at): a plain tuple, since
 # building a frozen dataclass per entry costs more than the rest of a million-entry load.
 RevocationRow = tuple[RevocationKind, str, str, int]
+# A page of the first full load grouped by (kind, issuer), the keys in UTF-8 and their
+# horizons in the same order (issue 16: no tuple and no string object per row on that path).
+RevocationGroup = tuple[RevocationKind, str, list[bytes], list[int]]
 
 
 @dataclass(frozen=True, slots=True)

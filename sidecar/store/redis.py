@@ -48,10 +48,12 @@ from sidecar.store import redis_scripts
 from sidecar.store.base import (
     FamilyRecord,
     Revocation,
+    RevocationGroup,
     RevocationRow,
     RotateOutcome,
     RotateResult,
     Rotation,
+    group_rows,
 )
 from sidecar.store.redis_codec import family_fields, family_from
 from sidecar.store.redis_connect import RedisConnector
@@ -225,6 +227,14 @@ class RedisTokenStore:
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str]:
         return await self._reads.scan(token, now, limit)
+
+    async def scan_revocation_groups(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationGroup], str]:
+        """`scan_revocations`' pages, grouped (whatever the key layout, so this follows any
+        change to how the set is scanned; the per-row decode is `decode_row`'s)."""
+        rows, token = await self.scan_revocations(token, now, limit)
+        return group_rows(rows), token
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

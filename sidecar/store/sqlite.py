@@ -32,7 +32,14 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.errors import StoreUnavailableError
 from sidecar.store import sqlite_families, sqlite_revocations
 from sidecar.store.base import RevocationFeed
-from sidecar.store.records import FamilyRecord, Revocation, RevocationRow, RotateResult, Rotation
+from sidecar.store.records import (
+    FamilyRecord,
+    Revocation,
+    RevocationGroup,
+    RevocationRow,
+    RotateResult,
+    Rotation,
+)
 from sidecar.store.sqlite_schema import SCHEMA_VERSION, connect
 from sidecar.store.sqlite_transaction import Transaction
 
@@ -154,6 +161,13 @@ class SqliteTokenStore:
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str]:
         return await self._run(lambda: sqlite_revocations.scan(self._db(), token, now, limit))
+
+    async def scan_revocation_groups(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationGroup], str]:
+        return await self._run(
+            lambda: sqlite_revocations.scan_groups(self._db(), token, now, limit)
+        )
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

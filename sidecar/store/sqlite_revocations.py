@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 
-from sidecar.store.records import Revocation, RevocationRow
+from sidecar.store.records import Revocation, RevocationGroup, RevocationRow
 from sidecar.store.sqlite_transaction import Transaction
 
 # Writes only when the entry is new or its horizon grows (then it takes a new position).
@@ -35,6 +35,19 @@ _SELECT_SEQUENCE = "SELECT value FROM sequence WHERE name = 'revocations'"
 _SELECT_AFTER = (
     "SELECT kind, issuer, key, expires_at, seq FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?"
 )
+
+# The first load's scan (`scan_groups`): one (kind, issuer) at a time, in primary key order,
+# keys as their UTF-8 bytes: two objects per row instead of five.
+_FIRST_GROUP = "SELECT kind, issuer FROM revocations ORDER BY kind, issuer LIMIT 1"
+_NEXT_GROUP = (
+    "SELECT kind, issuer FROM revocations WHERE (kind, issuer) > (?, ?)"
+    " ORDER BY kind, issuer LIMIT 1"
+)
+_GROUP_KEYS = (
+    "SELECT CAST(key AS BLOB), expires_at FROM revocations"
+    " WHERE kind = ? AND issuer = ? AND key > ? AND expires_at > ? ORDER BY key LIMIT ?"
+)
+_GROUP_KEYS_FIRST = _GROUP_KEYS.replace("key > ?", "key >= ?")
 
 
 def put_revocations(db: sqlite3.Connection, revocations: Iterable[Revocation]) -> int:
@@ -72,6 +85,36 @@ def scan(
     # Rows of (kind, issuer, key, expires_at) as the STRICT table holds them.
     rows: list[RevocationRow] = found
     return rows, (json.dumps(found[-1][:3]) if len(found) == limit else "")
+
+
+def scan_groups(
+    db: sqlite3.Connection, token: str, now: int, limit: int
+) -> tuple[list[RevocationGroup], str]:
+    """Keyset pagination as `scan`, a (kind, issuer) at a time; the token is the last
+    (kind, issuer, key) read, as JSON."""
+    if token:
+        kind, issuer, after = json.loads(token)
+        query = _GROUP_KEYS
+    else:
+        first = db.execute(_FIRST_GROUP).fetchone()
+        if first is None:
+            return [], ""
+        (kind, issuer), after, query = first, "", _GROUP_KEYS_FIRST
+    groups: list[RevocationGroup] = []
+    left = limit
+    while True:
+        found = db.execute(query, (kind, issuer, after, now, left)).fetchall()
+        if found:
+            keys, untils = zip(*found, strict=True)
+            groups.append((kind, issuer, list(keys), list(untils)))
+            left -= len(found)
+        if not left:
+            last = found[-1][0].decode("utf-8", "surrogatepass")
+            return groups, json.dumps([kind, issuer, last])
+        following = db.execute(_NEXT_GROUP, (kind, issuer)).fetchone()
+        if following is None:
+            return groups, ""
+        (kind, issuer), after, query = following, "", _GROUP_KEYS_FIRST
 
 
 def since(

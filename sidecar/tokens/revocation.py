@@ -30,10 +30,14 @@ hold a decision of a log that did not exist yet). `on_reset` hears of the mirror
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from sidecar.errors import StoreUnavailableError
-from sidecar.store.base import Revocation, RevocationRow
+from sidecar.store.base import Revocation, RevocationGroup, RevocationRow
 from sidecar.tokens.revocation_set import RevocationSet
+
+if TYPE_CHECKING:
+    from sidecar.tokens.revocation_snapshot import Snapshot
 
 
 class RevocationMirror:
@@ -76,6 +80,40 @@ class RevocationMirror:
         if new and self._loaded and self.on_new is not None:
             self.on_new([Revocation(*row) for row in new])
         return len(new)
+
+    def append_groups(self, groups: Iterable[RevocationGroup]) -> None:
+        """The first full load's fast path (before `mark_loaded`): take a page in without
+        looking for each entry first; `dedupe` must then pass over every bucket before the
+        load counts as complete."""
+        if self._loaded:
+            raise RuntimeError("append_groups is for the first load only; use merge")
+        for kind, issuer, keys, untils in groups:
+            self._set.append_group(kind, issuer, keys, untils)
+
+    def dedupe(self, start: int, stop: int) -> int:
+        """Merge entries `append` took in twice, in buckets [start, stop)."""
+        return self._set.dedupe(start, stop)
+
+    def load_snapshot(self, snapshot: Snapshot) -> Iterator[None]:
+        """Fill the empty mirror from a snapshot (tokens/revocation_snapshot.py), one chunk
+        per step; raises ValueError on records that do not fit (then `clear`)."""
+        if self._loaded:
+            raise RuntimeError("a snapshot can only be the first load")
+        return self._set.load(snapshot.issuers, snapshot.records, snapshot.horizons)
+
+    def clear(self) -> None:
+        """Drop everything before the first load completed (a snapshot found unusable)."""
+        if self._loaded:
+            raise RuntimeError("entries leave a loaded mirror only by their horizon")
+        self._set = RevocationSet()
+
+    def export(self, start: int, stop: int) -> tuple[bytes, bytes]:
+        """Buckets [start, stop) for a snapshot (see `RevocationSet.export`)."""
+        return self._set.export(start, stop)
+
+    @property
+    def issuers(self) -> list[str]:
+        return self._set.issuers
 
     def mark_loaded(self) -> None:
         """The first full load is complete: from now on `merge` reports what is new."""

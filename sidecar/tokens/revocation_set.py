@@ -28,7 +28,8 @@ process unless PYTHONHASHSEED is fixed, which production must not do.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 
 from sidecar.store.base import Revocation, RevocationKind
 
@@ -40,6 +41,9 @@ _KIND_NAMES: dict[int, RevocationKind] = {1: "jti", 2: "family"}
 _MAX_ISSUERS = 0xF0**3
 _MAX_HORIZON = 0xFFFFFFFF
 _NEVER = _MAX_HORIZON + 1
+# Bytes of records bucketed per step of `load` (a snapshot, ~150,000 entries): bounds the
+# transient objects of a load and how long the event loop waits.
+_LOAD_BYTES = 4 << 20
 
 Row = tuple[RevocationKind, str, str, int]
 
@@ -146,6 +150,139 @@ class RevocationSet:
             append(row)
         self._len += len(new)
         return new
+
+    def append_group(
+        self, kind: RevocationKind, issuer: str, keys: Sequence[bytes], untils: Sequence[int]
+    ) -> None:
+        """The first load's fast path: entries of one kind and issuer (keys in UTF-8), taken
+        in without `add_rows`' search for each triple (most of an insertion's cost, a scan
+        of the bucket). A triple appended twice is held twice until `dedupe` has passed over
+        its bucket; lookups stay exact meanwhile (a copy answers "revoked" only for a triple
+        that is), but `len` and `horizon` may not be."""
+        prefix = _KIND_CODES[kind] + (self._codes.get(issuer) or self._intern(issuer))
+        if untils and (max(untils) > _MAX_HORIZON or min(untils) < 0):
+            untils = [min(max(until, 0), _MAX_HORIZON) for until in untils]
+        blobs, horizons, earliest, sep, mask = (
+            self._blobs,
+            self._horizons,
+            self._earliest,
+            _SEP,
+            _MASK,
+        )
+        for key, until in zip(keys, untils, strict=True):
+            body = prefix + key
+            b = hash(body) & mask
+            blob = blobs[b]
+            if blob is None:
+                blobs[b] = bytearray(sep + body + sep)
+                horizons[b] = array("I", (until,))
+                earliest[b] = until
+            else:
+                blob += body
+                blob += sep
+                horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
+                if until < earliest[b]:
+                    earliest[b] = until
+        minutes = self._minutes
+        for minute, n in Counter(map((60).__rfloordiv__, untils)).items():
+            minutes[minute] = minutes.get(minute, 0) + n
+        self._len += len(keys)
+
+    def dedupe(self, start: int, stop: int) -> int:
+        """Merge the triples held twice in buckets [start, stop) (after `append_group`),
+        keeping the later horizon; returns how many copies were dropped."""
+        dropped = 0
+        for b in range(start, stop):
+            blob, horizons = self._blobs[b], self._horizons[b]
+            if blob is None or horizons is None:
+                continue
+            bodies = bytes(blob)[1:-1].split(_SEP)
+            if len(set(bodies)) == len(bodies):
+                continue
+            kept: dict[bytes, int] = {}
+            for body, until in zip(bodies, horizons, strict=True):
+                if body in kept:
+                    dropped += 1
+                    self._uncount(min(kept[body], until))
+                    until = max(kept[body], until)
+                kept[body] = until
+            self._blobs[b] = bytearray(_SEP + _SEP.join(kept) + _SEP)
+            self._horizons[b] = array("I", kept.values())
+        self._len -= dropped
+        return dropped
+
+    def export(self, start: int, stop: int) -> tuple[bytes, bytes]:
+        """Buckets [start, stop) as `load` takes them: the records (`0xFF body` each, in
+        bucket order) and their horizons (native `array('I')` bytes, in the same order).
+        Codes refer to `issuers`, read after the last `export` (it only grows)."""
+        records: list[bytes] = []
+        horizons: list[bytes] = []
+        for b in range(start, stop):
+            blob, until = self._blobs[b], self._horizons[b]
+            if blob is not None and until is not None:
+                records.append(bytes(blob[:-1]))
+                horizons.append(until.tobytes())
+        return b"".join(records), b"".join(horizons)
+
+    @property
+    def issuers(self) -> list[str]:
+        """The interned issuers, in code order (a copy)."""
+        return list(self._issuers)
+
+    def load(self, issuers: Sequence[str], records: bytes, horizons: array[int]) -> Iterator[None]:
+        """Fill this empty set from `export`'s output (a snapshot written by another process,
+        whose buckets differ: Python's string hash is seeded per process, so every record is
+        bucketed again here, about `_LOAD_BYTES` of records at a time, each bucket's share
+        appended with one join), yielding after each step so the caller can give the event
+        loop a turn. Raises ValueError when the records do not fit the issuers and horizons
+        (the set is then partly filled: drop it)."""
+        if self._len or self._issuers:
+            raise ValueError("load needs an empty set")
+        for issuer in issuers:
+            self._intern(issuer)
+        valid = [
+            _SEP + kind + code for kind in _KIND_CODES.values() for code in self._codes.values()
+        ]
+        count = records.count(_SEP)
+        if count != len(horizons) or records[:1] not in (b"", _SEP):
+            raise ValueError("records and horizons differ in number")
+        if sum(records.count(prefix) for prefix in valid) != count:
+            raise ValueError("a record names an unknown kind or issuer")
+        blobs, held, earliest, mask, sep = self._blobs, self._horizons, self._earliest, _MASK, _SEP
+        bodies: list[list[bytes]] = [[] for _ in range(mask + 1)]
+        untils: list[list[int]] = [[] for _ in range(mask + 1)]
+        at = first = 0
+        while at < len(records):
+            stop = records.find(sep, at + _LOAD_BYTES)
+            stop = len(records) if stop < 0 else stop
+            chunk = records[at + 1 : stop].split(sep)
+            for body, until in zip(chunk, horizons[first : first + len(chunk)], strict=True):
+                b = hash(body) & mask
+                bodies[b].append(body)
+                untils[b].append(until)
+            for b in range(mask + 1):
+                group = bodies[b]
+                if not group:
+                    continue
+                blob = blobs[b]
+                if blob is None:
+                    blobs[b] = bytearray(sep + sep.join(group) + sep)
+                    held[b] = array("I", untils[b])
+                else:
+                    blob += sep.join(group)
+                    blob += sep
+                    held[b].extend(untils[b])  # type: ignore[union-attr]  # set with the blob
+                group.clear()
+                untils[b].clear()
+            at, first = stop, first + len(chunk)
+            self._len = first
+            yield
+        for b in range(mask + 1):
+            until_b = held[b]
+            if until_b is not None:
+                earliest[b] = min(until_b)
+        for minute, n in Counter(map((60).__rfloordiv__, horizons)).items():
+            self._minutes[minute] = self._minutes.get(minute, 0) + n
 
     def _lengthen(self, b: int, i: int, until: int) -> None:
         horizons = self._horizons[b]

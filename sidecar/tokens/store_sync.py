@@ -24,6 +24,16 @@ Every reconciliation (start-up, each poll, each reconnection of the feed) does, 
 4. purge expired entries from the mirror (only buckets holding one are touched, a slice of
    them per loop turn) and from the store.
 
+The first load at start may come from a local snapshot of the mirror instead of a full read
+(`use_snapshot`, tokens/revocation_snapshot.py): used only when it names the store's current
+epoch, followed by the ordinary incremental read from the snapshot's cursor and the intact
+check; when either fails the snapshot is dropped and the full read runs as if there were
+none (nothing is written back from a snapshot). The first full read into an empty mirror
+appends its pages without looking each entry up (`RevocationMirror.append_groups`) and merges the
+few duplicates a scan may return afterwards, bucket slice by slice. The snapshot is written
+(off the event loop) at the first poll after a full load, then at most every
+5 minutes when the cursor moved, and at stop (`save_snapshot`).
+
 Entries leave the mirror only by their own horizon, never because the store lacks them.
 Clock skew between sidecars can make one write back an entry another's purge just dropped
 (its clock says the entry is still in force); the write is harmless and stops once the slower
@@ -47,11 +57,15 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation, TokenStore, deadline_for
 from sidecar.tokens.revocation import RevocationMirror
+from sidecar.tokens.revocation_snapshot import SnapshotKeeper
 
 log = logging.getLogger(__name__)
 # Rows per store read and per write-back batch: one page is merged in one synchronous step
@@ -60,6 +74,8 @@ PAGE_ROWS = 2_000
 # How far another sidecar's clock may run ahead of ours (its purge drops entries our clock
 # still holds): entries expiring sooner are not counted when checking the store is intact.
 SKEW_MARGIN_S = 60
+# Buckets deduplicated per loop turn after a first full load.
+_DEDUPE_STEP = 1024
 
 # What each risky persistence mode loses when the store restarts; other modes are fine.
 RISKY_PERSISTENCE = {
@@ -90,11 +106,22 @@ class StoreSync:
         # The poll and the feed's reconnection may both reconcile: one at a time, so a loss
         # is written back and reported once, not once per path.
         self._lock = asyncio.Lock()
+        # The local snapshot (`use_snapshot`); None: none is kept (a memory store).
+        self.snapshot: SnapshotKeeper | None = None
+        self._reconciles = 0
+
+    def use_snapshot(self, path: Path, store_kind: str) -> None:
+        """Keep the mirror's snapshot at `path` for a store of kind `store_kind` (recorded
+        in the file: a snapshot of another kind of store is never used)."""
+        self.snapshot = SnapshotKeeper(path, store_kind)
 
     async def reconcile(self) -> None:
         """One reconciliation; raises StoreUnavailableError (the next one tries again)."""
         async with self._lock:
             await self._reconcile()
+            self._reconciles += 1
+        if self.snapshot is not None and self.snapshot.due(self._cursor, self._reconciles > 1):
+            await self.save_snapshot()
 
     async def _reconcile(self) -> None:
         now_s = self._clock.now()
@@ -108,6 +135,8 @@ class StoreSync:
         complete = False
         if self._cursor is not None and not changed:
             complete = await self._read_changes(self._cursor, now) and await self._intact(now)
+        elif self.snapshot is not None and not self._mirror.loaded:
+            complete = await self._from_snapshot(self.snapshot, epoch, now)
         restored = 0
         if not complete:
             had_entries = len(self._mirror) > 0
@@ -133,15 +162,24 @@ class StoreSync:
         the cursor and is read by the incremental read that follows."""
         self._cursor = None
         cursor = await self._store.revocation_cursor()
-        scan = self._store.scan_revocations
         ahead = self._store.scan_ahead  # see TokenStore.scan_ahead
+        first = not self._mirror.loaded
+        # The first load takes pages grouped by (kind, issuer) without a lookup per row;
+        # a later one (after a loss) merges, so what is new is reported (Watch).
+        store, mirror = self._store, self._mirror
+        path: tuple[Callable[[str, int, int], Awaitable[tuple[Any, str]]], Callable[[Any], object]]
+        if first:
+            path = (store.scan_revocation_groups, mirror.append_groups)
+        else:
+            path = (store.scan_revocations, mirror.merge)
+        scan, take = path
         pending = asyncio.ensure_future(scan("", now, PAGE_ROWS))
         try:
             while True:
                 rows, token = await pending
                 if token and ahead:
                     pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
-                self._mirror.merge(rows)
+                take(rows)
                 if not token:
                     break
                 if not ahead:
@@ -152,10 +190,55 @@ class StoreSync:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
                     await pending
+        if first:
+            for start in range(0, self._mirror.buckets, _DEDUPE_STEP):
+                self._mirror.dedupe(start, start + _DEDUPE_STEP)
+                await asyncio.sleep(0)
         self.full_reads += 1
         if not await self._read_changes(cursor, now):
             raise StoreUnavailableError()  # trimmed away during our own scan: next poll retries
         self._mirror.mark_loaded()
+
+    async def _from_snapshot(self, keeper: SnapshotKeeper, epoch: str, now: int) -> bool:
+        """Load the mirror from the snapshot and read the store's writes since it; False
+        (mirror empty again) when there is none or it cannot be used."""
+        snapshot = await keeper.usable(epoch)
+        if snapshot is None:
+            return False
+        why = "the store can no longer say what changed since it"
+        self._mirror.clear()
+        try:
+            for _ in self._mirror.load_snapshot(snapshot):
+                await asyncio.sleep(0)
+            self._cursor = snapshot.cursor
+            held = len(self._mirror)
+            if await self._read_changes(snapshot.cursor, now) and await self._intact(now):
+                self._mirror.mark_loaded()
+                keeper.used(snapshot, held, len(self._mirror) - held)
+                return True
+        except ValueError as exc:  # records or cursor that are not this store's
+            why = str(exc)
+        finally:
+            if not self._mirror.loaded:
+                self._mirror.clear()
+                self._cursor = None
+        keeper.ignored(why)
+        return False
+
+    async def save_snapshot(self) -> bool:
+        """Write the mirror to the snapshot file now; False when there is nothing to write
+        or it failed (revocation_snapshot.SnapshotKeeper)."""
+        keeper = self.snapshot
+        if keeper is None:
+            return False
+        async with self._lock:
+            cursor, epoch = self._cursor, self.epoch
+            if not self._mirror.loaded or cursor is None or epoch is None:
+                return False
+            # Every write up to `cursor` is held now, and entries leave only by their horizon:
+            # what the copy misses was written after `cursor`.
+            copied = await keeper.copy(self._mirror)
+        return await keeper.write(epoch, cursor, copied)
 
     async def _read_changes(self, cursor: str, now: int) -> bool:
         """Merge every write after `cursor`; False when the store cannot vouch for them."""

@@ -545,6 +545,33 @@ async def test_scan_revocations_pages_through_every_live_entry(store: TokenStore
     assert seen == live
 
 
+async def test_scan_revocation_groups_pages_through_what_scan_revocations_gives(
+    store: TokenStore,
+) -> None:
+    """The first load's grouped scan: every live entry once at least, keys as UTF-8 bytes,
+    across kinds, issuers (one a page boundary apart) and keys that need encoding."""
+    odd = ["a b", "%41", "ünï", "{tag}", "", "x" * 200]
+    live = {Revocation("jti", ISS, f"k{i}", NOW + 100 + i) for i in range(40)}
+    live |= {Revocation("family", ISS, f"f{i}", NOW + 100) for i in range(17)}
+    live |= {Revocation("jti", "https://other.example/ a%", key, NOW + 7) for key in odd}
+    dead = [Revocation("family", ISS, f"d{i}", NOW - 5) for i in range(5)]
+    await store.restore([*live, *dead], deadline_ms=_later())
+    token, seen, pages = "", set[Revocation](), 0
+    for _ in range(1_000):
+        groups, token = await store.scan_revocation_groups(token, NOW, 16)
+        pages += 1
+        for kind, issuer, keys, untils in groups:
+            assert len(keys) == len(untils)
+            seen.update(
+                Revocation(kind, issuer, key.decode("utf-8", "surrogatepass"), until)
+                for key, until in zip(keys, untils, strict=True)
+            )
+        if not token:
+            break
+    assert seen == live
+    assert pages > 1
+
+
 async def test_revocations_written_during_a_scan_are_read_after_its_cursor(
     store: TokenStore,
 ) -> None:

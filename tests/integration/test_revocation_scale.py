@@ -21,7 +21,7 @@ import redis
 
 from sidecar.clock import SystemClock
 from sidecar.config import StoreSettings
-from sidecar.store.base import Revocation, RevocationRow, TokenStore, deadline_for
+from sidecar.store.base import Revocation, RevocationGroup, TokenStore, deadline_for
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.redis_keys import KeyLayout, encode_member
@@ -96,15 +96,15 @@ async def test_loading_a_large_set_never_blocks_the_event_loop(big_store: TokenS
             ticks += 1
             await asyncio.sleep(0)
 
-    pages: list[tuple[int, int]] = []  # (ticks so far, rows) at each page merged
-    merge = mirror.merge
+    pages: list[tuple[int, int]] = []  # (ticks so far, rows) at each page taken in
+    append = mirror.append_groups  # the first load's path (no lookup per row)
 
-    def merge_page(rows: Iterable[RevocationRow]) -> int:
-        rows = list(rows)
-        pages.append((ticks, len(rows)))
-        return merge(rows)
+    def append_page(groups: Iterable[RevocationGroup]) -> None:
+        groups = list(groups)
+        pages.append((ticks, sum(len(keys) for _, _, keys, _ in groups)))
+        append(groups)
 
-    mirror.merge = merge_page  # type: ignore[method-assign]
+    mirror.append_groups = append_page  # type: ignore[method-assign]
     ticking = asyncio.create_task(ticker())
     try:
         await sync.reconcile()
