@@ -50,8 +50,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import ConfigError, KeyMaterialError
+from sidecar.keys.algorithms import PUBLIC_NAMES
 from sidecar.keys.loader import parse_jwk, read_key_file, strict_json
-from sidecar.keys.material import HMAC_ALGS, SUPPORTED_ALGS, KeyMaterial
+from sidecar.keys.material import KeyMaterial
 from sidecar.keys.options import ExternalIssuerOptions
 from sidecar.keys.ring import KeyRing
 
@@ -59,7 +60,6 @@ __all__ = ["RemoteKeySet", "RemoteStatus", "parse_remote_jwks"]
 
 log = logging.getLogger("authsidecar.keys.remote")
 
-ASYMMETRIC_ALGS = SUPPORTED_ALGS - HMAC_ALGS
 # Members only a private (or symmetric) JWK has (RFC 7518 section 6.3.2, 6.2.2, 6.4.1).
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # After a failed fetch, retry sooner than refresh_s, but not more often than this.
@@ -144,7 +144,7 @@ class RemoteKeySet:
         self.settings = settings
         self.issuer = settings.issuer
         self._monotonic = monotonic
-        self._algorithms = frozenset(settings.algorithms) or ASYMMETRIC_ALGS
+        self._algorithms = frozenset(settings.algorithms) or PUBLIC_NAMES
         self._ring: KeyRing | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_demand = -math.inf

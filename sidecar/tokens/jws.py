@@ -28,8 +28,6 @@ vectors, which need no routing, caching or claim rules.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import re
@@ -37,6 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
+from sidecar.b64url import decode as _b64decode
+from sidecar.b64url import encode as _b64encode
 from sidecar.errors import (
     BadSignatureError,
     InvalidRequestError,
@@ -46,7 +46,8 @@ from sidecar.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
-from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+from sidecar.jwa import HEADER_NAMES
+from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.strict_json import MAX_JSON_DEPTH, parse_claims, parse_json
 
 __all__ = [
@@ -85,16 +86,6 @@ _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 # Three non-empty segments from the base64url alphabet only (no padding, no '+', '/', spaces).
 # The classes exclude '.', so matching is linear.
 _COMPACT = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_PADDING = (b"", b"", b"==", b"=")
-# Allowed last characters by length mod 4: none for 1 (impossible length); for 2 (1 byte + 4
-# spare bits) and 3 (2 bytes + 2 spare bits) those whose spare bits are zero.
-_CANONICAL_TAILS: tuple[frozenset[int] | None, ...] = (
-    None,
-    frozenset(),
-    frozenset(b"AQgw"),
-    frozenset(b"AEIMQUYcgkosw048"),
-)
 
 
 class KeyLookup(Protocol):
@@ -142,23 +133,6 @@ class VerifiedJws:
     header: Mapping[str, Any]
     claims: dict[str, Any]
     key: KeyMaterial
-
-
-def _b64decode(segment: bytes) -> bytes:
-    """Canonical base64url without padding (RFC 7515 section 2): one spelling per value.
-
-    `segment` already matched the alphabet, so it is canonical iff its length is possible
-    and its last character's spare bits are zero: re-encoding's check, three times faster.
-    """
-    rest = len(segment) % 4
-    tails = _CANONICAL_TAILS[rest]
-    if tails is not None and segment[-1] not in tails:
-        raise MalformedTokenError
-    return binascii.a2b_base64(segment.translate(_TO_STANDARD) + _PADDING[rest], strict_mode=True)
-
-
-def _b64encode(raw: bytes) -> bytes:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=")
 
 
 def _error_boundary(function: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -226,7 +200,7 @@ def _parse_compact(
     if "typ" in header and type(header["typ"]) is not str:
         raise MalformedTokenError
     alg = header.get("alg")
-    if type(alg) is not str or alg not in SUPPORTED_ALGS:
+    if type(alg) is not str or alg not in HEADER_NAMES:
         raise UnsupportedAlgorithmError  # includes "none" and every alg we do not implement
     kid = header.get("kid")
     if type(kid) is not str:

@@ -22,7 +22,8 @@ from sidecar.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
-from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+from sidecar.jwa import HEADER_NAMES as SUPPORTED_ALGS
+from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.jws import (
     DEFAULT_MAX_TOKEN_BYTES,
     MAX_HEADER_BYTES,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sidecar.clock import FixedClock
 from sidecar.config import TokenSettings
 from sidecar.errors import AuthSidecarError, TokenError
-from sidecar.keys.material import SUPPORTED_ALGS
+from sidecar.jwa import HEADER_NAMES as SUPPORTED_ALGS
 from sidecar.keys.ring import KeyRing
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
