@@ -32,6 +32,7 @@ from sidecar.keys.rsa_key import RSA
 
 __all__ = [
     "KEY_TYPES",
+    "PRIVATE_MEMBERS",
     "PUBLIC_NAMES",
     "Algorithm",
     "bind",
@@ -47,6 +48,8 @@ __all__ = [
 KEY_TYPES: dict[str, KeyType] = {kind.kty: kind for kind in (OCT, RSA, EC, OKP)}
 # Every algorithm whose key can be published (all but HMAC): an issuer's default allow-list.
 PUBLIC_NAMES = frozenset(name for name, alg in ALGORITHMS.items() if not alg.symmetric)
+# JWK members that only a private key or a secret has, of any key type: never in a JWKS.
+PRIVATE_MEMBERS = frozenset().union(*(kind.private_members for kind in KEY_TYPES.values()))
 
 
 def lookup(name: object, who: str) -> Algorithm:

@@ -38,6 +38,7 @@ def _size(curve: ec.EllipticCurve) -> int:
 class EcKeyType:
     kty = "EC"
     noun = "an EC key"
+    private_members = frozenset({"d"})  # RFC 7518 section 6.2.2
 
     def owns(self, key: object) -> bool:
         return isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey)

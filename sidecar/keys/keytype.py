@@ -75,6 +75,7 @@ class KeyType(Protocol):
 
     kty: str
     noun: str  # for messages: "an RSA key cannot be used with 'HS256'"
+    private_members: frozenset[str]  # JWK members only a private key (or a secret) has
 
     def owns(self, key: object) -> bool:
         """True when `key` (a parsed PEM, say) is this type's key object."""

@@ -64,6 +64,7 @@ class OctKeyType:
 
     kty = "oct"
     noun = "an HMAC secret"
+    private_members = frozenset({"k"})  # RFC 7518 section 6.4.1
 
     def owns(self, key: object) -> bool:
         return isinstance(key, bytes)

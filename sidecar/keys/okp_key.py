@@ -61,6 +61,7 @@ def _x(key: OkpKey) -> str:
 class OkpKeyType:
     kty = "OKP"
     noun = "an Ed25519 key"
+    private_members = frozenset({"d"})  # RFC 8037 section 2
 
     def owns(self, key: object) -> bool:
         # Ed448 is claimed so that it is refused by name, not as "unknown key".

@@ -88,6 +88,7 @@ class PssKey:
 class RsaKeyType:
     kty = "RSA"
     noun = "an RSA key"
+    private_members = frozenset({"d", *_PRIVATE_MEMBERS, "oth"})  # RFC 7518 section 6.3.2
 
     def owns(self, key: object) -> bool:
         return isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey)

@@ -1,18 +1,18 @@
 """Strict compact JWS (RFC 7515 section 7.1): the only parser an unauthenticated token meets.
 
 python-jose 3.5.0 parses tokens leniently (../shared/SECURITY.md), so the sidecar owns the
-token format and uses python-jose only through `KeyMaterial`'s pre-built key objects to
-compute and check signatures. `parse_compact` is the first step of every verification
+token format; signatures are computed and checked by `KeyMaterial`'s pre-built key objects
+(keys/algorithms.py). `parse_compact` is the first step of every verification
 (tokens/verifier.py) and makes the key-free checks of SECURITY.md in order, each failure
 with one reason code:
 
 1. size cap, before any other work                                   TOKEN_TOO_LARGE
 2. exactly three non-empty segments of [A-Za-z0-9_-], each canonical
-   base64url (re-encoding gives the segment back, RFC 7515 section 2;
-   one token has exactly one spelling)                               TOKEN_MALFORMED
+   base64url (sidecar/b64url.py: one token, one spelling)            TOKEN_MALFORMED
 3. header: strict UTF-8 JSON (tokens/strict_json.py; bounded size),
    an object with members from {alg, kid, typ} only, `typ` a string  TOKEN_MALFORMED
-4. `alg` one of ours (never "none", RFC 8725 section 2.1)             ALGORITHM_NOT_ALLOWED
+4. `alg` in the algorithm table, sidecar/jwa.py (never "none",
+   RFC 8725 section 2.1)                                             ALGORITHM_NOT_ALLOWED
 5. `kid` a string (trying every key is what RFC 8725 section 3.1
    warns of)                                                         KEY_UNKNOWN
 
