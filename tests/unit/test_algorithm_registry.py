@@ -172,7 +172,7 @@ def _offences(path: Path) -> list[str]:
             items = [key for key in node.keys if key is not None]
         names = {i.value for i in items if isinstance(i, ast.Constant) and i.value in ALGORITHMS}
         if len(names) >= 2:
-            found.append(f"line {node.lineno}: a list of algorithms {sorted(names)}")
+            found.append(f"line {getattr(node, 'lineno', 0)}: a list of algorithms {sorted(names)}")
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
