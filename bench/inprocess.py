@@ -30,7 +30,7 @@ from bench.tokens import Minted
 from sidecar.config import TokenSettings
 from sidecar.jwa import ALGORITHMS
 from sidecar.tokens.cache import VerifyCache, entry_bytes
-from sidecar.tokens.jws import encode_jws
+from sidecar.tokens.signing import encode_jws
 
 Row = dict[str, Any]
 

@@ -21,6 +21,7 @@ later steps), except to read `iss` when external issuers are configured. Everyth
 goes wrong here, Python exceptions included, becomes `MalformedTokenError` at one boundary,
 with a generic message: no exception text, token text or key material.
 
+Issuing (the compact serialisation of what we sign) is tokens/signing.py's.
 `decode_jws` and `verify_compact` chain the same steps with a plain key lookup (kid named
 key, its algorithm, the signature, then the claim set): for Revoke, tests and conformance
 vectors, which need no routing, caching or claim rules.
@@ -29,17 +30,14 @@ vectors, which need no routing, caching or claim rules.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from sidecar.b64url import decode as _b64decode
-from sidecar.b64url import encode as _b64encode
 from sidecar.errors import (
     BadSignatureError,
-    InvalidRequestError,
     MalformedTokenError,
     TokenError,
     TokenTooLargeError,
@@ -60,9 +58,6 @@ __all__ = [
     "VerifiedCompact",
     "VerifiedJws",
     "decode_jws",
-    "encode_jws",
-    "jws_compact",
-    "jws_signing_input",
     "parse_compact",
     "peek",
     "verify_compact",
@@ -264,54 +259,3 @@ def peek(
     """
     parsed = parse_compact(token, max_bytes=max_bytes)
     return dict(parsed.header), parse_claims(parsed.payload)
-
-
-def _compact_json(value: Mapping[str, Any]) -> bytes:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8")
-
-
-def encode_jws(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> str:
-    """Sign `claims` as a compact JWS.
-
-    The header is always exactly {"alg", "kid", "typ"} from the key and the caller's `typ`:
-    no caller-supplied header members, so nothing can override `alg` (unlike
-    `jose.jwt.encode(headers=...)`). Claims that are not strict JSON (NaN, lone surrogates,
-    duplicate names after conversion, excessive depth, unserialisable values) raise
-    `InvalidRequestError`: whatever this returns, `decode_jws` parses (numbers included:
-    one outside I-JSON's range is refused here, not issued).
-    """
-    signing_input = jws_signing_input(claims, key, typ=typ)
-    return jws_compact(signing_input, key.sign(signing_input))
-
-
-def jws_signing_input(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> bytes:
-    """`encode_jws` up to the signature: the checked, encoded header and payload.
-
-    The header names `key`; its signature must come from the same `key` (tokens/signing.py
-    computes it, possibly on another thread), so the header and the signature cannot name
-    different keys even when the key ring is replaced in between.
-    """
-    if type(typ) is not str or not typ:
-        raise ValueError("typ must be a non-empty string")
-    header = _encoded_header(key.alg, key.kid, typ)
-    try:
-        payload = _compact_json(dict(claims))
-        # json.dumps turns non-string names into strings (so {1: a, "1": b} would give a
-        # duplicate) and nests without limit: re-parse so we only ever issue what we accept.
-        parse_claims(payload)
-    except (TypeError, ValueError, TokenError):  # UnicodeEncodeError, a claim out of range...
-        raise InvalidRequestError("claims are not serialisable as strict JSON") from None
-    return header + b"." + _b64encode(payload)
-
-
-@functools.lru_cache(maxsize=64)
-def _encoded_header(alg: str, kid: str, typ: str) -> bytes:
-    """The protected header, encoded: a function of its three members alone, and the same
-    few (signing key x token type) for every token, so it is built once (Issue, Refresh)."""
-    return _b64encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
-
-
-def jws_compact(signing_input: bytes, signature: bytes) -> str:
-    """The compact serialisation (RFC 7515 section 7.1) of a signed `jws_signing_input`."""
-    return (signing_input + b"." + _b64encode(signature)).decode("ascii")

@@ -29,7 +29,8 @@ from sidecar.keys.issuer_jwks import parse_remote_jwks
 from sidecar.keys.loader import load_key_data, parse_jwk
 from sidecar.keys.material import KeyMaterial, build_key
 from sidecar.keys.ring import KeyRing
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.jws import decode_jws
+from sidecar.tokens.signing import encode_jws
 from tests.support.keys import make_key, make_private_jwk, private_key
 
 CLAIMS: dict[str, Any] = {"iss": "https://issuer.test", "sub": "alice", "exp": 1_700_000_060}

@@ -23,9 +23,10 @@ from sidecar.keys.ring import KeyRing
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.jws import decode_jws
 from sidecar.tokens.model import TokenKind
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import encode_jws
 from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 
