@@ -28,10 +28,9 @@ from jose import jwt as jose_jwt
 
 from bench.tokens import Minted
 from sidecar.config import TokenSettings
-from sidecar.keys.algorithms import PSS_ALGS
-from sidecar.keys.material import EC_ALGS, HMAC_ALGS, OKP_ALGS, RSA_ALGS
+from sidecar.jwa import ALGORITHMS
 from sidecar.tokens.cache import VerifyCache, entry_bytes
-from sidecar.tokens.jws import encode_jws
+from sidecar.tokens.signing import encode_jws
 
 Row = dict[str, Any]
 
@@ -138,7 +137,7 @@ def _rsa(key: rsa.RSAPrivateKey, alg: str) -> Primitive:
     digest, data = _SHA[alg[2:]](), _SIGNING_INPUT
     pad: padding.AsymmetricPadding = padding.PKCS1v15()
     scheme = "RSA"
-    if alg in PSS_ALGS:
+    if ALGORITHMS[alg].scheme == "PSS":
         pad = padding.PSS(mgf=padding.MGF1(_SHA[alg[2:]]()), salt_length=digest.digest_size)
         scheme = "RSASSA-PSS"
     sig, pub = key.sign(data, pad, digest), key.public_key()
@@ -168,13 +167,14 @@ def _ed25519(key: ed25519.Ed25519PrivateKey) -> Primitive:
 
 def _primitive(minted: Minted) -> Primitive:
     alg, key = minted.alg, minted.crypto_key
-    if alg in HMAC_ALGS:
+    kty = ALGORITHMS[alg].kty
+    if kty == "oct":
         return _hmac(key, alg)
-    if alg in RSA_ALGS | PSS_ALGS:
+    if kty == "RSA":
         return _rsa(key, alg)
-    if alg in EC_ALGS:
+    if kty == "EC":
         return _ecdsa(key, alg, minted.jwk["crv"])
-    if alg in OKP_ALGS:
+    if kty == "OKP":
         return _ed25519(key)
     raise ValueError(f"no raw primitive for {alg!r}")
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import jwt as pyjwt
 
+from sidecar import jwa
 from sidecar.clock import SystemClock
 from sidecar.config import TokenSettings
 from sidecar.keys.generate import generate_key, write_key_file
-from sidecar.keys.material import DISTINCT_ALGS, KeyMaterial
+from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.service import TokenService
@@ -25,17 +26,11 @@ from sidecar.tokens.service import TokenService
 ISSUER = "urn:authsidecar:local"
 AUDIENCE = "svc"
 _PRIVATE = {"d", "p", "q", "dp", "dq", "qi"}
-_FAMILIES = ("HS", "RS", "PS", "ES", "Ed")
 
-
-def _family_order(alg: str) -> tuple[int, str]:
-    return _FAMILIES.index(alg[:2]), alg
-
-
-# Every algorithm the sidecar supports, by family then hash size: the order of the report's
-# tables (a set). A new family fails here, not silently out of the bench. "Ed25519", RFC
-# 9864's name for EdDSA, is the same computation: measured once, as EdDSA.
-ALGORITHMS = tuple(sorted(DISTINCT_ALGS, key=_family_order))
+# Every algorithm the sidecar supports, in the registry's table order (by family, then hash
+# size): the order of the report's tables. "Ed25519", RFC 9864's name for EdDSA, is the
+# same computation: measured once, as EdDSA.
+ALGORITHMS = tuple(name for name in jwa.ALGORITHMS if name in jwa.DISTINCT_NAMES)
 
 
 @dataclass
@@ -49,7 +44,7 @@ class Minted:
 
     @property
     def public_jwk(self) -> dict[str, Any]:
-        if self.alg.startswith("HS"):
+        if jwa.ALGORITHMS[self.alg].symmetric:
             return dict(self.jwk)
         return {k: v for k, v in self.jwk.items() if k not in _PRIVATE}
 

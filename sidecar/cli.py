@@ -38,9 +38,9 @@ from sidecar.cli_client import (
 )
 from sidecar.config import Settings, load_settings
 from sidecar.errors import AuthSidecarError, StartupError
+from sidecar.jwa import algorithm_names
 from sidecar.keys import rotation
 from sidecar.keys.generate import generate_key, write_key_file
-from sidecar.keys.material import SUPPORTED_ALGS
 from sidecar.logs import configure_logging
 from sidecar.tokens.jws import peek
 
@@ -82,15 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True
     )
     gen = keys.add_parser("generate", help="write a new private JWK file with a fresh kid")
-    gen.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
+    gen.add_argument("--alg", default="ES256", choices=sorted(algorithm_names()))
     gen.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     gen.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
     # The rotation runbook (docs/keys.md) as commands on a key directory (keys.directory).
     first = keys.add_parser("init", help="create the first, signing key of an empty directory")
-    first.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
+    first.add_argument("--alg", default="ES256", choices=sorted(algorithm_names()))
     first.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     rotate = keys.add_parser("rotate", help="publish the next key (verifies, does not sign yet)")
-    rotate.add_argument("--alg", default="ES256", choices=sorted(SUPPORTED_ALGS))
+    rotate.add_argument("--alg", default="ES256", choices=sorted(algorithm_names()))
     rotate.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
     promote = keys.add_parser("promote", help="make a published key the signing key")
     promote.add_argument("--kid", required=True)

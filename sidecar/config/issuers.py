@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sidecar.config.base import Frozen, IssuerName
 from sidecar.config.keys import SIGNING_ALGS
+from sidecar.jwa import check_issuer_algorithms
 from sidecar.keys.options import ExternalIssuerOptions
 
 
@@ -47,9 +48,7 @@ class ExternalIssuerSettings(Frozen):
     @field_validator("algorithms")
     @classmethod
     def _asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(alg.startswith("HS") for alg in value):
-            raise ValueError("HS* algorithms need a shared secret; an issuer's JWKS is public")
-        return value
+        return check_issuer_algorithms(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ExternalIssuerSettings:

@@ -11,12 +11,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from sidecar.config.base import Frozen
+from sidecar.jwa import algorithm_names
 from sidecar.keys.options import KeyFile
 
-SIGNING_ALGS = (
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519",
-)  # fmt: skip
+SIGNING_ALGS = algorithm_names()  # the registry's table (sidecar/jwa.py)
 
 
 class KeyFileSettings(Frozen):

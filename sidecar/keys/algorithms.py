@@ -1,128 +1,117 @@
-"""PS256/384/512 and EdDSA, which python-jose 3.5.0 lacks, built directly on `cryptography`.
+"""The algorithm registry: each entry of the table (sidecar/jwa.py) bound to its key type.
 
-They expose the two methods `KeyMaterial` calls on python-jose's key objects, `sign(msg)` and
-`verify(msg, sig)`, so the JWS layer cannot tell them apart and needs no change. They are not
-registered with `jose.jwk.register_key`: that registry is global and would let python-jose's
-own lenient entry points (`jws.verify` with a JWK dict) reach these keys; nothing here needs it.
+Like PyJWT's `algorithms.py` and joserfc's `JWSRegistry`, this is the one place that answers
+"what can this algorithm do, and with which key": the key loader (PEM and JWK, loader.py),
+`KeyMaterial` (sign, verify, the public JWK), key generation (generate.py), the JWKS an
+external issuer publishes (remote.py) and the JWS header check (tokens/jws.py) all ask it,
+and none of them holds a list of algorithm names or tests a name's prefix. Adding an
+algorithm is a table row (and, for a new `kty`, one key-type module).
 
-* RSASSA-PSS (RFC 7518 section 3.5): MGF1 with the same hash, salt exactly the hash length.
-  The verifier does not accept other salt lengths (`PSS.AUTO` would), so one message has one
-  family of signatures, and Wycheproof's "SaltLenChanged" forgeries are refused.
-* EdDSA (RFC 8037 section 3.1): Ed25519 only. Ed448 keys are refused at load time: one curve,
-  one algorithm, as the key (not the token) chooses the algorithm.
-* HS256/384/512 *verification* (RFC 7518 section 3.2): python-jose has it, but its
-  `CryptographyHMACKey.verify` builds `hmac.HMAC(key, hash, backend=default_backend())` on
-  every call (issue 7: ~2.5 µs of a ~20 µs Verify). `HmacKey` keys one context at load time
-  and copies it per call: same library (cryptography over OpenSSL), same MAC, and the same
-  constant-time comparison (`HMAC.verify`). HMAC secrets still sign through python-jose.
+The security rules that follow from the table, enforced here for every caller:
+
+* an algorithm is usable only with a key of its own `kty` (no HMAC/RSA confusion: an RSA
+  key never verifies an HS256 MAC, CVE-2024-33663), and on its own curve (EC, OKP);
+* names not in the table ("none" included, RFC 8725 section 2.1) are refused;
+* a key is built once, through its key type's hygiene checks (minimum sizes, ROCA, curve
+  membership), into a typed `Verifier` / `Signer` (keys/keytype.py).
+
+python-jose (cryptography backend) stays the signature primitive for HS* signing, RS* and
+ES*, behind these protocols; PS* and EdDSA, which it lacks, and HS* verification use
+`cryptography` directly (rsa_key.py, okp_key.py, oct_key.py).
 """
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from sidecar.errors import KeyMaterialError
+from sidecar.jwa import ALGORITHMS, Algorithm
+from sidecar.keys.ec_key import EC
+from sidecar.keys.keytype import BuiltKey, KeyType, PrivateKey
+from sidecar.keys.oct_key import OCT
+from sidecar.keys.okp_key import OKP
+from sidecar.keys.rsa_key import RSA
 
-__all__ = ["PSS_ALGS", "Ed25519Key", "HmacKey", "PssKey"]
+__all__ = [
+    "KEY_TYPES",
+    "PRIVATE_MEMBERS",
+    "PUBLIC_NAMES",
+    "Algorithm",
+    "bind",
+    "generate",
+    "header_names",
+    "key_type",
+    "lookup",
+    "names_for",
+    "pem_alg",
+    "private_members",
+]
 
-_HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
-    "PS256": hashes.SHA256,
-    "PS384": hashes.SHA384,
-    "PS512": hashes.SHA512,
-}
-PSS_ALGS = frozenset(_HASHES)
-ED25519_SIGNATURE_BYTES = 64
-_HMAC_HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
-    "HS256": hashes.SHA256,
-    "HS384": hashes.SHA384,
-    "HS512": hashes.SHA512,
-}
-
-
-class PssKey:
-    """An RSA key used with RSASSA-PSS; signs only when built from a private key."""
-
-    __slots__ = ("_key", "_hash", "_padding")
-
-    def __init__(self, key: rsa.RSAPrivateKey | rsa.RSAPublicKey, alg: str) -> None:
-        self._key = key
-        self._hash = _HASHES[alg]()
-        # RFC 7518 section 3.5: "The size of the salt value is the same size as the hash
-        # function output."
-        self._padding = padding.PSS(
-            mgf=padding.MGF1(_HASHES[alg]()), salt_length=self._hash.digest_size
-        )
-
-    def sign(self, msg: bytes) -> bytes:
-        if not isinstance(self._key, rsa.RSAPrivateKey):
-            raise TypeError("a public key cannot sign")
-        return self._key.sign(msg, self._padding, self._hash)
-
-    def verify(self, msg: bytes, sig: bytes) -> bool:
-        public = self._key.public_key() if isinstance(self._key, rsa.RSAPrivateKey) else self._key
-        # A signature is exactly the modulus length (RFC 8017 section 8.1.2 step 1); leading
-        # zero octets added or removed are a different byte string, hence refused.
-        if len(sig) != (public.key_size + 7) // 8:
-            return False
-        try:
-            public.verify(sig, msg, self._padding, self._hash)
-        except InvalidSignature:
-            return False
-        return True
+KEY_TYPES: dict[str, KeyType] = {kind.kty: kind for kind in (OCT, RSA, EC, OKP)}
+# Every algorithm whose key can be published (all but HMAC): an issuer's default allow-list.
+PUBLIC_NAMES = frozenset(name for name, alg in ALGORITHMS.items() if not alg.symmetric)
+# JWK members that only a private key or a secret has, of any key type: never in a JWKS.
+PRIVATE_MEMBERS = frozenset().union(*(kind.private_members for kind in KEY_TYPES.values()))
 
 
-class Ed25519Key:
-    """An Ed25519 key (RFC 8032 section 5.1); signs only when built from a private key."""
-
-    __slots__ = ("_key",)
-
-    def __init__(self, key: ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey) -> None:
-        self._key = key
-
-    def sign(self, msg: bytes) -> bytes:
-        if not isinstance(self._key, ed25519.Ed25519PrivateKey):
-            raise TypeError("a public key cannot sign")
-        return self._key.sign(msg)
-
-    def verify(self, msg: bytes, sig: bytes) -> bool:
-        if len(sig) != ED25519_SIGNATURE_BYTES:
-            return False
-        public = (
-            self._key.public_key()
-            if isinstance(self._key, ed25519.Ed25519PrivateKey)
-            else self._key
-        )
-        try:
-            public.verify(sig, msg)
-        except InvalidSignature:
-            return False
-        return True
+def lookup(name: object, who: str) -> Algorithm:
+    """The table entry `name`; KeyMaterialError otherwise (names are exact: a JWK file's
+    aliases are the loader's business, `jwa.JWK_ALIASES`)."""
+    entry = ALGORITHMS.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise KeyMaterialError(f"{who}: algorithm {name!r} is not supported")
+    return entry
 
 
-class HmacKey:
-    """An HMAC secret (RFC 2104) keyed once; `verify` is the hot path of every HS* token.
+def key_type(kty: object) -> KeyType | None:
+    """The key type of a JWK's `kty` member, or None when we do not support it."""
+    return KEY_TYPES.get(kty) if isinstance(kty, str) else None
 
-    The keyed context is never updated or finalised itself: each call works on a copy
-    (`HMAC.copy`, which duplicates the OpenSSL context, so the key is not processed again),
-    and `HMAC.verify` compares in constant time. A signature of the wrong length is refused
-    like a wrong one. The secret's length was checked by `material.hmac_key`.
-    """
 
-    __slots__ = ("_keyed",)
+def names_for(kty: str) -> frozenset[str]:
+    """The algorithms a key of type `kty` may serve."""
+    return frozenset(name for name, alg in ALGORITHMS.items() if alg.kty == kty)
 
-    def __init__(self, secret: bytes, alg: str) -> None:
-        self._keyed = hmac.HMAC(secret, _HMAC_HASHES[alg]())
 
-    def sign(self, msg: bytes) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(msg)
-        return mac.finalize()
+def header_names(alg: Algorithm) -> frozenset[str]:
+    """The JWS `alg` values that name this algorithm's computation: `{alg}`, except that an
+    Ed25519 key answers to both "EdDSA" and "Ed25519" (RFC 9864 section 2.2: the same
+    signature over the same key, so no algorithm confusion is possible)."""
+    canonical = alg.same_as or alg.name
+    return frozenset(n for n, a in ALGORITHMS.items() if (a.same_as or a.name) == canonical)
 
-    def verify(self, msg: bytes, sig: bytes) -> bool:
-        mac = self._keyed.copy()
-        mac.update(msg)
-        try:
-            mac.verify(sig)
-        except InvalidSignature:
-            return False
-        return True
+
+def _type_of(key: object, who: str) -> KeyType:
+    for kind in KEY_TYPES.values():
+        if kind.owns(key):
+            return kind
+    raise KeyMaterialError(f"{who}: only RSA, EC and Ed25519 keys and HMAC secrets are supported")
+
+
+def bind(key: object, name: str, who: str) -> tuple[Algorithm, BuiltKey]:
+    """`key` (a `cryptography` key object, or a secret's bytes) bound to algorithm `name`:
+    refused unless `name` is in the table, `key` is of its `kty`, and the key passes that
+    type's hygiene checks."""
+    alg = lookup(name, who)
+    kind = _type_of(key, who)
+    if kind.kty != alg.kty:
+        raise KeyMaterialError(f"{who}: {kind.noun} cannot be used with {name!r}")
+    return alg, kind.build(key, alg, who)
+
+
+def pem_alg(key: object) -> str | None:
+    """The algorithm a PEM key implies (RS256, the curve's ES*, EdDSA); None if none does."""
+    for kind in KEY_TYPES.values():
+        if kind.owns(key):
+            return kind.pem_alg(key)
+    return None
+
+
+def generate(name: str) -> bytes | PrivateKey:
+    """A fresh private key (or secret) for algorithm `name`."""
+    alg = lookup(name, "generate")
+    return KEY_TYPES[alg.kty].generate(alg)
+
+
+def private_members(key: object, name: str) -> dict[str, str]:
+    """The private JWK members of `key` for algorithm `name` (without kid/alg/use)."""
+    alg = lookup(name, "private JWK")
+    return KEY_TYPES[alg.kty].private_jwk(key, alg)

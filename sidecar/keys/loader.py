@@ -1,11 +1,13 @@
 """PEM, JWK and JWKS files -> `KeyMaterial`, refusing anything ambiguous or weak.
 
-JWK members are parsed here, strictly, into `cryptography` key objects; `material` then
-applies the hygiene rules. Strict means (RFC 7517 / RFC 7518 section 6):
+This module reads the file framing (PEM block, JWK, JWK Set, strict JSON) and the members
+every JWK has; the registry (keys/algorithms.py) names the algorithms, and each key type
+(keys/*_key.py) parses its own members into a `cryptography` key object and applies the
+hygiene rules. Strict means (RFC 7517 / RFC 7518 section 6):
 
 * `kid` and `alg` present (a PEM file gets them from the caller or from its key), `alg`
-  one of HS/RS/PS/ES 256/384/512, EdDSA or Ed25519 and of the family of `kty` (RSA: RS*/PS*;
-  OKP with `crv` Ed25519: EdDSA, RFC 8037, or its fully-specified name Ed25519, RFC 9864);
+  in the table (sidecar/jwa.py) and served by the key's `kty` (RSA: RS*/PS*; OKP with
+  `crv` Ed25519: EdDSA, RFC 8037, or its fully-specified name Ed25519, RFC 9864);
   RFC 7520's `ES521` reads as ES512;
 * `use`, if present, is "sig"; `key_ops`, if present, only "sign"/"verify", no duplicates;
 * key members are canonical unpadded base64url (one spelling per key), integers without
@@ -18,8 +20,6 @@ Error messages name the file, the kid and the member, never a key value.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -27,22 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 from sidecar.errors import KeyMaterialError
-from sidecar.keys.algorithms import PSS_ALGS
-from sidecar.keys.material import (
-    DEFAULT_EC_ALG,
-    EC_ALGS,
-    HMAC_ALGS,
-    OKP_ALGS,
-    RSA_ALGS,
-    SUPPORTED_ALGS,
-    KeyMaterial,
-    asymmetric_key,
-    hmac_key,
-)
+from sidecar.jwa import JWK_ALIASES
+from sidecar.keys import algorithms
+from sidecar.keys.material import KeyMaterial, build_key
 
 __all__ = [
     "MAX_KEY_FILE_BYTES",
@@ -55,48 +45,12 @@ __all__ = [
 ]
 
 MAX_KEY_FILE_BYTES = 1 << 20
-_ALG_ALIASES = {"ES521": "ES512"}  # RFC 7520 section 3.2's P-521 key
-_KTY_ALGS = {"oct": HMAC_ALGS, "RSA": RSA_ALGS | PSS_ALGS, "EC": EC_ALGS, "OKP": OKP_ALGS}
-_ED25519_BYTES = 32  # RFC 8032 section 5.1.5: public and private keys are 32 octets
-_CURVES: dict[str, ec.EllipticCurve] = {
-    "P-256": ec.SECP256R1(),
-    "P-384": ec.SECP384R1(),
-    "P-521": ec.SECP521R1(),
-}
-_RSA_PRIVATE = ("p", "q", "dp", "dq", "qi")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
 def _ident(obj: Mapping[str, Any]) -> str:
     kid = obj.get("kid")
     return f"key {kid!r}" if isinstance(kid, str) else "key without kid"
-
-
-def _b64(obj: Mapping[str, Any], name: str, who: str) -> bytes:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        raise KeyMaterialError(f"{who}: member {name!r} missing or not a string")
-    if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
-        raise KeyMaterialError(f"{who}: member {name!r} is not unpadded base64url")
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise KeyMaterialError(f"{who}: member {name!r} is not base64url") from exc
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != value:
-        raise KeyMaterialError(f"{who}: member {name!r} is non-canonical base64url")
-    return raw
-
-
-def _uint(obj: Mapping[str, Any], name: str, who: str, size: int | None = None) -> int:
-    raw = _b64(obj, name, who)
-    if not raw:
-        raise KeyMaterialError(f"{who}: member {name!r} is empty")
-    if size is not None and len(raw) != size:
-        raise KeyMaterialError(f"{who}: member {name!r} must be {size} octets long")
-    if size is None and raw[0] == 0:
-        raise KeyMaterialError(f"{who}: member {name!r} has leading zero octets")
-    return int.from_bytes(raw, "big")
 
 
 def _check_usage(obj: Mapping[str, Any], who: str) -> None:
@@ -116,12 +70,10 @@ def _resolve_alg(obj: Mapping[str, Any], who: str, default: str | None) -> str:
     alg = obj.get("alg", default)
     if not isinstance(alg, str):
         raise KeyMaterialError(f"{who}: member 'alg' missing or not a string")
-    alg = _ALG_ALIASES.get(alg, alg)
-    if default is not None and alg != _ALG_ALIASES.get(default, default):
+    alg = JWK_ALIASES.get(alg, alg)
+    if default is not None and alg != JWK_ALIASES.get(default, default):
         raise KeyMaterialError(f"{who}: 'alg' {alg!r} conflicts with the configured {default!r}")
-    if alg not in SUPPORTED_ALGS:
-        raise KeyMaterialError(f"{who}: algorithm {alg!r} is not supported")
-    return alg
+    return algorithms.lookup(alg, who).name
 
 
 def parse_jwk(
@@ -141,100 +93,20 @@ def parse_jwk(
     if not isinstance(obj.get("kid"), str):
         raise KeyMaterialError(f"{who}: member 'kid' missing or not a string")
     kty = obj.get("kty")
-    if kty not in _KTY_ALGS:
+    kind = algorithms.key_type(kty)
+    if kind is None:
         raise KeyMaterialError(f"{who}: key type {kty!r} is not supported")
     _check_usage(obj, who)
     alg = _resolve_alg(obj, who, alg)
-    if alg not in _KTY_ALGS[kty]:
+    if alg not in algorithms.names_for(kind.kty):
         raise KeyMaterialError(f"{who}: key type {kty!r} cannot be used with {alg!r}")
-    kid = obj["kid"]
-    if kty == "oct":
-        return hmac_key(_b64(obj, "k", who), alg, kid)
-    # A private key whose key_ops leave out "sign" is loaded for verification only.
+    # A private key whose key_ops leave out "sign" is loaded for verification only. A
+    # secret (`k`) is always "private": it both signs and verifies.
     ops = obj.get("key_ops")
     private = "d" in obj and (ops is None or "sign" in ops)
-    if "d" not in obj and ops is not None and "verify" not in ops:
+    if kind.kty != "oct" and "d" not in obj and ops is not None and "verify" not in ops:
         raise KeyMaterialError(f"{who}: a public key must allow 'verify'")
-    key: object
-    if kty == "RSA":
-        key = _rsa(obj, who, private)
-    elif kty == "EC":
-        key = _ec(obj, who, private)
-    else:
-        key = _okp(obj, who, private)
-    return asymmetric_key(key, alg, kid)
-
-
-def _rsa(obj: Mapping[str, Any], who: str, private: bool) -> rsa.RSAPrivateKey | rsa.RSAPublicKey:
-    if "oth" in obj:
-        raise KeyMaterialError(f"{who}: multi-prime RSA keys ('oth') are not supported")
-    n, e = _uint(obj, "n", who), _uint(obj, "e", who)
-    if e < 3 or e % 2 == 0 or e >= n:
-        raise KeyMaterialError(f"{who}: RSA public exponent 'e' is not valid")
-    public = rsa.RSAPublicNumbers(e, n)
-    try:
-        if not private:
-            return public.public_key()
-        d = _uint(obj, "d", who)
-        present = [m for m in _RSA_PRIVATE if m in obj]
-        if not present:  # RFC 7518 section 6.3.2: the CRT members are optional as a set
-            p, q = rsa.rsa_recover_prime_factors(n, e, d)
-            dp, dq, qi = rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q)
-        elif len(present) != len(_RSA_PRIVATE):
-            raise KeyMaterialError(f"{who}: RSA private key needs all of p, q, dp, dq, qi")
-        else:
-            p, q, dp, dq, qi = (_uint(obj, m, who) for m in _RSA_PRIVATE)
-        if p * q != n or dp != d % (p - 1) or dq != d % (q - 1) or (qi * q) % p != 1:
-            raise KeyMaterialError(f"{who}: RSA private members are inconsistent")
-        return rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, public).private_key()
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyMaterialError(f"{who}: RSA key is not valid") from exc
-
-
-def _ec(
-    obj: Mapping[str, Any], who: str, private: bool
-) -> ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey:
-    crv = obj.get("crv")
-    if not isinstance(crv, str) or crv not in _CURVES:
-        raise KeyMaterialError(f"{who}: curve {crv!r} is not supported")
-    curve = _CURVES[crv]
-    size = (curve.key_size + 7) // 8
-    x, y = _uint(obj, "x", who, size), _uint(obj, "y", who, size)
-    try:
-        # cryptography refuses a point that is not on the curve (invalid-curve attacks).
-        public = ec.EllipticCurvePublicNumbers(x, y, curve).public_key()
-        if not private:
-            return public
-        key = ec.derive_private_key(_uint(obj, "d", who, size), curve)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyMaterialError(f"{who}: EC key is not a valid {crv} key") from exc
-    if key.public_key().public_numbers() != public.public_numbers():
-        raise KeyMaterialError(f"{who}: EC private key 'd' does not match 'x'/'y'")
-    return key
-
-
-def _okp(
-    obj: Mapping[str, Any], who: str, private: bool
-) -> ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey:
-    crv = obj.get("crv")
-    if crv != "Ed25519":  # RFC 8037 also names Ed448, X25519, X448: not signature keys we use
-        raise KeyMaterialError(f"{who}: OKP curve {crv!r} is not supported (only Ed25519)")
-    x = _b64(obj, "x", who)
-    if len(x) != _ED25519_BYTES:
-        raise KeyMaterialError(f"{who}: member 'x' must be {_ED25519_BYTES} octets long")
-    try:
-        public = ed25519.Ed25519PublicKey.from_public_bytes(x)
-        if not private:
-            return public
-        d = _b64(obj, "d", who)
-        if len(d) != _ED25519_BYTES:
-            raise KeyMaterialError(f"{who}: member 'd' must be {_ED25519_BYTES} octets long")
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(d)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyMaterialError(f"{who}: OKP key is not a valid Ed25519 key") from exc
-    if key.public_key() != public:
-        raise KeyMaterialError(f"{who}: OKP private key 'd' does not match 'x'")
-    return key
+    return build_key(kind.from_jwk(obj, who, private), alg, obj["kid"])
 
 
 def parse_jwks(obj: Mapping[str, Any]) -> list[KeyMaterial]:
@@ -290,18 +162,13 @@ def _load_pem(data: bytes, kid: str | None, alg: str | None) -> KeyMaterial:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyMaterialError("PEM key could not be parsed") from exc
     if alg is None:
-        if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-            alg = "RS256"
-        elif isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-            alg = DEFAULT_EC_ALG.get(key.curve.name)
-        elif isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-            alg = "EdDSA"
+        alg = algorithms.pem_alg(key)
         if alg is None:
             raise KeyMaterialError("only RSA, P-256/P-384/P-521 EC and Ed25519 keys are supported")
-    alg = _ALG_ALIASES.get(alg, alg)
+    alg = JWK_ALIASES.get(alg, alg)
     # Without a kid the key is built twice: the first build computes the thumbprint.
-    material = asymmetric_key(key, alg, kid if kid is not None else "PEM key")
-    return material if kid is not None else asymmetric_key(key, alg, material.thumbprint)
+    material = build_key(key, alg, kid if kid is not None else "PEM key")
+    return material if kid is not None else build_key(key, alg, material.thumbprint)
 
 
 def load_key_file(

@@ -9,17 +9,8 @@ One `RemoteKeySet` per configured issuer (config `issuers`, docs/keys.md "Extern
   store or the issuer's `ca_file`.
 * **Bounded.** A per-operation socket timeout plus an overall deadline, and a cap on the
   response size (`max_response_bytes`), checked before parsing.
-* **Strict and hygienic.** The body is strict JSON (no duplicate names, no NaN) holding a
-  non-empty `keys` list. Each key goes through `loader.parse_jwk`, the parser and hygiene of
-  our own key files (RSA >= 2048 bits and not ROCA, EC points on their curve, Ed25519 only,
-  `use`/`key_ops` allowing verification). Per key, not all-or-nothing: IdPs routinely
-  publish keys we must not or cannot use (`use: enc` keys, algorithms we do not implement),
-  so a key that fails is **skipped** with one log line naming its kid and the problem, and
-  the rest are kept. Also skipped: `oct` keys (a published secret is no secret), keys with
-  private members, keys whose algorithm is not in the issuer's `algorithms`. A key without
-  `alg` is used only when `algorithms` names exactly one algorithm (Azure AD publishes RSA
-  keys without `alg`). The **whole fetch is refused** when the document is not a JWK Set,
-  when two usable keys share a kid, or when no usable key is left.
+* **Strict and hygienic.** The document is parsed by `issuer_jwks.parse_remote_jwks`: the
+  parser and hygiene of our own key files, per key; an unusable key is skipped and logged.
 * **Never empty, never fake.** A refused or failed fetch changes nothing: the last good key
   set stays in force (and is kept for as long as fetches fail; a log line and
   `status.failures` say so). Before the first good fetch the issuer has no keys, so its
@@ -45,23 +36,22 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import ConfigError, KeyMaterialError
-from sidecar.keys.loader import parse_jwk, read_key_file, strict_json
-from sidecar.keys.material import HMAC_ALGS, SUPPORTED_ALGS, KeyMaterial
+from sidecar.keys.algorithms import PUBLIC_NAMES
+from sidecar.keys.issuer_jwks import parse_remote_jwks
+from sidecar.keys.loader import read_key_file
+from sidecar.keys.material import KeyMaterial
 from sidecar.keys.options import ExternalIssuerOptions
 from sidecar.keys.ring import KeyRing
 
-__all__ = ["RemoteKeySet", "RemoteStatus", "parse_remote_jwks"]
+__all__ = ["RemoteKeySet", "RemoteStatus"]
 
 log = logging.getLogger("authsidecar.keys.remote")
 
-ASYMMETRIC_ALGS = SUPPORTED_ALGS - HMAC_ALGS
-# Members only a private (or symmetric) JWK has (RFC 7518 section 6.3.2, 6.2.2, 6.4.1).
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # After a failed fetch, retry sooner than refresh_s, but not more often than this.
 _MIN_RETRY_S = 5.0
 
@@ -84,54 +74,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def parse_remote_jwks(
-    data: bytes, *, algorithms: frozenset[str]
-) -> tuple[list[KeyMaterial], list[str]]:
-    """(usable keys, reasons for skipped keys); raises KeyMaterialError to refuse the set."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise KeyMaterialError("not UTF-8") from exc
-    doc = strict_json(text)
-    keys = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(keys, list) or not keys:
-        raise KeyMaterialError("not a JWK Set with a non-empty 'keys' list")
-    only = next(iter(algorithms)) if len(algorithms) == 1 else None
-    loaded: list[KeyMaterial] = []
-    skipped: list[str] = []
-    for index, jwk in enumerate(keys):
-        try:
-            loaded.append(_usable_key(jwk, index, algorithms, only))
-        except KeyMaterialError as exc:
-            skipped.append(str(exc))
-    if not loaded:
-        raise KeyMaterialError(
-            "no usable key in the JWK Set" + (f" ({skipped[0]})" if skipped else "")
-        )
-    kids = [key.kid for key in loaded]
-    duplicates = sorted({kid for kid in kids if kids.count(kid) > 1})
-    if duplicates:
-        raise KeyMaterialError(f"duplicate kid {duplicates[0]!r} in the JWK Set")
-    return loaded, skipped
-
-
-def _usable_key(
-    jwk: object, index: int, algorithms: frozenset[str], only: str | None
-) -> KeyMaterial:
-    if not isinstance(jwk, Mapping):
-        raise KeyMaterialError(f"keys[{index}]: not a JSON object")
-    kid = jwk.get("kid")
-    who = f"key {kid!r}" if isinstance(kid, str) else f"keys[{index}]"
-    if jwk.get("kty") == "oct":
-        raise KeyMaterialError(f"{who}: symmetric (oct) keys are never trusted from a JWKS")
-    if _PRIVATE_MEMBERS & jwk.keys():
-        raise KeyMaterialError(f"{who}: has private key members; only public keys are used")
-    key = parse_jwk(jwk, alg=only if "alg" not in jwk else None)
-    if key.header_algs.isdisjoint(algorithms):  # "EdDSA" and "Ed25519" name one algorithm
-        raise KeyMaterialError(f"{who}: algorithm {key.alg!r} is not allowed for this issuer")
-    return key
-
-
 class RemoteKeySet:
     """The verification keys of one external issuer; `get` is the hot-path lookup."""
 
@@ -144,7 +86,7 @@ class RemoteKeySet:
         self.settings = settings
         self.issuer = settings.issuer
         self._monotonic = monotonic
-        self._algorithms = frozenset(settings.algorithms) or ASYMMETRIC_ALGS
+        self._algorithms = frozenset(settings.algorithms) or PUBLIC_NAMES
         self._ring: KeyRing | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_demand = -math.inf

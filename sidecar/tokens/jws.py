@@ -1,18 +1,18 @@
 """Strict compact JWS (RFC 7515 section 7.1): the only parser an unauthenticated token meets.
 
 python-jose 3.5.0 parses tokens leniently (../shared/SECURITY.md), so the sidecar owns the
-token format and uses python-jose only through `KeyMaterial`'s pre-built key objects to
-compute and check signatures. `parse_compact` is the first step of every verification
+token format; signatures are computed and checked by `KeyMaterial`'s pre-built key objects
+(keys/algorithms.py). `parse_compact` is the first step of every verification
 (tokens/verifier.py) and makes the key-free checks of SECURITY.md in order, each failure
 with one reason code:
 
 1. size cap, before any other work                                   TOKEN_TOO_LARGE
 2. exactly three non-empty segments of [A-Za-z0-9_-], each canonical
-   base64url (re-encoding gives the segment back, RFC 7515 section 2;
-   one token has exactly one spelling)                               TOKEN_MALFORMED
+   base64url (sidecar/b64url.py: one token, one spelling)            TOKEN_MALFORMED
 3. header: strict UTF-8 JSON (tokens/strict_json.py; bounded size),
    an object with members from {alg, kid, typ} only, `typ` a string  TOKEN_MALFORMED
-4. `alg` one of ours (never "none", RFC 8725 section 2.1)             ALGORITHM_NOT_ALLOWED
+4. `alg` in the algorithm table, sidecar/jwa.py (never "none",
+   RFC 8725 section 2.1)                                             ALGORITHM_NOT_ALLOWED
 5. `kid` a string (trying every key is what RFC 8725 section 3.1
    warns of)                                                         KEY_UNKNOWN
 
@@ -21,6 +21,7 @@ later steps), except to read `iss` when external issuers are configured. Everyth
 goes wrong here, Python exceptions included, becomes `MalformedTokenError` at one boundary,
 with a generic message: no exception text, token text or key material.
 
+Issuing (the compact serialisation of what we sign) is tokens/signing.py's.
 `decode_jws` and `verify_compact` chain the same steps with a plain key lookup (kid named
 key, its algorithm, the signature, then the claim set): for Revoke, tests and conformance
 vectors, which need no routing, caching or claim rules.
@@ -28,25 +29,23 @@ vectors, which need no routing, caching or claim rules.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
+from sidecar.b64url import decode as _b64decode
 from sidecar.errors import (
     BadSignatureError,
-    InvalidRequestError,
     MalformedTokenError,
     TokenError,
     TokenTooLargeError,
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
-from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+from sidecar.jwa import HEADER_NAMES
+from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.strict_json import MAX_JSON_DEPTH, parse_claims, parse_json
 
 __all__ = [
@@ -59,9 +58,6 @@ __all__ = [
     "VerifiedCompact",
     "VerifiedJws",
     "decode_jws",
-    "encode_jws",
-    "jws_compact",
-    "jws_signing_input",
     "parse_compact",
     "peek",
     "verify_compact",
@@ -85,16 +81,6 @@ _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 # Three non-empty segments from the base64url alphabet only (no padding, no '+', '/', spaces).
 # The classes exclude '.', so matching is linear.
 _COMPACT = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_PADDING = (b"", b"", b"==", b"=")
-# Allowed last characters by length mod 4: none for 1 (impossible length); for 2 (1 byte + 4
-# spare bits) and 3 (2 bytes + 2 spare bits) those whose spare bits are zero.
-_CANONICAL_TAILS: tuple[frozenset[int] | None, ...] = (
-    None,
-    frozenset(),
-    frozenset(b"AQgw"),
-    frozenset(b"AEIMQUYcgkosw048"),
-)
 
 
 class KeyLookup(Protocol):
@@ -142,23 +128,6 @@ class VerifiedJws:
     header: Mapping[str, Any]
     claims: dict[str, Any]
     key: KeyMaterial
-
-
-def _b64decode(segment: bytes) -> bytes:
-    """Canonical base64url without padding (RFC 7515 section 2): one spelling per value.
-
-    `segment` already matched the alphabet, so it is canonical iff its length is possible
-    and its last character's spare bits are zero: re-encoding's check, three times faster.
-    """
-    rest = len(segment) % 4
-    tails = _CANONICAL_TAILS[rest]
-    if tails is not None and segment[-1] not in tails:
-        raise MalformedTokenError
-    return binascii.a2b_base64(segment.translate(_TO_STANDARD) + _PADDING[rest], strict_mode=True)
-
-
-def _b64encode(raw: bytes) -> bytes:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=")
 
 
 def _error_boundary(function: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -226,7 +195,7 @@ def _parse_compact(
     if "typ" in header and type(header["typ"]) is not str:
         raise MalformedTokenError
     alg = header.get("alg")
-    if type(alg) is not str or alg not in SUPPORTED_ALGS:
+    if type(alg) is not str or alg not in HEADER_NAMES:
         raise UnsupportedAlgorithmError  # includes "none" and every alg we do not implement
     kid = header.get("kid")
     if type(kid) is not str:
@@ -290,54 +259,3 @@ def peek(
     """
     parsed = parse_compact(token, max_bytes=max_bytes)
     return dict(parsed.header), parse_claims(parsed.payload)
-
-
-def _compact_json(value: Mapping[str, Any]) -> bytes:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8")
-
-
-def encode_jws(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> str:
-    """Sign `claims` as a compact JWS.
-
-    The header is always exactly {"alg", "kid", "typ"} from the key and the caller's `typ`:
-    no caller-supplied header members, so nothing can override `alg` (unlike
-    `jose.jwt.encode(headers=...)`). Claims that are not strict JSON (NaN, lone surrogates,
-    duplicate names after conversion, excessive depth, unserialisable values) raise
-    `InvalidRequestError`: whatever this returns, `decode_jws` parses (numbers included:
-    one outside I-JSON's range is refused here, not issued).
-    """
-    signing_input = jws_signing_input(claims, key, typ=typ)
-    return jws_compact(signing_input, key.sign(signing_input))
-
-
-def jws_signing_input(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> bytes:
-    """`encode_jws` up to the signature: the checked, encoded header and payload.
-
-    The header names `key`; its signature must come from the same `key` (tokens/signing.py
-    computes it, possibly on another thread), so the header and the signature cannot name
-    different keys even when the key ring is replaced in between.
-    """
-    if type(typ) is not str or not typ:
-        raise ValueError("typ must be a non-empty string")
-    header = _encoded_header(key.alg, key.kid, typ)
-    try:
-        payload = _compact_json(dict(claims))
-        # json.dumps turns non-string names into strings (so {1: a, "1": b} would give a
-        # duplicate) and nests without limit: re-parse so we only ever issue what we accept.
-        parse_claims(payload)
-    except (TypeError, ValueError, TokenError):  # UnicodeEncodeError, a claim out of range...
-        raise InvalidRequestError("claims are not serialisable as strict JSON") from None
-    return header + b"." + _b64encode(payload)
-
-
-@functools.lru_cache(maxsize=64)
-def _encoded_header(alg: str, kid: str, typ: str) -> bytes:
-    """The protected header, encoded: a function of its three members alone, and the same
-    few (signing key x token type) for every token, so it is built once (Issue, Refresh)."""
-    return _b64encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
-
-
-def jws_compact(signing_input: bytes, signature: bytes) -> str:
-    """The compact serialisation (RFC 7515 section 7.1) of a signed `jws_signing_input`."""
-    return (signing_input + b"." + _b64encode(signature)).decode("ascii")

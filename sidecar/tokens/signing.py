@@ -1,4 +1,6 @@
-"""Where token signatures are computed: in place, or on a small pool of threads.
+"""Issuing a compact JWS (RFC 7515 section 7.1): the serialisation of what we sign
+(`encode_jws`, `jws_signing_input`, `jws_compact`), and where its signature is computed: in
+place, or on a small pool of threads. Parsing and verifying is tokens/jws.py's.
 
 pyca/cryptography releases the GIL while it signs, so an RSA signature (~310 µs for 2048 bits
 on our bench machine) computed on a worker thread runs on another core while the event loop
@@ -25,16 +27,78 @@ signing key when the token was minted.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+from sidecar.b64url import encode as _b64encode
+from sidecar.errors import InvalidRequestError, TokenError
 from sidecar.keys.material import KeyMaterial
-from sidecar.tokens.jws import jws_compact, jws_signing_input
+from sidecar.tokens.strict_json import parse_claims
 
-__all__ = ["THREAD_NAME_PREFIX", "SignJob", "Signer"]
+__all__ = [
+    "THREAD_NAME_PREFIX",
+    "SignJob",
+    "Signer",
+    "encode_jws",
+    "jws_compact",
+    "jws_signing_input",
+]
 
 THREAD_NAME_PREFIX = "authsidecar-sign"
+
+
+def _compact_json(value: Mapping[str, Any]) -> bytes:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
+
+
+def encode_jws(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> str:
+    """Sign `claims` as a compact JWS.
+
+    The header is always exactly {"alg", "kid", "typ"} from the key and the caller's `typ`:
+    no caller-supplied header members, so nothing can override `alg` (unlike
+    `jose.jwt.encode(headers=...)`). Claims that are not strict JSON (NaN, lone surrogates,
+    duplicate names after conversion, excessive depth, unserialisable values) raise
+    `InvalidRequestError`: whatever this returns, `decode_jws` parses (numbers included:
+    one outside I-JSON's range is refused here, not issued).
+    """
+    signing_input = jws_signing_input(claims, key, typ=typ)
+    return jws_compact(signing_input, key.sign(signing_input))
+
+
+def jws_signing_input(claims: Mapping[str, Any], key: KeyMaterial, *, typ: str) -> bytes:
+    """`encode_jws` up to the signature: the checked, encoded header and payload.
+
+    The header names `key`; its signature must come from the same `key` (`Signer` computes
+    it, possibly on another thread), so the header and the signature cannot name
+    different keys even when the key ring is replaced in between.
+    """
+    if type(typ) is not str or not typ:
+        raise ValueError("typ must be a non-empty string")
+    header = _encoded_header(key.alg, key.kid, typ)
+    try:
+        payload = _compact_json(dict(claims))
+        # json.dumps turns non-string names into strings (so {1: a, "1": b} would give a
+        # duplicate) and nests without limit: re-parse so we only ever issue what we accept.
+        parse_claims(payload)
+    except (TypeError, ValueError, TokenError):  # UnicodeEncodeError, a claim out of range...
+        raise InvalidRequestError("claims are not serialisable as strict JSON") from None
+    return header + b"." + _b64encode(payload)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_header(alg: str, kid: str, typ: str) -> bytes:
+    """The protected header, encoded: a function of its three members alone, and the same
+    few (signing key x token type) for every token, so it is built once (Issue, Refresh)."""
+    return _b64encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
+
+
+def jws_compact(signing_input: bytes, signature: bytes) -> str:
+    """The compact serialisation (RFC 7515 section 7.1) of a signed `jws_signing_input`."""
+    return (signing_input + b"." + _b64encode(signature)).decode("ascii")
 
 
 class SignJob(NamedTuple):

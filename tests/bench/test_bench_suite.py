@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bench.load import MIN_CALLS
-from sidecar.keys.material import DISTINCT_ALGS  # every computation; Ed25519 is EdDSA
+from sidecar.jwa import DISTINCT_NAMES as DISTINCT_ALGS  # every computation; Ed25519 is EdDSA
 
 ROOT = Path(__file__).resolve().parents[2]
 _SIDECAR_ROWS = (

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from authsidecar.v1 import auth_pb2
-from sidecar.tokens.jws import encode_jws
+from sidecar.tokens.signing import encode_jws
 from tests.support.keys import make_key
 from tests.support.sidecar import RunningSidecar, reason_of
 

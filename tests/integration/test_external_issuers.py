@@ -25,8 +25,8 @@ from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
 from sidecar.store.base import Revocation
 from sidecar.store.memory import MemoryTokenStore
-from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import encode_jws
 from tests.support.jose import b64url as _b64
 from tests.support.jwks_server import ExternalIssuer, JwksServer, LocalCa
 from tests.support.keys import make_key

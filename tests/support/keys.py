@@ -8,27 +8,21 @@ RS*/PS* algorithm: hygiene only requires >= 2048, and bigger sizes only cost tes
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sidecar.jwa import ALGORITHMS
+from sidecar.keys import algorithms
 from sidecar.keys.generate import PrivateKey, private_jwk
-from sidecar.keys.material import KeyMaterial, asymmetric_key, hmac_key
+from sidecar.keys.material import KeyMaterial, build_key
 
 __all__ = ["make_key", "make_private_jwk", "private_key", "rsa_key_of_size", "write_jwk_file"]
 
 TEST_RSA_BITS = 2048
-_CURVES: dict[str, ec.EllipticCurve] = {
-    "ES256": ec.SECP256R1(),
-    "ES384": ec.SECP384R1(),
-    "ES512": ec.SECP521R1(),
-}
-_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
 def _default_kid(alg: str) -> str:
@@ -47,33 +41,23 @@ def rsa_key_of_size(bits: int, slot: str = "") -> rsa.RSAPrivateKey:
 
 @functools.lru_cache(maxsize=128)
 def private_key(alg: str, kid: str) -> PrivateKey | bytes:
-    """The session's private key (or HMAC secret) for `(alg, kid)`."""
-    if alg.startswith("HS"):
-        return secrets.token_bytes(_HMAC_BYTES[alg])
-    if alg.startswith(("RS", "PS")):
+    """The session's private key (or HMAC secret) for `(alg, kid)`: the registry's fresh
+    key, except RSA, which is cached per kid at the minimum size."""
+    if ALGORITHMS[alg].kty == "RSA":
         return rsa_key_of_size(TEST_RSA_BITS, kid)
-    if alg in ("EdDSA", "Ed25519"):  # Ed25519: RFC 9864's name for the same algorithm
-        return ed25519.Ed25519PrivateKey.generate()
-    return ec.generate_private_key(_CURVES[alg])
+    return algorithms.generate(alg)
 
 
 def make_key(alg: str, kid: str | None = None) -> KeyMaterial:
     """A signing-capable `KeyMaterial` for `alg`; the same `(alg, kid)` gives the same key."""
     kid = kid if kid is not None else _default_kid(alg)
-    key = private_key(alg, kid)
-    if isinstance(key, bytes):
-        return hmac_key(key, alg, kid)
-    return asymmetric_key(key, alg, kid)
+    return build_key(private_key(alg, kid), alg, kid)
 
 
 def make_private_jwk(alg: str, kid: str | None = None) -> dict[str, Any]:
     """The private JWK of `make_key(alg, kid)`."""
     kid = kid if kid is not None else _default_kid(alg)
-    key = private_key(alg, kid)
-    if isinstance(key, bytes):
-        k = base64.urlsafe_b64encode(key).rstrip(b"=").decode("ascii")
-        return {"kty": "oct", "kid": kid, "alg": alg, "use": "sig", "k": k}
-    return private_jwk(key, alg, kid)
+    return private_jwk(private_key(alg, kid), alg, kid)
 
 
 def write_jwk_file(tmp_path: Path, alg: str, kid: str | None = None) -> Path:

@@ -19,8 +19,9 @@ from sidecar.errors import (
 )
 from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.claims import MAX_NUMERIC_DATE, ClaimsPolicy
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.jws import decode_jws
 from sidecar.tokens.model import Claims, TokenKind
+from sidecar.tokens.signing import encode_jws
 from tests.support.keys import make_key
 
 NOW = 1_700_000_000

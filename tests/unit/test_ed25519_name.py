@@ -19,10 +19,11 @@ import pytest
 from sidecar.config import load_settings
 from sidecar.errors import KeyMaterialError
 from sidecar.keys.generate import generate_key
+from sidecar.keys.issuer_jwks import parse_remote_jwks
 from sidecar.keys.loader import parse_jwk
-from sidecar.keys.remote import parse_remote_jwks
 from sidecar.keys.ring import KeyRing
-from sidecar.tokens.jws import decode_jws, encode_jws, peek
+from sidecar.tokens.jws import decode_jws, peek
+from sidecar.tokens.signing import encode_jws
 from tests.support.keys import make_key, make_private_jwk
 
 

@@ -17,7 +17,8 @@ from sidecar.keys.generate import RSA_BITS, generate_key
 from sidecar.keys.loader import load_key_file, parse_jwk
 from sidecar.keys.material import asymmetric_key
 from sidecar.keys.ring import KeyRing
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.jws import decode_jws
+from sidecar.tokens.signing import encode_jws
 from tests.support.keys import make_key, make_private_jwk, rsa_key_of_size
 from tests.support.vectors import load_json
 

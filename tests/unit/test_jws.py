@@ -22,15 +22,16 @@ from sidecar.errors import (
     UnknownKeyError,
     UnsupportedAlgorithmError,
 )
-from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+from sidecar.jwa import HEADER_NAMES as SUPPORTED_ALGS
+from sidecar.keys.material import KeyMaterial
 from sidecar.tokens.jws import (
     DEFAULT_MAX_TOKEN_BYTES,
     MAX_HEADER_BYTES,
     decode_jws,
-    encode_jws,
     peek,
     verify_compact,
 )
+from sidecar.tokens.signing import encode_jws
 from tests.support.jose import KeysByKid as _Keys
 from tests.support.jose import b64url as _b64
 from tests.support.keys import make_key, private_key

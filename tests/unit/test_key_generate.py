@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from sidecar.errors import KeyMaterialError
+from sidecar.jwa import HEADER_NAMES as SUPPORTED_ALGS
 from sidecar.keys.generate import RSA_BITS, generate_key, write_key_file
 from sidecar.keys.loader import load_key_file, parse_jwk
-from sidecar.keys.material import SUPPORTED_ALGS, KeyMaterial
+from sidecar.keys.material import KeyMaterial
 
 Generated = dict[str, tuple[KeyMaterial, dict[str, Any]]]
 

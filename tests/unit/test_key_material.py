@@ -6,8 +6,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.errors import KeyMaterialError
+from sidecar.jwa import HEADER_NAMES as SUPPORTED_ALGS
 from sidecar.keys.loader import parse_jwk
-from sidecar.keys.material import SUPPORTED_ALGS, asymmetric_key, has_roca_fingerprint, hmac_key
+from sidecar.keys.material import asymmetric_key, hmac_key
+from sidecar.keys.rsa_key import has_roca_fingerprint
 from tests.support.keys import make_key, rsa_key_of_size
 
 # RFC 7638 section 3.1: the example key and its thumbprint.

@@ -27,9 +27,9 @@ from sidecar.keys.ring import KeyRing
 from sidecar.store.base import Revocation
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens import minting
-from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.model import TokenGrant, TokenKind
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import encode_jws
 from tests.support.keys import make_key
 
 NOW = 1_800_000_000

@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.errors import KeyMaterialError
-from sidecar.keys.remote import ASYMMETRIC_ALGS, parse_remote_jwks
+from sidecar.keys.algorithms import PUBLIC_NAMES as ASYMMETRIC_ALGS
+from sidecar.keys.issuer_jwks import parse_remote_jwks
 from tests.support.keys import rsa_key_of_size
 
 

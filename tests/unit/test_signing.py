@@ -19,9 +19,9 @@ from sidecar.errors import InvalidRequestError, KeyMaterialError
 from sidecar.keys.material import KeyMaterial, asymmetric_key
 from sidecar.keys.ring import KeyRing
 from sidecar.store.memory import MemoryTokenStore
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.jws import decode_jws
 from sidecar.tokens.service import TokenService
-from sidecar.tokens.signing import THREAD_NAME_PREFIX, Signer, SignJob
+from sidecar.tokens.signing import THREAD_NAME_PREFIX, Signer, SignJob, encode_jws
 from tests.support.keys import make_key, private_key
 
 

@@ -31,9 +31,9 @@ from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.cache import VerifyCache, entry_bytes
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
-from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.model import VerifiedToken
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import encode_jws
 from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 

@@ -29,8 +29,8 @@ from sidecar.store.base import Revocation
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
-from sidecar.tokens.jws import encode_jws
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import encode_jws
 from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 

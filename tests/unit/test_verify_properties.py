@@ -18,14 +18,15 @@ from hypothesis import strategies as st
 from sidecar.clock import FixedClock
 from sidecar.config import TokenSettings
 from sidecar.errors import AuthSidecarError, TokenError
-from sidecar.keys.material import SUPPORTED_ALGS
+from sidecar.jwa import HEADER_NAMES as SUPPORTED_ALGS
 from sidecar.keys.ring import KeyRing
 from sidecar.store.memory import MemoryTokenStore
 from sidecar.tokens.claims import EXTERNAL_ACCESS_TYPS, ClaimsPolicy
 from sidecar.tokens.issuers import Issuer, Issuers
-from sidecar.tokens.jws import decode_jws, encode_jws
+from sidecar.tokens.jws import decode_jws
 from sidecar.tokens.model import TokenKind
 from sidecar.tokens.service import TokenService
+from sidecar.tokens.signing import encode_jws
 from tests.support.issuers import FixedExternalKeys
 from tests.support.keys import make_key
 
