@@ -210,17 +210,17 @@ def _serve_legacy() -> None:
     from sidecar import app
     from sidecar.config import load_settings
     from sidecar.tokens.model import VerifiedToken
-    from sidecar.transport import servicer
+    from sidecar.transport import responses
 
-    def json_response(verified: VerifiedToken) -> auth_pb2.VerifyResponse:
+    def json_response(verified: VerifiedToken, refusals: Any = None) -> auth_pb2.VerifyResponse:
         claims = verified.claims
         struct = struct_pb2.Struct()
         json_format.Parse(json.dumps(claims.all), struct)
         return auth_pb2.VerifyResponse(
-            **servicer._claim_fields(claims), kid=verified.kid, claims=struct
+            **responses._claim_fields(claims), kid=verified.kid, claims=struct
         )
 
-    servicer._verify_response = json_response
+    responses.verify_response = json_response
     os.environ["AUTHSIDECAR_TOKENS__VERIFY_CACHE_ENTRIES"] = "0"
     asyncio.run(app.serve(load_settings(None)))
 

@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--kid", required=True)
     retire = keys.add_parser("retire", help="remove a key that no longer signs")
     retire.add_argument("--kid", required=True)
+    retire.add_argument(
+        "--force",
+        action="store_true",
+        help="retire before the old key's last token expired (a compromised key)",
+    )
+    # The token lifetimes that make the wait (docs/keys.md step 3).
+    _add_config(retire)
     show = keys.add_parser("show", help="the key directory's kids, signing kid and version")
     for sub in (first, rotate, promote, retire, show):
         sub.add_argument("--dir", required=True, type=Path, help="the key directory")
@@ -203,7 +210,10 @@ def _key_directory(args: argparse.Namespace) -> int:
                 f"retire --dir {args.dir} --kid {previous}"
             )
     elif args.keys_command == "retire":
-        out = {"retired": args.kid, **rotation.retire(args.dir, args.kid).as_dict()}
+        tokens = load_settings(args.config).tokens
+        wait_s = max(tokens.max_access_ttl_s, tokens.refresh_ttl_s) + tokens.leeway_s
+        view = rotation.retire(args.dir, args.kid, now=now, wait_s=wait_s, force=args.force)
+        out = {"retired": args.kid, **view.as_dict()}
     else:
         out = rotation.describe(args.dir).as_dict()
     print(json.dumps(out, indent=2))

@@ -44,12 +44,17 @@ class UnreachableError(Exception):
     """No sidecar where the CLI would call it; the message says how to point elsewhere."""
 
 
+def _given(explicit: str | None, env: str) -> str:
+    """The address the caller named: `--target`, else the environment variable; "" if
+    neither (both outrank the settings file)."""
+    return explicit or os.environ.get(env, "")
+
+
 def public_target(explicit: str | None, settings: Settings) -> str:
     """Verify and health: see the module docstring for the order."""
-    if explicit:
-        return explicit
-    if os.environ.get(ADDR_ENV):
-        return os.environ[ADDR_ENV]
+    given = _given(explicit, ADDR_ENV)
+    if given:
+        return given
     path = settings.public_socket
     if path is not None and path.exists():
         return f"unix:{path.resolve()}"
@@ -61,10 +66,9 @@ def public_target(explicit: str | None, settings: Settings) -> str:
 
 def admin_target(explicit: str | None, settings: Settings) -> str:
     """Issue is served on the admin socket alone, so there is no TCP fallback."""
-    if explicit:
-        return explicit
-    if os.environ.get(ADMIN_ADDR_ENV):
-        return os.environ[ADMIN_ADDR_ENV]
+    given = _given(explicit, ADMIN_ADDR_ENV)
+    if given:
+        return given
     path = settings.admin_socket
     if path is None:
         raise UnreachableError(

@@ -23,12 +23,15 @@ from sidecar.keys.keyset import KeySource, load_key_set
 from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
-from sidecar.tokens.events import EventLog, retired_kids
+from sidecar.tokens.event_log import EventLog
+from sidecar.tokens.events import retired_kids
 from sidecar.tokens.service import TokenService
 from sidecar.tokens.signing import Signer
 from sidecar.transport.jwks_http import JwksHttpServer
 from sidecar.transport.metrics import Metrics, MetricsHttpServer
+from sidecar.transport.responses import memo_size
 from sidecar.transport.server import build_listeners
+from sidecar.transport.servicer import AuthParts
 
 log = logging.getLogger("authsidecar")
 
@@ -59,10 +62,11 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
         )
         for remote in remotes:
             remote.on_replace = lambda old, new: events.publish_retired(retired_kids(old, new))
+        options = settings.tokens.options()
         service = TokenService(
             ring=ring,
             store=store,
-            settings=settings.tokens.options(),
+            settings=options,
             clock=clock,
             issuers=issuers,
             signer=signer,
@@ -82,8 +86,16 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
                 store_sync=service.store_sync,
                 events=events,
             )
+        # What the gRPC handlers use, each part by itself (transport/servicer.py).
+        parts = AuthParts(
+            flows=service,
+            events=events,
+            max_token_bytes=options.max_token_bytes,
+            memo_entries=memo_size(options.verify_cache_entries, options.verify_cache_bytes),
+            memo_holds=service.verify_cache.holds,
+        )
         listeners = build_listeners(
-            service,
+            parts,
             settings.listen,
             unix_socket=settings.public_socket,
             admin_socket=settings.admin_socket,

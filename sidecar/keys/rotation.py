@@ -20,7 +20,7 @@ from sidecar.keys.keyset import (
     load_key_set,
     write_manifest,
 )
-from sidecar.keys.loader import load_key_file
+from sidecar.keys.loader import load_key_file, strict_json
 from sidecar.keys.ring import KeyRing
 
 __all__ = ["KeySetView", "describe", "init", "promote", "publish_next", "retire"]
@@ -73,6 +73,18 @@ def init(directory: Path, alg: str, kid: str | None = None, *, now: int) -> KeyS
     return describe(directory)
 
 
+def _promoted_at(directory: Path) -> int | None:
+    """When the manifest says the signing key was promoted (Unix seconds), if it says."""
+    try:
+        doc = strict_json((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyMaterialError(f"{directory / MANIFEST_NAME}: cannot read it") from exc
+    value = doc.get("promoted_at") if isinstance(doc, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def describe(directory: Path) -> KeySetView:
     ring = _load(directory)
     signing = ring.signing_key.kid if ring.signing_key is not None else None
@@ -119,13 +131,29 @@ def promote(directory: Path, kid: str, *, now: int) -> tuple[str | None, KeySetV
     return previous, describe(directory)
 
 
-def retire(directory: Path, kid: str) -> KeySetView:
-    """Delete the file holding `kid`; refused for the signing key or a multi-key file."""
+def retire(directory: Path, kid: str, *, now: int, wait_s: int, force: bool = False) -> KeySetView:
+    """Delete the file holding `kid`; refused for the signing key or a multi-key file, and,
+    unless `force` (a compromised key), until `wait_s` after the last promotion.
+
+    The wait is docs/keys.md step 3: a key stops signing when its successor is promoted, so
+    its last token expires at most `wait_s` (the longest token lifetime plus leeway) after
+    the manifest's `promoted_at`. A key that is not the signing key stopped at that
+    promotion or earlier, so the check is never too short for any of them (for a key that
+    never signed it is too long: `force`). A directory whose manifest records no
+    `promoted_at` says nothing about when its keys stopped signing: nothing to enforce.
+    """
     current = _load(directory)
     if kid not in current:
         raise KeyMaterialError(f"key {kid!r} is not in {directory}")
     if current.signing_key is not None and current.signing_key.kid == kid:
         raise KeyMaterialError(f"key {kid!r} signs; promote its successor before retiring it")
+    promoted_at = _promoted_at(directory)
+    if not force and promoted_at is not None and now < promoted_at + wait_s:
+        raise KeyMaterialError(
+            f"key {kid!r} may still have unexpired tokens: the signing key was promoted at "
+            f"{promoted_at}, and tokens live up to {wait_s}s (docs/keys.md, step 3); retire "
+            f"it in {promoted_at + wait_s - now}s, or now with --force for a compromised key"
+        )
     for path in directory_key_files(directory):
         kids = [key.kid for key in load_key_file(path)]
         if kid in kids:

@@ -27,7 +27,8 @@ from sidecar.keys.ring import KeyRing
 from sidecar.store.base import TokenStore
 from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy
-from sidecar.tokens.events import EventLog, retired_kids
+from sidecar.tokens.event_log import EventLog
+from sidecar.tokens.events import retired_kids
 from sidecar.tokens.grants import Minter
 from sidecar.tokens.introspect import IntrospectFlow
 from sidecar.tokens.issue import IssueFlow
@@ -58,7 +59,7 @@ class TokenService:
         self._store = store
         self._settings = settings
         self._mirror = RevocationMirror()
-        # What the Watch stream sends (tokens/events.py): fed by the mirror and by key-ring
+        # What the Watch stream sends (tokens/event_log.py): fed by the mirror and by key-ring
         # swaps, each after the change is in force here.
         self._events = events or EventLog()
         self._mirror.on_new = self._events.publish_revocations
@@ -110,10 +111,6 @@ class TokenService:
     @property
     def verify_cache(self) -> VerifyCache:
         return self._verifier.cache
-
-    @property
-    def max_token_bytes(self) -> int:
-        return self._settings.max_token_bytes
 
     @property
     def events(self) -> EventLog:
@@ -170,6 +167,10 @@ class TokenService:
 
     def jwks(self) -> dict[str, Any]:
         return self._ring.jwks()
+
+    def can_sign(self) -> bool:
+        """False on a verify-only sidecar (issue 14): it has no key to mint with."""
+        return self._ring.signing_key is not None
 
 
 def _policies(settings: TokenOptions) -> dict[TokenKind, ClaimsPolicy]:

@@ -10,7 +10,7 @@ A token moves forward through these steps, each owned by one module, and never g
                ClaimsPolicy.check_static  typ, required, types, lifetime, iss, aud, ...
     admission  ClaimsPolicy.check_window  exp / nbf / iat against now (+ leeway)
                Verifier._admit            per-call audience, revocation, required scopes
-    response   transport/servicer.py      (VerifyResponse, built from the VerifiedToken)
+    response   transport/responses.py     (VerifyResponse, built from the VerifiedToken)
 
 A refused token's claimed `sub`/`jti` are attached to the error (`AuthSidecarError.claiming`)
 only by the claims and admission steps, from claims this path parsed, for the audit line.

@@ -1,7 +1,7 @@
 """Envoy's external authorization API: `envoy.service.auth.v3.Authorization/Check`.
 
 An Envoy (or Istio) `ext_authz` HTTP filter sends the downstream request's headers; we take
-the bearer token from `authorization`, run the same `TokenService.verify` as Verify, and
+the bearer token from `authorization`, run the same verification as Verify, and
 answer with an OkHttpResponse that sets the configured claim headers, or a
 DeniedHttpResponse:
 
@@ -18,8 +18,8 @@ succeeds with the decision inside: Envoy treats a failed call as an error, not a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
 
 import grpc
 from google.rpc import code_pb2, status_pb2
@@ -36,8 +36,7 @@ from sidecar.errors import (
     StoreUnavailableError,
     TokenError,
 )
-from sidecar.tokens.model import Claims
-from sidecar.tokens.service import TokenService
+from sidecar.tokens.model import Claims, VerifiedToken
 from sidecar.transport.audit import audit
 
 AUTHORIZATION = "authorization"
@@ -49,9 +48,17 @@ AUDIENCE_EXTENSION = "audience"
 SCOPES_EXTENSION = "required_scopes"
 
 
+class Verifying(Protocol):
+    """All Check asks of the token engine: Verify's own call (TokenService is one)."""
+
+    async def verify_refetching(
+        self, token: str, *, audience: str | None = None, required_scopes: Collection[str] = ()
+    ) -> VerifiedToken: ...
+
+
 class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, service: TokenService, settings: EnvoySettings) -> None:
-        self._service = service
+    def __init__(self, verifier: Verifying, settings: EnvoySettings) -> None:
+        self._verifier = verifier
         self._settings = settings
 
     async def Check(
@@ -70,7 +77,7 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         if token is None:
             return self._deny(TOKEN_MISSING, 401, 'Bearer realm="authsidecar"', caller, "")
         try:
-            verified = await self._service.verify_refetching(
+            verified = await self._verifier.verify_refetching(
                 token, audience=audience, required_scopes=scopes
             )
         except AuthSidecarError as error:

@@ -4,7 +4,7 @@ grpc.aio runs the handler's `request_deserializer` before any handler code; when
 grpc answers UNKNOWN with the exception's text ("Unexpected <class 'DecodeError'>: Error
 parsing message ...") and logs a traceback, once per request. The handlers are therefore
 registered with `tolerant(deserializer)`, which returns `MALFORMED` where the parser raises;
-the call layers' guard (transport/layers.py) refuses it INVALID_ARGUMENT / INVALID_REQUEST
+the call layers' guard (transport/guard.py) refuses it INVALID_ARGUMENT / INVALID_REQUEST
 and notes it in `malformed_log()`, one line a minute at most.
 """
 

@@ -1,8 +1,10 @@
-"""Prometheus metrics: per-RPC counts and latency from one call layer, plus scrape-time state.
+"""Prometheus metrics: per-RPC counts and latency from one call layer, and the registry.
 
-Everything lives in a `CollectorRegistry` owned by the App (no global registry), served by
-prometheus_client's HTTP server when `metrics.listen` is set. Names follow Prometheus
-conventions: base units (seconds), `_total` counters, `_info` for labelled constants.
+The state read at scrape time (key set, Verify cache, store sync, Watch, key sources) is
+transport/metrics_collectors.py. Everything lives in a `CollectorRegistry` owned by the App
+(no global registry), served by prometheus_client's HTTP server when `metrics.listen` is set.
+Names follow Prometheus conventions: base units (seconds), `_total` counters, `_info` for
+labelled constants.
 
 The layer is on the hot path, so it does as little as it can per call: one ContextVar
 set/reset, two clock reads, and increments on label children cached per label tuple (no
@@ -15,13 +17,11 @@ reused, revoked; "refused" for any other refusal), so the domain code knows noth
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from sidecar.addresses import parse_host_port
 from sidecar.calls import CallInfo, current_call, request_id_from
@@ -29,10 +29,15 @@ from sidecar.errors import ConfigError
 from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
-from sidecar.tokens.cache import VerifyCache
-from sidecar.tokens.events import EventLog
-from sidecar.tokens.store_sync import StoreSync
 from sidecar.transport.layers import Behavior, UnaryLayer
+from sidecar.transport.metrics_collectors import (
+    CacheCounters,
+    EventCounters,
+    KeySourceCollector,
+    StateCollector,
+    SyncCounters,
+    WatchCollector,
+)
 
 REQUEST_ID = "x-request-id"
 # Verify answers in tens of microseconds; Issue/Refresh touch the store (milliseconds).
@@ -64,9 +69,9 @@ class Metrics:
         self,
         *,
         ring: Callable[[], KeyRing],
-        verify_cache: VerifyCache,
-        store_sync: StoreSync,
-        events: EventLog,
+        verify_cache: CacheCounters,
+        store_sync: SyncCounters,
+        events: EventCounters,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -102,9 +107,9 @@ class Metrics:
             "authsidecar_store_up", "1 while the token store answers, else 0", registry=r
         )
         self.store_up.set(1)
-        r.register(_StateCollector(ring, verify_cache, store_sync, now))
-        r.register(_WatchCollector(events))
-        self._key_sources = _KeySourceCollector()
+        r.register(StateCollector(ring, verify_cache, store_sync, now))
+        r.register(WatchCollector(events))
+        self._key_sources = KeySourceCollector()
         r.register(self._key_sources)
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
@@ -151,165 +156,6 @@ class Metrics:
             self.tokens_issued.labels("access").inc()
             if method == _REFRESH or getattr(request, "refresh_token", False):
                 self.tokens_issued.labels("refresh").inc()
-
-
-class _StateCollector(Collector):
-    """Read at scrape time: the key set in use and the Verify cache's counters."""
-
-    def __init__(
-        self,
-        ring: Callable[[], KeyRing],
-        cache: VerifyCache,
-        sync: StoreSync,
-        now: Callable[[], float],
-    ) -> None:
-        self._ring = ring
-        self._cache = cache
-        self._sync = sync
-        self._now = now
-        self._version = ring().version
-        self._since = now()
-
-    def collect(self) -> Iterator[Metric]:
-        ring = self._ring()
-        if ring.version != self._version:
-            self._version, self._since = ring.version, self._now()
-        signing = ring.signing_key
-        info = GaugeMetricFamily(
-            "authsidecar_keyset_info",
-            "The key set in use: version names the set of (kid, alg, thumbprint)",
-            labels=["version", "signing_kid"],
-        )
-        info.add_metric([ring.version, signing.kid if signing else ""], 1)
-        yield info
-        yield GaugeMetricFamily(
-            "authsidecar_keyset_age_seconds",
-            "Seconds since this process started using the current key set",
-            value=max(0.0, self._now() - self._since),
-        )
-        yield GaugeMetricFamily("authsidecar_keys", "Keys in the key set", value=len(ring.keys))
-        cache = self._cache
-        hits = CounterMetricFamily(
-            "authsidecar_verify_cache_hits", "Verify calls answered from the cache"
-        )
-        hits.add_metric([], cache.hits)
-        yield hits
-        misses = CounterMetricFamily(
-            "authsidecar_verify_cache_misses", "Verify calls that ran the full verification"
-        )
-        misses.add_metric([], cache.misses)
-        yield misses
-        yield GaugeMetricFamily(
-            "authsidecar_verify_cache_entries", "Entries in the Verify cache", value=len(cache)
-        )
-        sync = self._sync
-        restored = CounterMetricFamily(
-            "authsidecar_store_revocations_restored",
-            "Unexpired revocations this sidecar wrote back to a store that had lost them",
-        )
-        restored.add_metric([], sync.restored)
-        yield restored
-        epochs = CounterMetricFamily(
-            "authsidecar_store_epoch_changes",
-            "Times the store's identity changed under this sidecar (its data set was lost)",
-        )
-        epochs.add_metric([], sync.epoch_changes)
-        yield epochs
-        persistence = GaugeMetricFamily(
-            "authsidecar_store_persistence_info",
-            "How the store persists (aof-always, aof-everysec, aof-no, rdb, none, fsync,"
-            " process, unknown)",
-            labels=["mode"],
-        )
-        persistence.add_metric([sync.persistence or "unknown"], 1)
-        yield persistence
-
-
-class _WatchCollector(Collector):
-    """The Watch event log (issue 15), read at scrape time: the log counts, metrics reads."""
-
-    def __init__(self, events: EventLog) -> None:
-        self._events = events
-
-    def collect(self) -> Iterator[Metric]:
-        events = self._events
-        yield GaugeMetricFamily(
-            "authsidecar_watch_subscribers",
-            "Watch streams subscribed to this sidecar's event log",
-            value=events.subscriber_count,
-        )
-        published = CounterMetricFamily(
-            "authsidecar_watch_events_published",
-            "Watch events published, by kind",
-            labels=["kind"],
-        )
-        for kind, count in events.published.items():
-            published.add_metric([kind], count)
-        yield published
-        dropped = CounterMetricFamily(
-            "authsidecar_watch_subscribers_dropped",
-            "Watch subscribers dropped because their bounded queue overflowed",
-        )
-        dropped.add_metric([], events.dropped)
-        yield dropped
-        yield GaugeMetricFamily(
-            "authsidecar_watch_sequence",
-            "The latest Watch event sequence of this process's log",
-            value=events.sequence,
-        )
-
-
-class _KeySourceCollector(Collector):
-    """Where keys come from, and whether the last attempt to read them worked: a refused key
-    reload or a failing issuer JWKS keeps the last good keys, so nothing else shows it."""
-
-    def __init__(self) -> None:
-        self.watcher: KeyWatcher | None = None
-        self.remotes: tuple[RemoteKeySet, ...] = ()
-
-    def collect(self) -> Iterator[Metric]:
-        if self.watcher is not None:
-            status = self.watcher.status
-            reloads = CounterMetricFamily(
-                "authsidecar_key_reloads",
-                "Key sets read from keys.directory, by result",
-                labels=["result"],
-            )
-            reloads.add_metric(["swapped"], status.reloads)
-            reloads.add_metric(["refused"], status.failures)
-            yield reloads
-            yield GaugeMetricFamily(
-                "authsidecar_key_reload_ok",
-                "1 unless the last key set read was refused (the last good set is in use)",
-                value=1 if status.healthy else 0,
-            )
-        if not self.remotes:
-            return
-        fetches = CounterMetricFamily(
-            "authsidecar_issuer_jwks_fetches",
-            "External issuers' JWKS fetches, by issuer and result",
-            labels=["issuer", "result"],
-        )
-        demand = CounterMetricFamily(
-            "authsidecar_issuer_jwks_demand_fetches",
-            "JWKS fetches started by a token naming a kid not yet known",
-            labels=["issuer"],
-        )
-        up = GaugeMetricFamily(
-            "authsidecar_issuer_jwks_ok",
-            "1 while the issuer's last JWKS fetch succeeded (else its last good keys are used)",
-            labels=["issuer"],
-        )
-        for key_set in sorted(self.remotes, key=lambda r: r.issuer):
-            issuer, remote = key_set.issuer, key_set.status
-            fetches.add_metric([issuer, "ok"], remote.fetches)
-            fetches.add_metric([issuer, "failed"], remote.failures)
-            demand.add_metric([issuer], remote.demand_fetches)
-            healthy = remote.version is not None and remote.last_error is None
-            up.add_metric([issuer], 1 if healthy else 0)
-        yield fetches
-        yield demand
-        yield up
 
 
 def observing(metrics: Metrics | None) -> UnaryLayer:

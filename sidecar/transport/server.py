@@ -1,8 +1,9 @@
 """The listeners: a public server (Unix socket and/or loopback TCP) and an admin server.
 
-Two grpc.aio servers share one TokenService. The admin server listens only on a Unix socket
-inside an owner-only (0700) directory and is the only one whose servicer serves Issue: the
-file system, not a password, decides who may mint. Both serve grpc.health.v1 and reflection.
+Two grpc.aio servers share one token engine (the `AuthParts` the app hands over). The admin
+server listens only on a Unix socket inside an owner-only (0700) directory and is the only one
+whose servicer serves Issue: the file system, not a password, decides who may mint. Both
+serve grpc.health.v1 and reflection.
 
 Every server (the health-only one too) is a LayeredServer sharing one CallGate, so stopping
 (`drain`, then `stop`) treats every listener alike and fails no call (transport/drain.py).
@@ -11,6 +12,7 @@ Every server (the health-only one too) is a LayeredServer sharing one CallGate, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -27,14 +29,13 @@ from authsidecar.envoy.service.auth.v3 import external_auth_pb2, external_auth_p
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.config import EnvoySettings, ListenSettings, TracingSettings, WatchSettings
 from sidecar.errors import ConfigError
-from sidecar.tokens.service import TokenService
 from sidecar.transport.drain import CallGate, Endpoint, close_connections, stop_accepting
 from sidecar.transport.ext_authz import ExtAuthzServicer
 from sidecar.transport.layers import LayeredServer, UnaryLayer
 from sidecar.transport.malformed import malformed_log
 from sidecar.transport.metrics import Metrics, observing
 from sidecar.transport.ratelimit import RateLimitedLog
-from sidecar.transport.servicer import AuthServicer
+from sidecar.transport.servicer import AuthParts, AuthServicer
 from sidecar.transport.tracing import TracingLayer
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Listeners:
 
 
 def build_listeners(
-    service: TokenService,
+    parts: AuthParts,
     listen: ListenSettings,
     *,
     unix_socket: Path | None,
@@ -137,19 +138,20 @@ def build_listeners(
     ]
     gate = CallGate()
     malformed = malformed_log()
-    public = _server(
-        service,
+    # The public and the admin server differ only in who may Issue and in ext_authz.
+    server = functools.partial(
+        _server,
+        parts,
         health,
         listen,
         options,
         gate=gate,
         malformed=malformed,
-        allow_issue=False,
         metrics=metrics,
-        envoy=envoy,
         tracing=tracing,
         watch=watch,
     )
+    public = server(allow_issue=False, envoy=envoy)
     listeners = Listeners(public=public, admin=None, health=health, gate=gate)
     if unix_socket is not None:
         _prepare_socket_dir(unix_socket.parent, 0o755)
@@ -168,18 +170,7 @@ def build_listeners(
     if not listeners.addresses:
         raise ConfigError("setting listen: neither unix_socket nor tcp is configured")
     if admin_socket is not None:
-        admin = _server(
-            service,
-            health,
-            listen,
-            options,
-            gate=gate,
-            malformed=malformed,
-            allow_issue=True,
-            metrics=metrics,
-            tracing=tracing,
-            watch=watch,
-        )
+        admin = server(allow_issue=True)
         _prepare_socket_dir(admin_socket.parent, 0o700)
         _clear_stale_socket(admin_socket, "listen.admin_socket")
         _bind(admin, f"unix:{admin_socket}", "listen.admin_socket")
@@ -203,7 +194,7 @@ def build_listeners(
 
 
 def _server(
-    service: TokenService,
+    parts: AuthParts,
     health: HealthServicer,
     listen: ListenSettings,
     options: list[tuple[str, int]],
@@ -229,13 +220,13 @@ def _server(
         malformed=malformed,
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(service, allow_issue=allow_issue, watch=watch, gate=gate), server
+        AuthServicer(parts, allow_issue=allow_issue, watch=watch, gate=gate), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
     if envoy is not None and envoy.enabled:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            ExtAuthzServicer(service, envoy), server
+            ExtAuthzServicer(parts.flows, envoy), server
         )
         services.append(EXT_AUTHZ_SERVICE)
     reflection.enable_server_reflection(services, server)

@@ -1,4 +1,4 @@
-"""The Watch stream over gRPC (issue 15): the event log (tokens/events.py) as WatchEvents.
+"""The Watch stream over gRPC (issue 15): the event log (tokens/event_log.py) as WatchEvents.
 
 Thin on purpose: the log decides replay or reset, orders events and bounds memory; this
 module converts, sends heartbeats and ends streams with a precise status.
@@ -35,7 +35,8 @@ import grpc
 
 from authsidecar.v1 import auth_pb2
 from sidecar.errors import AuthSidecarError, ShuttingDownError, SubscriberDroppedError
-from sidecar.tokens.events import Event, EventLog, Subscription
+from sidecar.tokens.event_log import EventLog, Subscription
+from sidecar.tokens.events import Event
 from sidecar.transport.status import to_status
 
 __all__ = ["WatchStreams"]

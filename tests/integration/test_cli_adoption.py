@@ -169,3 +169,32 @@ def test_keys_init_makes_the_first_key_and_rotate_on_an_empty_directory_says_so(
         assert process.proc.poll() is None
     finally:
         assert _stop(process) == 0
+
+
+def test_keys_retire_refuses_before_the_old_tokens_expired_and_force_overrides(
+    data_dir: Path,
+) -> None:
+    """The wait of docs/keys.md step 3 comes from the configured token lifetimes."""
+    directory = data_dir / "keyset"
+    env = _bare_env()
+    made = _cli("keys", "init", "--dir", str(directory), "--kid", "old", env=env)
+    assert made.returncode == 0, made.stderr
+    assert _cli("keys", "rotate", "--dir", str(directory), "--kid", "new", env=env).returncode == 0
+    promoted = _cli("keys", "promote", "--dir", str(directory), "--kid", "new", env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    retire = ("keys", "retire", "--dir", str(directory), "--kid", "old")
+    # Defaults: max(max_access_ttl_s 3600, refresh_ttl_s 86400) + leeway_s 30.
+    early = _cli(*retire, env=env)
+    assert early.returncode == 2
+    assert "tokens live up to 86430s" in early.stderr and "--force" in early.stderr
+    assert (directory / "old.jwk.json").exists()
+    config = data_dir / "short.yaml"
+    config.write_text(
+        "tokens:\n  refresh_ttl_s: 60\n  family_ttl_s: 60\n  access_ttl_s: 60\n"
+        "  max_access_ttl_s: 60\n"
+    )
+    shorter = _cli(*retire, "--config", str(config), env=env)
+    assert shorter.returncode == 2 and "tokens live up to 90s" in shorter.stderr
+    forced = _cli(*retire, "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["kids"] == ["new"]

@@ -87,13 +87,40 @@ def test_rotate_promote_retire_walks_the_runbook(tmp_path: Path) -> None:
     kid, view = rotation.publish_next(tmp_path, "EdDSA", "new", now=1)
     assert (kid, view.signing_kid, view.kids) == ("new", "old", ("new", "old"))
     with pytest.raises(KeyMaterialError, match="promote its successor"):
-        rotation.retire(tmp_path, "old")
+        rotation.retire(tmp_path, "old", now=1, wait_s=0)
     previous, view = rotation.promote(tmp_path, "new", now=2)
     assert (previous, view.signing_kid) == ("old", "new")
     assert json.loads((tmp_path / "keyset.json").read_text())["promoted_at"] == 2
-    view = rotation.retire(tmp_path, "old")
+    view = rotation.retire(tmp_path, "old", now=2 + 3600, wait_s=3600)
     assert (view.signing_kid, view.kids) == ("new", ("new",))
     assert not (tmp_path / "old.jwk.json").exists()
+
+
+def test_retire_waits_until_the_old_keys_last_token_expired_unless_forced(
+    tmp_path: Path,
+) -> None:
+    """docs/keys.md step 3: the old key stopped signing at the promotion (`promoted_at`),
+    so its tokens may be valid until `wait_s` after it; retiring it earlier would refuse
+    them. --force (a compromised key) skips the wait."""
+    write_jwk_file(tmp_path, "ES256", "old")
+    rotation.publish_next(tmp_path, "ES256", "new", now=1)
+    rotation.promote(tmp_path, "new", now=1000)
+    with pytest.raises(KeyMaterialError, match=r"unexpired tokens.*in 1s, or now with --force"):
+        rotation.retire(tmp_path, "old", now=1000 + 3599, wait_s=3600)
+    assert (tmp_path / "old.jwk.json").exists()
+    view = rotation.retire(tmp_path, "old", now=1000 + 3599, wait_s=3600, force=True)
+    assert view.kids == ("new",)
+
+
+def test_retire_enforces_no_wait_where_the_directory_records_no_promotion(
+    tmp_path: Path,
+) -> None:
+    """Without a `promoted_at` the directory says nothing about when a key stopped signing."""
+    write_jwk_file(tmp_path, "ES256", "old")
+    write_jwk_file(tmp_path, "ES256", "new")
+    (tmp_path / "keyset.json").write_text(json.dumps({"signing_kid": "new"}))
+    view = rotation.retire(tmp_path, "old", now=0, wait_s=3600)
+    assert view.kids == ("new",)
 
 
 def test_promote_refuses_unknown_or_public_only_keys(tmp_path: Path) -> None:

@@ -20,7 +20,13 @@ from authsidecar.v1 import auth_pb2
 from sidecar.errors import AuthSidecarError, ExpiredTokenError
 from sidecar.tokens.cache import VerifyCache
 from sidecar.tokens.model import Claims, TokenKind, VerifiedToken
-from sidecar.transport.servicer import _batch_response, _ResponseMemo, _verify_response
+from sidecar.transport.responses import (
+    MAX_MEMO_ENTRIES,
+    ResponseMemo,
+    batch_response,
+    memo_size,
+    verify_response,
+)
 from sidecar.transport.structs import fill_struct
 from tests.support.keys import make_key
 
@@ -115,7 +121,7 @@ def test_fill_struct_serialises_as_struct_update(values: dict[str, Any]) -> None
 @pytest.mark.parametrize("values", CASES.values(), ids=CASES.keys())
 def test_verify_response_serialises_as_before(values: dict[str, Any]) -> None:
     verified = _verified(values)
-    built = _verify_response(verified).SerializeToString()
+    built = verify_response(verified).SerializeToString()
     assert built == _reference_response(verified).SerializeToString()
 
 
@@ -163,11 +169,11 @@ def test_batch_response_serialises_as_before() -> None:
             item.error = auth_pb2.TOKEN_EXPIRED
         else:
             _reference_fill(item.ok, outcome)
-    assert _batch_response(outcomes).SerializeToString() == reference.SerializeToString()
+    assert batch_response(outcomes).SerializeToString() == reference.SerializeToString()
 
 
 def test_response_memo_answers_the_same_token_object_with_the_same_response() -> None:
-    memo = _ResponseMemo(4)
+    memo = ResponseMemo(4)
     a, b = _verified({"n": 1}), _verified({"n": 2})
     first_a, first_b = memo.response(a), memo.response(b)
     assert memo.response(a) is first_a and memo.response(b) is first_b
@@ -176,7 +182,7 @@ def test_response_memo_answers_the_same_token_object_with_the_same_response() ->
 
 
 def test_response_memo_is_emptied_when_full_and_rebuilds_identically() -> None:
-    memo = _ResponseMemo(2)
+    memo = ResponseMemo(2)
     a, b, c = _verified({"n": 1}), _verified({"n": 2}), _verified({"n": 3})
     first_a = memo.response(a)
     memo.response(b)
@@ -193,7 +199,7 @@ def test_response_memo_is_emptied_when_full_and_rebuilds_identically() -> None:
 
 
 def test_response_memo_of_size_zero_stores_nothing() -> None:
-    memo = _ResponseMemo(0)
+    memo = ResponseMemo(0)
     a = _verified({"n": 1})
     assert memo.response(a) is not memo.response(a)
     assert len(memo) == 0
@@ -203,7 +209,7 @@ def test_response_memo_keeps_only_results_the_verify_cache_holds() -> None:
     # A result the cache does not hold never comes back: memoising it only kept it alive.
     key = make_key("HS256", "hs")
     cache = VerifyCache(max_entries=4, max_bytes=10**6)
-    memo = _ResponseMemo(4, holds=cache.holds)
+    memo = ResponseMemo(4, holds=cache.holds)
     loose, held = _verified({"n": 1}), _verified({"n": 2})
     cache.put("t" * 100, held, key, issuer=None, window=(None, None, None))
     memo.response(loose)
@@ -214,3 +220,12 @@ def test_response_memo_keeps_only_results_the_verify_cache_holds() -> None:
     assert not cache.holds(held)
     memo.response(_verified({"n": 3}))
     assert len(memo) == 1
+
+
+def test_response_memo_is_no_larger_than_the_verify_cache_and_off_with_it() -> None:
+    """Only tokens the verify cache serves come back as the same object: a larger memo
+    could never hit, and with the cache off (either bound 0) nothing could."""
+    assert memo_size(7, 1 << 20) == 7
+    assert memo_size(10 * MAX_MEMO_ENTRIES, 1 << 30) == MAX_MEMO_ENTRIES
+    assert memo_size(0, 1 << 20) == 0
+    assert memo_size(100, 0) == 0

@@ -13,7 +13,7 @@ from authsidecar.v1 import auth_pb2
 from sidecar.errors import AuthSidecarError, ClaimError, ExpiredTokenError
 from sidecar.tokens.model import Claims, TokenKind, VerifiedToken
 from sidecar.transport.ratelimit import RateLimitedLog
-from sidecar.transport.servicer import _batch_response, _verify_response
+from sidecar.transport.responses import batch_response, verify_response
 
 # A double cannot hold it; protobuf cannot encode the lone surrogate.
 UNREPRESENTABLE: list[dict[str, Any]] = [
@@ -35,7 +35,7 @@ def test_verify_response_refuses_unrepresentable_claims_as_claim_invalid(
     values: dict[str, Any],
 ) -> None:
     with pytest.raises(ClaimError) as caught:
-        _verify_response(_verified(values))
+        verify_response(_verified(values))
     assert caught.value.reason == "CLAIM_INVALID"
     assert caught.value.claim == next(iter(values))
 
@@ -48,7 +48,7 @@ def test_a_batch_item_that_cannot_be_built_fails_alone() -> None:
         ExpiredTokenError(),
         good,
     ]
-    response = _batch_response(outcomes)
+    response = batch_response(outcomes)
     kinds = [r.WhichOneof("outcome") for r in response.results]
     assert kinds == ["ok", "error", "error", "ok"]
     assert response.results[1].error == auth_pb2.CLAIM_INVALID

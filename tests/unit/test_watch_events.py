@@ -1,4 +1,5 @@
-"""The Watch event log (tokens/events.py) and its sources, without gRPC (issue 15)."""
+"""The Watch event log (tokens/event_log.py), its events and their sources, without gRPC
+(issue 15)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from sidecar.errors import (
 )
 from sidecar.keys.ring import KeyRing
 from sidecar.store.base import Revocation, RevocationRow
-from sidecar.tokens.events import Event, EventLog, Subscription, retired_kids
+from sidecar.tokens.event_log import EventLog, Subscription
+from sidecar.tokens.events import Event, retired_kids
 from sidecar.tokens.revocation import RevocationMirror
 from tests.support.keys import make_key
 from tests.support.polling import eventually
