@@ -42,7 +42,7 @@ class Server:
     def cpu_s(self) -> float:
         """utime + stime of the process (all threads) and of its live children (a server in
         several processes), from /proc/<pid>/stat."""
-        return sum(_cpu_s(pid) for pid in (self.pid, *_children(self.pid)))
+        return sum(cpu_of(pid) for pid in (self.pid, *_children(self.pid)))
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -60,7 +60,8 @@ class Server:
                 self.proc.communicate(timeout=5)
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_of(pid: int) -> float:
+    """utime + stime of one process (all its threads); 0 for one that just exited."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:  # a child that just exited
@@ -76,15 +77,19 @@ def _children(pid: int) -> list[int]:
     return pids
 
 
-def start(name: str, args: list[str], env: dict[str, str]) -> Server:
-    """Start `python args...` and wait for its banner line."""
+def start(name: str, args: list[str], env: dict[str, str], *, root: Path = ROOT) -> Server:
+    """Start `python args...` and wait for its banner line. `root`: the source tree it runs
+    from (another version's, exported by `git archive`: bench/verify_compare.py); that
+    tree's client package comes before this one's installed copy."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
     full_env.update(env)
-    full_env["PYTHONPATH"] = str(ROOT)
+    full_env["PYTHONPATH"] = (
+        str(ROOT) if root == ROOT else os.pathsep.join((str(root), str(root / "clients/python")))
+    )
     proc = subprocess.Popen(
         [sys.executable, *args],
         env=full_env,
-        cwd=ROOT,
+        cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -101,7 +106,8 @@ def start(name: str, args: list[str], env: dict[str, str]) -> Server:
     return server
 
 
-def _spawn_load(spec: dict[str, Any]) -> subprocess.Popen[str]:
+def spawn_load(spec: dict[str, Any]) -> subprocess.Popen[str]:
+    """A `python -m bench.load` process given `spec`; it prints `ready` once connected."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.load"],
         cwd=ROOT,
@@ -161,7 +167,7 @@ def drive(
         if tokens:
             spec["tokens"] = tokens[i::procs] or tokens
             spec["token_use"] = "once" if one_shot else "cycle"
-        children.append(_spawn_load(spec))
+        children.append(spawn_load(spec))
     for child in children:  # every generator connected: then the clock starts for all
         assert child.stdout is not None
         if child.stdout.readline().strip() != "ready":

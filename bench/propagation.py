@@ -29,7 +29,7 @@ import functools
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -76,7 +76,7 @@ class _Prober:
 
 
 async def _until_all(
-    watchers: list[Callable[[], Awaitable[list[float]]]], give_up_s: float
+    watchers: list[Callable[[], Coroutine[Any, Any, list[float]]]], give_up_s: float
 ) -> tuple[float | None, int]:
     """Run every watcher (each returns the times its targets changed); the latest time, or
     None with the count of targets that never changed."""
@@ -126,7 +126,7 @@ async def _one(
             await asyncio.sleep(interval_s)
         return [t for t in seen if t is not None]
 
-    watchers: list[Callable[[], Awaitable[list[float]]]]
+    watchers: list[Callable[[], Coroutine[Any, Any, list[float]]]]
     if kind == "refused":
         watchers = [functools.partial(refusal, call) for call in prober.calls]
     else:

@@ -1,0 +1,56 @@
+"""Issue 12's before/after Verify benchmark: one quick run against a tree exported with `git
+archive` fills every cell for both trees (real sidecar processes from each tree, real load
+processes) and writes the report. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import verify_compare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _has_history() -> bool:
+    git = shutil.which("git")
+    if git is None:
+        return False
+    done = subprocess.run([git, "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _has_history(), reason="needs git and this checkout's history")
+@pytest.mark.timeout(600)
+def test_quick_run_fills_before_and_after_for_every_cell(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "verify_compare"]
+        + ["--before-ref", "HEAD", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=580,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    document = json.loads((tmp_path / "verify_compare.json").read_text())
+    assert document["inprocess_errors"] == {}
+    cells = {(row["alg"], row["cell"]) for row in document["rows"]}
+    assert cells == {(a, c) for a in verify_compare.ALGS for c in verify_compare.CELLS}
+    for row in document["rows"]:
+        for side in ("before", "after"):
+            figure = row[side]
+            assert figure["rounds"] == verify_compare.QUICK.rounds
+            assert 0 < figure["min"] <= figure["calls_per_s"] <= figure["max"], row
+            assert figure["errors"] == 0, row
+            if row["cell"].startswith("gRPC"):
+                assert 0 < figure["p50_ms"] <= figure["p99_ms"], row
+        assert row["ratio"] > 0
+        assert row["verdict"] in {"within noise", "faster", "slower"}
+    markdown = (tmp_path / "verify_compare.md").read_text()
+    assert markdown.count("| gRPC cold |") == markdown.count("| in-process warm |") == 3
