@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,24 @@ def start(name: str, args: list[str], env: dict[str, str], *, root: Path = ROOT)
     for key, value in _FIELD.findall(line):
         setattr(server, key, value)
     return server
+
+
+def export_tree(ref: str, into: Path) -> str:
+    """Another version of the code: `git archive ref` unpacked into `into` (created), for
+    before/after runs (bench/revocation_scale.py, bench/verify_compare.py); returns the
+    short commit `ref` names."""
+    git, tar = shutil.which("git"), shutil.which("tar")
+    if git is None or tar is None:
+        raise SystemExit("git and tar are needed on PATH for a before/after run")
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        [git, "-C", str(ROOT), "archive", ref], check=True, capture_output=True
+    ).stdout
+    subprocess.run([tar, "-x", "-C", str(into)], input=archive, check=True)
+    return subprocess.run(
+        [git, "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
 
 
 def spawn_load(spec: dict[str, Any]) -> subprocess.Popen[str]:

@@ -68,20 +68,6 @@ def _which(name: str) -> str:
     return found
 
 
-def export(ref: str, into: Path) -> str:
-    """`git archive ref` unpacked into `into`; returns the commit it names."""
-    git = _which("git")
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        [git, "-C", str(procs.ROOT), "archive", ref], check=True, capture_output=True
-    ).stdout
-    subprocess.run([_which("tar"), "-x", "-C", str(into)], input=archive, check=True)
-    return subprocess.run(
-        [git, "-C", str(procs.ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-
-
 def _payload(token: str) -> bytes:
     return auth_pb2.VerifyRequest(token=token, audience=AUDIENCE).SerializeToString()
 
@@ -132,7 +118,7 @@ def measure(plan: Plan, ref: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vcmp-", dir="/tmp") as tmp:
         work = Path(tmp)
         trees = {"before": work / "before", "after": procs.ROOT}
-        commit = export(ref, trees["before"])
+        commit = procs.export_tree(ref, trees["before"])
         keys = {alg: make_key(work, alg, plan.cold_pool) for alg in ALGS}
         servers: dict[tuple[str, str], procs.Server] = {}
         try:
