@@ -206,14 +206,18 @@ def _rows(samples: dict[tuple[str, str, str], list[dict[str, Any]]]) -> list[dic
                     row[label]["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
             before, after = row["before"], row["after"]
             row["ratio"] = after["calls_per_s"] / before["calls_per_s"]
-            overlap = after["min"] <= before["max"] and before["min"] <= after["max"]
-            row["verdict"] = (
-                "within noise"
-                if overlap
-                else ("faster" if after["calls_per_s"] > before["calls_per_s"] else "slower")
-            )
+            row["verdict"] = _verdict(before, after)
             rows.append(row)
     return rows
+
+
+def _verdict(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """`within noise` when the rounds' ranges overlap; one round has no range to judge by."""
+    if min(before["rounds"], after["rounds"]) < 2:
+        return "one round: no noise estimate"
+    if after["min"] <= before["max"] and before["min"] <= after["max"]:
+        return "within noise"
+    return "faster" if after["calls_per_s"] > before["calls_per_s"] else "slower"
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -224,7 +228,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"`{doc['command']} --before-ref {doc['before_ref']}` (bench/verify_compare.py: what"
         f" each cell is): before = {doc['before_ref']} ({doc['before_commit']}), after = this"
-        f" tree ({doc['after_commit']}). {plan['rounds']} interleaved rounds, gRPC windows of"
+        f" tree ({doc['after_commit']}). {plan['rounds']} interleaved round(s), gRPC windows of"
         f" {plan['duration_s']} s after {plan['warmup_s']} s warm-up, in-process"
         f" {plan['inprocess_s']} s a cell. {when}, {doc['elapsed_s']:.0f} s, on {doc['cpus']} cores"
         f" shared with other work (load average {doc['loadavg_before'][0]:.2f} before,"

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,19 @@ def test_quick_run_fills_before_and_after_for_every_cell(tmp_path: Path) -> None
             if row["cell"].startswith("gRPC"):
                 assert 0 < figure["p50_ms"] <= figure["p99_ms"], row
         assert row["ratio"] > 0
-        assert row["verdict"] in {"within noise", "faster", "slower"}
+        assert row["verdict"] == "one round: no noise estimate"  # --quick runs one round
     markdown = (tmp_path / "verify_compare.md").read_text()
     assert markdown.count("| gRPC cold |") == markdown.count("| in-process warm |") == 3
+
+
+def _side(rate: float, low: float, high: float, rounds: int = 3) -> dict[str, Any]:
+    return {"calls_per_s": rate, "min": low, "max": high, "rounds": rounds}
+
+
+def test_verdict_is_noise_only_when_the_rounds_ranges_overlap() -> None:
+    verdict = verify_compare._verdict
+    assert verdict(_side(100, 90, 110), _side(105, 108, 120)) == "within noise"
+    assert verdict(_side(100, 90, 110), _side(130, 120, 140)) == "faster"
+    assert verdict(_side(100, 90, 110), _side(70, 60, 80)) == "slower"
+    one = _side(100, 100, 100, rounds=1)
+    assert verdict(one, _side(200, 200, 200, rounds=1)) == "one round: no noise estimate"
