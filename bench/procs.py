@@ -11,14 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 _BANNER = re.compile(r"(?:authsidecar serving|bench-server) .*")
 _FIELD = re.compile(r"(unix|tcp|admin)=(\S+)")
 _TICKS = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -125,7 +127,7 @@ def export_tree(ref: str, into: Path) -> str:
     ).stdout.strip()  # fmt: skip
 
 
-def spawn_load(spec: dict[str, Any]) -> subprocess.Popen[str]:
+def _spawn_load(spec: dict[str, Any]) -> subprocess.Popen[str]:
     """A `python -m bench.load` process given `spec`; it prints `ready` once connected."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.load"],
@@ -146,6 +148,57 @@ def _percentile(sorted_values: list[int], q: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
     return sorted_values[index] / 1000.0  # ms
+
+
+@dataclass
+class Loads:
+    """What the load processes of one window reported: every call's latency in µs (sorted),
+    failed calls by status, and the processes' own CPU seconds inside the window."""
+
+    latencies_us: list[int]
+    errors: dict[str, int]
+    client_cpu_s: float
+
+
+def run_loads(
+    specs: list[dict[str, Any]],
+    *,
+    warmup_s: float,
+    duration_s: float,
+    sample: Callable[[], _T],
+) -> tuple[Loads, _T, _T]:
+    """One load process per spec (bench/load.py), every clock started at once after all of
+    them connected; `sample()` is taken as the measured window opens and as it closes (CPU
+    counters of the processes under test), and returned with what the loads reported."""
+    children = [_spawn_load(spec) for spec in specs]
+    for child in children:  # every generator connected: then the clock starts for all
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("load generator did not connect")
+    start_at = time.monotonic() + warmup_s
+    end_at = start_at + duration_s
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(f"{start_at} {end_at}\n")
+        child.stdin.close()
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    first = sample()
+    time.sleep(max(0.0, end_at - time.monotonic()))
+    last = sample()
+    loads = Loads([], {}, 0.0)
+    for child in children:
+        assert child.stdout is not None
+        out = child.stdout.read()
+        child.wait(timeout=120)
+        if child.returncode != 0:
+            raise RuntimeError(f"load generator failed (exit {child.returncode})")
+        result = json.loads(out)
+        loads.latencies_us.extend(result["latencies_us"])
+        loads.client_cpu_s += result["cpu_s"]
+        for code, count in result["errors"].items():
+            loads.errors[code] = loads.errors.get(code, 0) + count
+    loads.latencies_us.sort()
+    return loads, first, last
 
 
 def drive(
@@ -171,7 +224,7 @@ def drive(
     (`sidecar_cpu_s_per_1k`). `client_cpu_s_per_1k` is the load processes' own CPU."""
     procs = min(concurrency, 2)
     encoded = [base64.b64encode(p).decode("ascii") for p in payloads]
-    children = []
+    specs = []
     for i in range(procs):
         spec: dict[str, Any] = {
             "target": server.target(transport),
@@ -186,38 +239,14 @@ def drive(
         if tokens:
             spec["tokens"] = tokens[i::procs] or tokens
             spec["token_use"] = "once" if one_shot else "cycle"
-        children.append(spawn_load(spec))
-    for child in children:  # every generator connected: then the clock starts for all
-        assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
-            raise RuntimeError("load generator did not connect")
-    start_at = time.monotonic() + warmup_s
-    end_at = start_at + duration_s
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write(f"{start_at} {end_at}\n")
-        child.stdin.close()
-    time.sleep(max(0.0, start_at - time.monotonic()))
-    side0 = sum(s.cpu_s() for s in sidecars)
-    cpu0, t0 = server.cpu_s(), time.monotonic()
-    time.sleep(max(0.0, end_at - time.monotonic()))
-    cpu1, t1 = server.cpu_s(), time.monotonic()
-    side1 = sum(s.cpu_s() for s in sidecars)
-    latencies: list[int] = []
-    errors: dict[str, int] = {}
-    client_cpu = 0.0
-    for child in children:
-        assert child.stdout is not None
-        out = child.stdout.read()
-        child.wait(timeout=120)
-        if child.returncode != 0:
-            raise RuntimeError(f"load generator failed (exit {child.returncode})")
-        result = json.loads(out)
-        latencies.extend(result["latencies_us"])
-        client_cpu += result["cpu_s"]
-        for code, count in result["errors"].items():
-            errors[code] = errors.get(code, 0) + count
-    latencies.sort()
+        specs.append(spec)
+    loads, (cpu0, side0, t0), (cpu1, side1, t1) = run_loads(
+        specs,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        sample=lambda: (server.cpu_s(), sum(s.cpu_s() for s in sidecars), time.monotonic()),
+    )
+    latencies, errors, client_cpu = loads.latencies_us, loads.errors, loads.client_cpu_s
     calls = len(latencies)
     window = t1 - t0
 

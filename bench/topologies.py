@@ -236,36 +236,13 @@ def _drive(
 ) -> dict[str, Any]:
     """Run one load process per spec over the same window; latencies, errors and the CPU of
     every process involved over that window."""
-    children = [procs.spawn_load(spec) for spec in specs]
-    for child in children:
-        assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
-            raise RuntimeError("load generator did not connect")
-    start_at = time.monotonic() + plan.warmup_s
-    end_at = start_at + plan.duration_s
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write(f"{start_at} {end_at}\n")
-        child.stdin.close()
-    time.sleep(max(0.0, start_at - time.monotonic()))
-    before = _Snapshot(sidecars, deployment.processes)
-    time.sleep(max(0.0, end_at - time.monotonic()))
-    after = _Snapshot(sidecars, deployment.processes)
-    latencies: list[int] = []
-    errors: dict[str, int] = {}
-    client_cpu = 0.0
-    for child in children:
-        assert child.stdout is not None
-        out = child.stdout.read()
-        child.wait(timeout=120)
-        if child.returncode != 0:
-            raise RuntimeError(f"load generator failed (exit {child.returncode})")
-        result = json.loads(out)
-        latencies.extend(result["latencies_us"])
-        client_cpu += result["cpu_s"]
-        for code, count in result["errors"].items():
-            errors[code] = errors.get(code, 0) + count
-    latencies.sort()
+    loads, before, after = procs.run_loads(
+        specs,
+        warmup_s=plan.warmup_s,
+        duration_s=plan.duration_s,
+        sample=lambda: _Snapshot(sidecars, deployment.processes),
+    )
+    latencies, errors, client_cpu = loads.latencies_us, loads.errors, loads.client_cpu_s
     window = after.at - before.at
     cpu_s = {label: after.cpu[label] - before.cpu[label] for label in after.cpu}
     cpu_s["load generators"] = client_cpu
