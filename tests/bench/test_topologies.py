@@ -4,19 +4,15 @@ a well-formed report. Nothing here asserts a speed."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import topologies
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_run import quick_section
 
 pytestmark = pytest.mark.redis
 if shutil.which("redis-server") is None and os.environ.get("AUTHSIDECAR_REQUIRE_REDIS") != "1":
@@ -26,17 +22,7 @@ if shutil.which("redis-server") is None and os.environ.get("AUTHSIDECAR_REQUIRE_
 
 @pytest.mark.timeout(600)
 def test_quick_run_reports_every_topology_with_cpu_per_process(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "topologies"]
-        + ["--label", "quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=580,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    document = json.loads((tmp_path / "topologies.json").read_text())
+    document = quick_section("topologies", tmp_path, "--label", "quick")
     run = document["runs"]["quick"]
     assert [t["topology"] for t in run["topologies"]] == list(topologies.TOPOLOGIES)
     for topo in run["topologies"]:

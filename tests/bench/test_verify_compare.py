@@ -4,16 +4,15 @@ processes) and writes the report. Nothing here asserts a speed."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import verify_compare
+from tests.support.bench_run import quick_section
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,17 +28,7 @@ def _has_history() -> bool:
 @pytest.mark.skipif(not _has_history(), reason="needs git and this checkout's history")
 @pytest.mark.timeout(600)
 def test_quick_run_fills_before_and_after_for_every_cell(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "verify_compare"]
-        + ["--before-ref", "HEAD", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=580,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    document = json.loads((tmp_path / "verify_compare.json").read_text())
+    document = quick_section("verify_compare", tmp_path, "--before-ref", "HEAD")
     assert document["inprocess_errors"] == {}
     cells = {(row["alg"], row["cell"]) for row in document["rows"]}
     assert cells == {(a, c) for a in verify_compare.ALGS for c in verify_compare.CELLS}
