@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc  # noqa: E402  (needs the path above)
-from sidecar.store.redis_keys import encode_member  # noqa: E402  (same in both versions)
+from sidecar.store.redis_keys import KeyLayout, encode_member  # noqa: E402  (same in both)
 
 ISSUER = "https://authsidecar.local"
 PREFIX = "bench-scale"
@@ -183,9 +183,19 @@ async def _verify_load(sidecar: Sidecar, window_s: float) -> dict[str, float]:
 class Filler:
     """Brings a store to N live revocations in bulk (both versions' layouts)."""
 
-    def __init__(self, store: str, data: Path, redis_url: str, prefix: str) -> None:
+    def __init__(self, store: str, data: Path, redis_url: str, prefix: str, code: Path) -> None:
         self.store, self.data, self.redis_url, self.prefix = store, data, redis_url, prefix
         self.count = 0
+        keys_module = code / "sidecar" / "store" / "redis_keys.py"
+        self.partitioned = "def partition_of" in keys_module.read_text()
+
+    def _revoked_key(self, jti: str) -> str:
+        """Where the code under test keeps this jti's revocation: one partition per hash tag
+        since issue 16's sharding (`KeyLayout.partition_of`), one set `{prefix}:revoked`
+        before (which the partitioned code also reads, as the old layout)."""
+        if self.partitioned:
+            return KeyLayout(self.prefix).partition_of(jti).revoked
+        return "{" + self.prefix + "}:revoked"
 
     def fill(self, jtis: list[str], until: int) -> None:
         new = jtis[self.count :]
@@ -212,10 +222,15 @@ class Filler:
             db.close()
         else:
             client = redis.Redis.from_url(self.redis_url, socket_timeout=60)
-            key = "{" + self.prefix + "}:revoked"
             for start in range(0, len(new), 50_000):
                 batch = new[start : start + 50_000]
-                client.zadd(key, {encode_member("jti", ISSUER, jti): until for jti in batch})
+                by_key: dict[str, dict[str, int]] = {}
+                for jti in batch:
+                    by_key.setdefault(self._revoked_key(jti), {})[
+                        encode_member("jti", ISSUER, jti)
+                    ] = until
+                for key, members in by_key.items():
+                    client.zadd(key, members)  # type: ignore[arg-type]
             client.close()
         self.count = len(jtis)
 
@@ -232,7 +247,7 @@ def _run_store(
         env.update(
             AUTHSIDECAR_STORE__REDIS_URL=redis_url, AUTHSIDECAR_STORE__REDIS_KEY_PREFIX=prefix
         )
-    filler = Filler(store, data, redis_url, prefix)
+    filler = Filler(store, data, redis_url, prefix, code)
     until = int(time.time()) + 7200
     rows = []
     primer = Sidecar(code, data, env)  # creates the store's schema, as that version has it

@@ -197,7 +197,7 @@ class StoreSettings(_Frozen):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
     redis_sentinel_master: str = "mymaster"
-    # Every key starts with "{prefix}:" (one Cluster hash tag); no braces allowed.
+    # Inside every key's Cluster hash tag ("{prefix:i:n}", redis_keys); no braces allowed.
     redis_key_prefix: str = "authsidecar"
     # Connect and read timeout of every Redis call: nothing waits longer on a dead server.
     redis_timeout_s: float = Field(default=1.0, gt=0, le=60)

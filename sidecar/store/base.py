@@ -267,9 +267,13 @@ class TokenStore(Protocol):
         self, cursor: str, now: int, limit: int
     ) -> tuple[list[RevocationRow], str] | None:
         """Up to `limit` revocation writes after `cursor` still in force at `now`, and the
-        cursor after them (equal to `cursor` when nothing is new). Fewer than `limit` rows
-        means caught up. None when the store cannot say what changed since `cursor`: the
-        position was trimmed away or the store lost it (data lost); read everything again."""
+        cursor after them (equal to `cursor` when nothing is new). The writes of one key come
+        in write order; writes of different keys may not (Redis keeps one stream per
+        partition: issue 16), which is harmless since readers keep the longest horizon.
+        Redis gives up to `limit` per partition, so a page may hold more than `limit`.
+        Fewer than `limit` rows means caught up. None when the store cannot say what
+        changed since `cursor`: the position was trimmed away or the store lost it (data
+        lost); read everything again."""
         ...
 
     async def count_revocations(self, from_expires_at: int) -> int | None:

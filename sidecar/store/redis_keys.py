@@ -1,29 +1,48 @@
 """Where `RedisTokenStore` keeps what: the key layout and the revocation member encoding.
 
-Every key of one deployment starts with `{<prefix>}:`, a Redis Cluster hash tag, so all of them
-hash to one slot. That is what lets one Lua script rotate a family, revoke it, index the
-revocation and append it to the feed atomically even on Cluster (a script may only touch keys
-of one slot). The price: on Cluster this state lives on one primary (and its replicas), so
-Cluster buys failover and a shared endpoint, not sharding. Per-family tags would shard the
-families but split a reuse across slots, reopening the gap between "family revoked" and
-"revocation recorded" that the single script closes (docs/lifecycle.md).
+Layout version 2 (issue 16): the deployment's state is split into `PARTITIONS` partitions,
+each under a Redis Cluster hash tag of its own, so a Cluster spreads the families, the
+revocations and the work over its primaries while every operation on one family still runs
+as one script on one slot (a script may only touch keys of one slot):
 
-    {p}:fam:<family_id>   hash   one family (fields below); TTL expires_at + margin
-    {p}:families          zset   family_id by expires_at: ended families purged on sync
-    {p}:revoked           zset   revocation member by expires_at: the live revocation set
-    {p}:feed              stream one entry per revocation write, read by every sidecar
-    {p}:epoch             string the data set's identity, set once (SET NX), no TTL
+    {p:i:n}:fam:<family_id>   hash   one family (fields below); TTL expires_at + margin
+    {p:i:n}:families          zset   family_id by expires_at: ended families purged on sync
+    {p:i:n}:revoked           zset   revocation member by expires_at: this partition's set
+    {p:i:n}:feed              stream one entry per revocation write in this partition
+    {p:i:n}:epoch             string this partition's data set identity, set once (SET NX)
+
+`p` is the configured prefix, `i` the partition (0..PARTITIONS-1) and `n` a salt picked so the
+tag's slot lies in the i-th sixteenth of the slot space: a Cluster whose primaries own equal
+contiguous slot ranges (what `redis-cli --cluster create` and reshard-by-count give) then
+holds `PARTITIONS / primaries` partitions on each, never all of them on one.
+
+Which partition: a family and everything about it (its hash, its index entry, its own
+revocation written on reuse or by a family Revoke, and that revocation's feed entry) live in
+`partition_of(family_id)`, so the rotate script still revokes, records and publishes a reuse
+in one atomic step. A jti revocation lives in `partition_of(jti)`. Both ids are random, so the
+load spreads evenly. PARTITIONS is part of the layout: changing it moves every key, so it is
+a constant, and a Cluster of more than 16 primaries leaves the extra ones idle.
+
+Layout version 1 (before issue 16): every key under one tag `{p}` (`{p}:revoked`, `{p}:feed`,
+`{p}:fam:<id>`, `{p}:families`, `{p}:epoch`). Version 2 never writes those keys; it reads
+`{p}:revoked` and `{p}:feed` as one more read-only partition while they exist, so no live
+revocation written by a version-1 sidecar is lost on upgrade (docs/operations.md).
 
 Keys are family ids and `(kind, iss, jti)` triples, never token text (issue 3).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 from sidecar.store.base import Revocation, RevocationRow
+
+PARTITIONS = 16
 
 # Family hash fields, in FamilyRecord order.
 FAMILY_FIELDS = (
@@ -47,18 +66,10 @@ FAMILY_REVOCATION_FIELD = "revocation"
 
 
 @dataclass(frozen=True, slots=True)
-class KeyLayout:
-    """The keys under one prefix. The prefix may not contain braces (it is the hash tag)."""
+class Partition:
+    """The keys of one partition (one hash tag, one slot)."""
 
-    prefix: str
-
-    def __post_init__(self) -> None:
-        if not self.prefix or any(ch in self.prefix for ch in "{}"):
-            raise ValueError("key prefix must be non-empty and free of '{' and '}'")
-
-    @property
-    def tag(self) -> str:
-        return "{" + self.prefix + "}"
+    tag: str
 
     def family(self, family_id: str) -> str:
         return f"{self.tag}:fam:{family_id}"
@@ -78,6 +89,50 @@ class KeyLayout:
     @property
     def epoch(self) -> str:
         return f"{self.tag}:epoch"
+
+    @property
+    def slot(self) -> int:
+        return key_slot(self.tag.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """The keys under one prefix. The prefix may not contain braces (it is in the hash tag)."""
+
+    prefix: str
+    partitions: tuple[Partition, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(ch in self.prefix for ch in "{}"):
+            raise ValueError("key prefix must be non-empty and free of '{' and '}'")
+        object.__setattr__(self, "partitions", _partitions(self.prefix))
+
+    def partition_of(self, key: str) -> Partition:
+        """The partition of a family id or jti (CRC-32 of its UTF-8: stable everywhere)."""
+        data = key.encode("utf-8", "surrogatepass")
+        return self.partitions[zlib.crc32(data) % PARTITIONS]
+
+    def family(self, family_id: str) -> str:
+        return self.partition_of(family_id).family(family_id)
+
+    @property
+    def legacy(self) -> Partition:
+        """Layout version 1's single tag: read (revocations and feed) while it exists."""
+        return Partition("{" + self.prefix + "}")
+
+
+@lru_cache(maxsize=64)
+def _partitions(prefix: str) -> tuple[Partition, ...]:
+    """`{prefix:i:n}` with the smallest salt `n` putting partition i's slot in the i-th
+    equal range of the slot space (about PARTITIONS tries each: computed once per prefix)."""
+    span = REDIS_CLUSTER_HASH_SLOTS // PARTITIONS
+    found = []
+    for i in range(PARTITIONS):
+        salt = 0
+        while key_slot(f"{prefix}:{i}:{salt}".encode()) // span != i:
+            salt += 1
+        found.append(Partition("{" + f"{prefix}:{i}:{salt}" + "}"))
+    return tuple(found)
 
 
 def encode_member(kind: str, issuer: str, key: str) -> str:

@@ -3,9 +3,9 @@
 Redis runs a script to completion before any other command, and a SIGKILLed client cannot cut
 one short (the server has the whole script before it starts), so a rotation is either wholly
 done or not at all, and a reuse revokes the family, records the revocation at its full horizon
-and publishes it in the same step. All keys of a deployment share one hash tag, so each script
-touches one slot (Cluster requirement); keys built inside a script (`fam:` in PURGE) carry that
-tag too.
+and publishes it in the same step. Every key a script is given belongs to one partition (one
+hash tag, `redis_keys`), so each script touches one slot (Cluster requirement); keys built
+inside a script (`fam:` in PURGE) carry that tag too.
 
 Deadlines (issue 13): every write script first reads the server's `TIME` and, past the
 caller's `deadline_ms`, returns `late` having done nothing. A script delayed in the network
@@ -209,3 +209,45 @@ for _, family_id in ipairs(ended) do
 end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 """
+
+# Upgrading from layout version 1 (redis_keys): a version-1 family moves to its partition the
+# first time it is presented, in two steps on two slots:
+#
+# TAKE_V1 -- KEYS: the version-1 family hash. ARGV: deadline_ms.
+# Returns its fields as they were ({} when absent or already taken, {'late'} past the
+# deadline), and marks it revoked and `migrated` in the same step: from then on version-1
+# sidecars answer REVOKED for it (fail closed) and no other version-2 sidecar takes it again,
+# so it can never be rotated on both sides.
+TAKE_V1 = (
+    _LIB
+    + """
+if too_late(ARGV[1]) then return {'late'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('HGET', KEYS[1], 'migrated') == '1' then return {} end
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('HSET', KEYS[1], 'revoked', '1', 'migrated', '1')
+return fields
+"""
+)
+
+# ADOPT -- KEYS: fam, families, revoked (the family's partition). ARGV: ttl, expires_at,
+# family_id, then field/value pairs (TAKE_V1's answer). Creates the family unless it exists;
+# a family revocation already recorded in the partition (a Revoke by a version-2 sidecar of a
+# family it had not seen yet) leaves it revoked. No deadline: it re-creates what TAKE_V1
+# took and decides nothing, so running late loses nothing, and refusing would lose the family.
+ADOPT = (
+    _LIB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ttl = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local member = redis.call('HGET', KEYS[1], 'revocation')
+if member and redis.call('ZSCORE', KEYS[3], member) then
+  redis.call('HSET', KEYS[1], 'revoked', '1')
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+extend_ttl(KEYS[2], ttl)
+return 1
+"""
+)

@@ -510,8 +510,11 @@ async def test_revocations_since_reads_only_the_writes_after_the_cursor(store: T
         await store.revoke(revocation, deadline_ms=_later())
     await store.revoke(Revocation("jti", ISS, "dead", NOW), deadline_ms=_later())
     rows, end = await _since_all(store, cursor, NOW, 3)
-    # In write order, expired writes left out, nothing from before the cursor.
-    assert rows == [(r.kind, r.issuer, r.key, r.expires_at) for r in after]
+    # Each write once, expired writes left out, nothing from before the cursor. No order
+    # across keys: a partitioned store (Redis, issue 16) has none, and readers keep the
+    # longest horizon whatever the order (test_a_write_that_changes_nothing_takes_no_position
+    # pins the order of one key's writes).
+    assert sorted(rows) == sorted((r.kind, r.issuer, r.key, r.expires_at) for r in after)
     assert await store.revocations_since(end, NOW, 3) == ([], end)
 
 

@@ -26,6 +26,7 @@ import redis.asyncio
 
 from authsidecar.v1 import auth_pb2
 from sidecar.store import redis_scripts
+from sidecar.store.redis_keys import KeyLayout
 from tests.integration.test_multi_sidecar import (
     POLL,
     REVOKED,
@@ -38,7 +39,7 @@ from tests.integration.test_multi_sidecar import (
     verify,
 )
 from tests.support.fleet import SidecarProcess, fleet
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, key_pattern
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.redis
@@ -141,7 +142,7 @@ async def proxied_sidecar(server: RedisServer) -> AsyncIterator[tuple[SidecarPro
 def _families(url: str) -> int:
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
-        return len(list(client.scan_iter(match="{" + PREFIX + "}:fam:*")))
+        return len(list(client.scan_iter(match=key_pattern(PREFIX, "fam:*"))))
     finally:
         client.close()
 
@@ -183,7 +184,7 @@ async def test_revoke_failed_on_a_cut_link_is_not_applied_when_it_heals(
         assert not isinstance(await verify(sc, grant.access_token), tuple)  # not revoked
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         try:
-            members = client.zrange("{" + PREFIX + "}:revoked", 0, -1)
+            members = client.zrange(KeyLayout(PREFIX).partition_of(jti).revoked, 0, -1)
         finally:
             client.close()
         assert not any(jti in member for member in members)
@@ -239,9 +240,11 @@ async def test_sidecar_killed_between_the_reuse_script_and_its_reply_leaves_the_
 
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         try:
-            (family_key,) = client.scan_iter(match="{" + PREFIX + "}:fam:*")
+            (family_key,) = client.scan_iter(match=key_pattern(PREFIX, "fam:*"))
             family = client.hgetall(family_key)
-            horizon = client.zscore("{" + PREFIX + "}:revoked", family["revocation"])
+            # The reuse revocation is in the family's own partition (one slot, one script).
+            revoked = KeyLayout(PREFIX).partition_of(str(family["family_id"])).revoked
+            horizon = client.zscore(revoked, family["revocation"])
         finally:
             client.close()
         assert family["revoked"] == "1"

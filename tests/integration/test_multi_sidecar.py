@@ -25,7 +25,13 @@ import redis
 from authsidecar.v1 import auth_pb2
 from sidecar.app import STORE_HEALTH_SERVICE
 from tests.support.fleet import SidecarProcess, fleet, health_of
-from tests.support.redis import RedisServer, delete_prefix, unique_prefix
+from tests.support.redis import (
+    RedisServer,
+    delete_prefix,
+    key_pattern,
+    revoked_count,
+    unique_prefix,
+)
 from tests.support.sidecar import reason_of
 
 pytestmark = pytest.mark.redis
@@ -240,7 +246,6 @@ async def test_sidecar_killed_mid_refresh_leaves_no_half_rotated_family(
     rng = random.Random()  # a random kill moment, not a secret
     async with fleet(1, redis_url, prefix, **POLL) as f:
         grant = await issue(f.sidecars[0], refresh=True)
-        family_key = "{" + prefix + "}:fam:"
         token = grant.refresh_token
         for round_ in range(2):
             sc = f.sidecars[0]
@@ -269,10 +274,10 @@ async def test_sidecar_killed_mid_refresh_leaves_no_half_rotated_family(
             last_known = jti_of(chain["token"])
             client = redis.Redis.from_url(redis_url, decode_responses=True)
             try:
-                keys = list(client.scan_iter(match=family_key + "*"))
+                keys = list(client.scan_iter(match=key_pattern(prefix, "fam:*")))
                 assert len(keys) == 1
                 family = client.hgetall(keys[0])
-                assert client.zcard("{" + prefix + "}:revoked") == 0
+                assert revoked_count(client, prefix) == 0
             finally:
                 client.close()
             # Old state (the in-flight rotation never ran) or new state (it ran whole and

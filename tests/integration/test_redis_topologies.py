@@ -20,8 +20,10 @@ Recovery time (the switch to the first successful Refresh) is printed, never ass
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -31,9 +33,13 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from authsidecar.v1 import auth_pb2
+from sidecar.store.redis_keys import KeyLayout
 from tests.integration.test_multi_sidecar import (
+    POLL,
+    REUSED,
     REVOKED,
     UNAVAILABLE,
     issue,
@@ -44,6 +50,7 @@ from tests.integration.test_multi_sidecar import (
     verify,
 )
 from tests.support.fleet import Fleet, fleet, start_sidecar
+from tests.support.redis import key_pattern, unique_prefix
 from tests.support.redis_topologies import RedisClusterSet, SentinelSet, repl_offset, wait_until
 from tests.support.sidecar import short_tmpdir
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
@@ -346,26 +353,33 @@ def cluster_set() -> Iterator[RedisClusterSet]:
             deployment.stop()
 
 
-def _keyslot(port: int, prefix: str) -> int:
-    client: Any = redis.Redis(port=port, socket_timeout=5)
-    try:
-        return int(client.execute_command("CLUSTER", "KEYSLOT", "{" + prefix + "}"))
-    finally:
-        client.close()
+def _hot_family_slot(deployment: RedisClusterSet, prefix: str) -> int:
+    """The slot of a refresh family the load rotates (its partition's tag): moving that
+    slot moves a family under rotation, its partition's revocations and its feed."""
+    for node in deployment.topology():
+        if "master" not in node["flags"]:
+            continue
+        client: Any = redis.Redis(port=node["port"], socket_timeout=5)
+        try:
+            for key in client.scan_iter(match=key_pattern(prefix, "fam:*")):
+                return key_slot(key)
+        finally:
+            client.close()
+    raise LookupError("no refresh family in the cluster")
 
 
 async def test_cluster_slot_migration_then_primary_loss_under_load_loses_nothing(
     cluster_set: RedisClusterSet,
 ) -> None:
     prefix = "cluster"
-    slot = _keyslot(cluster_set.nodes[0].port, prefix)
     settings = {"STORE__REDIS_MODE": "cluster", **GRACE}
     fleet_ = fleet(2, cluster_set.url, prefix, **settings)
-    # More refresh families: more keys in the slot, so the migration takes a while.
     async with fleet_ as f, running(f, chains=6) as load:
         await asyncio.sleep(1.0)
+        slot = _hot_family_slot(cluster_set, prefix)
 
-        # 1. Move the deployment's slot to another primary, two keys at a time, under load.
+        # 1. Move the slot of a family under rotation (its partition: the family, the
+        # partition's revocations and feed) to another primary, two keys at a time, under load.
         source = cluster_set.owner_of(slot)
         target = next(
             n
@@ -399,3 +413,132 @@ async def test_cluster_slot_migration_then_primary_loss_under_load_loses_nothing
         load.report(f"cluster primary kill -9 (promoted after {promoted_s:.2f} s)", killed_at)
         await load.check_after(killed_at)
         assert any(migrated_at < t < killed_at for t, _ in load.acked)
+
+
+# --- Cluster, sharded (issue 16) ----------------------------------------------------------
+
+
+def _claim(token: str, name: str) -> str:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return str(claims[name])
+
+
+def _primaries(url: str) -> dict[int, list[tuple[int, int]]]:
+    """Port -> slot ranges of every primary serving slots, as the node at `url` sees it."""
+    client: Any = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    try:
+        text: str = client.execute_command("CLUSTER", "NODES")
+    finally:
+        client.close()
+    found: dict[int, list[tuple[int, int]]] = {}
+    for line in text.strip().splitlines():
+        parts = line.split()
+        spans = [s for s in parts[8:] if not s.startswith("[")]
+        if "master" in parts[2] and spans:
+            port = int(parts[1].split(":")[1].split("@")[0])
+            found[port] = [(int(s.split("-")[0]), int(s.split("-")[-1])) for s in spans]
+    return found
+
+
+def _owner(primaries: dict[int, list[tuple[int, int]]], slot: int) -> int:
+    return next(p for p, spans in primaries.items() if any(lo <= slot <= hi for lo, hi in spans))
+
+
+def _held_per_primary(primaries: dict[int, list[tuple[int, int]]], prefix: str) -> dict[int, Any]:
+    """Per primary: (family keys, revocations) of `prefix`, counted on that node itself."""
+    found = {}
+    for port in primaries:
+        client: Any = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+        try:
+            families = len(list(client.scan_iter(match=key_pattern(prefix, "fam:*"))))
+            revoked = sum(
+                int(client.zcard(key))
+                for key in client.scan_iter(match=key_pattern(prefix, "revoked"))
+            )
+        finally:
+            client.close()
+        found[port] = (families, revoked)
+    return found
+
+
+async def test_cluster_shards_keys_over_every_primary_and_pushes_each_shards_revocations(
+    redis_cluster3_url: str,
+) -> None:
+    """The key layout shards (issue 16): families and revocations land on all three
+    primaries, counted on each node, and a revocation written on any shard is pushed to the
+    other sidecar through that shard's feed (polls every 60 s: the push must do it)."""
+    prefix = unique_prefix()
+    primaries = _primaries(redis_cluster3_url)
+    assert len(primaries) == 3
+    keys = KeyLayout(prefix)
+    settings = {"STORE__REDIS_MODE": "cluster", **POLL}
+    async with fleet(2, redis_cluster3_url, prefix, **settings) as f:
+        a, b = f.sidecars
+        grants = [await issue(a, refresh=True) for _ in range(24)]
+        shards_reached = set()
+        for n, grant in enumerate(grants):
+            writer, reader = (a, b) if n % 2 else (b, a)
+            await writer.stub.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
+            await until_refused(reader, grant.access_token, limit_s=CONVERGE_S)
+            shards_reached.add(
+                _owner(primaries, keys.partition_of(jti_of(grant.access_token)).slot)
+            )
+        assert shards_reached == set(primaries)
+        held = _held_per_primary(primaries, prefix)
+        assert all(families > 0 and revoked > 0 for families, revoked in held.values()), held
+        assert sum(families for families, _ in held.values()) == len(grants)
+        assert sum(revoked for _, revoked in held.values()) == len(grants)
+        # Every family lives where its partition's tag sends it.
+        for grant in grants:
+            family_id = _claim(grant.access_token, "sid")
+            port = _owner(primaries, keys.partition_of(family_id).slot)
+            client: Any = redis.Redis(port=port, socket_timeout=5)
+            try:
+                assert client.exists(keys.family(family_id)) == 1
+            finally:
+                client.close()
+
+
+async def test_cluster_reuse_revokes_records_and_publishes_in_the_familys_own_shard(
+    redis_cluster3_url: str,
+) -> None:
+    """A reused refresh token on a sharded Cluster: the rotate script marks the family
+    revoked, records its revocation and appends the feed entry in one step on the family's
+    shard (a script whose keys spanned two slots would fail CROSSSLOT instead), for families
+    on every primary; the other sidecar refuses their access tokens by push alone."""
+    prefix = unique_prefix()
+    primaries = _primaries(redis_cluster3_url)
+    keys = KeyLayout(prefix)
+    settings = {"STORE__REDIS_MODE": "cluster", "TOKENS__REFRESH_GRACE_S": "0", **POLL}
+    async with fleet(2, redis_cluster3_url, prefix, **settings) as f:
+        a, b = f.sidecars
+        by_shard: dict[int, auth_pb2.IssueResponse] = {}
+        for _ in range(200):
+            grant = await issue(a, refresh=True)
+            shard = _owner(primaries, keys.partition_of(_claim(grant.access_token, "sid")).slot)
+            by_shard.setdefault(shard, grant)
+            if len(by_shard) == len(primaries):
+                break
+        assert set(by_shard) == set(primaries)
+        for port, grant in by_shard.items():
+            rotated = await refresh(a, grant.refresh_token)
+            assert not isinstance(rotated, tuple), rotated
+            assert await refresh(b, grant.refresh_token) == REUSED  # grace 0: reuse
+            family_id = _claim(grant.access_token, "sid")
+            part = keys.partition_of(family_id)
+            client: Any = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+            try:
+                family = client.hgetall(part.family(family_id))
+                horizon = client.zscore(part.revoked, family["revocation"])
+                entries = client.xrange(part.feed)
+            finally:
+                client.close()
+            assert family["revoked"] == "1"
+            assert horizon is not None and horizon > int(family["expires_at"])
+            assert {"r": family["revocation"], "e": str(int(horizon))} in [e for _, e in entries]
+            for token in (grant.access_token, rotated.access_token):
+                await until_refused(a, token, limit_s=CONVERGE_S)
+                await until_refused(b, token, limit_s=CONVERGE_S)

@@ -55,10 +55,14 @@ async def _sqlite_with(path: Path, until: int) -> SqliteTokenStore:
 
 def _redis_with(url: str, until: int) -> RedisTokenStore:
     client = redis.Redis.from_url(url, socket_timeout=30)
-    revoked = KeyLayout(PREFIX).revoked
+    keys = KeyLayout(PREFIX)
     for start in range(0, COUNT, 20_000):
-        members = {encode_member("jti", ISS, _key(i)): until for i in range(start, start + 20_000)}
-        client.zadd(revoked, members)
+        by_partition: dict[str, dict[str, int]] = {}
+        for i in range(start, start + 20_000):
+            revoked = keys.partition_of(_key(i)).revoked
+            by_partition.setdefault(revoked, {})[encode_member("jti", ISS, _key(i))] = until
+        for revoked, members in by_partition.items():
+            client.zadd(revoked, members)
     client.close()
     settings = StoreSettings.model_validate(
         {"backend": "redis", "redis_url": url, "redis_key_prefix": PREFIX, "redis_timeout_s": 5}

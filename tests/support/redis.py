@@ -18,12 +18,16 @@ from typing import Any
 
 import redis
 
+from sidecar.store.redis_keys import KeyLayout
+
 __all__ = [
     "REDIS_URL",
     "RedisServer",
     "delete_prefix",
     "free_port",
+    "key_pattern",
     "redis_problem",
+    "revoked_count",
     "unique_prefix",
 ]
 
@@ -46,13 +50,25 @@ def unique_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+def key_pattern(prefix: str, name: str) -> str:
+    """A SCAN pattern for `name` (e.g. `fam:*`) in every partition of one store prefix."""
+    return "{" + prefix + ":*}:" + name
+
+
+def revoked_count(client: Any, prefix: str) -> int:
+    """How many revocations one store prefix holds, over every partition."""
+    return sum(int(client.zcard(part.revoked)) for part in KeyLayout(prefix).partitions)
+
+
 def delete_prefix(url: str, prefix: str) -> None:
-    """Delete every key of one store prefix (`{prefix}:*`), nothing else."""
+    """Delete every key of one store prefix (its partitions `{prefix:i:n}:*` and the
+    version-1 layout's `{prefix}:*`), nothing else."""
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
-        keys = list(client.scan_iter(match="{" + prefix + "}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for pattern in ("{" + prefix + "}:*", key_pattern(prefix, "*")):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
     finally:
         client.close()
 

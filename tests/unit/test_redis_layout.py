@@ -1,13 +1,17 @@
 """The Redis key layout and addressing, checked without a server.
 
-Cluster runs a script only when all its keys hash to one slot, so every key of a deployment
-must carry the same hash tag; this is computed with redis-py's own slot function (CRC16 of the
-tag), the one a Cluster client routes by. Sentinel and Cluster clients are only constructed
-here (construction never connects): no Sentinel or Cluster deployment runs in this suite.
+Cluster runs a script only when all its keys hash to one slot, so every key one script
+touches (a family, its partition's revocation set and feed) must carry one hash tag, while the
+partitions spread over the slot space (issue 16); this is computed with redis-py's own slot
+function (CRC16 of the tag), the one a Cluster client routes by. Sentinel and Cluster clients
+are only constructed here (construction never connects): no Sentinel or Cluster deployment
+runs in this suite.
 """
 
 from __future__ import annotations
 
+import collections
+import secrets
 from typing import Any
 
 import pytest
@@ -19,19 +23,62 @@ from sidecar.config import StoreSettings, load_settings
 from sidecar.errors import ConfigError
 from sidecar.store.base import Revocation
 from sidecar.store.redis_connect import RedisConnector
-from sidecar.store.redis_keys import KeyLayout, decode_member, encode_member
+from sidecar.store.redis_keys import PARTITIONS, KeyLayout, decode_member, encode_member
 
 
 @pytest.mark.parametrize("family_id", ["fam-1", "{other}", "a}b{c", "x" * 200, "ünï"])
-def test_every_key_of_a_deployment_hashes_to_one_slot(family_id: str) -> None:
+def test_every_key_of_one_family_hashes_to_one_slot(family_id: str) -> None:
+    """The rotate script touches the family, its partition's revocation set and feed: one
+    slot, whatever the id's characters (braces in the id never become the hash tag)."""
+    part = KeyLayout("authsidecar").partition_of(family_id)
+    names = [part.family(family_id), part.families, part.revoked, part.feed, part.epoch]
+    assert {key_slot(name.encode()) for name in names} == {part.slot}
+    assert KeyLayout("authsidecar").family(family_id) == part.family(family_id)
+
+
+def test_partitions_spread_evenly_over_the_slot_space() -> None:
+    """One partition in each sixteenth of the slots: primaries owning equal contiguous slot
+    ranges (what `redis-cli --cluster create` makes) get an equal share of partitions."""
+    slots = [part.slot for part in KeyLayout("authsidecar").partitions]
+    span = 16384 // PARTITIONS
+    assert [slot // span for slot in slots] == list(range(PARTITIONS))
+    for primaries in (1, 2, 3, 4, 5, 8, 16):
+        ranges = [16384 * n // primaries for n in range(primaries + 1)]
+        per_primary = [
+            sum(1 for slot in slots if ranges[n] <= slot < ranges[n + 1]) for n in range(primaries)
+        ]
+        assert max(per_primary) - min(per_primary) <= 1, (primaries, per_primary)
+
+
+def test_families_and_jtis_spread_over_every_partition() -> None:
     keys = KeyLayout("authsidecar")
-    names = [keys.family(family_id), keys.families, keys.revoked, keys.feed]
-    assert {key_slot(name.encode()) for name in names} == {key_slot(b"authsidecar")}
+    counts = collections.Counter(keys.partition_of(secrets.token_urlsafe(16)) for _ in range(8000))
+    assert set(counts) == set(keys.partitions)
+    assert max(counts.values()) < 2 * min(counts.values())
+
+
+def test_the_partition_of_an_id_is_the_same_in_every_process() -> None:
+    """CRC-32, not Python's per-process keyed hash: every sidecar must find one family in
+    one place (pinned values)."""
+    keys = KeyLayout("authsidecar")
+    assert keys.partition_of("family-1") is keys.partitions[13]
+    assert keys.partition_of("jti-7") is keys.partitions[5]
+    # The tags too: a sidecar computing other salts would look in other slots.
+    tags = [part.tag for part in keys.partitions[:3]]
+    assert tags == ["{authsidecar:0:21}", "{authsidecar:1:22}", "{authsidecar:2:12}"]
+    assert keys.family("family-1") == keys.partitions[13].tag + ":fam:family-1"
+    assert keys.legacy.revoked == "{authsidecar}:revoked"
 
 
 def test_deployments_with_different_prefixes_use_different_keys() -> None:
     one, two = KeyLayout("a"), KeyLayout("b")
-    assert {one.feed, one.revoked, one.families}.isdisjoint({two.feed, two.revoked, two.families})
+    names = [
+        {p.feed, p.revoked, p.families, p.epoch}
+        for keys in (one, two)
+        for p in (*keys.partitions, keys.legacy)
+    ]
+    half = len(names) // 2
+    assert set().union(*names[:half]).isdisjoint(set().union(*names[half:]))
 
 
 @pytest.mark.parametrize("bad", ["", "a{b", "a}b"])

@@ -1,0 +1,109 @@
+"""The push half of the Redis revocation feed: every partition's stream, read from fixed
+positions (`RevocationFeed`).
+
+Every revocation write appends `(member, expires_at)` to its partition's stream in the same
+script (`redis_scripts`). `RedisTokenStore.open_revocation_feed` reads the newest id of every
+partition's stream, then this reads each stream from there with XREAD BLOCK on connections
+of its own, so delivery is gap-free per stream while connected; the consumer reconciles after
+opening (and after every reconnection).
+
+One XREAD may name several streams only when they hash to one slot: on a standalone or
+Sentinel-addressed Redis one XREAD covers every partition (one connection); on a Cluster
+each partition has a reader of its own (PARTITIONS connections per sidecar, spread over
+the primaries that own them). Any reader failing ends the whole feed with
+StoreUnavailableError: a sidecar that cannot hear one partition cannot vouch for any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from sidecar.errors import StoreUnavailableError
+from sidecar.store.base import Revocation
+from sidecar.store.redis_codec import revocation_from, stream_entries
+from sidecar.store.redis_connect import RedisClient
+from sidecar.store.redis_driver import close_quietly, driver_failure
+
+log = logging.getLogger(__name__)
+
+# How long one XREAD waits server-side before asking again (also bounds the detection of a
+# silently dead connection: the socket read timeout is this plus `redis_timeout_s`).
+FEED_BLOCK_S = 5.0
+_READ_COUNT = 500
+
+
+class StreamFeed:
+    """XREAD BLOCK from fixed positions on a client of its own (see the module docstring).
+
+    `positions` maps each stream key to the id after which reading starts; `per_key` gives
+    every stream a reader of its own (Cluster). `on_close` is told once, on `close`."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        positions: dict[str, str],
+        *,
+        per_key: bool,
+        on_close: Callable[[StreamFeed], None],
+    ) -> None:
+        self._client = client
+        self._positions = dict(positions)
+        keys = list(positions)
+        self._groups = [[key] for key in keys] if per_key else [keys]
+        self._queue: asyncio.Queue[list[Revocation] | BaseException] = asyncio.Queue()
+        self._readers: list[asyncio.Task[None]] = []
+        self._on_close = on_close
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[Revocation]:
+        if self._closed:
+            raise StoreUnavailableError()
+        if not self._readers:
+            self._readers = [asyncio.create_task(self._read(group)) for group in self._groups]
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            for revocation in item:
+                yield revocation
+
+    async def _read(self, keys: list[str]) -> None:
+        """One reader: its streams' new entries go to the queue in order; its failure too."""
+        block_ms = int(FEED_BLOCK_S * 1000)
+        positions = self._positions
+        try:
+            while True:
+                streams = {key: positions[key] for key in keys}
+                reply = await self._client.xread(streams, count=_READ_COUNT, block=block_ms)  # type: ignore[arg-type]
+                batch = []
+                for stream, entries in stream_entries(reply):
+                    for entry_id, fields in entries:
+                        positions[stream] = entry_id
+                        revocation = revocation_from(fields)
+                        if revocation is not None:
+                            batch.append(revocation)
+                if batch:
+                    self._queue.put_nowait(batch)
+        except Exception as exc:
+            if not driver_failure(exc):
+                self._queue.put_nowait(exc)
+                return
+            if not self._closed:
+                log.warning("revocation feed lost: %s", type(exc).__name__)
+            lost = StoreUnavailableError()
+            lost.__cause__ = exc
+            self._queue.put_nowait(lost)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._on_close(self)
+        for reader in self._readers:
+            reader.cancel()
+        if self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+        self._queue.put_nowait(StoreUnavailableError())  # ends a pending iteration
+        await close_quietly(self._client)
