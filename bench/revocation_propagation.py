@@ -1,4 +1,4 @@
-"""Revocation propagation delay between two sidecar processes sharing one Redis (issue 3).
+"""Revocation propagation delay between sidecar processes sharing one Redis (issue 3).
 
     .venv/bin/python bench/revocation_propagation.py [--count 200] [--redis redis://127.0.0.1:6379/0]
 
@@ -6,6 +6,9 @@ For each of `count` access tokens: Issue at A, check it verifies at B, then star
 Verify at B and send Revoke to A; the delay is from just before Revoke is sent to the first
 TOKEN_REVOKED answer from B. The poll of the store is set to 60 s, so every refusal seen here
 came through the push feed. Keys live under a fresh prefix, deleted at the end.
+
+`one_delay` is the measurement itself, for any number of watching sidecars: the topology
+bench (bench/topologies.py) runs it against three sidecars on each Redis deployment.
 """
 
 from __future__ import annotations
@@ -15,24 +18,50 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authsidecar.v1 import auth_pb2  # noqa: E402  (needs the path above)
-from tests.support.fleet import SidecarProcess, fleet  # noqa: E402
+from tests.support.fleet import fleet  # noqa: E402
 from tests.support.redis import REDIS_URL, delete_prefix, unique_prefix  # noqa: E402
 
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from authsidecar.v1.auth_pb2_grpc import AuthServiceAsyncStub as Stub
 
-async def _refused_at(b: SidecarProcess, token: str) -> float:
+
+async def _refused_at(stub: Stub, token: str) -> float:
     request = auth_pb2.VerifyRequest(token=token)
     while True:
         try:
-            await b.stub.Verify(request, timeout=5)
+            await stub.Verify(request, timeout=5)
         except grpc.aio.AioRpcError:  # the refusal is the event we wait for
             return time.perf_counter()
+
+
+async def one_delay(revoker: Stub, revoker_admin: Stub, watchers: Sequence[Stub]) -> float:
+    """Issue a token at the revoker (admin socket), check every watcher accepts it, then poll
+    Verify at every watcher and Revoke at the revoker: seconds from just before Revoke is
+    sent until the last watcher refuses (an upper bound: it includes a Verify round trip)."""
+    grant = await revoker_admin.Issue(
+        auth_pb2.IssueRequest(subject="bench", audience=["svc"]), timeout=5
+    )
+    for stub in watchers:
+        await stub.Verify(auth_pb2.VerifyRequest(token=grant.access_token), timeout=5)
+    polls = [asyncio.create_task(_refused_at(stub, grant.access_token)) for stub in watchers]
+    await asyncio.sleep(0)  # every watcher's first Verify is in flight
+    start = time.perf_counter()
+    await revoker.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
+    try:
+        refused = await asyncio.wait_for(asyncio.gather(*polls), 5)
+    finally:
+        for poll in polls:
+            poll.cancel()
+    return max(refused) - start
 
 
 async def main(count: int, url: str) -> None:
@@ -40,17 +69,7 @@ async def main(count: int, url: str) -> None:
     try:
         async with fleet(2, url, prefix, STORE__SYNC_INTERVAL_S="60") as f:
             a, b = f.sidecars
-            delays = []
-            for _ in range(count):
-                grant = await a.admin_stub.Issue(
-                    auth_pb2.IssueRequest(subject="bench", audience=["svc"]), timeout=5
-                )
-                await b.stub.Verify(auth_pb2.VerifyRequest(token=grant.access_token), timeout=5)
-                watcher = asyncio.create_task(_refused_at(b, grant.access_token))
-                await asyncio.sleep(0)  # the watcher's first Verify is in flight
-                start = time.perf_counter()
-                await a.stub.Revoke(auth_pb2.RevokeRequest(token=grant.access_token), timeout=5)
-                delays.append(await asyncio.wait_for(watcher, 5) - start)
+            delays = [await one_delay(a.stub, a.admin_stub, [b.stub]) for _ in range(count)]
     finally:
         delete_prefix(url, prefix)
     ms = sorted(d * 1000 for d in delays)

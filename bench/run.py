@@ -19,6 +19,10 @@ latest.md. All ratios in the report come from this one run.
                              only the revocation propagation of the two-service section
                              (50 interceptors; minutes), merged likewise
   python -m bench --only revocation_scale   the revocation set at 0 / 100k / 1M (issue 16)
+  python -m bench --only topologies   Refresh/s, Revoke/s and revocation propagation on
+                             standalone Redis, Sentinel and Cluster (1-3 primaries; issue 16)
+  python -m bench --only verify_compare --before-ref REV
+                             cold and warm Verify of this tree against REV (issue 12)
 """
 
 from __future__ import annotations
@@ -650,18 +654,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* are written")
     parser.add_argument(
         "--only",
-        choices=["two_service", "verify_cache", "propagation", "revocation_scale"],
+        choices=[
+            "two_service",
+            "verify_cache",
+            "propagation",
+            "revocation_scale",
+            "topologies",
+            "verify_compare",
+        ],
         help="run only this section (two_service, verify_cache, propagation: merged into"
-        " latest.*);"
-        " revocation_scale is"
-        " a separate benchmark (minutes; not in the suite or --quick) whose own options"
-        " follow (bench/revocation_scale.py --help)",
+        " latest.*); revocation_scale, topologies and verify_compare are separate benchmarks"
+        " (minutes; not in the suite) whose own options follow"
+        " (e.g. python -m bench --only topologies --help)",
     )
     args, rest = parser.parse_known_args(argv)
     if args.only == "revocation_scale":
         from bench import revocation_scale
 
         return revocation_scale.main(rest)
+    if args.only in ("topologies", "verify_compare"):
+        from bench import topologies, verify_compare
+
+        separate = topologies.main if args.only == "topologies" else verify_compare.main
+        return separate(rest + _forwarded(args))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     profile = QUICK if args.quick else FULL
@@ -745,6 +760,19 @@ def main(argv: list[str] | None = None) -> int:
     document["two_service"] = section
     _write(args.out, document)
     return 0
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The suite's own options, given before or after `--only NAME`, passed on to that
+    section's parser (which refuses the ones it does not have)."""
+    out = ["--quick"] if args.quick else []
+    if args.duration:
+        out += ["--duration", str(args.duration)]
+    if args.rounds:
+        out += ["--rounds", str(args.rounds)]
+    if args.out != RESULTS:
+        out += ["--out", str(args.out)]
+    return out
 
 
 def _write(out: Path, document: dict[str, Any]) -> None:
