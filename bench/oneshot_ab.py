@@ -22,7 +22,6 @@ import argparse
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -52,31 +51,6 @@ def _free_port() -> int:
         return port
 
 
-def _start(name: str, args: list[str], env: dict[str, str], root: Path) -> procs.Server:
-    """procs.start, with the code of `root` first on the path."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
-    full.update(env)
-    full["PYTHONPATH"] = f"{root / 'clients' / 'python'}:{root}"
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        env=full,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if procs._BANNER.search(line) is None:
-        proc.kill()
-        proc.communicate(timeout=10)
-        raise RuntimeError(f"{name}: no banner: {line!r}")
-    server = procs.Server(name, proc)
-    for key, value in procs._FIELD.findall(line):
-        setattr(server, key, value)
-    return server
-
-
 def _sidecar_calls(port: int) -> float:
     """Verify + VerifyBatch calls the sidecar has served (its Prometheus counter)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
@@ -102,7 +76,7 @@ def _launch(column: Column, workdir: Path, minted: Minted) -> list[procs.Server]
             "AUTHSIDECAR_LOG_LEVEL": "WARNING",
             "AUTHSIDECAR_METRICS__LISTEN": f"127.0.0.1:{column.metrics_port}",
         }
-        column.sidecar = _start(
+        column.sidecar = procs.start(
             f"sidecar {column.name}", ["-m", "sidecar", "serve"], env, column.root
         )
         started.append(column.sidecar)
@@ -111,7 +85,7 @@ def _launch(column: Column, workdir: Path, minted: Minted) -> list[procs.Server]
     args += ["--key", str(minted.key_path), "--audience", AUDIENCE]
     if column.sidecar is not None:
         args += ["--sidecar", column.sidecar.target("uds")]
-    column.callee = _start(f"callee {column.name}", args, {}, column.root)
+    column.callee = procs.start(f"callee {column.name}", args, {}, column.root)
     started.append(column.callee)
     return started
 
@@ -203,7 +177,11 @@ def _medians(columns: list[Column], levels: list[int]) -> None:
             cpu = _median(cells, "server_cpu_s_per_1k", 1000)
             side = _median(cells, "sidecar_cpu_s_per_1k", 1000)
             over = cpu - base
-            ratio = f" {over / ref_over:.2f}x (2)'s" if ref_over > 0 and column is not ref else ""
+            ratio = (
+                f" {over / ref_over:.2f}x (2)'s"
+                if ref_over > 0 and column not in (ref, floor)
+                else ""
+            )
             print(
                 f"c={c:<3} {column.name:10} cpu {cpu:5.0f} over floor {over:5.0f} "
                 f"(callee {cpu - side:4.0f}, sidecar {side:4.0f}) tokens/sidecar call "

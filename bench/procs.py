@@ -76,15 +76,17 @@ def _children(pid: int) -> list[int]:
     return pids
 
 
-def start(name: str, args: list[str], env: dict[str, str]) -> Server:
-    """Start `python args...` and wait for its banner line."""
+def start(name: str, args: list[str], env: dict[str, str], root: Path | None = None) -> Server:
+    """Start `python args...` and wait for its banner line. `root`: run the code of that
+    source tree (its client package first on the path) instead of this one's
+    (bench/oneshot_ab.py compares two)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
     full_env.update(env)
-    full_env["PYTHONPATH"] = str(ROOT)
+    full_env["PYTHONPATH"] = str(ROOT) if root is None else f"{root / 'clients/python'}:{root}"
     proc = subprocess.Popen(
         [sys.executable, *args],
         env=full_env,
-        cwd=ROOT,
+        cwd=ROOT if root is None else root,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
