@@ -303,8 +303,10 @@ async def test_concurrent_misses_share_verify_batches(
         fake.delay_s = 0.5  # the first miss's batch is in flight while the others arrive
         outcomes = await asyncio.gather(*(whoami(aio, b, t) for t in tokens))
     assert [o.messages for o in outcomes] == [[f"user-{i}".encode()] for i in range(16)]
-    assert fake.attempts["Verify"] == 0
-    assert 1 <= fake.attempts["VerifyBatch"] < 16
+    # A miss alone in its batch goes as Verify (AsyncVerifyBatcher with max_in_flight); the
+    # ones that waited together share VerifyBatch calls: fewer calls than misses.
+    assert fake.attempts["VerifyBatch"] >= 1
+    assert fake.attempts["Verify"] + fake.attempts["VerifyBatch"] < 16
 
 
 @AIO

@@ -173,6 +173,27 @@ async def test_each_caller_gets_its_own_reason_from_one_batch(
     assert batching.counted.batch_sizes == [len(asks)]
 
 
+async def test_a_lone_caller_of_the_interceptors_batcher_gets_verifys_own_answer(
+    sidecar: RunningSidecar,
+) -> None:
+    """With `max_in_flight` (the server interceptors' batcher), a caller alone in its batch
+    is sent as Verify: one Verify per ask, no VerifyBatch, and each answer (claims, or error
+    class, code and reason) is the unary Verify's."""
+    asks, reasons = await mixed_asks(sidecar)
+    async with AsyncAuthClient(sidecar.unix_target) as unary:
+        expected = await unary_outcomes(unary, asks)
+    batching = Batching(True, sidecar.unix_target, max_in_flight=1)
+    outcomes = [(await batching.verify_all([ask]))[0] for ask in asks]
+    together = await batching.verify_all(asks)
+    await batching.close()
+    assert outcomes == expected
+    assert reasons_of(outcomes) == reasons
+    # Callers that wait together still share one VerifyBatch, answered as Verify would.
+    assert together == expected
+    assert batching.counted.verifies == len(asks)
+    assert batching.counted.batch_sizes == [len(asks)]
+
+
 @AIO
 async def test_more_callers_than_max_batch_take_several_calls_none_over_it(
     sidecar: RunningSidecar, aio: bool

@@ -141,7 +141,9 @@ async def fake_watch_sidecar(upstream: str, socket_dir: Path) -> AsyncIterator[F
             try:
                 reply: bytes = await upstream_call(request, metadata=context.invocation_metadata())
             except grpc.aio.AioRpcError as error:
-                await context.abort(error.code(), error.details() or "", error.trailing_metadata())
+                # abort takes a tuple; the error's trailers are an aio Metadata object.
+                trailers = tuple(error.trailing_metadata() or ())
+                await context.abort(error.code(), error.details() or "", trailers)
             fake.answered += 1
             await asyncio.sleep(fake.reply_delay_s)
             return reply

@@ -22,7 +22,7 @@ from authsidecar.client._errors import AuthClientError
 from authsidecar.client._gate import Handler, InterceptorBase, Miss, behaviour, rebuild
 from authsidecar.client._models import VerifiedClaims
 from authsidecar.client._policy import MethodRule
-from authsidecar.client._refusal import EXPIRED_MID_STREAM, Refusal, refusal_for
+from authsidecar.client._refusal import EXPIRED_MID_STREAM, Refusal, bearer_token, refusal_for
 from authsidecar.client._watch import AsyncWatcher
 
 _Verifier = AsyncAuthClient | AsyncVerifyBatcher
@@ -30,6 +30,15 @@ _Verifier = AsyncAuthClient | AsyncVerifyBatcher
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], refusal: Refusal) -> Never:
     await context.abort(refusal.code, refusal.message, refusal.trailing_metadata())
+
+
+def _refuser(refusal: Refusal) -> Callable[..., Any]:
+    """A unary-unary behaviour that refuses its call (the handler itself never runs)."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Never:
+        await _abort(context, refusal)
+
+    return refuse
 
 
 class AsyncAuthServerInterceptor(
@@ -73,11 +82,24 @@ class AsyncAuthServerInterceptor(
         if self._watcher is not None and not self._watcher.started:
             self._watcher.start()
         handler: Handler | None = await continuation(handler_call_details)
-        return self._protect(handler, handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return self._protect(handler, handler_call_details)
+        # Unary-unary: no message stream to re-check, so the call is decided here, in the
+        # task that then runs the handler (grpc.aio runs both in one task, so the bound
+        # claims reach it), and the handler is passed on as it is. Wrapping it in a per-call
+        # coroutine instead costs every call about as much again as grpc.aio's interceptor
+        # path itself (bench/callee.py, rows d1 and d2).
+        rule = self._gate.policy.rule(handler_call_details.method)
+        if rule.public:
+            return handler
+        step = await self._decide(bearer_token(handler_call_details.invocation_metadata), rule)
+        if isinstance(step, Refusal):
+            return rebuild(handler, unary_unary=_refuser(step))
+        bind_claims(step)
+        return handler
 
-    async def _authenticate(
-        self, token: str | None, rule: MethodRule, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> VerifiedClaims:
+    async def _decide(self, token: str | None, rule: MethodRule) -> VerifiedClaims | Refusal:
+        """The claims, or the refusal: from the decision cache, or Verify's answer."""
         step = self._gate.start(token, rule)
         if isinstance(step, Miss):
             try:
@@ -85,9 +107,14 @@ class AsyncAuthServerInterceptor(
                     step.token, audience=step.audience, required_scopes=step.scopes
                 )
             except AuthClientError as error:
-                step = refusal_for(error)
-            else:
-                step = self._gate.finish(step, claims)
+                return refusal_for(error)
+            return self._gate.finish(step, claims)
+        return step
+
+    async def _authenticate(
+        self, token: str | None, rule: MethodRule, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> VerifiedClaims:
+        step = await self._decide(token, rule)
         if isinstance(step, Refusal):
             await _abort(context, step)
         # Each asyncio call runs in its own task, with its own copy of the context.

@@ -22,7 +22,8 @@ such turn, so `VerifyBatcher` waits 1 ms. Both take `max_in_flight`: then a batc
 once whenever fewer than that many batches are in flight, so a lone caller waits for nothing,
 and the callers that arrive while batches are in flight go out together when one comes back
 (the server interceptors use `max_in_flight=1`). Without it, any number of batches may be in
-flight.
+flight. With it, the asyncio batcher sends a batch of one as Verify (a lone miss gets Verify's
+own answer, at less cost than a VerifyBatch of one).
 `close()` sends whatever is waiting and then waits for the batches in flight. The client
 belongs to the caller: close it after the batcher.
 
