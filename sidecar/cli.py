@@ -7,7 +7,8 @@ exit 1 = the token was refused or a call failed, exit 2 = usage or configuration
 `--config FILE` is accepted before or after the subcommand (`authsidecar serve --config f`).
 The commands that call a sidecar (`token issue|verify`, `health`) find it as
 `sidecar/cli_client.py` says: `--target`, the environment, the configuration; never the
-current directory by guess.
+current directory by guess. The `keys` subcommands (key files and the rotation runbook) are
+sidecar/cli_keys.py's.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,11 +35,9 @@ from sidecar.cli_client import (
     public_target,
     reply_as_json,
 )
+from sidecar.cli_keys import add_keys_commands, run_keys_command
 from sidecar.config import Settings, load_settings
 from sidecar.errors import AuthSidecarError, StartupError
-from sidecar.jwa import algorithm_names
-from sidecar.keys import rotation
-from sidecar.keys.generate import generate_key, write_key_file
 from sidecar.logs import configure_logging
 from sidecar.tokens.jws import peek
 
@@ -78,34 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="health service name (default: server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
 
-    keys = commands.add_parser("keys", help="key files").add_subparsers(
-        dest="keys_command", required=True
-    )
-    gen = keys.add_parser("generate", help="write a new private JWK file with a fresh kid")
-    gen.add_argument("--alg", default="ES256", choices=sorted(algorithm_names()))
-    gen.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
-    gen.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
-    # The rotation runbook (docs/keys.md) as commands on a key directory (keys.directory).
-    first = keys.add_parser("init", help="create the first, signing key of an empty directory")
-    first.add_argument("--alg", default="ES256", choices=sorted(algorithm_names()))
-    first.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
-    rotate = keys.add_parser("rotate", help="publish the next key (verifies, does not sign yet)")
-    rotate.add_argument("--alg", default="ES256", choices=sorted(algorithm_names()))
-    rotate.add_argument("--kid", help="key id (default: RFC 7638 thumbprint)")
-    promote = keys.add_parser("promote", help="make a published key the signing key")
-    promote.add_argument("--kid", required=True)
-    retire = keys.add_parser("retire", help="remove a key that no longer signs")
-    retire.add_argument("--kid", required=True)
-    retire.add_argument(
-        "--force",
-        action="store_true",
-        help="retire before the old key's last token expired (a compromised key)",
-    )
-    # The token lifetimes that make the wait (docs/keys.md step 3).
-    _add_config(retire)
-    show = keys.add_parser("show", help="the key directory's kids, signing kid and version")
-    for sub in (first, rotate, promote, retire, show):
-        sub.add_argument("--dir", required=True, type=Path, help="the key directory")
+    add_keys_commands(commands, _add_config)
 
     token = commands.add_parser("token", help="debug tokens").add_subparsers(
         dest="debug_action", required=True
@@ -148,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "keys":
-            if args.keys_command != "generate":
-                return _key_directory(args)
-            return _keys_generate(args)
+            return run_keys_command(args)
         if args.command == "token" and args.debug_action == "inspect":
             return _inspect(_read_token(args.token))
         settings = load_settings(args.config)
@@ -174,50 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
-
-
-def _keys_generate(args: argparse.Namespace) -> int:
-    if args.out.exists():
-        print(f"authsidecar: {args.out} exists; refusing to overwrite a key", file=sys.stderr)
-        return EXIT_USAGE
-    key, jwk = generate_key(args.alg, args.kid)
-    write_key_file(args.out, jwk)
-    print(json.dumps({"kid": key.kid, "alg": key.alg, "path": str(args.out)}))
-    return 0
-
-
-def _key_directory(args: argparse.Namespace) -> int:
-    """rotate / promote / retire / show; each checks the directory loads before and after."""
-    now = int(time.time())
-    out: dict[str, Any]
-    if args.keys_command == "init":
-        view = rotation.init(args.dir, args.alg, args.kid, now=now)
-        out = {"created": view.signing_kid, **view.as_dict()}
-        out["next"] = f"serve it: keys.directory: {args.dir} (or AUTHSIDECAR_KEYS__DIRECTORY)"
-    elif args.keys_command == "rotate":
-        kid, view = rotation.publish_next(args.dir, args.alg, args.kid, now=now)
-        out = {"published": kid, **view.as_dict()}
-        out["next"] = (
-            f"after the overlap (docs/keys.md): authsidecar keys promote --dir {args.dir} "
-            f"--kid {kid}"
-        )
-    elif args.keys_command == "promote":
-        previous, view = rotation.promote(args.dir, args.kid, now=now)
-        out = {"promoted": args.kid, "previous": previous, **view.as_dict()}
-        if previous is not None:
-            out["next"] = (
-                "once every token it signed has expired (docs/keys.md): authsidecar keys "
-                f"retire --dir {args.dir} --kid {previous}"
-            )
-    elif args.keys_command == "retire":
-        tokens = load_settings(args.config).tokens
-        wait_s = max(tokens.max_access_ttl_s, tokens.refresh_ttl_s) + tokens.leeway_s
-        view = rotation.retire(args.dir, args.kid, now=now, wait_s=wait_s, force=args.force)
-        out = {"retired": args.kid, **view.as_dict()}
-    else:
-        out = rotation.describe(args.dir).as_dict()
-    print(json.dumps(out, indent=2))
-    return 0
 
 
 def _read_token(value: str) -> str:

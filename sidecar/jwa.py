@@ -7,8 +7,9 @@ keys/algorithms.py the key loader, the signer, the verifier, key generation and 
 An `alg` missing here ("none", "PS257", "Ed448", ...) is refused everywhere, because nothing
 else holds a list to fall back on.
 
-It is plain data and imports nothing of ours: config.py (a layer below `sidecar.keys`) reads
-it, and keys/algorithms.py binds each entry to its key type's `cryptography` code.
+It is plain data and imports nothing of ours, a layer below `sidecar.keys`: sidecar/config
+(config/keys.py, config/issuers.py) reads it, and keys/algorithms.py binds each entry to its
+key type's `cryptography` code.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One `RemoteKeySet` per configured issuer (config `issuers`, docs/keys.md "External issuers").
 
 * **Only configured locations are read.** The URL comes from the configuration and must be
-  `https://` (config.py refuses anything else); token headers never name a URL (`jku`,
+  `https://` (config/issuers.py refuses anything else); token headers never name a URL (`jku`,
   `x5u` are refused by the JWS parser). Redirects are not followed, proxies from the
   environment are not used, and the server certificate is verified against the system trust
   store or the issuer's `ca_file`.
@@ -252,7 +252,7 @@ class RemoteKeySet:
                 _NoRedirect(),
                 urllib.request.HTTPSHandler(context=self._context),
             )
-            request = urllib.request.Request(  # noqa: S310 - https:// only (config.py)
+            request = urllib.request.Request(  # noqa: S310 - https:// only (config/issuers.py)
                 settings.jwks_url,
                 headers={
                     "Accept": "application/jwk-set+json, application/json",

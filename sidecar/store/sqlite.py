@@ -183,7 +183,7 @@ class SqliteTokenStore:
         return await self._run(revocations_sync)
 
     async def open_revocation_feed(self) -> RevocationFeed | None:
-        """None: other processes sharing the file reach this mirror by polling (app.py)."""
+        """None: other processes sharing the file reach this mirror by polling (app/store.py)."""
         await self.ping()
         return None
 

@@ -13,7 +13,7 @@ import json
 import os
 
 ADDRESS_ENV = "AUTHSIDECAR_ADDR"
-# The sidecar's default public TCP listener (sidecar/config.py ListenSettings.tcp).
+# The sidecar's default public TCP listener (sidecar/config/listeners.py ListenSettings.tcp).
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 SERVICE = "authsidecar.v1.AuthService"
 # VerifyBatch only reads, like Verify, and is retried like it: a batched verify must fail
