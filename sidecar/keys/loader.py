@@ -20,7 +20,6 @@ Error messages name the file, the kid and the member, never a key value.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from sidecar.errors import KeyMaterialError
 from sidecar.jwa import JWK_ALIASES
 from sidecar.keys import algorithms
 from sidecar.keys.material import KeyMaterial, build_key
+from sidecar.strict_json import JsonRefused, parse_json
 
 __all__ = [
     "MAX_KEY_FILE_BYTES",
@@ -124,18 +124,13 @@ def parse_jwks(obj: Mapping[str, Any]) -> list[KeyMaterial]:
 
 
 def strict_json(text: str) -> Any:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result = dict(pairs)
-        if len(result) != len(pairs):
-            raise KeyMaterialError("duplicate member names in JSON")
-        return result
-
-    def no_constants(name: str) -> Any:
-        raise KeyMaterialError(f"non-finite number {name} in JSON")
-
+    """A key file, JWKS or manifest by the one strict parser (sidecar/strict_json.py): no
+    duplicate members, no NaN/Infinity, bounded nesting, no lone surrogates."""
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (ValueError, RecursionError) as exc:
+        return parse_json(text.encode("utf-8"))
+    except JsonRefused as exc:
+        raise KeyMaterialError(f"{exc} in JSON" if str(exc) else "not valid JSON") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeError
         raise KeyMaterialError("not valid JSON") from exc
 
 

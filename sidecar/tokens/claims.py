@@ -14,7 +14,7 @@ The rules come in two parts, because the verifier caches the first (tokens/verif
   `check_static` validated (the verifier keeps them with a cached result).
 
 Before either, the claim set was parsed as a strict JSON object with I-JSON numbers
-(tokens/strict_json.py: TOKEN_MALFORMED, or CLAIM_INVALID for a number out of range).
+(sidecar/strict_json.py: TOKEN_MALFORMED, or CLAIM_INVALID for a number out of range).
 `validate` runs both parts and the per-call audience, in the verifier's order.
 """
 

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from sidecar.errors import ClaimError, TokenError
 from sidecar.keys.material import KeyMaterial
+from sidecar.strict_json import parse_claims, unverified_issuer
 from sidecar.tokens.claims import ClaimsPolicy
-from sidecar.tokens.strict_json import parse_claims, unverified_issuer
 
 __all__ = ["ExternalKeys", "Issuer", "Issuers"]
 

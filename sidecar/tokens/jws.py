@@ -9,7 +9,7 @@ with one reason code:
 1. size cap, before any other work                                   TOKEN_TOO_LARGE
 2. exactly three non-empty segments of [A-Za-z0-9_-], each canonical
    base64url (sidecar/b64url.py: one token, one spelling)            TOKEN_MALFORMED
-3. header: strict UTF-8 JSON (tokens/strict_json.py; bounded size),
+3. header: strict UTF-8 JSON (sidecar/strict_json.py; bounded size),
    an object with members from {alg, kid, typ} only, `typ` a string  TOKEN_MALFORMED
 4. `alg` in the algorithm table, sidecar/jwa.py (never "none",
    RFC 8725 section 2.1)                                             ALGORITHM_NOT_ALLOWED
@@ -46,7 +46,7 @@ from sidecar.errors import (
 )
 from sidecar.jwa import HEADER_NAMES
 from sidecar.keys.material import KeyMaterial
-from sidecar.tokens.strict_json import MAX_JSON_DEPTH, parse_claims, parse_json
+from sidecar.strict_json import MAX_JSON_DEPTH, parse_claims, parse_json
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from sidecar.b64url import encode as _b64encode
 from sidecar.errors import InvalidRequestError, TokenError
 from sidecar.keys.material import KeyMaterial
-from sidecar.tokens.strict_json import parse_claims
+from sidecar.strict_json import parse_claims
 
 __all__ = [
     "THREAD_NAME_PREFIX",

@@ -59,13 +59,13 @@ from sidecar.errors import (
 )
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.ring import KeyRing
+from sidecar.strict_json import parse_claims
 from sidecar.tokens.cache import CachedVerification, HeaderMemo, VerifyCache
 from sidecar.tokens.claims import ClaimsPolicy, TimeWindow
 from sidecar.tokens.issuers import Issuer, Issuers
 from sidecar.tokens.jws import ParsedJws, checked_key, parse_compact
 from sidecar.tokens.model import TokenKind, VerifiedToken
 from sidecar.tokens.revocation import RevocationMirror
-from sidecar.tokens.strict_json import parse_claims
 
 __all__ = ["Verifier", "VerifyItem"]
 

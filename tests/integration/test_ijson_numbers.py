@@ -2,7 +2,7 @@
 
 A 400-digit integer cannot go into a protobuf Struct (it was INTERNAL for Verify and
 Introspect and failed a whole VerifyBatch). The verifier now refuses any claim set holding a
-number outside RFC 7493 section 2.2's range (tokens/strict_json.py) as CLAIM_INVALID, so
+number outside RFC 7493 section 2.2's range (sidecar/strict_json.py) as CLAIM_INVALID, so
 every RPC answers as it does for any other refused token: Verify and Refresh
 UNAUTHENTICATED / CLAIM_INVALID, the VerifyBatch item alone, Introspect `active: false`,
 Revoke OK with nothing revoked (RFC 7009), ext_authz a 401. The tokens are signed by the

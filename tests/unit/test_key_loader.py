@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sidecar.errors import KeyMaterialError
+from sidecar.keys import loader
 from sidecar.keys.loader import MAX_KEY_FILE_BYTES, load_key_file, parse_jwk, parse_jwks
+from sidecar.strict_json import parse_json
 from tests.support.jose import b64url as _b64
 from tests.support.keys import make_key, make_private_jwk, private_key, write_jwk_file
 from tests.support.vectors import vectors_dir
@@ -365,3 +368,23 @@ def test_rfc7520_signatures_verify_with_loaded_keys(
     raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
     assert key.verify(f"{header}.{payload}".encode(), raw)
     assert not key.verify(f"{header}.{payload}x".encode(), raw)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ('{"kty": "oct", "kty": "RSA"}', "duplicate member names in JSON"),
+        ('{"n": NaN}', "non-finite number NaN in JSON"),
+        ('{"n": 1e400}', "non-finite number in JSON"),
+        ("[" * 17 + "]" * 17, "nested deeper than 16 in JSON"),
+        ('{"k": "\\ud800"}', "not valid JSON"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_key_files_are_read_by_the_one_strict_json_parser(document: str, message: str) -> None:
+    # Issue 12: key files, JWKS and manifests follow the token parser's rules (sidecar/
+    # strict_json.py), each refusal named; there is no second, laxer parser for them.
+    with pytest.raises(KeyMaterialError, match=f"^{re.escape(message)}$"):
+        loader.strict_json(document)
+    with pytest.raises(ValueError):
+        parse_json(document.encode())

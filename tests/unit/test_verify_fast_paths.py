@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jose.backends.cryptography_backend import CryptographyHMACKey
 
+from sidecar import strict_json
 from sidecar.clock import FixedClock
 from sidecar.errors import (
     BadSignatureError,
@@ -36,7 +37,7 @@ from sidecar.jwa import ALGORITHMS
 from sidecar.keys.material import KeyMaterial
 from sidecar.keys.oct_key import HmacKey
 from sidecar.keys.ring import KeyRing
-from sidecar.tokens import jws, strict_json
+from sidecar.tokens import jws
 from sidecar.tokens.cache import MAX_VERIFIED_HEADERS, HeaderMemo, VerifyCache, entry_bytes
 from sidecar.tokens.claims import ClaimsPolicy
 from sidecar.tokens.model import Claims, TokenKind, VerifiedToken

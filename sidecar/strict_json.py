@@ -1,8 +1,10 @@
-"""Strict JSON for token headers and claim sets: one spelling, bounded, I-JSON numbers.
+"""Strict JSON, the one parser for what we read as JSON: token headers and claim sets, key
+files, JWKS documents (ours and external issuers') and key-set manifests (keys/loader.py).
 
 A token's header and claims are attacker-chosen bytes until the signature says otherwise,
-and even then they go on into protobuf, logs and HTTP headers. So both are parsed with one
-set of rules, stricter than `json.loads`:
+and even then they go on into protobuf, logs and HTTP headers; an external issuer's JWKS is
+fetched from the network. So all of them are parsed with one set of rules, stricter than
+`json.loads` (issue 12: there used to be a second, laxer parser for key files):
 
 * UTF-8 only (RFC 8259 section 8.1); no lone surrogate escapes (RFC 8259 section 8.2: they
   decode to a str that cannot be encoded again, and would fail far away, e.g. in protobuf);
@@ -78,18 +80,18 @@ _OUT_OF_RANGE = _OutOfRangeMarker()
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        raise JsonRefused
+        raise JsonRefused("duplicate member names")
     return obj
 
 
-def _refuse_constant(_name: str) -> Any:
-    raise JsonRefused  # NaN, Infinity, -Infinity
+def _refuse_constant(name: str) -> Any:
+    raise JsonRefused(f"non-finite number {name}")  # NaN, Infinity, -Infinity
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 overflows to inf
-        raise JsonRefused
+        raise JsonRefused("non-finite number")
     return value
 
 
@@ -182,7 +184,7 @@ def _check_depth(document: bytes) -> None:
         if char in (b"[", b"{"):
             depth += 1
             if depth > MAX_JSON_DEPTH:
-                raise JsonRefused
+                raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH}")
         elif char in (b"]", b"}"):
             depth -= 1
 
