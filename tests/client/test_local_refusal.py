@@ -24,16 +24,14 @@ from pathlib import Path
 import grpc
 
 from authsidecar.v1 import auth_pb2
-from sidecar.keys.keyset import write_manifest
 from tests.client import services
 from tests.client.harness import OK, UNAUTHENTICATED, Callee, callee
 from tests.client.proxy import SidecarProxy
-from tests.client.test_watch_sidecar import AUDIENCES, POLICY, round_trips, watched
+from tests.client.test_watch_sidecar import POLICY, key_rotating_sidecar, round_trips, watched
 from tests.client.tokens import mint
-from tests.support.keys import write_jwk_file
 from tests.support.marks import AIO
 from tests.support.polling import eventually
-from tests.support.sidecar import RunningSidecar, running_sidecar
+from tests.support.sidecar import RunningSidecar
 
 STATUS_DETAILS = "grpc-status-details-bin"
 
@@ -163,23 +161,14 @@ async def test_past_exp_the_refusal_is_not_served_and_verify_decides(
 async def test_a_retired_key_drops_the_refusal_and_verify_answers_key_unknown(
     data_dir: Path, socket_dir: Path, aio: bool
 ) -> None:
-    keys = data_dir / "keyset"
-    keys.mkdir()
-    write_jwk_file(keys, "ES256", "k1")
-    write_manifest(keys, "k1", 0)
-    settings = {"directory": str(keys), "reload_interval_s": 0.05}
-    async with running_sidecar(data_dir, keys=settings, tokens=AUDIENCES) as sc:
+    async with key_rotating_sidecar(data_dir) as (sc, retire_k1):
         old = await mint(sc)
-        service = sc.app.service
         async with watched(aio, sc, socket_dir) as (proxy, b), references(aio, proxy) as refs:
             await answer(b, old)
             await sc.public.Revoke(auth_pb2.RevokeRequest(token=old))
             await eventually(lambda: b.interceptor.stats().invalidations["token_revoked"] >= 1)
             revoked = await refused_locally(b, proxy, old)
-            write_jwk_file(keys, "ES256", "k2")
-            write_manifest(keys, "k2", 0)
-            await eventually(lambda: getattr(service.ring.signing_key, "kid", "") == "k2")
-            (keys / "k1.jwk.json").unlink()
+            await retire_k1()
             await eventually(lambda: b.interceptor.stats().invalidations["key_retired"] >= 1)
             unknown = await asked_the_sidecar(b, proxy, old)
             unknown_ref = await answer(refs[1], old)

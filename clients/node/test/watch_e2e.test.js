@@ -234,7 +234,9 @@ test('a token past exp is never served from the cache', async () => {
   assert.equal(s.stats().hits, 1);
 });
 
-test('a retired key voids the cached decisions made with it', async () => {
+/** A sidecar of its own whose key directory holds k1 (signing) and k2; `rotate()` makes k2
+ * sign and removes k1, and SIGHUP makes the sidecar re-read the directory now. */
+async function keyRotatingSidecar() {
   const keys = fs.mkdtempSync('/tmp/asn-keys-');
   for (const kid of ['k1', 'k2']) {
     const made = await runPython(['-m', 'sidecar', 'keys', 'generate', '--alg', 'ES256',
@@ -246,6 +248,7 @@ test('a retired key voids the cached decisions made with it', async () => {
     AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
     AUTHSIDECAR_KEYS__DIRECTORY: keys,
     AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S: '0',
+    AUTHSIDECAR_METRICS__LISTEN: '127.0.0.1:0',
   });
   const ownAdmin = new AuthClient(own.admin);
   cleanups.push(async () => {
@@ -253,15 +256,23 @@ test('a retired key voids the cached decisions made with it', async () => {
     await own.stop();
     fs.rmSync(keys, { recursive: true, force: true });
   });
+  const rotate = () => {
+    fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
+    fs.rmSync(path.join(keys, 'k1.jwk.json'));
+    own.child.kill('SIGHUP');
+  };
+  const issueHere = () => ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  return { own, ownAdmin, rotate, issueHere };
+}
+
+test('a retired key voids the cached decisions made with it', async () => {
+  const { own, rotate, issueHere } = await keyRotatingSidecar();
   const s = await setup({}, own);
-  const grant = await ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  const grant = await issueHere();
   await s.call(grant.accessToken);
   await s.call(grant.accessToken);
   assert.equal(s.stats().hits, 1);
-  // Rotate: k2 signs, k1 is removed; SIGHUP makes the sidecar re-read the directory now.
-  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
-  fs.rmSync(path.join(keys, 'k1.jwk.json'));
-  own.child.kill('SIGHUP');
+  rotate();
   await waitFor(() => s.stats().invalidations.keyRetired >= 1, 'the KeyRetired event');
   assert.deepEqual(await s.call(grant.accessToken),
     { code: grpc.status.UNAUTHENTICATED, reason: 'KEY_UNKNOWN' });
@@ -339,35 +350,15 @@ test('while the watch is not current the sidecar decides; the refusal resumes af
 });
 
 test('a retired key drops the refusal: the sidecar answers KEY_UNKNOWN', async () => {
-  const keys = fs.mkdtempSync('/tmp/asn-keys-');
-  for (const kid of ['k1', 'k2']) {
-    const made = await runPython(['-m', 'sidecar', 'keys', 'generate', '--alg', 'ES256',
-      '--kid', kid, '--out', path.join(keys, `${kid}.jwk.json`)]);
-    assert.equal(made.code, 0, made.stderr);
-  }
-  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k1' }));
-  const own = await startSidecar({
-    AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
-    AUTHSIDECAR_KEYS__DIRECTORY: keys,
-    AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S: '0',
-    AUTHSIDECAR_METRICS__LISTEN: '127.0.0.1:0',
-  });
-  const ownAdmin = new AuthClient(own.admin);
-  cleanups.push(async () => {
-    ownAdmin.close();
-    await own.stop();
-    fs.rmSync(keys, { recursive: true, force: true });
-  });
+  const { own, ownAdmin, rotate, issueHere } = await keyRotatingSidecar();
   const s = await setup({}, own);
   const reference = await setup({ cacheDecisions: false }, own);
-  const grant = await ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  const grant = await issueHere();
   assert.equal((await s.call(grant.accessToken)).code, 0);
   await ownAdmin.revoke(grant.accessToken);
   await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
   const { answers: [revoked], verifies: none } = await answersAndVerifies([s], grant.accessToken, 0, own);
-  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
-  fs.rmSync(path.join(keys, 'k1.jwk.json'));
-  own.child.kill('SIGHUP');
+  rotate();
   await waitFor(() => s.stats().invalidations.keyRetired >= 1, 'the KeyRetired event');
   const { answers: [unknown, ref], verifies } = await answersAndVerifies([s, reference],
     grant.accessToken, 2, own);

@@ -21,10 +21,11 @@ because the sidecar's answer for that exact key is then known. Its verifier
 (sidecar/tokens/verifier.py) checks the key, the signature, the static claims, the time
 window and the audience before revocation, and the scopes after it; all of those held for
 this token under these requirements when the decision was made, and revocations are kept
-at least until `exp` (tokens/revoke.py, and refresh.py for a family), so until `exp` Verify can only answer
-TOKEN_REVOKED. What could change an earlier check ends the refusal too: past `exp` (or
-before `nbf`) it is not served and Verify decides (TOKEN_EXPIRED, ...); KeyRetired for its
-kid and `clear()` (DecisionsReset, resync, gap) drop it. A refusal keeps its entry's claims
+at least until `exp` (tokens/revoke.py, and refresh.py for a family), so until `exp`
+Verify can only answer TOKEN_REVOKED. What could change an earlier check ends the
+refusal too: past `exp` (or before `nbf`) it is not served and Verify decides
+(TOKEN_EXPIRED, ...); KeyRetired for its kid and `clear()` (DecisionsReset, resync, gap)
+drop it. A refusal keeps its entry's claims
 (for `exp`, `nbf` and the indexes) and its charge against the bounds, and leaves by LRU
 like any entry: evicted, the next call simply asks Verify.
 
