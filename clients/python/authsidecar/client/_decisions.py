@@ -25,9 +25,9 @@ at least until `exp` (tokens/revoke.py, and refresh.py for a family), so until `
 Verify can only answer TOKEN_REVOKED. What could change an earlier check ends the
 refusal too: past `exp` (or before `nbf`) it is not served and Verify decides
 (TOKEN_EXPIRED, ...); KeyRetired for its kid and `clear()` (DecisionsReset, resync, gap)
-drop it. A refusal keeps its entry's claims
-(for `exp`, `nbf` and the indexes) and its charge against the bounds, and leaves by LRU
-like any entry: evicted, the next call simply asks Verify.
+drop it. A refusal keeps its entry's claims (for `exp`, `nbf` and the indexes) and its
+charge against the bounds, and leaves by LRU like any entry: evicted, the next call simply
+asks Verify.
 
 Not thread-safe by itself: `WatchState` holds the one lock around it.
 """
