@@ -6,8 +6,9 @@ refused  (issue 15's definition) every callee accepts the token twice (so each i
          holds its decision), the token is revoked at the sidecar, and the moment Revoke's
          answer arrives one probe loop per callee calls with the token, again every
          `probe_interval_s`, until refused. A callee's time is when its first UNAUTHENTICATED
-         answer arrives: an upper bound that includes the probe's round trip, and for a
-         decision already dropped, the Verify that the miss costs. 50 of those at once on a
+         answer arrives: an upper bound that includes the probe's round trip (column 4
+         refuses a revoked decision itself, with no Verify, once the event has arrived;
+         column 3 asks Verify every time). 50 of those at once on a
          2-core machine queue behind each other; the callee that verifies every call
          (column 3) shows that floor.
 dropped  the push alone: the same set-up, but nobody calls the callees after Revoke; each

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from authsidecar.client import AuthClient, AuthServerInterceptor
 from authsidecar.client.metrics import register_decision_metrics
-from tests.client.harness import OK
+from authsidecar.v1 import auth_pb2
+from tests.client.harness import OK, UNAUTHENTICATED
 from tests.client.test_decision_cache import identity, watched, whoami
 from tests.client.tokens import mint
 from tests.support.marks import AIO
@@ -36,8 +37,10 @@ async def test_the_series_count_the_hits_misses_and_invalidations_of_real_calls(
     async with watched(aio, sidecar, socket_dir) as (fake, b):
         register_decision_metrics({"orders": b.interceptor}, registry=registry)
         assert [(await whoami(aio, b, token)).code for _ in range(3)] == [OK] * 3
+        await sidecar.public.Revoke(auth_pb2.RevokeRequest(token=token))
         fake.revoke_token(revoked.iss, revoked.jti)
         await eventually(lambda: b.interceptor.stats().invalidations["token_revoked"] == 1)
+        assert (await whoami(aio, b, token)).code == UNAUTHENTICATED  # and the client's retry
         stats = b.interceptor.stats()
 
         def value(name: str, **labels: str) -> float | None:
@@ -46,13 +49,15 @@ async def test_the_series_count_the_hits_misses_and_invalidations_of_real_calls(
         assert value("decision_lookups_total", result="hit") == stats.hits == 2
         assert value("decision_lookups_total", result="miss") == stats.misses == 1
         assert value("decision_lookups_total", result="bypassed") == stats.bypassed
+        assert value("decision_lookups_total", result="refused") == stats.refused_locally == 2
         assert value("decisions_stored_total") == stats.stored == 1
         assert value("decisions_not_stored_total") == stats.not_stored
         assert value("decision_invalidations_total", kind="token_revoked") == 1
         assert value("decision_invalidations_total", kind="gap") == 0
         assert value("decisions_invalidated_total") == stats.dropped == 1
-        assert value("decision_entries") == stats.entries == 0
-        assert value("decision_bytes") == stats.bytes == 0
+        assert value("decision_entries") == stats.entries == 1  # the refusal kept until exp
+        assert value("decision_tombstones") == stats.tombstones == 1
+        assert value("decision_bytes") == stats.bytes > 0
         assert value("watch_current") == 1
         assert value("watch_subscriptions_total") == stats.subscriptions == 1
         staleness = value("watch_staleness_seconds")

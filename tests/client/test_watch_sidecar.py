@@ -8,7 +8,7 @@ would; nothing is pushed by the test.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,31 @@ async def whoami(aio: bool, b: Callee, token: str) -> Outcome:
     return await call_b(aio, b.target, StaticTokenSource(token), "Whoami")
 
 
+@asynccontextmanager
+async def key_rotating_sidecar(
+    data_dir: Path,
+) -> AsyncIterator[tuple[RunningSidecar, Callable[[], Awaitable[None]]]]:
+    """A sidecar reading its keys from a directory, k1 signing, and `retire_k1()`, which
+    does what an operator does: add k2 and make it sign, then remove k1's file."""
+    keys = data_dir / "keyset"
+    keys.mkdir()
+    write_jwk_file(keys, "ES256", "k1")
+    write_manifest(keys, "k1", 0)
+    settings = {"directory": str(keys), "reload_interval_s": 0.05}
+    async with running_sidecar(data_dir, keys=settings, tokens=AUDIENCES) as sc:
+        service = sc.app.service
+
+        async def retire_k1() -> None:
+            write_jwk_file(keys, "ES256", "k2")
+            write_manifest(keys, "k2", 0)
+            await eventually(lambda: "k2" in service.ring)
+            await eventually(lambda: getattr(service.ring.signing_key, "kid", "") == "k2")
+            (keys / "k1.jwk.json").unlink()
+            await eventually(lambda: "k1" not in service.ring)
+
+        yield sc, retire_k1
+
+
 @AIO
 async def test_a_revoked_token_is_refused_at_a_callee_that_had_cached_it(
     sidecar: RunningSidecar, socket_dir: Path, aio: bool
@@ -73,23 +98,12 @@ async def test_a_revoked_token_is_refused_at_a_callee_that_had_cached_it(
 async def test_a_retired_key_voids_the_decisions_made_with_it(
     data_dir: Path, socket_dir: Path, aio: bool
 ) -> None:
-    keys = data_dir / "keyset"
-    keys.mkdir()
-    write_jwk_file(keys, "ES256", "k1")
-    write_manifest(keys, "k1", 0)
-    settings = {"directory": str(keys), "reload_interval_s": 0.05}
-    async with running_sidecar(data_dir, keys=settings, tokens=AUDIENCES) as sc:
+    async with key_rotating_sidecar(data_dir) as (sc, retire_k1):
         old = await mint(sc)
-        service = sc.app.service
         async with watched(aio, sc, socket_dir) as (proxy, b):
             assert (await whoami(aio, b, old)).code == OK
             assert (await whoami(aio, b, old)).code == OK
-            write_jwk_file(keys, "ES256", "k2")
-            write_manifest(keys, "k2", 0)
-            await eventually(lambda: "k2" in service.ring)
-            await eventually(lambda: getattr(service.ring.signing_key, "kid", "") == "k2")
-            (keys / "k1.jwk.json").unlink()
-            await eventually(lambda: "k1" not in service.ring)
+            await retire_k1()
             await eventually(lambda: b.interceptor.stats().invalidations["key_retired"] >= 1)
             refused = await whoami(aio, b, old)
             fresh = await whoami(aio, b, await mint(sc))

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 from google.protobuf import struct_pb2
 
-from authsidecar.client._decisions import DecisionCache, decision_key, entry_bytes
+from authsidecar.client._decisions import REVOKED, DecisionCache, Refused, decision_key, entry_bytes
 from authsidecar.client._models import VerifiedClaims, claims_from
 from authsidecar.client._watch_state import WatchState
 from authsidecar.v1 import auth_pb2
@@ -92,7 +92,7 @@ def store(state: WatchState, token: str, decision: VerifiedClaims) -> bool:
     return state.admit(position, key, decision, len(token), NOW)
 
 
-def hit(state: WatchState, token: str) -> VerifiedClaims | None:
+def hit(state: WatchState, token: str) -> VerifiedClaims | Refused | None:
     return state.consult(decision_key(token, "svc-b", ("read",)), NOW)[0]
 
 
@@ -118,7 +118,7 @@ def test_nothing_is_served_or_kept_before_the_first_sync() -> None:
     assert state.stats().bypassed == 1 and state.stats().not_stored == 1
 
 
-def test_each_event_drops_exactly_the_decisions_it_voids() -> None:
+def test_each_event_voids_exactly_the_decisions_it_names() -> None:
     state, _ = current_state()
     assert store(state, "a", claims("ja", sid="s1"))
     assert store(state, "b", claims("jb", sid="s1", kid="k2"))
@@ -126,15 +126,19 @@ def test_each_event_drops_exactly_the_decisions_it_voids() -> None:
     assert store(state, "d", claims("jd", kid="k2"))
     assert store(state, "e", claims("je"))
     assert state.apply(revoked(1, "ja", iss="https://other"))  # another issuer's jti
-    assert hit(state, "a") is not None
+    assert isinstance(hit(state, "a"), VerifiedClaims)
     assert state.apply(revoked(2, "ja"))
-    assert hit(state, "a") is None and hit(state, "b") is not None
+    assert hit(state, "a") is REVOKED and isinstance(hit(state, "b"), VerifiedClaims)
     assert state.apply(family(3, "s1"))
-    assert hit(state, "b") is None and hit(state, "c") is not None
-    assert state.apply(retired(4, "k2"))
-    assert hit(state, "d") is None and hit(state, "c") is not None and hit(state, "e") is not None
+    assert hit(state, "b") is REVOKED and isinstance(hit(state, "c"), VerifiedClaims)
+    assert state.apply(retired(4, "k2"))  # drops "d", and "b"'s refusal: Verify decides
+    assert hit(state, "d") is None and hit(state, "b") is None
+    assert hit(state, "a") is REVOKED
+    assert isinstance(hit(state, "c"), VerifiedClaims) and isinstance(
+        hit(state, "e"), VerifiedClaims
+    )
     stats = state.stats()
-    assert (stats.entries, stats.dropped) == (2, 3)
+    assert (stats.entries, stats.tombstones, stats.dropped) == (3, 1, 3)
     assert dict(stats.invalidations) == {
         "token_revoked": 2,
         "family_revoked": 1,
@@ -228,7 +232,7 @@ def test_a_cut_stream_serves_nothing_and_a_resumed_one_replays_before_serving() 
     assert state.apply(revoked(3, "other"))
     assert hit(state, "b") is None
     assert state.apply(heartbeat(3))
-    assert hit(state, "a") is None and hit(state, "b") is not None
+    assert hit(state, "a") is REVOKED and isinstance(hit(state, "b"), VerifiedClaims)
     assert state.stats().invalidations["resync"] == 1  # resumed, not reset
 
 
@@ -349,3 +353,100 @@ def test_cache_bounds_must_be_positive(bad: int) -> None:
         DecisionCache(max_bytes=bad)
     with pytest.raises(ValueError):
         WatchState(DecisionCache(), staleness_s=bad)
+
+
+# ---- refusals kept in place of revoked decisions (tombstones) ------------------------------
+
+
+def refused(state: WatchState, token: str, now: float) -> VerifiedClaims | Refused | None:
+    return state.consult(decision_key(token, "svc-b", ("read",)), now)[0]
+
+
+def test_a_revoked_decision_is_refused_until_exp_and_never_at_or_past_it() -> None:
+    state, _ = current_state()
+    assert store(state, "a", claims("ja", exp=NOW + 60))
+    assert state.apply(revoked(1, "ja"))
+    assert refused(state, "a", NOW) is REVOKED
+    assert refused(state, "a", NOW + 59.9) is REVOKED
+    assert refused(state, "a", NOW + 60) is None  # exp: Verify decides (TOKEN_EXPIRED...)
+    stats = state.stats()
+    assert (stats.refused_locally, stats.hits, stats.misses) == (2, 0, 2)  # store, then exp
+    assert (stats.entries, stats.tombstones, stats.expirations) == (0, 0, 1)
+
+
+def test_a_refusal_is_not_served_before_nbf() -> None:
+    state, _ = current_state()
+    assert store(state, "a", claims("ja"))
+    assert state.apply(revoked(1, "ja"))
+    assert refused(state, "a", NOW - 1) is None
+    assert refused(state, "a", NOW) is REVOKED
+
+
+def test_a_family_revocation_refuses_each_of_its_decisions_once() -> None:
+    state, _ = current_state()
+    assert store(state, "a", claims("ja", sid="s1"))
+    assert store(state, "b", claims("jb", sid="s1"))
+    assert state.apply(revoked(1, "ja"))
+    assert state.apply(family(2, "s1"))  # "a" is already a refusal: voided once, not twice
+    assert hit(state, "a") is REVOKED and hit(state, "b") is REVOKED
+    stats = state.stats()
+    assert (stats.dropped, stats.tombstones, stats.entries) == (2, 2, 2)
+
+
+def test_no_refusal_is_served_while_the_stream_is_not_current() -> None:
+    state, clock = current_state()
+    assert store(state, "a", claims("ja"))
+    assert state.apply(revoked(1, "ja"))
+    state.disconnected()
+    assert state.consult(decision_key("a", "svc-b", ("read",)), NOW) == (None, None)
+    assert state.apply(sync(1, reset=False))
+    assert hit(state, "a") is None  # replaying: not current yet
+    assert state.apply(heartbeat(1))
+    assert hit(state, "a") is REVOKED  # kept across the resumed cut, like decisions
+    clock.t += 1.0  # silent past the bound
+    assert hit(state, "a") is None
+    assert state.stats().bypassed == 3 and state.stats().refused_locally == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        retired(2, "k1"),
+        auth_pb2.WatchEvent(epoch=EPOCH, sequence=2, decisions_reset=auth_pb2.DecisionsReset()),
+        revoked(3, "unrelated"),  # a gap: number 2 never arrived
+    ],
+    ids=["key_retired", "decisions_reset", "gap"],
+)
+def test_a_retired_key_a_reset_or_a_gap_drops_refusals_and_leaves_it_to_verify(
+    event: auth_pb2.WatchEvent,
+) -> None:
+    state, _ = current_state()
+    assert store(state, "a", claims("ja"))
+    assert state.apply(revoked(1, "ja"))
+    assert state.apply(event)
+    assert hit(state, "a") is None
+    stats = state.stats()
+    assert (stats.entries, stats.tombstones, stats.bytes, stats.dropped) == (0, 0, 0, 1)
+
+
+def test_a_resync_with_reset_drops_refusals() -> None:
+    state, _ = current_state()
+    assert store(state, "a", claims("ja"))
+    assert state.apply(revoked(1, "ja"))
+    state.disconnected()
+    assert state.apply(sync(9, reset=True))
+    assert hit(state, "a") is None and state.stats().tombstones == 0
+
+
+def test_refusals_count_in_the_bounds_and_leave_least_recently_used_first() -> None:
+    cache = DecisionCache(max_entries=2, max_bytes=10**6)
+    keys = [decision_key(f"t{i}", "", ()) for i in range(3)]
+    assert cache.put(keys[0], claims("j0"), 100, NOW)
+    assert cache.put(keys[1], claims("j1"), 100, NOW)
+    charged = cache.bytes
+    assert cache.revoke_token("https://issuer", "j0") == 1
+    assert (len(cache), cache.tombstones, cache.bytes) == (2, 1, charged)
+    assert cache.get(keys[1], NOW) is not None  # the refusal of t0 is now the oldest entry
+    assert cache.put(keys[2], claims("j2"), 100, NOW)
+    assert cache.get(keys[0], NOW) is None  # evicted: Verify decides again
+    assert (len(cache), cache.tombstones, cache.evictions) == (2, 0, 1)

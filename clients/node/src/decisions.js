@@ -12,7 +12,17 @@
 // Ordering (auth.proto, Watch): before a Verify the caller notes `mark()`, the count of
 // events applied so far; `put` refuses an answer when an event applied since then voids it,
 // or when that can no longer be checked (a reset since, or the record of recent events has
-// moved past the mark). Refusals are never cached.
+// moved past the mark). Refusals by Verify are never cached.
+//
+// Refusals kept in place (tombstones): TokenRevoked and FamilyRevoked do not remove the
+// entries they void; each becomes `revoked: true` and `get` keeps returning it until the
+// token's `exp` (not before `nbf`), so the interceptor refuses that token without a Verify.
+// That is the sidecar's own answer meanwhile: its verifier checks key, signature, claims,
+// time window and audience before revocation (and scopes after), all of which held for this
+// exact key when the decision was made, and a revocation outlives the token. What may change
+// an earlier check ends the refusal: `exp` (Verify decides, e.g. TOKEN_EXPIRED), KeyRetired
+// (its kid), and every reset. A refusal keeps its entry's size in the bounds and leaves by
+// LRU like any entry.
 
 const crypto = require('node:crypto');
 
@@ -40,13 +50,15 @@ class DecisionCache {
     this.recent = []; // [{n, index}] of the last RECENT_EVENTS events; index null = all
     this.invalidations = Object.fromEntries(INVALIDATION_KINDS.map((kind) => [kind, 0]));
     this.evictions = 0;
+    this.tombstones = 0; // entries that are refusals (revoked: true), counted in `entries`
   }
 
   mark() {
     return this.applied;
   }
 
-  /** The live entry for `key`, or null (expired or not yet valid entries are not served). */
+  /** The live entry for `key` (`revoked: true`: a refusal), or null (expired or not yet
+   * valid entries are not served). */
   get(key) {
     const entry = this.entries.get(key);
     if (entry === undefined) return null;
@@ -68,7 +80,7 @@ class DecisionCache {
     if (!(expMs > this.now())) return false;
     const sid = claims.claims && typeof claims.claims.sid === 'string' ? claims.claims.sid : '';
     const entry = {
-      key, claims, json, expMs, nbfMs: Number(claims.nbf || 0) * 1000,
+      key, claims, json, expMs, nbfMs: Number(claims.nbf || 0) * 1000, revoked: false,
       indexes: [`jti\0${claims.iss}\0${claims.jti}`, `kid\0${claims.kid}`],
       bytes: ENTRY_OVERHEAD_BYTES + key.length + json.length,
     };
@@ -119,9 +131,21 @@ class DecisionCache {
       this.entries.clear();
       this.index.clear();
       this.bytes = 0;
+      this.tombstones = 0;
       return;
     }
-    for (const key of [...(this.index.get(index) || [])]) this.remove(key);
+    const keys = [...(this.index.get(index) || [])];
+    if (kind === 'keyRetired') {
+      for (const key of keys) this.remove(key);
+      return;
+    }
+    for (const key of keys) { // revoked: the sidecar's answer until exp is known
+      const entry = this.entries.get(key);
+      if (!entry.revoked) {
+        entry.revoked = true;
+        this.tombstones += 1;
+      }
+    }
   }
 
   remove(key) {
@@ -129,6 +153,7 @@ class DecisionCache {
     if (entry === undefined) return;
     this.entries.delete(key);
     this.bytes -= entry.bytes;
+    if (entry.revoked) this.tombstones -= 1;
     for (const name of entry.indexes) {
       const keys = this.index.get(name);
       keys.delete(key);
@@ -138,8 +163,8 @@ class DecisionCache {
 
   stats() {
     return {
-      entries: this.entries.size, bytes: this.bytes, evictions: this.evictions,
-      invalidations: { ...this.invalidations },
+      entries: this.entries.size, tombstones: this.tombstones, bytes: this.bytes,
+      evictions: this.evictions, invalidations: { ...this.invalidations },
     };
   }
 }

@@ -162,7 +162,13 @@ export interface DecisionStats {
   misses: number;
   /** Not current: straight to Verify. */
   bypassed: number;
+  /** Refused without Verify (UNAUTHENTICATED / TOKEN_REVOKED): a revocation event had
+   * voided the cached decision, and the refusal is kept until the token's exp. */
+  refusedLocally: number;
+  /** Held now, refusals included. */
   entries?: number;
+  /** How many of `entries` are refusals kept in place of revoked decisions. */
+  tombstones?: number;
   bytes?: number;
   evictions?: number;
   invalidations?: Record<InvalidationKind, number>;
@@ -202,7 +208,7 @@ export declare class DecisionCache {
   constructor(options?: { maxEntries?: number; maxBytes?: number; now?: () => number });
   mark(): number;
   invalidate(kind: InvalidationKind, event?: { iss?: string; jti?: string; sid?: string; kid?: string }): void;
-  stats(): { entries: number; bytes: number; evictions: number; invalidations: Record<InvalidationKind, number> };
+  stats(): { entries: number; tombstones: number; bytes: number; evictions: number; invalidations: Record<InvalidationKind, number> };
 }
 
 export declare class DecisionWatch {

@@ -11,13 +11,18 @@
 //   cacheDecisions  keep the sidecar's positive decisions (DecisionCache) while the Watch
 //                   stream says they still hold (DecisionWatch); a hit skips the Verify hop.
 //   coalesceMisses  misses waiting at the same moment go as one VerifyBatch (VerifyBatcher).
+// A decision voided by TokenRevoked / FamilyRevoked is refused here until the token's `exp`
+// (DecisionCache keeps a refusal in its place), with exactly the status a sidecar refusal
+// of it gets (UNAUTHENTICATED, TOKEN_REVOKED): no Verify storm after a revocation.
 // Concurrent misses for the same token and requirements share one Verify, unless an event
 // was applied, or the watch lapsed, since that Verify was sent. An answer is kept only when
 // asked and answered while the watch is current with no lapse between (as in Python).
 
 const grpc = require('@grpc/grpc-js');
 const { VerifyBatcher } = require('./batcher');
+const { AuthClientError } = require('./client');
 const { DecisionCache, decisionKey } = require('./decisions');
+const { codeForReason } = require('./reasons');
 const { STATUS_DETAILS_KEY, encodeStatusDetails } = require('./status');
 const { DecisionWatch } = require('./watch');
 
@@ -25,6 +30,7 @@ const AUTHORIZATION = 'authorization';
 const CLAIMS_KEY = 'authsidecar-claims-bin';
 const DEFAULT_EXEMPT = ['/grpc.health.v1.Health/*', '/grpc.reflection.*'];
 const MISSING_TOKEN_REASON = 'TOKEN_MISSING';
+const REVOKED_REASON = 'TOKEN_REVOKED';
 
 function match(patterns, method) {
   if (patterns.includes(method)) return method;
@@ -93,6 +99,7 @@ class Decisions {
     this.hits = 0;
     this.misses = 0;
     this.bypassed = 0;
+    this.refusedLocally = 0;
     if (this.watch) this.watch.start();
   }
 
@@ -106,6 +113,12 @@ class Decisions {
     const current = this.watch.current();
     if (current) {
       const entry = this.cache.get(key);
+      if (entry !== null && entry.revoked) {
+        this.refusedLocally += 1;
+        // The error Verify and VerifyBatch give for it, so refusalFor answers identically.
+        return Promise.reject(new AuthClientError(codeForReason(REVOKED_REASON), REVOKED_REASON,
+          'token revoked'));
+      }
       if (entry !== null) {
         this.hits += 1;
         return Promise.resolve(entry.json);
@@ -145,7 +158,7 @@ class Decisions {
 
   stats() {
     const out = { hits: this.hits, misses: this.misses,
-      bypassed: this.bypassed };
+      bypassed: this.bypassed, refusedLocally: this.refusedLocally };
     if (this.cache !== null) {
       Object.assign(out, this.cache.stats(), {
         current: this.watch.current(),

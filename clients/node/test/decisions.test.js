@@ -95,7 +95,7 @@ async function setup(options = {}, fakeOptions = {}) {
 async function issue(extra = {}) {
   const grant = await admin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet', ...extra });
   const claims = await upstream.verify(grant.accessToken, { audience: 'greeter' });
-  return { token: grant.accessToken, claims };
+  return { token: grant.accessToken, claims, refreshToken: grant.refreshToken };
 }
 
 test('repeat calls are served from the cache with the sidecar claims unchanged', async () => {
@@ -120,10 +120,12 @@ test('a revoked token is refused at a callee that had cached it, once the event 
   s.fake.publish({ token_revoked: { iss: claims.iss, jti: claims.jti } });
   await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the event');
   assert.deepEqual(await s.call(token), { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
-  assert.equal(s.asked(), 2);
+  // Refused here, without a Verify: the event left a refusal in place of the decision.
+  assert.equal(s.asked(), 1);
+  assert.equal(s.interceptor.stats().refusedLocally, 1);
 });
 
-test('family, key and reset events each drop the decisions they void', async () => {
+test('family, key and reset events each void the decisions they name', async () => {
   const s = await setup();
   await waitFor(s.current, 'the watch to be current');
   const a = await issue({ refreshToken: true });
@@ -132,22 +134,25 @@ test('family, key and reset events each drop the decisions they void', async () 
   await s.call(a.token);
   await s.call(b.token);
   assert.equal(s.asked(), 2);
+  // The sidecar refuses a's family first; the event follows (auth.proto's order).
+  await admin.revoke(a.refreshToken, { tokenTypeHint: 'refresh_token' });
   s.fake.publish({ family_revoked: { iss: a.claims.iss, sid: a.claims.claims.sid } });
   await waitFor(() => s.interceptor.stats().invalidations.familyRevoked === 1, 'family event');
-  assert.equal(s.interceptor.stats().entries, 1); // only a's decision was void
+  assert.deepEqual([s.interceptor.stats().entries, s.interceptor.stats().tombstones], [2, 1]);
   await s.call(b.token);
   assert.equal(s.asked(), 2);
-  await s.call(a.token);
-  assert.equal(s.asked(), 3);
+  const revoked = { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' };
+  assert.deepEqual(await s.call(a.token), revoked);
+  assert.equal(s.asked(), 2); // only a's decision was void, and it is refused here
   s.fake.publish({ key_retired: { kid: 'some-other-kid' } });
   await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 1, 'unrelated kid');
   assert.equal(s.interceptor.stats().entries, 2);
-  s.fake.publish({ key_retired: { kid: b.claims.kid } });
+  s.fake.publish({ key_retired: { kid: b.claims.kid } }); // a's refusal too: same kid
   await waitFor(() => s.interceptor.stats().invalidations.keyRetired === 2, 'key event');
-  assert.equal(s.interceptor.stats().entries, 0);
-  await s.call(a.token);
+  assert.deepEqual([s.interceptor.stats().entries, s.interceptor.stats().tombstones], [0, 0]);
+  assert.deepEqual(await s.call(a.token), revoked); // now the sidecar's word
   await s.call(b.token);
-  assert.equal(s.asked(), 5);
+  assert.equal(s.asked(), 4);
   s.fake.publish({ decisions_reset: {} });
   await waitFor(() => s.interceptor.stats().invalidations.decisionsReset === 1, 'reset event');
   assert.equal(s.interceptor.stats().entries, 0);
@@ -170,6 +175,7 @@ test('a cut stream serves no hits; the watch resumes from its position and cachi
   assert.equal(s.asked(), before + 3); // every call went to Verify
   assert.equal(s.interceptor.stats().hits, 0);
   // While down, the sidecar logs a revocation; the resubscription must replay it.
+  await admin.revoke(voided.token);
   s.fake.publish({ token_revoked: { iss: voided.claims.iss, jti: voided.claims.jti } });
   s.fake.accepting = true;
   await waitFor(s.current, 'the watch to resubscribe');
@@ -180,8 +186,9 @@ test('a cut stream serves no hits; the watch resumes from its position and cachi
   const asked = s.asked();
   await s.call(kept.token);
   assert.equal(s.asked(), asked); // a hit again
-  await s.call(voided.token);
-  assert.equal(s.asked(), asked + 1); // its decision was dropped by the replayed event
+  assert.deepEqual(await s.call(voided.token),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+  assert.equal(s.asked(), asked); // the replayed event left a refusal in its decision's place
 });
 
 test('a resumed stream serves no hits until a heartbeat says the replay is complete', async () => {
@@ -361,8 +368,12 @@ test('the cache is bounded in entries and bytes, least recently used out first',
   assert.ok(byBytes.stats().bytes <= 2000);
   assert.ok(byBytes.stats().entries < 4 && byBytes.stats().entries >= 1);
   assert.equal(put(byBytes, 'huge', 'x'.repeat(5000)), false);
+  const charged = byBytes.stats().bytes;
   byBytes.invalidate('tokenRevoked', { iss: 'i', jti: 'd' });
-  assert.equal(byBytes.entries.has('d'), false);
+  assert.equal(byBytes.get('d').revoked, true); // a refusal now, still in the bounds
+  assert.deepEqual([byBytes.stats().tombstones, byBytes.stats().bytes], [1, charged]);
+  byBytes.invalidate('keyRetired', { kid: 'k' });
+  assert.deepEqual([byBytes.entries.size, byBytes.stats().tombstones, byBytes.stats().bytes], [0, 0, 0]);
 });
 
 // An answer that crossed a lapse of the stream is not kept, even when the stream then

@@ -71,12 +71,13 @@ async function startSidecar(extraEnv = {}) {
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const [, unix, tcp, admin] = await waitForLine(
-    child, /^authsidecar serving .*unix=(\S+) tcp=(\S+) admin=(\S+)/, 'sidecar');
+  const [, unix, tcp, admin, metrics] = await waitForLine(child,
+    /^authsidecar serving .*unix=(\S+) tcp=(\S+) admin=(\S+)(?:.* metrics=(\S+))?/, 'sidecar');
   return {
     unix: `unix:${unix}`,
     tcp,
     admin: `unix:${admin}`,
+    metrics: metrics || null, // host:port of /metrics when AUTHSIDECAR_METRICS__LISTEN is set
     dataDir,
     child,
     async stop() {

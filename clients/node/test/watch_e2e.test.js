@@ -13,6 +13,7 @@ const grpc = require('@grpc/grpc-js');
 const {
   AuthClient, authServerInterceptor, currentClaims, errorReason,
 } = require('../src');
+const { STATUS_DETAILS_KEY } = require('../src/status');
 const { runPython, startSidecar } = require('./support');
 
 const bytes = { serialize: (b) => b, deserialize: (b) => b };
@@ -31,6 +32,7 @@ before(async () => {
   sidecar = await startSidecar({
     AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
     AUTHSIDECAR_TOKENS__LEEWAY_S: '0',
+    AUTHSIDECAR_METRICS__LISTEN: '127.0.0.1:0',
   });
   admin = new AuthClient(sidecar.admin);
   publicClient = new AuthClient(sidecar.tcp);
@@ -121,9 +123,44 @@ async function setup(options = {}, target = sidecar) {
     server.forceShutdown();
     proxy.close();
   });
+  // Everything a refusal carries: code, message, and the status details as sent (base64).
+  const answer = (token) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    return new Promise((resolve) => {
+      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
+        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 }, (error) => {
+          if (!error) return resolve({ code: 0 });
+          const sent = error.metadata.get(STATUS_DETAILS_KEY).map((v) => Buffer.from(v).toString('base64'));
+          return resolve({ code: error.code, details: error.details, statusDetails: sent });
+        });
+    });
+  };
   const stats = () => interceptor.stats();
-  await waitFor(() => stats().current, 'the watch to be current');
-  return { call, stats, proxy, seen };
+  if (options.cacheDecisions !== false) await waitFor(() => stats().current, 'the watch to be current');
+  return { call, answer, stats, proxy, seen };
+}
+
+/** Verify and VerifyBatch calls `target` has served (its own authsidecar_requests_total). */
+async function sidecarVerifies(target = sidecar) {
+  const text = await (await fetch(`http://${target.metrics}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    const found = /^authsidecar_requests_total\{([^}]*)\} (\S+)$/.exec(line);
+    if (found && /method="(?:[^"]*\/)?(Verify|VerifyBatch)"/.test(found[1])) total += Number(found[2]);
+  }
+  return total;
+}
+
+/** `answer` of each service, then the sidecar's Verify count once it has counted exactly
+ * `expected` more (the references' calls): a Verify sent by a callee that should have
+ * refused locally would make it one more. */
+async function answersAndVerifies(services, token, expected, target = sidecar) {
+  const before = await sidecarVerifies(target);
+  const answers = [];
+  for (const service of services) answers.push(await service.answer(token));
+  await waitFor(async () => (await sidecarVerifies(target)) >= before + expected, 'the sidecar counts');
+  return { answers, verifies: (await sidecarVerifies(target)) - before };
 }
 
 async function issue(extra = {}) {
@@ -197,7 +234,9 @@ test('a token past exp is never served from the cache', async () => {
   assert.equal(s.stats().hits, 1);
 });
 
-test('a retired key voids the cached decisions made with it', async () => {
+/** A sidecar of its own whose key directory holds k1 (signing) and k2; `rotate()` makes k2
+ * sign and removes k1, and SIGHUP makes the sidecar re-read the directory now. */
+async function keyRotatingSidecar() {
   const keys = fs.mkdtempSync('/tmp/asn-keys-');
   for (const kid of ['k1', 'k2']) {
     const made = await runPython(['-m', 'sidecar', 'keys', 'generate', '--alg', 'ES256',
@@ -209,6 +248,7 @@ test('a retired key voids the cached decisions made with it', async () => {
     AUTHSIDECAR_WATCH__HEARTBEAT_INTERVAL_MS: '100',
     AUTHSIDECAR_KEYS__DIRECTORY: keys,
     AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S: '0',
+    AUTHSIDECAR_METRICS__LISTEN: '127.0.0.1:0',
   });
   const ownAdmin = new AuthClient(own.admin);
   cleanups.push(async () => {
@@ -216,16 +256,115 @@ test('a retired key voids the cached decisions made with it', async () => {
     await own.stop();
     fs.rmSync(keys, { recursive: true, force: true });
   });
+  const rotate = () => {
+    fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
+    fs.rmSync(path.join(keys, 'k1.jwk.json'));
+    own.child.kill('SIGHUP');
+  };
+  const issueHere = () => ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  return { own, ownAdmin, rotate, issueHere };
+}
+
+test('a retired key voids the cached decisions made with it', async () => {
+  const { own, rotate, issueHere } = await keyRotatingSidecar();
   const s = await setup({}, own);
-  const grant = await ownAdmin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  const grant = await issueHere();
   await s.call(grant.accessToken);
   await s.call(grant.accessToken);
   assert.equal(s.stats().hits, 1);
-  // Rotate: k2 signs, k1 is removed; SIGHUP makes the sidecar re-read the directory now.
-  fs.writeFileSync(path.join(keys, 'keyset.json'), JSON.stringify({ signing_kid: 'k2' }));
-  fs.rmSync(path.join(keys, 'k1.jwk.json'));
-  own.child.kill('SIGHUP');
+  rotate();
   await waitFor(() => s.stats().invalidations.keyRetired >= 1, 'the KeyRetired event');
   assert.deepEqual(await s.call(grant.accessToken),
     { code: grpc.status.UNAUTHENTICATED, reason: 'KEY_UNKNOWN' });
+});
+
+// A decision that a revocation event voided is refused at the callee until the token's exp,
+// without a Verify, with exactly what the callee answers when the sidecar refuses it.
+
+test('a revoked cached token is refused without a Verify, exactly as the sidecar refuses it', async () => {
+  const s = await setup();
+  const batched = await setup({ cacheDecisions: false });
+  const single = await setup({ cacheDecisions: false, coalesceMisses: false });
+  const grant = await issue();
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  await publicClient.revoke(grant.accessToken);
+  await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
+  const { answers: [local], verifies: none } = await answersAndVerifies([s], grant.accessToken, 0);
+  const { answers: [again, byBatch, byVerify], verifies } = await answersAndVerifies(
+    [s, batched, single], grant.accessToken, 2);
+  assert.equal(local.code, grpc.status.UNAUTHENTICATED);
+  assert.equal(local.statusDetails.length, 1);
+  assert.deepEqual([again, byBatch, byVerify], [local, local, local]);
+  assert.deepEqual([none, verifies], [0, 2]); // only the two references asked the sidecar
+  assert.deepEqual([s.stats().refusedLocally, s.stats().tombstones], [2, 1]);
+});
+
+test('a revoked family refuses its cached access token without a Verify', async () => {
+  const s = await setup();
+  const reference = await setup({ cacheDecisions: false });
+  const grant = await issue({ refreshToken: true });
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  await publicClient.revoke(grant.refreshToken, { tokenTypeHint: 'refresh_token' });
+  await waitFor(() => s.stats().invalidations.familyRevoked >= 1, 'the FamilyRevoked event');
+  const { answers: [local, ref], verifies } = await answersAndVerifies([s, reference],
+    grant.accessToken, 1);
+  assert.equal(local.code, grpc.status.UNAUTHENTICATED);
+  assert.deepEqual([ref, verifies, s.stats().refusedLocally], [local, 1, 1]);
+});
+
+test('past exp a revoked token is not refused locally: the sidecar decides', async () => {
+  const s = await setup();
+  const reference = await setup({ cacheDecisions: false });
+  const grant = await issue({ expiresIn: 2 });
+  const claims = await publicClient.verify(grant.accessToken, { audience: 'greeter' });
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  await publicClient.revoke(grant.accessToken);
+  await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
+  const { answers: [revoked], verifies: none } = await answersAndVerifies([s], grant.accessToken, 0);
+  const waitMs = claims.exp * 1000 - Date.now() + 50;
+  if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+  const { answers: [expired, ref], verifies } = await answersAndVerifies([s, reference],
+    grant.accessToken, 2);
+  assert.equal(none, 0);
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_EXPIRED' });
+  assert.deepEqual([expired, verifies], [ref, 2]);
+  assert.notDeepEqual(expired, revoked);
+  assert.deepEqual([s.stats().refusedLocally, s.stats().tombstones], [1, 0]);
+});
+
+test('while the watch is not current the sidecar decides; the refusal resumes after', async () => {
+  const s = await setup({ initialBackoffMs: 6000, maxBackoffMs: 6000 });
+  const grant = await issue();
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  await publicClient.revoke(grant.accessToken);
+  await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
+  const { answers: [local] } = await answersAndVerifies([s], grant.accessToken, 0);
+  s.proxy.cut();
+  await waitFor(() => !s.stats().current, 'the watch to notice the cut');
+  const { answers: [during], verifies } = await answersAndVerifies([s], grant.accessToken, 1);
+  await waitFor(() => s.stats().current, 'the watch to resubscribe');
+  const { answers: [after], verifies: none } = await answersAndVerifies([s], grant.accessToken, 0);
+  assert.deepEqual([during, after], [local, local]);
+  assert.deepEqual([verifies, none, s.stats().refusedLocally], [1, 0, 2]);
+});
+
+test('a retired key drops the refusal: the sidecar answers KEY_UNKNOWN', async () => {
+  const { own, ownAdmin, rotate, issueHere } = await keyRotatingSidecar();
+  const s = await setup({}, own);
+  const reference = await setup({ cacheDecisions: false }, own);
+  const grant = await issueHere();
+  assert.equal((await s.call(grant.accessToken)).code, 0);
+  await ownAdmin.revoke(grant.accessToken);
+  await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
+  const { answers: [revoked], verifies: none } = await answersAndVerifies([s], grant.accessToken, 0, own);
+  rotate();
+  await waitFor(() => s.stats().invalidations.keyRetired >= 1, 'the KeyRetired event');
+  const { answers: [unknown, ref], verifies } = await answersAndVerifies([s, reference],
+    grant.accessToken, 2, own);
+  assert.deepEqual(await s.call(grant.accessToken),
+    { code: grpc.status.UNAUTHENTICATED, reason: 'KEY_UNKNOWN' });
+  assert.deepEqual([unknown, none, verifies], [ref, 0, 2]);
+  assert.notDeepEqual(unknown, revoked);
+  assert.deepEqual([s.stats().tombstones, s.stats().entries], [0, 0]);
 });

@@ -12,8 +12,22 @@ What keeps an entry true, besides the watch stream (`_watch_state.WatchState`) t
   interceptor's epoch clock), and is dropped once `exp` has passed; the sidecar's leeway is
   never extended to cached decisions, so a hit is never more lenient than Verify;
 * indexes by `(iss, jti)`, `(iss, sid)` and `kid`, so TokenRevoked, FamilyRevoked and
-  KeyRetired drop exactly the entries they void, and `clear()` drops all;
+  KeyRetired reach exactly the entries they void, and `clear()` drops all;
 * bounds: `max_entries` and `max_bytes` (an estimate, `entry_bytes`), least recently used out.
+
+**Refusals kept in place (tombstones).** TokenRevoked and FamilyRevoked do not drop the
+entries they void: each becomes a refusal, served as `REVOKED` until the token's `exp`,
+because the sidecar's answer for that exact key is then known. Its verifier
+(sidecar/tokens/verifier.py) checks the key, the signature, the static claims, the time
+window and the audience before revocation, and the scopes after it; all of those held for
+this token under these requirements when the decision was made, and revocations are kept
+at least until `exp` (tokens/revoke.py, and refresh.py for a family), so until `exp`
+Verify can only answer TOKEN_REVOKED. What could change an earlier check ends the
+refusal too: past `exp` (or before `nbf`) it is not served and Verify decides
+(TOKEN_EXPIRED, ...); KeyRetired for its kid and `clear()` (DecisionsReset, resync, gap)
+drop it. A refusal keeps its entry's claims (for `exp`, `nbf` and the indexes) and its
+charge against the bounds, and leaves by LRU like any entry: evicted, the next call simply
+asks Verify.
 
 Not thread-safe by itself: `WatchState` holds the one lock around it.
 """
@@ -24,7 +38,8 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from enum import Enum
+from typing import Final, TypeVar
 
 from authsidecar.client._models import VerifiedClaims
 
@@ -39,6 +54,15 @@ _BYTES_PER_TOKEN_CHAR = 4
 
 Key = tuple[bytes, str, tuple[str, ...]]
 _K = TypeVar("_K")
+
+
+class Refused(Enum):
+    """What a lookup finds where a revocation voided the decision (see the module docstring)."""
+
+    REVOKED = "TOKEN_REVOKED"
+
+
+REVOKED: Final = Refused.REVOKED
 
 
 def entry_bytes(token_length: int) -> int:
@@ -59,6 +83,7 @@ class _Entry:
     sid: tuple[str, str] | None
     kid: str
     size: int
+    revoked: bool = False  # a refusal kept in place of the decision (a tombstone)
 
 
 def _sid(claims: VerifiedClaims) -> str | None:
@@ -83,12 +108,14 @@ class DecisionCache:
         self.bytes = 0
         self.evictions = 0  # dropped to stay within the bounds
         self.expirations = 0  # dropped because the token's exp passed
+        self.tombstones = 0  # entries that are refusals (`REVOKED`), counted in len()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Key, now: float) -> VerifiedClaims | None:
-        """The decision if it holds at `now` (epoch seconds): `nbf <= now < exp`."""
+    def get(self, key: Key, now: float) -> VerifiedClaims | Refused | None:
+        """The decision, or `REVOKED` for a refusal, if it holds at `now` (epoch seconds):
+        `nbf <= now < exp`."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -100,7 +127,7 @@ class DecisionCache:
         if now < claims.nbf:
             return None
         self._entries.move_to_end(key)
-        return claims
+        return REVOKED if entry.revoked else claims
 
     def put(self, key: Key, claims: VerifiedClaims, token_length: int, now: float) -> bool:
         """Keep a decision; False (nothing kept) when it is already outside `nbf..exp` or
@@ -126,35 +153,50 @@ class DecisionCache:
         return True
 
     def revoke_token(self, iss: str, jti: str) -> int:
-        """Drop the decisions about the token `(iss, jti)`; how many were dropped."""
-        return self._drop(self._by_jti.get((iss, jti)))
+        """Turn the decisions about the token `(iss, jti)` into refusals; how many."""
+        return self._refuse(self._by_jti.get((iss, jti)))
 
     def revoke_family(self, iss: str, sid: str) -> int:
-        return self._drop(self._by_sid.get((iss, sid)))
+        return self._refuse(self._by_sid.get((iss, sid)))
 
     def retire_key(self, kid: str) -> int:
         return self._drop(self._by_kid.get(kid))
 
     def clear(self) -> int:
-        dropped = len(self._entries)
+        """Drop everything; how many decisions (refusals not counted) were dropped."""
+        dropped = len(self._entries) - self.tombstones
         self._entries.clear()
         self._by_jti.clear()
         self._by_sid.clear()
         self._by_kid.clear()
         self.bytes = 0
+        self.tombstones = 0
         return dropped
 
+    def _refuse(self, keys: set[Key] | None) -> int:
+        refused = 0
+        for key in keys or ():
+            entry = self._entries[key]
+            if not entry.revoked:
+                entry.revoked = True
+                refused += 1
+        self.tombstones += refused
+        return refused
+
     def _drop(self, keys: set[Key] | None) -> int:
+        """Remove these entries; how many were decisions (refusals are not counted)."""
         if not keys:
             return 0
         doomed = list(keys)
+        before = self.tombstones
         for key in doomed:
             self._remove(key)
-        return len(doomed)
+        return len(doomed) - (before - self.tombstones)
 
     def _remove(self, key: Key) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.size
+        self.tombstones -= entry.revoked
         _unindex(self._by_jti, entry.jti, key)
         _unindex(self._by_kid, entry.kid, key)
         if entry.sid is not None:

@@ -1,7 +1,8 @@
 """What both server interceptors share: policy, decision cache, Verify's answer, refusals.
 
 `Gate` decides each protected call up to the point where the sidecar must be asked: no
-token is a refusal; while the Watch stream is current a cached decision is a hit; anything
+token is a refusal; while the Watch stream is current a cached decision is a hit, and a
+decision a revocation voided is refused here as the sidecar would refuse it; anything
 else is a `Miss` carrying what Verify is asked and where the cache stood (`Position`), so
 that `finish` keeps the answer only if nothing voided it meanwhile (`_watch_state.py`).
 `InterceptorBase` holds the options and the `stats()` both interceptors offer, and leaves
@@ -22,11 +23,12 @@ from authsidecar.client._decisions import (
     DEFAULT_MAX_ENTRIES,
     DecisionCache,
     Key,
+    Refused,
     decision_key,
 )
 from authsidecar.client._models import VerifiedClaims
 from authsidecar.client._policy import AuthPolicy, MethodRule
-from authsidecar.client._refusal import MISSING_TOKEN, Refusal, bearer_token
+from authsidecar.client._refusal import MISSING_TOKEN, REVOKED, Refusal, bearer_token
 from authsidecar.client._stats import DecisionStats
 from authsidecar.client._watch_state import Position, WatchState
 
@@ -80,15 +82,18 @@ class Gate:
             self.state = WatchState(cache, staleness_s=staleness_s)
 
     def start(self, token: str | None, rule: MethodRule) -> VerifiedClaims | Refusal | Miss:
-        """A refusal (no token), a hit, or the Verify to send."""
+        """A refusal (no token, or revoked since its decision was cached), a hit, or the
+        Verify to send."""
         if token is None:
             return MISSING_TOKEN
         audience = self.policy.audience
         if self.state is None:
             return Miss(token, audience, rule.scopes)
         key = decision_key(token, audience, rule.scopes)
-        claims, position = self.state.consult(key, self.now())
-        return claims if claims is not None else Miss(token, audience, rule.scopes, key, position)
+        found, position = self.state.consult(key, self.now())
+        if found is None:
+            return Miss(token, audience, rule.scopes, key, position)
+        return REVOKED if isinstance(found, Refused) else found
 
     def finish(self, miss: Miss, claims: VerifiedClaims) -> VerifiedClaims:
         """Verify said yes: keep the answer if nothing since `miss.position` voids it."""

@@ -22,6 +22,7 @@ from authsidecar.client._errors import (
     PermissionDeniedError,
     SidecarUnavailableError,
     TokenInvalidError,
+    error_for_reason,
 )
 
 # An absent or non-Bearer authorization header, or "Bearer " with nothing after it: the caller
@@ -76,6 +77,12 @@ def refusal_for(error: AuthClientError) -> Refusal:
         # No reason when the sidecar is unreachable; STORE_UNAVAILABLE when it said so.
         return Refusal(grpc.StatusCode.UNAVAILABLE, error.reason, "authentication unavailable")
     return Refusal(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", "internal error")
+
+
+# A cached decision that a revocation event voided (`_decisions.REVOKED`): answered exactly as
+# the sidecar's own refusal of that token is answered, built by the same function from the
+# error that Verify and VerifyBatch both raise for it.
+REVOKED = refusal_for(error_for_reason("TOKEN_REVOKED"))
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:

@@ -12,7 +12,8 @@ The rules, from auth.proto's comments on `Watch`:
   bound (`staleness_s`, default 3x the stream's `heartbeat_interval_ms`). Not current:
   `consult` serves no hit and the interceptor asks Verify. Decisions are kept across a cut; a
   resubscription with `reset: false` replays what was missed before they are served again,
-  and `reset: true` drops them all.
+  and `reset: true` drops them all. The same holds for refusals kept in place of revoked
+  decisions (`_decisions.py`): served only while current, else Verify decides.
 * **Gaps**: a numbered event (`TokenRevoked`, `FamilyRevoked`, `KeyRetired`,
   `DecisionsReset`) must take `sequence` last+1, and a heartbeat must carry last; otherwise
   the state acts as on reset (drops every decision). An event kind this library does not
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from authsidecar.client._decisions import DecisionCache, Key
+from authsidecar.client._decisions import REVOKED, DecisionCache, Key, Refused
 from authsidecar.client._models import VerifiedClaims
 from authsidecar.client._stats import INVALIDATION_KINDS, DecisionStats
 from authsidecar.v1 import auth_pb2
@@ -106,7 +107,7 @@ class WatchState:
         self._applied = 0
         self._history: deque[_Applied] = deque(maxlen=HISTORY)
         self._counts = dict.fromkeys(INVALIDATION_KINDS, 0)
-        self._hits = self._misses = self._bypassed = 0
+        self._hits = self._misses = self._bypassed = self._refused_locally = 0
         self._stored = self._not_stored = self._dropped = self._subscriptions = 0
 
     # ---- the watcher's side -------------------------------------------------------------
@@ -218,18 +219,23 @@ class WatchState:
             and not self._lapsed(self._monotonic())
         )
 
-    def consult(self, key: Key, now: float) -> tuple[VerifiedClaims | None, Position | None]:
-        """A cached decision (only while current; `now` is the epoch clock for exp/nbf), or
-        else the position to hand to `admit` with Verify's answer (None: not current, the
-        answer will not be kept)."""
+    def consult(
+        self, key: Key, now: float
+    ) -> tuple[VerifiedClaims | Refused | None, Position | None]:
+        """A cached decision or refusal (only while current; `now` is the epoch clock for
+        exp/nbf), or else the position to hand to `admit` with Verify's answer (None: not
+        current, the answer will not be kept)."""
         with self._lock:
             if not self._current():
                 self._bypassed += 1
                 return None, None
-            claims = self._cache.get(key, now)
-            if claims is not None:
+            found = self._cache.get(key, now)
+            if found is REVOKED:
+                self._refused_locally += 1
+                return found, None
+            if found is not None:
                 self._hits += 1
-                return claims, None
+                return found, None
             self._misses += 1
             return None, Position(self._generation, self._applied)
 
@@ -275,11 +281,13 @@ class WatchState:
                 hits=self._hits,
                 misses=self._misses,
                 bypassed=self._bypassed,
+                refused_locally=self._refused_locally,
                 stored=self._stored,
                 not_stored=self._not_stored,
                 evictions=self._cache.evictions,
                 expirations=self._cache.expirations,
                 entries=len(self._cache),
+                tombstones=self._cache.tombstones,
                 bytes=self._cache.bytes,
                 invalidations=MappingProxyType(dict(self._counts)),
                 dropped=self._dropped,

@@ -10,10 +10,11 @@ this module nor prometheus_client.
 
 Series (one set per registered interceptor, label `interceptor`):
 
-    authsidecar_client_decision_lookups_total{result=hit|miss|bypassed}
+    authsidecar_client_decision_lookups_total{result=hit|miss|bypassed|refused}
     authsidecar_client_decisions_stored_total / _not_stored_total
     authsidecar_client_decision_evictions_total / _expirations_total
     authsidecar_client_decision_entries, authsidecar_client_decision_bytes
+    authsidecar_client_decision_tombstones                (entries that are kept refusals)
     authsidecar_client_decision_invalidations_total{kind=token_revoked|...|gap}
     authsidecar_client_decisions_invalidated_total        (entries those events dropped)
     authsidecar_client_watch_current                      (1: hits may be served)
@@ -21,6 +22,8 @@ Series (one set per registered interceptor, label `interceptor`):
     authsidecar_client_watch_subscriptions_total
 
 Hit ratio: `rate(..._lookups_total{result="hit"}[5m]) / rate(..._lookups_total[5m])`.
+`result="refused"` counts calls refused locally (TOKEN_REVOKED) because a revocation event
+voided their cached decision: answered without the sidecar, like a hit.
 """
 
 from __future__ import annotations
@@ -66,7 +69,12 @@ class DecisionCollector(Collector):
 
         for interceptor, s in snapshots:
             who = ("interceptor", interceptor)
-            for result, count in (("hit", s.hits), ("miss", s.misses), ("bypassed", s.bypassed)):
+            for result, count in (
+                ("hit", s.hits),
+                ("miss", s.misses),
+                ("bypassed", s.bypassed),
+                ("refused", s.refused_locally),
+            ):
                 add("counter", "decision_lookups", _LOOKUPS, (*who, "result", result), count)
             add("counter", "decisions_stored", "Verify answers kept in the cache", who, s.stored)
             add("counter", "decisions_not_stored", _NOT_STORED, who, s.not_stored)
@@ -74,6 +82,7 @@ class DecisionCollector(Collector):
             add("counter", "decision_expirations", _EXPIRATIONS, who, s.expirations)
             add("gauge", "decision_entries", "Decisions held now", who, s.entries)
             add("gauge", "decision_bytes", "Estimated bytes the decisions hold now", who, s.bytes)
+            add("gauge", "decision_tombstones", _TOMBSTONES, who, s.tombstones)
             for kind in INVALIDATION_KINDS:
                 count = s.invalidations.get(kind, 0)
                 add("counter", "decision_invalidations", _EVENTS, (*who, "kind", kind), count)
@@ -92,8 +101,10 @@ def _label_names(labels: Sequence[str]) -> list[str]:
 
 _LOOKUPS = (
     "Protected calls by cache result: hit (no sidecar round trip), miss (asked Verify while "
-    "current), bypassed (stream not current: asked Verify unconditionally)"
+    "current), bypassed (stream not current: asked Verify unconditionally), refused (a "
+    "revocation event voided the cached decision: refused without the sidecar)"
 )
+_TOMBSTONES = "Decisions held now as refusals (revoked since cached; counted in entries)"
 _NOT_STORED = "Verify answers not kept (not current, voided in flight, outside nbf..exp)"
 _EVICTIONS = "Entries dropped to stay within the bounds"
 _EXPIRATIONS = "Entries dropped because the token's exp passed"
