@@ -157,8 +157,8 @@ return redis.call('GET', KEYS[1])
 )
 
 # KEYS: revoked, families. ARGV: now, family key prefix, purge batch.
-# Drops expired revocations and ended families (these in batches); returns 1.
-PURGE = """
+# Drops expired revocations and ended families (these in batches, so one call stays short).
+_PURGE_BODY = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
@@ -166,8 +166,10 @@ for _, family_id in ipairs(ended) do
   redis.call('DEL', ARGV[2] .. family_id)
   redis.call('ZREM', KEYS[2], family_id)
 end
-return 1
 """
+
+# The purge alone; returns 1.
+PURGE = _PURGE_BODY + "return 1\n"
 
 # KEYS: feed. ARGV: cursor (a stream id, '0-0' for "before the first entry"), count.
 # Returns {'gap'} when the stream cannot vouch for what came after the cursor: the entry at the
@@ -196,19 +198,10 @@ end
 return {'ok', redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', tonumber(ARGV[2]))}
 """
 
-# KEYS: revoked, families. ARGV: now, family key prefix, purge batch.
-# Drops expired revocations and ended families, then returns {member, score, ...} of the
-# revocations still in force. Ended families go in batches, so one call stays short.
-PURGE_AND_LIST = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, family_id in ipairs(ended) do
-  redis.call('DEL', ARGV[2] .. family_id)
-  redis.call('ZREM', KEYS[2], family_id)
-end
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
-"""
+# The purge, then {member, score, ...} of the revocations still in force (same KEYS, ARGV).
+PURGE_AND_LIST = (
+    _PURGE_BODY + "return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')\n"
+)
 
 # Upgrading from layout version 1 (redis_keys): a version-1 family moves to its partition the
 # first time it is presented, in two steps on two slots:
