@@ -53,12 +53,12 @@ from sidecar.store.base import (
     RotateOutcome,
     RotateResult,
     Rotation,
-    group_rows,
 )
 from sidecar.store.redis_codec import family_fields, family_from
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.redis_driver import Caller, close_quietly, read_persistence
 from sidecar.store.redis_feed import FEED_BLOCK_S, StreamFeed
+from sidecar.store.redis_grouped_scan import GroupedScan
 from sidecar.store.redis_keys import FAMILY_REVOCATION_FIELD, KeyLayout, Partition, encode_member
 from sidecar.store.redis_legacy import LegacyFamilies
 from sidecar.store.redis_revocations import RevocationReads
@@ -90,6 +90,7 @@ class RedisTokenStore:
         self._revoke = self._client.register_script(redis_scripts.REVOKE)
         self._epoch = self._client.register_script(redis_scripts.EPOCH)
         self._reads = RevocationReads(self._caller, self._keys)
+        self._grouped = GroupedScan(self._caller, self._reads.read_parts)
         self._legacy = LegacyFamilies(self._caller, self._keys, margin_s=TTL_MARGIN_S)
         self._feeds: set[StreamFeed] = set()
 
@@ -231,10 +232,7 @@ class RedisTokenStore:
     async def scan_revocation_groups(
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationGroup], str]:
-        """`scan_revocations`' pages, grouped (whatever the key layout, so this follows any
-        change to how the set is scanned; the per-row decode is `decode_row`'s)."""
-        rows, token = await self.scan_revocations(token, now, limit)
-        return group_rows(rows), token
+        return await self._grouped.scan(token, now, limit)
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int

@@ -251,3 +251,46 @@ extend_ttl(KEYS[2], ttl)
 return 1
 """
 )
+
+# KEYS: revoked. ARGV: ZSCAN cursor, count, now.
+# One ZSCAN page of the live revocations (score > now), grouped by member prefix `kind issuer `
+# so the first load does no per-row work in Python (redis_grouped_scan): returns {next
+# cursor, rest, prefix, keys, untils, prefix, keys, untils, ...}, where keys are the group's
+# key parts joined by newlines, untils their horizons (integers) joined by spaces, and rest
+# the {member, until, ...} a member of another shape (written by something else) is left to.
+# Horizons are truncated to integers as the reader does; scores of 2^53 or more are skipped.
+SCAN_GROUPS = """
+local reply = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
+local now = tonumber(ARGV[3])
+local found = reply[2]
+local index, prefixes, keys, untils, sizes, rest = {}, {}, {}, {}, {}, {}
+for i = 1, #found, 2 do
+  local score = tonumber(found[i + 1])
+  local until_ = math.floor(score)
+  if until_ > now and until_ < 9007199254740992 then
+    local text = found[i + 1]
+    if until_ ~= score then text = string.format('%d', until_) end
+    local member = found[i]
+    local prefix, key = string.match(member, '^([^ ]+ [^ ]* )([^ \\n]*)$')
+    if prefix then
+      local g = index[prefix]
+      if not g then
+        g = #prefixes + 1
+        index[prefix], prefixes[g], keys[g], untils[g], sizes[g] = g, prefix, {}, {}, 0
+      end
+      local n = sizes[g] + 1
+      sizes[g], keys[g][n], untils[g][n] = n, key, text
+    else
+      rest[#rest + 1] = member
+      rest[#rest + 1] = string.format('%d', until_)
+    end
+  end
+end
+local out = {reply[1], rest}
+for g = 1, #prefixes do
+  out[#out + 1] = prefixes[g]
+  out[#out + 1] = table.concat(keys[g], '\\n')
+  out[#out + 1] = table.concat(untils[g], ' ')
+end
+return out
+"""
