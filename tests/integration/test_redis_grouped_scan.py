@@ -68,13 +68,13 @@ async def test_grouped_scan_reads_what_the_row_scan_reads_whatever_the_members(
             "jti x dead": NOW - 1,
         }
         for part in (keys.partitions[3], keys.partitions[11], keys.legacy):
-            await raw.zadd(part.revoked, foreign)  # type: ignore[arg-type]
+            await raw.zadd(part.revoked, foreign)
         await raw.zadd(keys.legacy.revoked, {encode_member("jti", ISS, "v1"): NOW + 30})
         expected = await _rows(store, limit)
         assert ("jti", "x", "fraction", NOW + 20) in expected
         assert ("jti", "https://i", "line\nbreak", NOW + 20) in expected
         assert ("jti", ISS, "v1", NOW + 30) in expected
-        assert {Revocation(*row) for row in expected} >= set(ours)
+        assert {(r.kind, r.issuer, r.key, r.expires_at) for r in ours} <= expected
         assert await _grouped(store, limit) == expected
     finally:
         await raw.aclose()
