@@ -91,7 +91,8 @@ class RedisTokenStore:
         self._revoke = self._client.register_script(redis_scripts.REVOKE)
         self._epoch = self._client.register_script(redis_scripts.EPOCH)
         self._reads = RevocationReads(self._caller, self._keys)
-        self._grouped = GroupedScan(self._caller, self._reads.read_parts)
+        self._bytes = Caller(connector.client(decode=False))  # the first load's (GroupedScan)
+        self._grouped = GroupedScan(self._bytes, self._reads.read_parts)
         self._legacy = LegacyFamilies(self._caller, self._keys, margin_s=TTL_MARGIN_S)
         self._feeds: set[StreamFeed] = set()
 
@@ -256,6 +257,8 @@ class RedisTokenStore:
         for feed in list(self._feeds):
             await feed.close()
         await close_quietly(self._client)
+        self._bytes.closed = True
+        await close_quietly(self._bytes.client)
         await self._connector.close()
 
     # --- internals ---------------------------------------------------------------------------
