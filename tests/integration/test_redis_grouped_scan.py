@@ -1,8 +1,9 @@
 """The Redis store's first-load scan (`scan_revocation_groups`, sidecar/store/redis_grouped_scan.py)
 answers what `scan_revocations` answers, also for what another writer may have left in a
 partition's set: members of another shape, unknown kinds, non-integer scores, keys needing
-percent-decoding, and the version-1 keys. The server groups the members (a Lua script); this
-pins that nothing it groups differs from the row-by-row decode. Shared Redis, unique prefix.
+percent-decoding, and the version-1 keys. Pages are split with bytes operations checked by
+counting separators; this pins that nothing they let through differs from the row-by-row
+decode, on pages of one prefix and of several. Shared Redis, unique prefix.
 """
 
 from __future__ import annotations
@@ -89,5 +90,36 @@ async def test_a_grouped_scan_token_of_another_layout_is_refused(redis_url: str)
         with pytest.raises(ValueError, match="not a scan token"):
             await store.scan_revocation_groups("0,0", NOW, 100)
     finally:
+        await store.close()
+        delete_prefix(redis_url, prefix)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        [],  # one prefix throughout: the page is split in one step
+        ["jti https%3A%2F%2Fi %41%20b", "jti https%3A%2F%2Fi %E2%82%AC"],  # keys to decode
+        ["jti https%3A%2F%2Fi a\nb"],  # a newline in a key: split member by member
+        ["jti https%3A%2F%2Fi a b"],  # four parts: dropped, as decode_row drops it
+        ["jti https%3A%2F%2Fi\njti https%3A%2F%2Fi x"],  # a newline before the prefix
+        ["jti https%3A%2F%2Fi "],  # an empty key
+    ],
+)
+async def test_a_page_of_one_prefix_is_read_as_the_row_scan_reads_it(
+    redis_url: str, odd: list[str]
+) -> None:
+    prefix = unique_prefix()
+    store = redis_store(redis_url, prefix)
+    raw = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        members = {f"jti https%3A%2F%2Fi k{i}": NOW + 10 + i for i in range(300)}
+        members.update({member: NOW + 5 for member in odd})
+        await raw.zadd(KeyLayout(prefix).partitions[5].revoked, members)
+        expected = await _rows(store, 2_000)
+        assert len(expected) >= 300
+        assert await _grouped(store, 2_000) == expected
+        assert await _grouped(store, 50) == expected
+    finally:
+        await raw.aclose()
         await store.close()
         delete_prefix(redis_url, prefix)
