@@ -29,8 +29,8 @@ from sidecar.tokens.revocation_records import KIND_CODES as _KIND_CODES
 from sidecar.tokens.revocation_records import SEP as _SEP
 from sidecar.tokens.revocation_records import IssuerCodes
 
-# Bytes of records bucketed per step of `load` (a snapshot) or `append_group` (~150,000
-# entries): bounds the transient objects of a load and how long the event loop waits.
+# Bytes of records bucketed per step of `load` (a snapshot, ~150,000 entries): bounds the
+# transient objects of a load and how long the event loop waits.
 _LOAD_BYTES = 4 << 20
 
 Row = tuple[RevocationKind, str, str, int]
@@ -42,10 +42,6 @@ class RevocationSet(Buckets):
     def __init__(self) -> None:
         super().__init__()
         self._issuers = IssuerCodes()
-        # `append_group`'s records (`0xFF record` each) and horizons, not bucketed yet.
-        self._staged: list[bytes] = []
-        self._staged_untils: list[int] = []
-        self._staged_bytes = 0
 
     def contains(self, kind: str, issuer: str, key: str) -> bool:
         body = self._issuers.body(kind, issuer, key)
@@ -111,36 +107,37 @@ class RevocationSet(Buckets):
     ) -> None:
         """The first load's fast path: entries of one kind and issuer (keys in UTF-8), taken
         in without `add_rows`' search for each triple (most of an insertion's cost, a scan
-        of the bucket). They are staged as records (one join) and bucketed `_LOAD_BYTES` at
-        a time as `load` does (each bucket's share appended at once: appending entry by
-        entry to 16,384 scattered buckets costs twice as much, in cache misses), the rest by
-        `flush` or `dedupe`; until then lookups, `len` and `horizon` do not see them. A
-        triple appended twice is held twice until `dedupe` has passed over its bucket
-        (lookups stay exact meanwhile: a copy answers "revoked" only for a triple that is)."""
+        of the bucket). A triple appended twice is held twice until `dedupe` has passed over
+        its bucket; lookups stay exact meanwhile (a copy answers "revoked" only for a triple
+        that is), but `len` and `horizon` may not be."""
         if len(keys) != len(untils):
             raise ValueError("keys and horizons differ in number")
-        if not keys:
-            return
-        start = _SEP + _KIND_CODES[kind] + self._issuers.intern(issuer)
-        if max(untils) > _MAX_HORIZON or min(untils) < 0:
+        prefix = _KIND_CODES[kind] + self._issuers.intern(issuer)
+        if untils and (max(untils) > _MAX_HORIZON or min(untils) < 0):
             untils = [min(max(until, 0), _MAX_HORIZON) for until in untils]
-        self._staged.append(start + start.join(keys))
-        self._staged_untils.extend(untils)
-        self._staged_bytes += len(self._staged[-1])
-        if self._staged_bytes >= _LOAD_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Bucket what `append_group` staged."""
-        if self._staged:
-            records = b"".join(self._staged)
-            untils, self._staged_untils = self._staged_untils, []
-            self._staged, self._staged_bytes = [], 0
-            self._bucket(records[1:].split(_SEP), untils)
-
-    def dedupe(self, start: int, stop: int) -> int:
-        self.flush()
-        return super().dedupe(start, stop)
+        blobs, horizons, earliest, sep, mask = (
+            self._blobs,
+            self._horizons,
+            self._earliest,
+            _SEP,
+            _MASK,
+        )
+        for key, until in zip(keys, untils, strict=True):
+            body = prefix + key
+            b = hash(body) & mask
+            blob = blobs[b]
+            if blob is None:
+                blobs[b] = bytearray(sep + body + sep)
+                horizons[b] = array("I", (until,))
+                earliest[b] = until
+            else:
+                blob += body
+                blob += sep
+                horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
+                if until < earliest[b]:
+                    earliest[b] = until
+        self._counts.add_all(untils)
+        self._len += len(keys)
 
     @property
     def issuers(self) -> list[str]:

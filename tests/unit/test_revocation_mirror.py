@@ -192,8 +192,9 @@ def test_merge_reports_new_entries_in_one_batch_per_page() -> None:
 def test_a_first_load_by_groups_ends_as_the_dict_of_its_entries(
     steps: list[tuple[bool, str, str, list[tuple[str, int]]]],
 ) -> None:
-    """`append_group` stages, `add` may come in between, `dedupe` over every bucket merges:
-    the result is the dict keeping the longest horizon, whatever was appended twice."""
+    """`append_group` takes pages in without lookups, `add` may come in between, `dedupe`
+    over every bucket merges: the result is the dict keeping the longest horizon, whatever
+    was appended twice."""
     model: dict[tuple[str, str, str], int] = {}
     entries = RevocationSet()
     for single, kind, iss, pairs in steps:
@@ -212,9 +213,9 @@ def test_a_first_load_by_groups_ends_as_the_dict_of_its_entries(
         assert entries.contains(kind, iss, key) and entries.horizon(kind, iss, key) == until
 
 
-def test_a_first_load_larger_than_one_staging_step_is_bucketed_whole() -> None:
+def test_a_large_first_load_by_pages_holds_every_entry_once_after_dedupe() -> None:
     entries = RevocationSet()
-    keys = [f"jti-{i:08d}".encode() for i in range(200_000)]  # ~3 steps of staged records
+    keys = [f"jti-{i:08d}".encode() for i in range(200_000)]
     for start in range(0, len(keys), 2_000):
         page = keys[start : start + 2_000]
         entries.append_group("jti", "iss", page, [1_000 + start] * len(page))
