@@ -17,7 +17,8 @@ until the first call; `await store.close()`.
   entry plus the margin; the feeds: a day after their last write), and `purge` drops expired
   revocations and ended families, so state never outgrows what is live.
 * Reading at scale (`redis_revocations`): a full load is a ZSCAN in pages, partition after
-  partition; afterwards a sidecar reads only the feed entries after its per-partition
+  partition (the first load's: several at a time, grouped by the server,
+  `redis_grouped_scan`); afterwards a sidecar reads only the feed entries after its per-partition
   cursors, which also tells when a stream can no longer vouch for them (trimmed past the
   cursor, or lost): then the sidecar loads everything again. Needs Redis >= 7.0.
 * Propagation (`redis_feed`): every revocation write appends `(member, expires_at)` to its
@@ -53,12 +54,12 @@ from sidecar.store.base import (
     RotateOutcome,
     RotateResult,
     Rotation,
-    group_rows,
 )
 from sidecar.store.redis_codec import family_fields, family_from
 from sidecar.store.redis_connect import RedisConnector
 from sidecar.store.redis_driver import Caller, close_quietly, read_persistence
-from sidecar.store.redis_feed import FEED_BLOCK_S, StreamFeed
+from sidecar.store.redis_feed import StreamFeed, open_feed
+from sidecar.store.redis_grouped_scan import GroupedScan
 from sidecar.store.redis_keys import FAMILY_REVOCATION_FIELD, KeyLayout, Partition, encode_member
 from sidecar.store.redis_legacy import LegacyFamilies
 from sidecar.store.redis_revocations import RevocationReads
@@ -90,6 +91,8 @@ class RedisTokenStore:
         self._revoke = self._client.register_script(redis_scripts.REVOKE)
         self._epoch = self._client.register_script(redis_scripts.EPOCH)
         self._reads = RevocationReads(self._caller, self._keys)
+        self._bytes = Caller(connector.client(decode=False))  # the first load's (GroupedScan)
+        self._grouped = GroupedScan(self._bytes, self._reads.read_parts)
         self._legacy = LegacyFamilies(self._caller, self._keys, margin_s=TTL_MARGIN_S)
         self._feeds: set[StreamFeed] = set()
 
@@ -231,10 +234,7 @@ class RedisTokenStore:
     async def scan_revocation_groups(
         self, token: str, now: int, limit: int
     ) -> tuple[list[RevocationGroup], str]:
-        """`scan_revocations`' pages, grouped (whatever the key layout, so this follows any
-        change to how the set is scanned; the per-row decode is `decode_row`'s)."""
-        rows, token = await self.scan_revocations(token, now, limit)
-        return group_rows(rows), token
+        return await self._grouped.scan(token, now, limit)
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int
@@ -245,23 +245,8 @@ class RedisTokenStore:
         return await self._reads.listed(now)
 
     async def open_revocation_feed(self) -> StreamFeed:
-        """Fix every stream's position (its newest entry now), so nothing written later is
-        missed. The version-1 stream is followed only if it exists now (a version-1 sidecar
-        still running); one created later is read by the polls."""
         self._caller.check_open()
-        client = self._connector.client(read_timeout_s=FEED_BLOCK_S + 2.0)
-        try:
-            newest = await RevocationReads(Caller(client), self._keys).newest_ids()
-        except StoreUnavailableError:
-            await close_quietly(client)
-            raise
-        parts = self._reads.read_parts
-        positions = {part.feed: at for part, at in zip(parts, newest, strict=True)}
-        if newest[-1] == "0-0":
-            del positions[self._keys.legacy.feed]
-        feed = StreamFeed(
-            client, positions, per_key=self._caller.cluster, on_close=self._feeds.discard
-        )
+        feed = await open_feed(self._connector, self._keys, on_close=self._feeds.discard)
         self._feeds.add(feed)
         return feed
 
@@ -272,6 +257,8 @@ class RedisTokenStore:
         for feed in list(self._feeds):
             await feed.close()
         await close_quietly(self._client)
+        self._bytes.closed = True
+        await close_quietly(self._bytes.client)
         await self._connector.close()
 
     # --- internals ---------------------------------------------------------------------------

@@ -59,12 +59,13 @@ class RedisConnector:
         """The read timeout of a command: after it the caller is told UNAVAILABLE."""
         return self._settings.redis_timeout_s
 
-    def client(self, *, read_timeout_s: float | None = None) -> RedisClient:
+    def client(self, *, read_timeout_s: float | None = None, decode: bool = True) -> RedisClient:
         """A client with its own connections; `read_timeout_s` overrides the read timeout
-        (the revocation feed blocks server-side longer than a command may take)."""
+        (the revocation feed blocks server-side longer than a command may take); `decode`
+        False leaves replies as bytes (the first load's scan, redis_grouped_scan)."""
         s = self._settings
         options: dict[str, Any] = {
-            "decode_responses": True,
+            "decode_responses": decode,
             "socket_timeout": read_timeout_s or s.redis_timeout_s,
             "socket_connect_timeout": s.redis_timeout_s,
             # CLIENT LIST then tells an operator which sidecar process holds a connection.

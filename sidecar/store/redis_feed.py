@@ -2,7 +2,7 @@
 positions (`RevocationFeed`).
 
 Every revocation write appends `(member, expires_at)` to its partition's stream in the same
-script (`redis_scripts`). `RedisTokenStore.open_revocation_feed` reads the newest id of every
+script (`redis_scripts`). `open_feed` reads the newest id of every
 partition's stream, then this reads each stream from there with XREAD BLOCK on connections
 of its own, so delivery is gap-free per stream while connected; the consumer reconciles after
 opening (and after every reconnection).
@@ -23,8 +23,10 @@ from collections.abc import AsyncIterator, Callable
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation
 from sidecar.store.redis_codec import revocation_from, stream_entries
-from sidecar.store.redis_connect import RedisClient
-from sidecar.store.redis_driver import close_quietly, driver_failure
+from sidecar.store.redis_connect import RedisClient, RedisConnector
+from sidecar.store.redis_driver import Caller, close_quietly, driver_failure
+from sidecar.store.redis_keys import KeyLayout
+from sidecar.store.redis_revocations import RevocationReads
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +109,24 @@ class StreamFeed:
             await asyncio.gather(*self._readers, return_exceptions=True)
         self._queue.put_nowait(StoreUnavailableError())  # ends a pending iteration
         await close_quietly(self._client)
+
+
+async def open_feed(
+    connector: RedisConnector, keys: KeyLayout, *, on_close: Callable[[StreamFeed], None]
+) -> StreamFeed:
+    """Fix every stream's position (its newest entry now), so nothing written later is
+    missed, and follow them on a client of the feed's own. The version-1 stream is followed
+    only if it exists now (a version-1 sidecar still running); one created later is read by
+    the polls."""
+    client = connector.client(read_timeout_s=FEED_BLOCK_S + 2.0)
+    caller = Caller(client)
+    reads = RevocationReads(caller, keys)
+    try:
+        newest = await reads.newest_ids()
+    except StoreUnavailableError:
+        await close_quietly(client)
+        raise
+    positions = {part.feed: at for part, at in zip(reads.read_parts, newest, strict=True)}
+    if newest[-1] == "0-0":
+        del positions[keys.legacy.feed]
+    return StreamFeed(client, positions, per_key=caller.cluster, on_close=on_close)

@@ -160,7 +160,7 @@ def decode_row(member: str, expires_at: int) -> RevocationRow | None:
     if len(parts) != 3:
         return None
     kind, issuer, key = parts
-    issuer = _unquote_issuer(issuer)
+    issuer = unquote_issuer(issuer)
     if "%" in key:
         key = unquote(key)
     if kind == "jti":
@@ -171,5 +171,5 @@ def decode_row(member: str, expires_at: int) -> RevocationRow | None:
 
 
 @lru_cache(maxsize=256)
-def _unquote_issuer(issuer: str) -> str:
+def unquote_issuer(issuer: str) -> str:
     return unquote(issuer)

@@ -47,8 +47,7 @@ which fails closed; the users sign in again. Revocations written after the last 
 sidecar saw them and lost before any sidecar loaded them are gone too: only Redis persistence
 (AOF) closes that (docs/operations.md).
 
-Persistence: `check_persistence` reads how the store keeps data (`TokenStore.persistence`) and
-warns in one line whenever the answer is one that loses data on a restart.
+Persistence: `check_persistence` reads how the store keeps data (tokens/store_persistence.py).
 """
 
 from __future__ import annotations
@@ -66,6 +65,7 @@ from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation, TokenStore, deadline_for
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.revocation_snapshot import SnapshotKeeper
+from sidecar.tokens.store_persistence import check_persistence
 
 log = logging.getLogger(__name__)
 # Rows per store read and per write-back batch: one page is merged in one synchronous step
@@ -76,16 +76,6 @@ PAGE_ROWS = 2_000
 SKEW_MARGIN_S = 60
 # Buckets deduplicated per loop turn after a first full load.
 _DEDUPE_STEP = 1024
-
-# What each risky persistence mode loses when the store restarts; other modes are fine.
-RISKY_PERSISTENCE = {
-    "none": "Redis keeps nothing on disk: a restart loses every refresh family, and revocations"
-    " survive only in running sidecars",
-    "rdb": "Redis saves snapshots only: a restart loses every write since the last one",
-    "aof-no": "Redis AOF without fsync (appendfsync no): a host crash loses the writes the OS"
-    " had not flushed (up to ~30 s)",
-    "unknown": "Redis will not say how it persists (CONFIG refused or renamed)",
-}
 
 
 class StoreSync:
@@ -290,16 +280,8 @@ class StoreSync:
 
     async def check_persistence(self) -> str:
         """Read the store's persistence; warn (one line) when it changed to a risky mode."""
-        mode = await self._store.persistence()
-        if mode != self.persistence and mode in RISKY_PERSISTENCE:
-            log.warning(
-                "token store persistence=%s: %s; production needs appendonly yes with"
-                " appendfsync everysec or always (docs/operations.md)",
-                mode,
-                RISKY_PERSISTENCE[mode],
-            )
-        self.persistence = mode
-        return mode
+        self.persistence = await check_persistence(self._store, self.persistence)
+        return self.persistence
 
 
 def _short(epoch: str | None) -> str:

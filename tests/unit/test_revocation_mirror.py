@@ -175,3 +175,53 @@ def test_merge_reports_new_entries_in_one_batch_per_page() -> None:
     assert mirror.merge(_rows(300, NOW + 60)) == 300
     assert mirror.merge(_rows(301, NOW + 60)) == 1
     assert batches == [300, 1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # True: `add` (the feed during a first load); False: a page
+            st.sampled_from(["jti", "family"]),
+            st.sampled_from(["i", "i ", "j"]),
+            st.lists(st.tuples(_TEXT, st.integers(0, 20)), max_size=8),
+        ),
+        max_size=30,
+    )
+)
+def test_a_first_load_by_groups_ends_as_the_dict_of_its_entries(
+    steps: list[tuple[bool, str, str, list[tuple[str, int]]]],
+) -> None:
+    """`append_group` takes pages in without lookups, `add` may come in between, `dedupe`
+    over every bucket merges: the result is the dict keeping the longest horizon, whatever
+    was appended twice."""
+    model: dict[tuple[str, str, str], int] = {}
+    entries = RevocationSet()
+    for single, kind, iss, pairs in steps:
+        if single:
+            for key, until in pairs:
+                entries.add(kind, iss, key, until)
+        else:
+            keys = [key.encode("utf-8", "surrogatepass") for key, _ in pairs]
+            entries.append_group(kind, iss, keys, [until for _, until in pairs])  # type: ignore[arg-type]
+        for key, until in pairs:
+            model[(kind, iss, key)] = max(model.get((kind, iss, key), 0), until)
+    entries.dedupe(0, entries.buckets)
+    assert len(entries) == len(model)
+    assert {(r.kind, r.issuer, r.key): r.expires_at for r in entries} == model
+    for (kind, iss, key), until in model.items():
+        assert entries.contains(kind, iss, key) and entries.horizon(kind, iss, key) == until
+
+
+def test_a_large_first_load_by_pages_holds_every_entry_once_after_dedupe() -> None:
+    entries = RevocationSet()
+    keys = [f"jti-{i:08d}".encode() for i in range(200_000)]
+    for start in range(0, len(keys), 2_000):
+        page = keys[start : start + 2_000]
+        entries.append_group("jti", "iss", page, [1_000 + start] * len(page))
+    entries.append_group("jti", "iss", keys[:10], [5] * 10)  # a scan's duplicates
+    assert entries.dedupe(0, entries.buckets) == 10
+    assert len(entries) == len(keys) and entries.count_from(0) == len(keys)
+    assert entries.horizon("jti", "iss", "jti-00000000") == 1_000
+    assert entries.horizon("jti", "iss", "jti-00199999") == 1_000 + 198_000
+    assert entries.purge(1_000) == 2_000 and len(entries) == len(keys) - 2_000
