@@ -47,10 +47,16 @@ def test_quick_run_measures_every_column_in_both_token_modes(tmp_path: Path) -> 
     assert set(revoked["verify"]["passes"]) == {PROBE_ROUND, "refused"}  # no Watch: no drops
     assert set(revoked["default"]["passes"]) == {PROBE_ROUND, "refused", "dropped"}
     for result in revoked.values():
-        for numbers in result["passes"].values():
+        for name, numbers in result["passes"].items():
             assert numbers["never"] == 0, result
             assert len(numbers["delays_ms"]) == numbers["revocations"] > 0, result
-            assert 0 <= numbers["first_p50_ms"] <= numbers["p50_ms"], result
+            assert numbers["first_p50_ms"] <= numbers["p50_ms"], result
+            if name != "dropped":
+                # Timed by the prober, after Revoke returned to it: never before.
+                assert numbers["first_p50_ms"] >= 0, result
+            # "dropped" is timed inside each callee: the sidecar publishes the event before
+            # Revoke's reply leaves, so a callee may drop it before that reply reaches the
+            # bench process (a negative delay; seen at -0.4 ms once local refusal landed).
     assert all(t["met"] in (True, False) for t in section["targets"]), section["targets"]
     markdown = (tmp_path / "latest.md").read_text()
     assert "## Two services" in markdown
