@@ -28,7 +28,7 @@ import grpc
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from bench import procs
 from bench.tokens import make_key
-from bench.topologies import Deployment, _client, _deploy
+from bench.topologies import Deployment, _client, _deploy, _sidecar
 
 REVOKE = "/authsidecar.v1.AuthService/Revoke"
 
@@ -110,7 +110,7 @@ def main() -> None:
         try:
             prefix = f"revcost-{uuid.uuid4().hex[:8]}"
             for i in range(args.sidecars):
-                sidecars.append(_sidecar(root, work, i, minted.key_path, prefix, deployment))
+                sidecars.append(_sidecar(work, i, minted.key_path, prefix, deployment, root=root))
             tokens = minted.tokens
             asyncio.run(_revoke_all(sidecars, tokens[:warm], 2))
             asyncio.run(_heard_everywhere(sidecars, tokens[warm - 1]))
@@ -145,25 +145,6 @@ def main() -> None:
     print(f"  Redis CPU ms per Revoke:   {redis_ms:.3f}")
     sidecar_ms = (after["sidecar_cpu"] - before["sidecar_cpu"]) / n * 1e3
     print(f"  sidecars CPU ms per Revoke: {sidecar_ms:.3f}")
-
-
-def _sidecar(
-    root: Path, work: Path, index: int, key_file: Path, prefix: str, deployment: Deployment
-) -> procs.Server:
-    data = work / f"s{index}"
-    data.mkdir()
-    env = {
-        "AUTHSIDECAR_DATA_DIR": str(data),
-        "AUTHSIDECAR_LISTEN__TCP": "127.0.0.1:0",
-        "AUTHSIDECAR_KEYS__FILES": str(key_file),
-        "AUTHSIDECAR_LOG_LEVEL": "WARNING",
-        "AUTHSIDECAR_STORE__BACKEND": "redis",
-        "AUTHSIDECAR_STORE__REDIS_KEY_PREFIX": prefix,
-        "AUTHSIDECAR_STORE__REDIS_TIMEOUT_S": "2",
-        "AUTHSIDECAR_STORE__SYNC_INTERVAL_S": "60",
-    }
-    env.update({f"AUTHSIDECAR_{k}": v for k, v in deployment.env.items()})
-    return procs.start(f"sidecar {index}", ["-m", "sidecar", "serve"], env, root=root)
 
 
 if __name__ == "__main__":
