@@ -312,7 +312,13 @@ def _keys_per_primary(deployment: Deployment) -> dict[str, int]:
 
 
 def _sidecar(
-    work: Path, index: int, key_file: Path, prefix: str, deployment: Deployment
+    work: Path,
+    index: int,
+    key_file: Path,
+    prefix: str,
+    deployment: Deployment,
+    *,
+    root: Path = procs.ROOT,
 ) -> procs.Server:
     data = work / f"s{index}"
     data.mkdir()
@@ -328,7 +334,8 @@ def _sidecar(
         "AUTHSIDECAR_STORE__SYNC_INTERVAL_S": "60",
     }
     env.update({f"AUTHSIDECAR_{k}": v for k, v in deployment.env.items()})
-    return procs.start(f"sidecar {index} on {deployment.name}", ["-m", "sidecar", "serve"], env)
+    name = f"sidecar {index} on {deployment.name}"
+    return procs.start(name, ["-m", "sidecar", "serve"], env, root=root)
 
 
 @dataclass

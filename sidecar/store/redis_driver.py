@@ -43,6 +43,34 @@ def driver_failure(exc: BaseException) -> bool:
     return False
 
 
+async def xread_one(
+    client: RedisCluster, key: str, position: str, *, count: int, block_ms: int
+) -> Any:
+    """XREAD BLOCK of one stream on a Cluster, sent straight to the node owning its slot.
+
+    redis-py cannot find XREAD's keys in its command table (they follow STREAMS), so its
+    own routing asks the server, COMMAND GETKEYS twice (on the seed node), before every
+    XREAD. A feed reader re-issues XREAD after every wake, and with one stream per partition
+    nearly every revocation wakes one reader per sidecar: those two extra round trips were
+    most of what a Revoke cost a sharded Cluster (issue 16, bench/revoke_cost.py). The slot
+    is the stream key's own, so it is looked up here, again for every call (a migrated slot
+    is followed). The rest is the driver's: MOVED and ASK are followed inside redis-py, and
+    after an error its routing retries (a connection error, timeout, cluster down) the call
+    is retried as many times as the client's Retry says, on the owner found after the
+    topology is read again."""
+    args = ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, position)
+    retries = client.retry.get_retries()
+    for attempt in range(retries + 1):
+        try:
+            await client.initialize()  # after a failure: the topology again; else a no-op
+            node = client.get_node_from_key(key)
+            return await client.execute_command(*args, target_nodes=node)
+        except Exception as exc:
+            if attempt == retries or type(exc) not in RedisCluster.ERRORS_ALLOW_RETRY:
+                raise
+    raise AssertionError("unreachable")  # the last attempt returned or raised
+
+
 async def close_quietly(client: RedisClient) -> None:
     try:
         await client.aclose()

@@ -20,11 +20,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from redis.asyncio.cluster import RedisCluster
+
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation
 from sidecar.store.redis_codec import revocation_from, stream_entries
 from sidecar.store.redis_connect import RedisClient, RedisConnector
-from sidecar.store.redis_driver import Caller, close_quietly, driver_failure
+from sidecar.store.redis_driver import Caller, close_quietly, driver_failure, xread_one
 from sidecar.store.redis_keys import KeyLayout
 from sidecar.store.redis_revocations import RevocationReads
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 # silently dead connection: the socket read timeout is this plus `redis_timeout_s`).
 FEED_BLOCK_S = 5.0
 _READ_COUNT = 500
+_CANCEL_AGAIN_S = 0.1
 
 
 class StreamFeed:
@@ -77,8 +80,15 @@ class StreamFeed:
         positions = self._positions
         try:
             while True:
-                streams = {key: positions[key] for key in keys}
-                reply = await self._client.xread(streams, count=_READ_COUNT, block=block_ms)  # type: ignore[arg-type]
+                if isinstance(self._client, RedisCluster):  # one key: see xread_one
+                    key = keys[0]
+                    at = positions[key]
+                    reply = await xread_one(
+                        self._client, key, at, count=_READ_COUNT, block_ms=block_ms
+                    )
+                else:
+                    streams = {key: positions[key] for key in keys}
+                    reply = await self._client.xread(streams, count=_READ_COUNT, block=block_ms)  # type: ignore[arg-type]
                 batch = []
                 for stream, entries in stream_entries(reply):
                     for entry_id, fields in entries:
@@ -103,10 +113,14 @@ class StreamFeed:
             return
         self._closed = True
         self._on_close(self)
-        for reader in self._readers:
-            reader.cancel()
-        if self._readers:
-            await asyncio.gather(*self._readers, return_exceptions=True)
+        pending = set(self._readers)
+        while pending:
+            # Cancelled again until it ends: Python 3.11's asyncio.wait_for (redis-py sends
+            # with it) loses a cancel that lands as the send completes, and the reader then
+            # sat in its next XREAD, close() waiting for ever (seen on a Cluster, issue 16).
+            for reader in pending:
+                reader.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN_S)
         self._queue.put_nowait(StoreUnavailableError())  # ends a pending iteration
         await close_quietly(self._client)
 
