@@ -6,18 +6,10 @@
 const assert = require('node:assert/strict');
 const { after, afterEach, before, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
-const {
-  AuthClient, DecisionCache, authServerInterceptor, currentClaims, errorReason,
-} = require('../src');
+const { AuthClient, DecisionCache } = require('../src');
 const { FakeWatchSidecar } = require('./fake_watch_sidecar');
-const { startSidecar } = require('./support');
+const { startCallee, startSidecar, waitFor } = require('./support');
 
-const bytes = { serialize: (b) => b, deserialize: (b) => b };
-const HELLO = {
-  path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
-  requestSerialize: bytes.serialize, requestDeserialize: bytes.deserialize,
-  responseSerialize: bytes.serialize, responseDeserialize: bytes.deserialize,
-};
 
 let sidecar;
 let admin;
@@ -40,53 +32,19 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()();
 });
 
-async function waitFor(predicate, what, timeoutMs = 10000) {
-  const until = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
 /** Fake watch sidecar + Node callee with the interceptor + a way to call it. */
 async function setup(options = {}, fakeOptions = {}) {
   const fake = await new FakeWatchSidecar(upstream, fakeOptions).start();
   const client = new AuthClient(fake.address);
-  const interceptor = authServerInterceptor(client, { audience: 'greeter', defaultScopes: ['greet'] },
-    // A generous staleness bound unless a test is about staleness: a loaded machine can stall
-    // this process for longer than a few heartbeats, which would (rightly) cost hits.
+  // A generous staleness bound unless a test is about staleness: a loaded machine can stall
+  // this process for longer than a few heartbeats, which would (rightly) cost hits.
+  const callee = await startCallee(client,
     { initialBackoffMs: 20, maxBackoffMs: 100, stalenessMs: 5000, ...options });
-  const seen = [];
-  const server = new grpc.Server({ interceptors: [interceptor] });
-  server.addService({ Hello: HELLO }, {
-    Hello(call, callback) {
-      seen.push(currentClaims(call));
-      callback(null, Buffer.from('ok'));
-    },
-  });
-  const port = await new Promise((resolve, reject) => {
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(),
-      (error, bound) => (error ? reject(error) : resolve(bound)));
-  });
-  // The caller sets the header itself (no bearerInterceptor: its one resend on
-  // UNAUTHENTICATED would be a second Verify and blur the counts).
-  const channel = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-  const call = (token) => {
-    const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${token}`);
-    return new Promise((resolve) => {
-      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
-        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 }, (error) => {
-          resolve(error ? { code: error.code, reason: errorReason(error.metadata) } : { code: 0 });
-        });
-    });
-  };
+  const { interceptor, call, seen } = callee;
   const asked = () => fake.verifyCalls + fake.batchItems;
   cleanups.push(async () => {
-    channel.close();
-    interceptor.close();
+    callee.close();
     client.close();
-    server.forceShutdown();
     fake.stop();
   });
   return { fake, interceptor, call, asked, seen, current: () => interceptor.stats().current };

@@ -5,6 +5,16 @@ const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const readline = require('node:readline');
+const grpc = require('@grpc/grpc-js');
+const { authServerInterceptor, currentClaims, errorReason } = require('../src');
+const { STATUS_DETAILS_KEY } = require('../src/status');
+
+const bytes = { serialize: (b) => b, deserialize: (b) => b };
+const HELLO = {
+  path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
+  requestSerialize: bytes.serialize, requestDeserialize: bytes.deserialize,
+  responseSerialize: bytes.serialize, responseDeserialize: bytes.deserialize,
+};
 
 const REPO = path.resolve(__dirname, '../../..');
 
@@ -109,4 +119,63 @@ function runPython(args) {
   });
 }
 
-module.exports = { REPO, pythonPath, runPython, startPythonCallee, startSidecar };
+/** A grpc-js "Greeter" callee behind authServerInterceptor(client, ...) on a free loopback
+ * port, the claims its handler saw, and a caller that sets the bearer header itself (no
+ * bearerInterceptor: its one resend on UNAUTHENTICATED would be a second Verify and blur
+ * the counts). `call(token)` resolves {code, reason}; `answer(token)` also the message and
+ * the status details as sent (base64). */
+async function startCallee(client, interceptorOptions) {
+  const interceptor = authServerInterceptor(client, { audience: 'greeter', defaultScopes: ['greet'] },
+    interceptorOptions);
+  const seen = [];
+  const server = new grpc.Server({ interceptors: [interceptor] });
+  server.addService({ Hello: HELLO }, {
+    Hello(call, callback) {
+      seen.push(currentClaims(call));
+      callback(null, Buffer.from('ok'));
+    },
+  });
+  const port = await new Promise((resolve, reject) => {
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(),
+      (error, bound) => (error ? reject(error) : resolve(bound)));
+  });
+  const channel = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const send = (token, describe) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    return new Promise((resolve) => {
+      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
+        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 },
+        (error) => resolve(error ? describe(error) : { code: 0 }));
+    });
+  };
+  return {
+    interceptor,
+    seen,
+    call: (token) => send(token, (error) => ({ code: error.code, reason: errorReason(error.metadata) })),
+    answer: (token) => send(token, (error) => ({
+      code: error.code,
+      details: error.details,
+      statusDetails: error.metadata.get(STATUS_DETAILS_KEY).map((v) => Buffer.from(v).toString('base64')),
+    })),
+    close() {
+      channel.close();
+      interceptor.close();
+      server.forceShutdown();
+    },
+  };
+}
+
+/** Poll `predicate` (sync or async) every 10 ms until it holds; throw after `timeoutMs`. */
+async function waitFor(predicate, what, timeoutMs = 15000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (await predicate()) return;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+module.exports = {
+  REPO, pythonPath, runPython, startCallee, startPythonCallee, startSidecar, waitFor,
+};

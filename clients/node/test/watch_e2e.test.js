@@ -10,18 +10,9 @@ const net = require('node:net');
 const path = require('node:path');
 const { after, afterEach, before, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
-const {
-  AuthClient, authServerInterceptor, currentClaims, errorReason,
-} = require('../src');
-const { STATUS_DETAILS_KEY } = require('../src/status');
-const { runPython, startSidecar } = require('./support');
+const { AuthClient } = require('../src');
+const { runPython, startCallee, startSidecar, waitFor } = require('./support');
 
-const bytes = { serialize: (b) => b, deserialize: (b) => b };
-const HELLO = {
-  path: '/demo.Greeter/Hello', requestStream: false, responseStream: false,
-  requestSerialize: bytes.serialize, requestDeserialize: bytes.deserialize,
-  responseSerialize: bytes.serialize, responseDeserialize: bytes.deserialize,
-};
 
 let sidecar;
 let admin;
@@ -47,15 +38,6 @@ after(async () => {
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()();
 });
-
-async function waitFor(predicate, what, timeoutMs = 15000) {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (await predicate()) return;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 /** A TCP proxy to `target` (host:port); cut() destroys every connection it carries. */
 async function startProxy(target) {
@@ -91,54 +73,15 @@ async function setup(options = {}, target = sidecar) {
   const client = new AuthClient(proxy.address);
   // A generous staleness bound: a loaded machine can stall either process for longer than a
   // few 100 ms heartbeats, which would (rightly) cost hits; a cut is noticed at once anyway.
-  const interceptor = authServerInterceptor(client, { audience: 'greeter', defaultScopes: ['greet'] },
-    { stalenessMs: 5000, ...options });
-  const seen = [];
-  const server = new grpc.Server({ interceptors: [interceptor] });
-  server.addService({ Hello: HELLO }, {
-    Hello(call, callback) {
-      seen.push(currentClaims(call));
-      callback(null, Buffer.from('ok'));
-    },
-  });
-  const port = await new Promise((resolve, reject) => {
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(),
-      (error, bound) => (error ? reject(error) : resolve(bound)));
-  });
-  const channel = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-  const call = (token) => {
-    const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${token}`);
-    return new Promise((resolve) => {
-      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
-        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 }, (error) => {
-          resolve(error ? { code: error.code, reason: errorReason(error.metadata) } : { code: 0 });
-        });
-    });
-  };
+  const callee = await startCallee(client, { stalenessMs: 5000, ...options });
   cleanups.push(async () => {
-    channel.close();
-    interceptor.close();
+    callee.close();
     client.close();
-    server.forceShutdown();
     proxy.close();
   });
-  // Everything a refusal carries: code, message, and the status details as sent (base64).
-  const answer = (token) => {
-    const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${token}`);
-    return new Promise((resolve) => {
-      channel.makeUnaryRequest('/demo.Greeter/Hello', bytes.serialize, bytes.deserialize,
-        Buffer.from('x'), metadata, { deadline: Date.now() + 10000 }, (error) => {
-          if (!error) return resolve({ code: 0 });
-          const sent = error.metadata.get(STATUS_DETAILS_KEY).map((v) => Buffer.from(v).toString('base64'));
-          return resolve({ code: error.code, details: error.details, statusDetails: sent });
-        });
-    });
-  };
-  const stats = () => interceptor.stats();
+  const stats = () => callee.interceptor.stats();
   if (options.cacheDecisions !== false) await waitFor(() => stats().current, 'the watch to be current');
-  return { call, answer, stats, proxy, seen };
+  return { call: callee.call, answer: callee.answer, stats, proxy, seen: callee.seen };
 }
 
 /** Verify and VerifyBatch calls `target` has served (its own authsidecar_requests_total). */
