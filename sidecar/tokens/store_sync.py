@@ -76,6 +76,11 @@ PAGE_ROWS = 2_000
 SKEW_MARGIN_S = 60
 # Buckets deduplicated per loop turn after a first full load.
 _DEDUPE_STEP = 1024
+# Loop turns a store call needs to send its request (redis-py 8.1 on Python 3.11: 2, its
+# write runs in a task of its own under `asyncio.wait_for`). A full read gives the next page
+# these before taking the current one, so the store computes it meanwhile (issue 16: at a
+# first start Redis spends about as long on a page as this process does).
+_SEND_TURNS = 3
 
 
 class StoreSync:
@@ -169,6 +174,8 @@ class StoreSync:
                 rows, token = await pending
                 if token and ahead:
                     pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
+                    for _ in range(_SEND_TURNS):  # its request out before this page is taken
+                        await asyncio.sleep(0)
                 take(rows)
                 if not token:
                     break
