@@ -12,9 +12,10 @@ Every reconciliation (start-up, each poll, each reconnection of the feed) does, 
    writes after our cursor (issue 16: O(changes) per poll on the store, not O(all)), then
    checks the store holds at least as many entries as the mirror (`count_revocations`,
    O(log n) on Redis, where a promoted replica may lack the last writes yet keep the epoch
-   and the cursor); fewer means a loss and a full read with write-back follows. Every
-   page is merged into the mirror and the event loop gets a turn between pages, so a million
-   entries never block it;
+   and the cursor; Redis also checks each partition against its own earlier count inside
+   `revocations_since`, store/redis_revocations.py); fewer means a loss and a full read with
+   write-back follows. Every page is merged into the mirror and the event loop gets a turn
+   between pages, so a million entries never block it;
 3. after a full read that followed a loss (or any full read while the mirror already held
    entries), write back (`TokenStore.restore`) everything the mirror holds, one bucket-sized
    chunk at a time: the store writes only what it lacks (absent, or with a shorter horizon)
