@@ -18,7 +18,10 @@ keys split over partitions (`redis_keys`), every position is one per partition:
   `expires_at <= now`, by clocks at most `SKEW_S` apart) and a write only adds one or
   lengthens it. A later `since` that finds a partition holding fewer from a boundary it
   counted before answers None (read everything again, and write back: tokens/store_sync.py);
-  the counts start afresh at that full read's `cursor`, so one loss is reported once.
+  the counts start afresh at that full read's `cursor`, so one loss is reported once. Two
+  feed reads share a boundary only when less than about a minute apart: every poll at the
+  default `store.sync_interval_s` (5 s); with an interval over a minute only the sum is
+  compared.
 
 The version-1 keys (`KeyLayout.legacy`) are read as one more partition, never written or
 purged here: version-1 sidecars still running keep writing them, and their TTL ends them.
