@@ -12,7 +12,8 @@ the sidecar started again with default settings (store.sync_interval_s 5 s, Redi
 1 s): first with no local snapshot (a new pod), then, when that version wrote one at stop,
 once more from it (a restart). Measured: start (spawn to the serving banner, which comes
 after the load; and the CPU seconds the process had used by then, which a machine shared
-with other work inflates less than the wall time; the load average is recorded), RSS after
+with other work inflates less than the wall time; on Redis also the CPU seconds the server
+spent meanwhile, most of it the scan's pages; the load average is recorded), RSS after
 start and after the window, and Verify latency from 8 concurrent callers over TCP for
 `--window` seconds (about two reconciliations at the default interval), p50 / p99 / worst.
 Redis runs in a private `redis-server` on a free port (nothing on disk). A sidecar that does
@@ -76,6 +77,16 @@ def _cpu_s(pid: int) -> float:
     """utime + stime of the process so far (all threads), from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_cpu_s(url: str) -> float:
+    """CPU seconds the Redis server has used so far (INFO cpu, user + system)."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _rss(pid: int) -> int:
@@ -273,6 +284,7 @@ def _run_store(
                 "start": start,
                 "loadavg": os.getloadavg()[0],
             }
+            redis_cpu = _redis_cpu_s(redis_url) if store == "redis" else 0.0
             try:
                 if not sidecar.start():
                     row["failed"] = sidecar.failure
@@ -280,6 +292,8 @@ def _run_store(
                     assert sidecar.proc is not None
                     row["start_s"] = sidecar.start_s
                     row["start_cpu_s"] = _cpu_s(sidecar.proc.pid)
+                    if store == "redis":  # what the server spent on this start (its reads)
+                        row["redis_cpu_s"] = _redis_cpu_s(redis_url) - redis_cpu
                     row["rss_start_mib"] = _rss(sidecar.proc.pid) / 2**20
                     row.update(asyncio.run(_verify_load(sidecar, window_s)))
                     row["rss_end_mib"] = _rss(sidecar.proc.pid) / 2**20
@@ -297,7 +311,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         if r["revocations"] == 0 and "failed" not in r
     }
     lines = [
-        "| code | store | revocations | loaded from | start s (CPU s) | load avg |"
+        "| code | store | revocations | loaded from | start s (CPU s; Redis CPU s) | load avg |"
         " RSS after start MiB (+ vs 0) | RSS after window MiB (+ vs 0) | Verify/s | p50 ms |"
         " p99 ms | worst ms |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -310,11 +324,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
         if "failed" in r:
             lines.append(f"{head} did not start: {r['failed']} | {r['loadavg']:.1f} | | | | | | |")
             continue
+        redis_cpu = f"; {r['redis_cpu_s']:.2f}" if "redis_cpu_s" in r else ""
         b = base.get((r["code"], r["store"], r["start"]))
         d1 = r["rss_start_mib"] - b["rss_start_mib"] if b else float("nan")
         d2 = r["rss_end_mib"] - b["rss_end_mib"] if b else float("nan")
         lines.append(
-            f"{head} {r['start_s']:.2f} ({r['start_cpu_s']:.2f}) | {r['loadavg']:.1f} |"
+            f"{head} {r['start_s']:.2f} ({r['start_cpu_s']:.2f}{redis_cpu}) | {r['loadavg']:.1f} |"
             f" {r['rss_start_mib']:.0f} (+{d1:.0f}) |"
             f" {r['rss_end_mib']:.0f} (+{d2:.0f}) | {r['calls_per_s']:.0f} |"
             f" {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['worst_ms']:.1f} |"

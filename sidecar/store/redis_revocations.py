@@ -9,7 +9,19 @@ keys split over partitions (`redis_keys`), every position is one per partition:
   cursor or lost with a failed-over shard answers None and the sidecar reads everything
   again, exactly as with one stream;
 * a scan token is `<partition index>:<ZSCAN cursor>`, partition after partition;
-* `count_revocations` is the sum of every partition's ZCOUNT.
+* `count_revocations` is the sum of every partition's ZCOUNT (the sidecar compares it with its
+  mirror);
+* each partition is also checked on its own (issue 16), so a shard that lost writes cannot be
+  hidden by growth in the others: `since` reads, in the same step as each partition's feed,
+  how many revocations it holds from two minute boundaries at least `FLOOR_MARGIN_S` ahead.
+  Nothing may lower those counts but a loss: only a purge removes revocations (those with
+  `expires_at <= now`, by clocks at most `SKEW_S` apart) and a write only adds one or
+  lengthens it. A later `since` that finds a partition holding fewer from a boundary it
+  counted before answers None (read everything again, and write back: tokens/store_sync.py);
+  the counts start afresh at that full read's `cursor`, so one loss is reported once. Two
+  feed reads share a boundary only when less than about a minute apart: every poll at the
+  default `store.sync_interval_s` (5 s); with an interval over a minute only the sum is
+  compared.
 
 The version-1 keys (`KeyLayout.legacy`) are read as one more partition, never written or
 purged here: version-1 sidecars still running keep writing them, and their TTL ends them.
@@ -27,6 +39,11 @@ from sidecar.store.redis_keys import KeyLayout, Partition, decode_member, decode
 
 PURGE_BATCH = 1_000
 _START = "0-0"
+# How far two sidecars' clocks may differ (tokens/store_sync.py's SKEW_MARGIN_S), and how far
+# ahead of `now` a boundary of the per-partition check starts: past the skew, with a margin
+# for the next check to come before `now` catches up with it.
+SKEW_S = 60
+FLOOR_MARGIN_S = 2 * SKEW_S
 
 
 class RevocationReads:
@@ -41,6 +58,8 @@ class RevocationReads:
         self._since = client.register_script(redis_scripts.SINCE)
         # Every partition, then the version-1 keys (read only).
         self.read_parts: tuple[Partition, ...] = (*keys.partitions, keys.legacy)
+        # Boundary -> how many revocations each partition held from it at the last `since`.
+        self._floors: dict[int, list[int]] = {}
 
     async def newest_ids(self) -> list[str]:
         """The id of the newest entry of every partition's stream ("0-0" when empty)."""
@@ -50,6 +69,9 @@ class RevocationReads:
         return [str(newest[0][0]) if newest else _START for newest in found]
 
     async def cursor(self) -> str:
+        """Where a full read's follow-up starts. The per-partition counts start afresh
+        with it: what the full read loads is what the store holds now."""
+        self._floors = {}
         return ",".join(await self.newest_ids())
 
     async def count(self, from_expires_at: int) -> int:
@@ -91,16 +113,22 @@ class RevocationReads:
         if len(ids) != len(self.read_parts):
             return None  # not a cursor of this layout: read everything
         position = dict(zip(self.read_parts, ids, strict=True))
+        first = -(-(now + FLOOR_MARGIN_S) // 60) * 60
+        bounds = (first, first + 60)
 
         def read(client: Any, part: Partition) -> Any:
-            return self._since(keys=[part.feed], args=[position[part], limit], client=client)
+            keys = [part.feed, part.revoked]
+            args: list[str | int] = [position[part], limit, *bounds]
+            return self._since(keys=keys, args=args, client=client)
 
         replies = await self._caller.fan_out(self.read_parts, read)
+        if any(reply[0] != "ok" for reply in replies):
+            return None
+        if not self._held_all(bounds, replies[: len(self._keys.partitions)]):
+            return None
         rows: list[RevocationRow] = []
         after = []
         for last, reply in zip(ids, replies, strict=True):
-            if reply[0] != "ok":
-                return None
             for entry_id, fields in reply[1]:
                 last = str(entry_id)
                 found = dict(zip(fields[0::2], fields[1::2], strict=True))
@@ -110,6 +138,22 @@ class RevocationReads:
                     rows.append((r.kind, r.issuer, r.key, r.expires_at))
             after.append(last)
         return rows, ",".join(after)
+
+    def _held_all(self, bounds: tuple[int, int], replies: list[Any]) -> bool:
+        """Whether every partition still holds at least as many revocations from each
+        boundary as when last counted from it (see the module docstring); the counts are
+        kept for the next call either way. The version-1 keys are not checked (their
+        sidecars manage them)."""
+        held = True
+        floors: dict[int, list[int]] = {}
+        for i, bound in enumerate(bounds):
+            counts = [int(reply[2 + i]) for reply in replies]
+            before = self._floors.get(bound)
+            if before is not None and any(n < f for n, f in zip(counts, before, strict=True)):
+                held = False
+            floors[bound] = counts
+        self._floors = floors
+        return held
 
     async def purge(self, now: int) -> None:
         """Every partition's expired revocations and ended families (not version 1's)."""

@@ -171,13 +171,16 @@ end
 # The purge alone; returns 1.
 PURGE = _PURGE_BODY + "return 1\n"
 
-# KEYS: feed. ARGV: cursor (a stream id, '0-0' for "before the first entry"), count.
+# KEYS: feed, revocations (one partition's). ARGV: cursor (a stream id, '0-0' for "before the
+# first entry"), count, two horizons.
 # Returns {'gap'} when the stream cannot vouch for what came after the cursor: the entry at the
 # cursor is gone (trimmed, expired with the key, or lost with the data) or entries after it
-# were trimmed (XINFO's max-deleted-entry-id, Redis >= 7.0). Otherwise {'ok', entries} with
-# up to `count` entries after the cursor, oldest first.
+# were trimmed (XINFO's max-deleted-entry-id, Redis >= 7.0). Otherwise {'ok', entries, n1, n2}
+# with up to `count` entries after the cursor, oldest first, and how many revocations have
+# expires_at >= each horizon (redis_revocations: the per-partition loss check).
 SINCE = """
 local cursor = ARGV[1]
+local function held(from) return redis.call('ZCOUNT', KEYS[2], from, '+inf') end
 local function before(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -185,7 +188,7 @@ local function before(a, b)
   return am < bm or (am == bm and as < bs)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if cursor == '0-0' then return {'ok', {}} end
+  if cursor == '0-0' then return {'ok', {}, held(ARGV[3]), held(ARGV[4])} end
   return {'gap'}
 end
 if cursor ~= '0-0' and #redis.call('XRANGE', KEYS[1], cursor, cursor) == 0 then
@@ -195,7 +198,8 @@ local info = redis.call('XINFO', 'STREAM', KEYS[1])
 for i = 1, #info, 2 do
   if info[i] == 'max-deleted-entry-id' and before(cursor, info[i + 1]) then return {'gap'} end
 end
-return {'ok', redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', tonumber(ARGV[2]))}
+local entries = redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', tonumber(ARGV[2]))
+return {'ok', entries, held(ARGV[3]), held(ARGV[4])}
 """
 
 # The purge, then {member, score, ...} of the revocations still in force (same KEYS, ARGV).

@@ -71,12 +71,14 @@ class Buckets:
 
     def dedupe(self, start: int, stop: int) -> int:
         """Merge the triples held twice in buckets [start, stop) (after `append_group`),
-        keeping the later horizon; returns how many copies were dropped."""
+        keeping the later horizon, and set those buckets' earliest horizons (which
+        `append_group` leaves to this pass); returns how many copies were dropped."""
         dropped = 0
         for b in range(start, stop):
             blob, horizons = self._blobs[b], self._horizons[b]
             if blob is None or horizons is None:
                 continue
+            self._earliest[b] = min(horizons)
             bodies = bytes(blob)[1:-1].split(_SEP)
             if len(set(bodies)) == len(bodies):
                 continue
@@ -89,6 +91,7 @@ class Buckets:
                 kept[body] = until
             self._blobs[b] = bytearray(_SEP + _SEP.join(kept) + _SEP)
             self._horizons[b] = array("I", kept.values())
+            self._earliest[b] = min(kept.values())
         self._len -= dropped
         return dropped
 

@@ -109,22 +109,29 @@ class RevocationSet(Buckets):
         in without `add_rows`' search for each triple (most of an insertion's cost, a scan
         of the bucket). A triple appended twice is held twice until `dedupe` has passed over
         its bucket; lookups stay exact meanwhile (a copy answers "revoked" only for a triple
-        that is), but `len` and `horizon` may not be."""
+        that is), but `len`, `horizon` and the buckets' earliest horizons (`purge`) may not be.
+
+        A million rows go through here at a first start, so the per-row work is the least
+        it can be (issue 16): the records are made by one join and one split of the page,
+        their buckets by `map`, and the loop only appends. A key holding 0xFF (no `str`
+        encodes to one, so no lookup can name it) is dropped: it would break the records'
+        framing."""
         if len(keys) != len(untils):
             raise ValueError("keys and horizons differ in number")
+        if not keys:
+            return
         prefix = _KIND_CODES[kind] + self._issuers.intern(issuer)
-        if untils and (max(untils) > _MAX_HORIZON or min(untils) < 0):
+        sep = _SEP
+        bodies = (prefix + (sep + prefix).join(keys)).split(sep)
+        if len(bodies) != len(keys):  # a key holding 0xFF: keep the others, in step
+            kept = [(k, u) for k, u in zip(keys, untils, strict=True) if sep not in k]
+            self.append_group(kind, issuer, [k for k, _ in kept], [u for _, u in kept])
+            return
+        if max(untils) > _MAX_HORIZON or min(untils) < 0:
             untils = [min(max(until, 0), _MAX_HORIZON) for until in untils]
-        blobs, horizons, earliest, sep, mask = (
-            self._blobs,
-            self._horizons,
-            self._earliest,
-            _SEP,
-            _MASK,
-        )
-        for key, until in zip(keys, untils, strict=True):
-            body = prefix + key
-            b = hash(body) & mask
+        blobs, horizons, earliest = self._blobs, self._horizons, self._earliest
+        buckets = map(_MASK.__and__, map(hash, bodies))
+        for b, body, until in zip(buckets, bodies, untils, strict=True):
             blob = blobs[b]
             if blob is None:
                 blobs[b] = bytearray(sep + body + sep)
@@ -134,8 +141,6 @@ class RevocationSet(Buckets):
                 blob += body
                 blob += sep
                 horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
-                if until < earliest[b]:
-                    earliest[b] = until
         self._counts.add_all(untils)
         self._len += len(keys)
 

@@ -12,9 +12,10 @@ Every reconciliation (start-up, each poll, each reconnection of the feed) does, 
    writes after our cursor (issue 16: O(changes) per poll on the store, not O(all)), then
    checks the store holds at least as many entries as the mirror (`count_revocations`,
    O(log n) on Redis, where a promoted replica may lack the last writes yet keep the epoch
-   and the cursor); fewer means a loss and a full read with write-back follows. Every
-   page is merged into the mirror and the event loop gets a turn between pages, so a million
-   entries never block it;
+   and the cursor; Redis also checks each partition against its own earlier count inside
+   `revocations_since`, store/redis_revocations.py); fewer means a loss and a full read with
+   write-back follows. Every page is merged into the mirror and the event loop gets a turn
+   between pages, so a million entries never block it;
 3. after a full read that followed a loss (or any full read while the mirror already held
    entries), write back (`TokenStore.restore`) everything the mirror holds, one bucket-sized
    chunk at a time: the store writes only what it lacks (absent, or with a shorter horizon)
@@ -76,6 +77,11 @@ PAGE_ROWS = 2_000
 SKEW_MARGIN_S = 60
 # Buckets deduplicated per loop turn after a first full load.
 _DEDUPE_STEP = 1024
+# Loop turns a store call needs to send its request (redis-py 8.1 on Python 3.11: 2, its
+# write runs in a task of its own under `asyncio.wait_for`). A full read gives the next page
+# these before taking the current one, so the store computes it meanwhile (issue 16: at a
+# first start Redis spends about as long on a page as this process does).
+_SEND_TURNS = 3
 
 
 class StoreSync:
@@ -169,6 +175,8 @@ class StoreSync:
                 rows, token = await pending
                 if token and ahead:
                     pending = asyncio.ensure_future(scan(token, now, PAGE_ROWS))
+                    for _ in range(_SEND_TURNS):  # its request out before this page is taken
+                        await asyncio.sleep(0)
                 take(rows)
                 if not token:
                     break

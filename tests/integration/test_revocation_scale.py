@@ -134,3 +134,43 @@ async def test_after_the_first_load_a_reconciliation_reads_only_what_changed(
     assert sync.full_reads == 1  # one full read, at the start; then changes only
     assert mirror.is_revoked(ISS, "written-later", "") and len(mirror) == COUNT + 1
     assert (sync.restored, sync.epoch_changes) == (0, 0)
+
+
+@pytest.mark.redis
+async def test_a_first_load_on_redis_has_the_next_page_asked_for_before_taking_one(
+    redis_server: RedisServer,
+) -> None:
+    """Redis spends about as long on a ZSCAN page as this process on taking one in (issue 16),
+    so the next page's request is out, and run by Redis, before a page is taken. Redis's own
+    ZSCAN count tells: when page k is taken it must have run more than the first k calls'."""
+    store = _redis_with(redis_server.url, int(time.time()) + 3600)
+    mirror = RevocationMirror()
+    sync = StoreSync(store, mirror, SystemClock())
+    probe = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+
+    def zscans_run() -> int:
+        return int(probe.info("commandstats").get("cmdstat_zscan", {}).get("calls", 0))
+
+    returned: list[int] = []  # ZSCANs run when scan call k returned (none in flight then)
+    taken: list[int] = []  # ZSCANs run when page k was taken
+    scan, append = store.scan_revocation_groups, mirror.append_groups
+
+    async def scan_counted(token: str, now: int, limit: int) -> tuple[list[RevocationGroup], str]:
+        page = await scan(token, now, limit)
+        returned.append(zscans_run())
+        return page
+
+    def append_counted(groups: Iterable[RevocationGroup]) -> None:
+        time.sleep(0.01)  # a request already written has reached Redis by now
+        taken.append(zscans_run())
+        append(groups)
+
+    store.scan_revocation_groups = scan_counted  # type: ignore[method-assign]
+    mirror.append_groups = append_counted  # type: ignore[method-assign]
+    try:
+        await sync.reconcile()
+    finally:
+        probe.close()
+        await store.close()
+    assert len(mirror) == COUNT and len(taken) == len(returned) > 10
+    assert all(now > then for now, then in zip(taken[:-1], returned[:-1], strict=True))

@@ -26,7 +26,7 @@ from sidecar.config import StoreSettings
 from sidecar.store.base import Revocation, deadline_for
 from sidecar.store.redis import RedisTokenStore
 from sidecar.store.redis_connect import RedisConnector
-from sidecar.store.redis_keys import KeyLayout
+from sidecar.store.redis_keys import KeyLayout, encode_member
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.store_sync import StoreSync
 from tests.support.fleet import SidecarProcess, fleet, start_sidecar
@@ -128,6 +128,48 @@ async def test_a_mirror_entry_the_store_lacks_is_kept_even_with_the_same_epoch(
         assert (sync.epoch_changes, sync.restored) == (0, 1)
         assert await store.revocations(now) == [revocation]
     finally:
+        await store.close()
+
+
+async def test_a_partition_that_lost_writes_is_caught_though_another_grew_as_much(
+    private_redis: RedisServer,
+) -> None:
+    """Issue 16: the loss check holds per partition. One shard loses its revocations (epoch
+    and feed kept, as a promoted replica that missed writes) while another gains as many the
+    mirror has not read (a write landing between the feed read and the count): the totals
+    match, yet the loss is caught and every lost revocation written back."""
+    store = _store(private_redis.url)
+    mirror = RevocationMirror()
+    sync = StoreSync(store, mirror, SystemClock())
+    layout = KeyLayout(PREFIX)
+    now = int(time.time())
+    names = [f"k{i}" for i in range(400)]
+    shard, other = layout.partition_of("k0"), layout.partition_of("k1")
+    if other == shard:
+        other = next(layout.partition_of(n) for n in names if layout.partition_of(n) != shard)
+    in_shard = [n for n in names if layout.partition_of(n) == shard]
+    lost = [Revocation("jti", "iss", n, now + 900) for n in in_shard]
+    grown = [n for n in names if layout.partition_of(n) == other][: len(lost)]
+    assert len(grown) == len(lost) >= 5
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=5)
+    try:
+        await sync.reconcile()
+        for revocation in lost:
+            await store.revoke(revocation, deadline_ms=deadline_for(time.time(), 5))
+            mirror.add(revocation)
+        await sync.reconcile()  # counts every partition
+        assert (sync.epoch_changes, sync.restored) == (0, 0)
+        client.delete(shard.revoked)
+        client.zadd(other.revoked, {encode_member("jti", "iss", n): now + 900 for n in grown})
+        assert await store.count_revocations(now) == len(lost)  # the totals match
+        await sync.reconcile()
+        assert (sync.epoch_changes, sync.restored) == (0, len(lost))
+        held = set(await store.revocations(now))
+        assert set(lost) <= held and len(held) == len(lost) + len(grown)
+        await sync.reconcile()  # reported once: nothing more written back
+        assert sync.restored == len(lost)
+    finally:
+        client.close()
         await store.close()
 
 

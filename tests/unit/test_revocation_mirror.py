@@ -225,3 +225,14 @@ def test_a_large_first_load_by_pages_holds_every_entry_once_after_dedupe() -> No
     assert entries.horizon("jti", "iss", "jti-00000000") == 1_000
     assert entries.horizon("jti", "iss", "jti-00199999") == 1_000 + 198_000
     assert entries.purge(1_000) == 2_000 and len(entries) == len(keys) - 2_000
+
+
+def test_a_first_load_key_holding_0xff_is_dropped_and_the_rest_of_its_page_kept() -> None:
+    """No `str` key encodes to a 0xFF byte, so no lookup can name such a key; held, it
+    would break the records' framing (a record boundary inside a key)."""
+    entries = RevocationSet()
+    entries.append_group("jti", "iss", [b"a", b"x\xff\x01\x00\x00\x00b", b"c"], [10, 20, 30])
+    entries.dedupe(0, entries.buckets)
+    assert {(r.key, r.expires_at) for r in entries} == {("a", 10), ("c", 30)}
+    assert not entries.contains("jti", "iss", "b") and len(entries) == 2
+    assert entries.purge(10) == 1 and len(entries) == 1
