@@ -38,12 +38,22 @@ decision about it): the push delay measured where it ends, with no polling in it
 (bench/propagation.py). The times are taken by wrapping the client's private
 `DecisionCache.revoke_token`, which the watcher calls once per event whether or not it held
 a decision: bench instrumentation only.
+
+With `--time-refusals` (the propagation bench's callees only: the throughput cells never pay
+for it), `/bench.CalleeControl/Refused` (request: a jti) answers, on the same clock, when
+each server of this process first refused a call bearing that token: the moment its
+interceptor's `intercept_service` returned a handler that refuses instead of the service's
+own (for `default`, a refusal kept from the Watch event; for `verify`, Verify's answer). That
+is the refusal where it happens, before the UNAUTHENTICATED status is written back: the
+prober's own time adds the reply's trip back and the prober's queue. One list entry per
+server that refused, in no order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextvars
 import dataclasses
 import inspect
@@ -67,6 +77,7 @@ METHOD = f"/{SERVICE}/Call"
 CONTROL = "bench.CalleeControl"
 STATS = f"/{CONTROL}/Stats"
 DROPPED = f"/{CONTROL}/Dropped"
+REFUSED = f"/{CONTROL}/Refused"
 KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
 # The callee verifying in-process holds only the public half of an asymmetric key.
 _PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
@@ -211,6 +222,37 @@ def _record_drops() -> None:
     DecisionCache.revoke_token = revoke_token  # type: ignore[method-assign]
 
 
+# jti -> when each server of this process first refused a call with it (time.monotonic()).
+_REFUSED_AT: dict[str, dict[int, float]] = {}
+
+
+def _jti(metadata: Any) -> str:
+    """The jti of the call's bearer token (the probe's own token: read, not verified)."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            payload = value[7:].split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            return str(claims.get("jti", ""))
+    return ""
+
+
+def _time_refusals(interceptor: Any, server: int) -> None:
+    """Time the first refusal of each token by this server's interceptor: wraps the
+    instance's `intercept_service` (grpc.aio looks it up on the instance on every call)."""
+    original = interceptor.intercept_service
+
+    async def intercept_service(continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await original(continuation, details)
+        if handler is not None and handler.unary_unary is not _call:
+            refused_at = time.monotonic()
+            _REFUSED_AT.setdefault(_jti(details.invocation_metadata), {}).setdefault(
+                server, refused_at
+            )
+        return handler
+
+    interceptor.intercept_service = intercept_service
+
+
 async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
     async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps([_stats(i) for i in interceptors]).encode()
@@ -218,9 +260,13 @@ async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
     async def dropped(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps(_DROPPED_AT.get(request.decode(), [])).encode()
 
+    async def refused(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return json.dumps(list(_REFUSED_AT.get(request.decode(), {}).values())).encode()
+
     handlers = {
         "Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity),
         "Dropped": grpc.unary_unary_rpc_method_handler(dropped, _identity, _identity),
+        "Refused": grpc.unary_unary_rpc_method_handler(refused, _identity, _identity),
     }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROL, handlers),))
@@ -237,6 +283,8 @@ async def serve(args: argparse.Namespace) -> None:
     ports = []
     for i in range(args.servers):
         interceptor, client = _interceptor(args.kind, args)
+        if args.time_refusals and interceptor is not None:
+            _time_refusals(interceptor, i)
         server = grpc.aio.server(interceptors=[interceptor] if interceptor is not None else None)
         server.add_generic_rpc_handlers((generic,))
         server.add_insecure_port(f"unix:{args.unix}.{i}")
@@ -263,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", default="", help="the JWK file (pyjwt)")
     parser.add_argument("--audience", default="svc")
     parser.add_argument("--issuer", default="urn:authsidecar:local")
+    parser.add_argument(
+        "--time-refusals", action="store_true", help="time each token's first refusal"
+    )
     asyncio.run(serve(parser.parse_args(argv)))
     sys.exit(0)
 
