@@ -37,7 +37,7 @@ this process applied the Watch event revoking that token (from then on it serves
 decision about it): the push delay measured where it ends, with no polling in it
 (bench/propagation.py). The times are taken by wrapping the client's private
 `DecisionCache.revoke_token`, which the watcher calls once per event whether or not it held
-a decision: bench instrumentation only.
+a decision: bench instrumentation only (bench/callee_times.py, as the refusal times below).
 
 With `--time-refusals` (the propagation bench's callees only: the throughput cells never pay
 for it), `/bench.CalleeControl/Refused` (request: a jti) answers, on the same clock, when
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextvars
 import dataclasses
 import inspect
@@ -61,7 +60,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,7 +68,7 @@ import grpc
 import jwt
 
 from authsidecar.client import AsyncAuthClient, AsyncAuthServerInterceptor, AuthPolicy
-from authsidecar.client._decisions import DecisionCache
+from bench import callee_times
 
 SERVICE = "bench.Callee"
 METHOD = f"/{SERVICE}/Call"
@@ -206,62 +204,15 @@ def _stats(interceptor: Any) -> dict[str, Any]:
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}
 
 
-# jti -> when each interceptor of this process applied its revocation (time.monotonic()).
-_DROPPED_AT: dict[str, list[float]] = {}
-
-
-def _record_drops() -> None:
-    """Time every TokenRevoked event in the watcher that applies it."""
-    original = DecisionCache.revoke_token
-
-    def revoke_token(self: DecisionCache, iss: str, jti: str) -> int:
-        dropped = original(self, iss, jti)
-        _DROPPED_AT.setdefault(jti, []).append(time.monotonic())
-        return dropped
-
-    DecisionCache.revoke_token = revoke_token  # type: ignore[method-assign]
-
-
-# jti -> when each server of this process first refused a call with it (time.monotonic()).
-_REFUSED_AT: dict[str, dict[int, float]] = {}
-
-
-def _jti(metadata: Any) -> str:
-    """The jti of the call's bearer token (the probe's own token: read, not verified)."""
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            payload = value[7:].split(".")[1]
-            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            return str(claims.get("jti", ""))
-    return ""
-
-
-def _time_refusals(interceptor: Any, server: int) -> None:
-    """Time the first refusal of each token by this server's interceptor: wraps the
-    instance's `intercept_service` (grpc.aio looks it up on the instance on every call)."""
-    original = interceptor.intercept_service
-
-    async def intercept_service(continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await original(continuation, details)
-        if handler is not None and handler.unary_unary is not _call:
-            refused_at = time.monotonic()
-            _REFUSED_AT.setdefault(_jti(details.invocation_metadata), {}).setdefault(
-                server, refused_at
-            )
-        return handler
-
-    interceptor.intercept_service = intercept_service
-
-
 async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
     async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps([_stats(i) for i in interceptors]).encode()
 
     async def dropped(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return json.dumps(_DROPPED_AT.get(request.decode(), [])).encode()
+        return json.dumps(callee_times.DROPPED_AT.get(request.decode(), [])).encode()
 
     async def refused(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return json.dumps(list(_REFUSED_AT.get(request.decode(), {}).values())).encode()
+        return json.dumps(list(callee_times.REFUSED_AT.get(request.decode(), {}).values())).encode()
 
     handlers = {
         "Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity),
@@ -276,7 +227,7 @@ async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    _record_drops()
+    callee_times.record_drops()
     handlers = {"Call": grpc.unary_unary_rpc_method_handler(_call, _identity, _identity)}
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
     servers: list[tuple[grpc.aio.Server, Any, AsyncAuthClient | None]] = []
@@ -284,7 +235,7 @@ async def serve(args: argparse.Namespace) -> None:
     for i in range(args.servers):
         interceptor, client = _interceptor(args.kind, args)
         if args.time_refusals and interceptor is not None:
-            _time_refusals(interceptor, i)
+            callee_times.time_refusals(interceptor, i, own=_call)
         server = grpc.aio.server(interceptors=[interceptor] if interceptor is not None else None)
         server.add_generic_rpc_handlers((generic,))
         server.add_insecure_port(f"unix:{args.unix}.{i}")

@@ -53,11 +53,9 @@ from typing import Any
 
 import grpc
 
-from authsidecar.v1 import auth_pb2, auth_pb2_grpc
+from authsidecar.v1 import auth_pb2
+from bench.prober import Call, Prober
 
-STATS = "/bench.CalleeControl/Stats"
-DROPPED = "/bench.CalleeControl/Dropped"
-REFUSED = "/bench.CalleeControl/Refused"
 # The probe-round floor: rounds of one probe per callee with nothing revoked.
 PROBE_ROUND = "probe round, nothing revoked"
 PROBE_ROUNDS = 30
@@ -68,61 +66,11 @@ SETTLE_S = 0.05
 DROP_POLL_S = 0.02
 
 
-def _identity(value: bytes) -> bytes:
-    return value
-
-
 def percentile(sorted_values: list[float], q: float) -> float:
     """The value below which a fraction `q` of `sorted_values` lies (nearest rank)."""
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-_Call = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
-
-
-class _Prober:
-    def __init__(self, sidecar: str, callees: list[str], controls: list[str]) -> None:
-        self.channels = [grpc.aio.insecure_channel(t) for t in [sidecar, *callees, *controls]]
-        self.stub = auth_pb2_grpc.AuthServiceStub(self.channels[0])
-        self.calls: list[_Call] = []
-        self.controls: list[_Call] = []
-        self.drop_times: list[_Call] = []
-        self.refusal_times: list[_Call] = []
-
-    def bind(self, method: str, n_callees: int) -> None:
-        channels = self.channels[1:]
-        self.calls = [ch.unary_unary(method, _identity, _identity) for ch in channels[:n_callees]]
-        self.controls = [ch.unary_unary(STATS, _identity, _identity) for ch in channels[n_callees:]]
-        self.drop_times = [
-            ch.unary_unary(DROPPED, _identity, _identity) for ch in channels[n_callees:]
-        ]
-        self.refusal_times = [
-            ch.unary_unary(REFUSED, _identity, _identity) for ch in channels[n_callees:]
-        ]
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-
-    async def dropped(self, control: _Call) -> list[float]:
-        """Each interceptor's `dropped` counter in one callee process."""
-        stats = json.loads(await control(b"", timeout=10))
-        return [float(s.get("dropped", 0)) for s in stats]
-
-    async def refused_at(self, jti: bytes) -> tuple[float, float]:
-        """The earliest and latest first refusal of the token `jti`, as timed by every
-        callee's interceptor (bench/callee.py `--time-refusals`); asked once the prober has
-        seen every callee refuse, so every time is in."""
-        times: list[float] = []
-        for control, refusals in zip(self.controls, self.refusal_times, strict=True):
-            servers = len(json.loads(await control(b"", timeout=10)))
-            theirs: list[float] = json.loads(await refusals(jti, timeout=10))
-            if len(theirs) != servers:
-                raise RuntimeError(f"{len(theirs)} of {servers} servers timed their refusal")
-            times += theirs
-        return min(times), max(times)
 
 
 async def _until_all(
@@ -147,7 +95,7 @@ def _jti(token: str) -> str:
 
 
 async def _one(
-    prober: _Prober,
+    prober: Prober,
     token: str,
     payload: bytes,
     kind: str,
@@ -166,7 +114,7 @@ async def _one(
     await asyncio.sleep(SETTLE_S)  # the set-up's calls' tails are not measured
     jti = _jti(token).encode()
 
-    async def refusal(call: _Call) -> list[float]:
+    async def refusal(call: Call) -> list[float]:
         while True:
             try:
                 await call(payload, metadata=metadata, timeout=10)
@@ -200,7 +148,7 @@ async def _one(
     return (span[0] - returned, span[1] - returned), never, at_callee
 
 
-async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str, Any]:
+async def _probe_rounds(prober: Prober, token: str, payload: bytes) -> dict[str, Any]:
     """The `refused` pass's floor: one probe of every callee at once, every decision held
     and nothing revoked, PROBE_ROUNDS times; each round's first and last answer."""
     metadata = (("authorization", f"Bearer {token}"),)
@@ -209,7 +157,7 @@ async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str
             *(call(payload, metadata=metadata, timeout=10) for call in prober.calls)
         )
 
-    async def probe(call: _Call) -> float:
+    async def probe(call: Call) -> float:
         await call(payload, metadata=metadata, timeout=10)
         return time.monotonic()
 
@@ -262,7 +210,7 @@ async def _measure(
     give_up_s: float,
     dropped: bool,
 ) -> dict[str, Any]:
-    prober = _Prober(sidecar, callees, controls)
+    prober = Prober(sidecar, callees, controls)
     prober.bind(method, len(callees))
     passes = ["refused"] + (["dropped"] if dropped and controls else [])
     out: dict[str, Any] = {}
