@@ -19,7 +19,8 @@ refused  (issue 15's definition) every callee accepts the token twice (so each i
          Column 4 refuses a revoked decision itself, with no Verify, once the event has
          arrived; column 3 asks Verify every time. 50 probes at once on a 2-core machine
          queue behind each other; the callee that verifies every call (column 3) shows
-         that floor.
+         that floor. (One prober process per callee process was tried: slower rounds on
+         2 cores, docs/performance.md, issue 15's fourth pass.)
 dropped  the push alone: the same set-up, but nobody calls the callees after Revoke; each
          interceptor's time is when its watcher dropped the decision, taken in the callee
          process itself on CLOCK_MONOTONIC (bench/callee.py, `Dropped`), which every process
