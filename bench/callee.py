@@ -37,7 +37,16 @@ this process applied the Watch event revoking that token (from then on it serves
 decision about it): the push delay measured where it ends, with no polling in it
 (bench/propagation.py). The times are taken by wrapping the client's private
 `DecisionCache.revoke_token`, which the watcher calls once per event whether or not it held
-a decision: bench instrumentation only.
+a decision: bench instrumentation only (bench/callee_times.py, as the refusal times below).
+
+With `--time-refusals` (the propagation bench's callees only: the throughput cells never pay
+for it), `/bench.CalleeControl/Refused` (request: a jti) answers, on the same clock, when
+each server of this process first refused a call bearing that token: the moment its
+interceptor's `intercept_service` returned a handler that refuses instead of the service's
+own (for `default`, a refusal kept from the Watch event; for `verify`, Verify's answer). That
+is the refusal where it happens, before the UNAUTHENTICATED status is written back: the
+prober's own time adds the reply's trip back and the prober's queue. One list entry per
+server that refused, in no order.
 """
 
 from __future__ import annotations
@@ -51,7 +60,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,13 +68,14 @@ import grpc
 import jwt
 
 from authsidecar.client import AsyncAuthClient, AsyncAuthServerInterceptor, AuthPolicy
-from authsidecar.client._decisions import DecisionCache
+from bench import callee_times
 
 SERVICE = "bench.Callee"
 METHOD = f"/{SERVICE}/Call"
 CONTROL = "bench.CalleeControl"
 STATS = f"/{CONTROL}/Stats"
 DROPPED = f"/{CONTROL}/Dropped"
+REFUSED = f"/{CONTROL}/Refused"
 KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
 # The callee verifying in-process holds only the public half of an asymmetric key.
 _PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
@@ -195,32 +204,20 @@ def _stats(interceptor: Any) -> dict[str, Any]:
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}
 
 
-# jti -> when each interceptor of this process applied its revocation (time.monotonic()).
-_DROPPED_AT: dict[str, list[float]] = {}
-
-
-def _record_drops() -> None:
-    """Time every TokenRevoked event in the watcher that applies it."""
-    original = DecisionCache.revoke_token
-
-    def revoke_token(self: DecisionCache, iss: str, jti: str) -> int:
-        dropped = original(self, iss, jti)
-        _DROPPED_AT.setdefault(jti, []).append(time.monotonic())
-        return dropped
-
-    DecisionCache.revoke_token = revoke_token  # type: ignore[method-assign]
-
-
 async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
     async def stats(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps([_stats(i) for i in interceptors]).encode()
 
     async def dropped(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return json.dumps(_DROPPED_AT.get(request.decode(), [])).encode()
+        return json.dumps(callee_times.DROPPED_AT.get(request.decode(), [])).encode()
+
+    async def refused(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return json.dumps(list(callee_times.REFUSED_AT.get(request.decode(), {}).values())).encode()
 
     handlers = {
         "Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity),
         "Dropped": grpc.unary_unary_rpc_method_handler(dropped, _identity, _identity),
+        "Refused": grpc.unary_unary_rpc_method_handler(refused, _identity, _identity),
     }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROL, handlers),))
@@ -230,13 +227,15 @@ async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    _record_drops()
+    callee_times.record_drops()
     handlers = {"Call": grpc.unary_unary_rpc_method_handler(_call, _identity, _identity)}
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
     servers: list[tuple[grpc.aio.Server, Any, AsyncAuthClient | None]] = []
     ports = []
     for i in range(args.servers):
         interceptor, client = _interceptor(args.kind, args)
+        if args.time_refusals and interceptor is not None:
+            callee_times.time_refusals(interceptor, i, own=_call)
         server = grpc.aio.server(interceptors=[interceptor] if interceptor is not None else None)
         server.add_generic_rpc_handlers((generic,))
         server.add_insecure_port(f"unix:{args.unix}.{i}")
@@ -263,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", default="", help="the JWK file (pyjwt)")
     parser.add_argument("--audience", default="svc")
     parser.add_argument("--issuer", default="urn:authsidecar:local")
+    parser.add_argument(
+        "--time-refusals", action="store_true", help="time each token's first refusal"
+    )
     asyncio.run(serve(parser.parse_args(argv)))
     sys.exit(0)
 

@@ -5,12 +5,22 @@ neither measurement loads the other:
 refused  (issue 15's definition) every callee accepts the token twice (so each interceptor
          holds its decision), the token is revoked at the sidecar, and the moment Revoke's
          answer arrives one probe loop per callee calls with the token, again every
-         `probe_interval_s`, until refused. A callee's time is when its first UNAUTHENTICATED
-         answer arrives: an upper bound that includes the probe's round trip (column 4
-         refuses a revoked decision itself, with no Verify, once the event has arrived;
-         column 3 asks Verify every time). 50 of those at once on a
-         2-core machine queue behind each other; the callee that verifies every call
-         (column 3) shows that floor.
+         `probe_interval_s`, until refused. Two times per callee, both from Revoke
+         returning to the prober, both on CLOCK_MONOTONIC:
+         - prober-side (`p50_ms`, `p99_ms`, `first_*`...): when its first UNAUTHENTICATED
+           answer reaches the prober. An upper bound: it includes the refusal's trip back
+           and the prober's own queue (50 probe loops in this one process).
+         - at the callee (`callee_p50_ms`, `callee_p99_ms`, `callee_first_*`...): when the
+           callee's interceptor decided to refuse its first call with the token (timed in
+           the callee process, bench/callee.py `--time-refusals`, read through its control
+           server once the prober has seen every refusal, as `dropped` reads its times).
+           Still includes the wait for the next probe to arrive after the event (up to
+           `probe_interval_s` plus the probe's trip there), not its way back.
+         Column 4 refuses a revoked decision itself, with no Verify, once the event has
+         arrived; column 3 asks Verify every time. 50 probes at once on a 2-core machine
+         queue behind each other; the callee that verifies every call (column 3) shows
+         that floor. (One prober process per callee process was tried: slower rounds on
+         2 cores, docs/performance.md, issue 15's fourth pass.)
 dropped  the push alone: the same set-up, but nobody calls the callees after Revoke; each
          interceptor's time is when its watcher dropped the decision, taken in the callee
          process itself on CLOCK_MONOTONIC (bench/callee.py, `Dropped`), which every process
@@ -44,10 +54,9 @@ from typing import Any
 
 import grpc
 
-from authsidecar.v1 import auth_pb2, auth_pb2_grpc
+from authsidecar.v1 import auth_pb2
+from bench.prober import Call, Prober
 
-STATS = "/bench.CalleeControl/Stats"
-DROPPED = "/bench.CalleeControl/Dropped"
 # The probe-round floor: rounds of one probe per callee with nothing revoked.
 PROBE_ROUND = "probe round, nothing revoked"
 PROBE_ROUNDS = 30
@@ -58,44 +67,11 @@ SETTLE_S = 0.05
 DROP_POLL_S = 0.02
 
 
-def _identity(value: bytes) -> bytes:
-    return value
-
-
 def percentile(sorted_values: list[float], q: float) -> float:
     """The value below which a fraction `q` of `sorted_values` lies (nearest rank)."""
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-_Call = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
-
-
-class _Prober:
-    def __init__(self, sidecar: str, callees: list[str], controls: list[str]) -> None:
-        self.channels = [grpc.aio.insecure_channel(t) for t in [sidecar, *callees, *controls]]
-        self.stub = auth_pb2_grpc.AuthServiceStub(self.channels[0])
-        self.calls: list[_Call] = []
-        self.controls: list[_Call] = []
-        self.drop_times: list[_Call] = []
-
-    def bind(self, method: str, n_callees: int) -> None:
-        channels = self.channels[1:]
-        self.calls = [ch.unary_unary(method, _identity, _identity) for ch in channels[:n_callees]]
-        self.controls = [ch.unary_unary(STATS, _identity, _identity) for ch in channels[n_callees:]]
-        self.drop_times = [
-            ch.unary_unary(DROPPED, _identity, _identity) for ch in channels[n_callees:]
-        ]
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-
-    async def dropped(self, control: _Call) -> list[float]:
-        """Each interceptor's `dropped` counter in one callee process."""
-        stats = json.loads(await control(b"", timeout=10))
-        return [float(s.get("dropped", 0)) for s in stats]
 
 
 async def _until_all(
@@ -120,13 +96,15 @@ def _jti(token: str) -> str:
 
 
 async def _one(
-    prober: _Prober,
+    prober: Prober,
     token: str,
     payload: bytes,
     kind: str,
     interval_s: float,
     give_up_s: float,
-) -> tuple[tuple[float, float] | None, int]:
+) -> tuple[tuple[float, float] | None, int, tuple[float, float] | None]:
+    """One revocation: (the prober's first and last time, how many never changed, and for
+    `refused` with controls, the first and last refusal as timed at the callees)."""
     metadata = (("authorization", f"Bearer {token}"),)
     for _ in range(2):  # each interceptor now holds a decision about this token
         await asyncio.gather(
@@ -137,7 +115,7 @@ async def _one(
     await asyncio.sleep(SETTLE_S)  # the set-up's calls' tails are not measured
     jti = _jti(token).encode()
 
-    async def refusal(call: _Call) -> list[float]:
+    async def refusal(call: Call) -> list[float]:
         while True:
             try:
                 await call(payload, metadata=metadata, timeout=10)
@@ -163,11 +141,15 @@ async def _one(
     returned = time.monotonic()  # CLOCK_MONOTONIC, as the callees' drop times
     span, never = await _until_all(watchers, give_up_s)
     if span is None:
-        return None, never
-    return (span[0] - returned, span[1] - returned), never
+        return None, never, None
+    at_callee = None
+    if kind == "refused" and prober.controls:
+        first, last = await prober.refused_at(jti)
+        at_callee = (first - returned, last - returned)
+    return (span[0] - returned, span[1] - returned), never, at_callee
 
 
-async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str, Any]:
+async def _probe_rounds(prober: Prober, token: str, payload: bytes) -> dict[str, Any]:
     """The `refused` pass's floor: one probe of every callee at once, every decision held
     and nothing revoked, PROBE_ROUNDS times; each round's first and last answer."""
     metadata = (("authorization", f"Bearer {token}"),)
@@ -176,7 +158,7 @@ async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str
             *(call(payload, metadata=metadata, timeout=10) for call in prober.calls)
         )
 
-    async def probe(call: _Call) -> float:
+    async def probe(call: Call) -> float:
         await call(payload, metadata=metadata, timeout=10)
         return time.monotonic()
 
@@ -189,12 +171,18 @@ async def _probe_rounds(prober: _Prober, token: str, payload: bytes) -> dict[str
     return _summary(spans, 0, PROBE_ROUNDS)
 
 
-def _summary(spans: list[tuple[float, float]], never: int, revocations: int) -> dict[str, Any]:
+def _summary(
+    spans: list[tuple[float, float]],
+    never: int,
+    revocations: int,
+    at_callee: list[tuple[float, float]] | None = None,
+) -> dict[str, Any]:
     """Each revocation's delay is its last callee's (or interceptor's); `first_*` are its
-    first one's."""
+    first one's. With `at_callee` (the `refused` pass, timed where each callee refused),
+    the same figures again under `callee_*`."""
     ms = sorted(last * 1000 for _, last in spans)
     first = sorted(early * 1000 for early, _ in spans)
-    return {
+    out = {
         "revocations": revocations,
         "p50_ms": statistics.median(ms) if ms else float("nan"),
         "p99_ms": percentile(ms, 0.99),
@@ -204,6 +192,11 @@ def _summary(spans: list[tuple[float, float]], never: int, revocations: int) -> 
         "never": never,
         "delays_ms": ms,
     }
+    if at_callee is not None:
+        for key, value in _summary(at_callee, never, revocations).items():
+            if key not in ("revocations", "never"):
+                out[f"callee_{key}"] = value
+    return out
 
 
 async def _measure(
@@ -216,24 +209,29 @@ async def _measure(
     payload: bytes,
     probe_interval_s: float,
     give_up_s: float,
+    dropped: bool,
 ) -> dict[str, Any]:
-    prober = _Prober(sidecar, callees, controls)
+    prober = Prober(sidecar, callees, controls)
     prober.bind(method, len(callees))
-    passes = ["refused"] + (["dropped"] if controls else [])
+    passes = ["refused"] + (["dropped"] if dropped and controls else [])
     out: dict[str, Any] = {}
     try:
         out[PROBE_ROUND] = await _probe_rounds(prober, tokens[0], payload)
         for k, kind in enumerate(passes):
             delays: list[tuple[float, float]] = []
+            at_callee: list[tuple[float, float]] = []
             never = 0
             for token in tokens[k :: len(passes)]:
-                delay, missing = await _one(
+                delay, missing, where = await _one(
                     prober, token, payload, kind, probe_interval_s, give_up_s
                 )
                 never += missing
                 if delay is not None:
                     delays.append(delay)
-            out[kind] = _summary(delays, never, len(tokens[k :: len(passes)]))
+                if where is not None:
+                    at_callee.append(where)
+            timed = at_callee if kind == "refused" and controls else None
+            out[kind] = _summary(delays, never, len(tokens[k :: len(passes)]), timed)
     finally:
         await prober.close()
     return out
@@ -249,9 +247,11 @@ def measure(
     payload: bytes,
     probe_interval_s: float,
     give_up_s: float = 10.0,
+    dropped: bool = True,
 ) -> dict[str, Any]:
-    """The `refused` pass, and the `dropped` pass when `controls` are given (the tokens are
-    shared out between the passes); delays in ms."""
+    """The `refused` pass (timed at the callees too when `controls` are given: callees
+    started with `--time-refusals`), and the `dropped` pass when `dropped` and `controls`
+    are (the tokens are shared out between the passes); delays in ms."""
     return asyncio.run(
         _measure(
             sidecar,
@@ -262,5 +262,6 @@ def measure(
             payload=payload,
             probe_interval_s=probe_interval_s,
             give_up_s=give_up_s,
+            dropped=dropped,
         )
     )

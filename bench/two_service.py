@@ -130,10 +130,14 @@ def start_callee(
     *,
     name: str = "",
     servers: int = 1,
+    time_refusals: bool = False,
 ) -> procs.Server:
-    """A callee process of `servers` servers; `extra["sockets"]` lists their Unix targets."""
+    """A callee process of `servers` servers; `extra["sockets"]` lists their Unix targets.
+    `time_refusals`: its control server answers when each server first refused a token."""
     prefix = workdir / f"callee-{kind}{name}"
     args = ["-m", "bench.callee", kind, "--unix", str(prefix), "--servers", str(servers)]
+    if time_refusals:
+        args.append("--time-refusals")
     args += ["--key", str(minted.key_path), "--audience", AUDIENCE]
     if sidecar is not None:
         args += ["--sidecar", sidecar.target("uds")]
@@ -314,17 +318,23 @@ class TwoService:
             hosts = [
                 self._start(
                     start_callee(
-                        self.dir, kind, minted, sidecar, name=f"-r{i}", servers=p.per_process
+                        self.dir,
+                        kind,
+                        minted,
+                        sidecar,
+                        name=f"-r{i}",
+                        servers=p.per_process,
+                        time_refusals=True,
                     )
                 )
                 for i in range(p.processes)
             ]
             sockets = [socket for host in hosts for socket in host.extra["sockets"]]
-            # The push alone is timed from the interceptors' stats(): only column (4) has a
-            # Watch stream (column 3's stats, where it has any, never count a drop).
+            # Every callee times its first refusals; the push alone (`dropped`) only where
+            # there is a Watch stream: column (4) (column 3 never drops a decision).
             watching = kind == "default"
-            controls = [h.extra["control"] for h in hosts] if watching else []
-            passes = 2 if controls else 1
+            controls = [h.extra["control"] for h in hosts]
+            passes = 2 if watching else 1
             result = propagation.measure(
                 sidecar.target("uds"),
                 sockets,
@@ -333,6 +343,7 @@ class TwoService:
                 method=callee.METHOD,
                 payload=PAYLOAD,
                 probe_interval_s=p.probe_interval_s,
+                dropped=watching,
             )
             totals: dict[str, float] = {}
             for host in hosts:
@@ -352,11 +363,17 @@ class TwoService:
             f"prober (the bench process), every {p.probe_interval_s * 1000:g} ms"
         )
         for what, numbers in result.items():
+            at_callee = (
+                f" (at the callee: p50 {numbers['callee_p50_ms']:.2f} ms "
+                f"p99 {numbers['callee_p99_ms']:.2f} ms max {numbers['callee_max_ms']:.2f} ms)"
+                if "callee_p50_ms" in numbers
+                else ""
+            )
             print(
                 f"revocation {label}, {what}: {len(sockets)} interceptors, "
                 f"{numbers['revocations']} revocations, p50 {numbers['p50_ms']:.2f} ms "
                 f"p99 {numbers['p99_ms']:.2f} ms max {numbers['max_ms']:.2f} ms, "
-                f"never {numbers['never']}",
+                f"never {numbers['never']}{at_callee}",
                 flush=True,
             )
         return {

@@ -116,12 +116,13 @@ def targets(section: dict[str, Any]) -> list[Row]:
                 )
     goals = {
         "refused": "Revoke returns -> first refusal at every callee",
+        AT_CALLEE: "Revoke returns -> first refusal at every callee, timed at the callee",
         "dropped": "Revoke returns -> every interceptor dropped the decision (the push alone)",
     }
     for result in section["revocation"]:
         if result["column"] != "default":
             continue
-        for what, numbers in result["passes"].items():
+        for what, numbers in _measured(result["passes"]):
             if what not in goals:
                 continue  # the probe-round floor: context, not a target
             p99 = _get(numbers, "p99_ms")
@@ -135,6 +136,22 @@ def targets(section: dict[str, Any]) -> list[Row]:
                 f"max {fmt(_get(numbers, 'max_ms'), 'ms')}, never {numbers['never']}",
             )
     return out
+
+
+# The `refused` pass timed where each callee refused (bench/propagation.py `callee_*`).
+AT_CALLEE = "refused, timed at the callee"
+
+
+def _measured(passes: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each pass, and after `refused` its `callee_*` figures as a row of their own."""
+    rows = []
+    for what, numbers in passes.items():
+        rows.append((what, numbers))
+        if "callee_p50_ms" in numbers:
+            timed = {k[len("callee_") :]: v for k, v in numbers.items() if k.startswith("callee_")}
+            timed.update(revocations=numbers["revocations"], never=numbers["never"])
+            rows.append((AT_CALLEE, timed))
+    return rows
 
 
 def _num(value: Any, fmt: str = "{:.0f}") -> str:
@@ -216,8 +233,12 @@ def revocation_markdown(revocation: list[dict[str, Any]]) -> str:
     parts = []
     parts.append(
         "\nRevocation propagation, from Revoke returning (bench/propagation.py): `refused` = "
-        "until every callee has refused a probe call with the token (issue 15's definition; "
-        "includes each probe's round trip and the Verify a dropped decision costs), "
+        "until every callee's refusal of a probe call with the token has reached the prober "
+        "(issue 15's definition, timed by the prober: includes each probe's round trip, the "
+        "prober's own queue and, for column 3, the Verify that refuses), "
+        f"`{AT_CALLEE}` = the same probes, but each callee's time is when its interceptor "
+        "refused (timed in the callee process on CLOCK_MONOTONIC: no way back, no prober "
+        "queue after the refusal; still the wait for the next probe to arrive), "
         "`dropped` = until every interceptor's watcher has dropped the decision on the "
         "Watch event (the push alone; each drop timed in its own process on CLOCK_MONOTONIC, "
         "no polling in the figure). `first` = the first callee's (or interceptor's) time.\n\n"
@@ -226,7 +247,7 @@ def revocation_markdown(revocation: list[dict[str, Any]]) -> str:
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     for r in revocation:
-        for what, n in r["passes"].items():
+        for what, n in _measured(r["passes"]):
             parts.append(
                 f"| {r['label']} | {r['interceptors']} | {r['layout']} | {what} | "
                 f"{n['revocations']} | {_num(n.get('first_p50_ms'), '{:.2f}')} | "

@@ -54,6 +54,7 @@ class Subscription:
         "_limit",
         "_live_limit",
         "_waiter",
+        "_timer",
         "_state",
         "reset",
         "position",
@@ -79,6 +80,8 @@ class Subscription:
         self._limit = limit + len(replay)
         self._live_limit = limit
         self._waiter: asyncio.Future[None] | None = None
+        # `wait_until`'s deadline timer: kept across events, not re-armed per event.
+        self._timer: asyncio.TimerHandle | None = None
         self._state = state  # "live", "dropped" or "closed"
         self.reset = reset
         # Where the subscriber stands: the queued events continue from here (the requested
@@ -109,18 +112,23 @@ class Subscription:
             self._limit = self._live_limit
             return events, log._sequence
 
-    async def wait(self, timeout_s: float) -> None:
-        """Until an event is queued, the subscription ends, or `timeout_s` passes."""
+    async def wait_until(self, deadline: float) -> None:
+        """Until an event is queued, the subscription ends, or the loop's time is `deadline`."""
         if self._queue or self._state != "live":
             return
-        waiter = self._loop.create_future()
-        self._waiter = waiter
-        timer = self._loop.call_later(timeout_s, _resolve, waiter)
+        waiter = self._waiter = self._loop.create_future()
+        if self._timer is None or self._timer.when() != deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._expire)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._wake(False)
 
     def close(self) -> None:
         """Unsubscribe (the stream ended); idempotent."""
@@ -131,15 +139,16 @@ class Subscription:
                 self._state = "closed"
             self._queue.clear()
         self.on_end = None
+        if self._timer is not None:
+            self._timer.cancel()
 
     # -- called by the log, under its lock ----------------------------------------------------
 
     def _offer(self, event: Event) -> bool:
         """Queue `event`; False when that overflows the bound (the caller drops us)."""
-        queue = self._queue
-        if len(queue) >= self._limit:
+        if len(self._queue) >= self._limit:
             return False
-        queue.append(event)
+        self._queue.append(event)
         return True
 
     def _end(self, state: str) -> None:
@@ -156,9 +165,8 @@ class Subscription:
             self._loop.call_soon_threadsafe(self._wake, ended)
 
     def _wake(self, ended: bool) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            _resolve(waiter)
+        if self._waiter is not None:
+            _resolve(self._waiter)
         if ended and self.on_end is not None:
             on_end, self.on_end = self.on_end, None
             on_end()

@@ -59,6 +59,9 @@ class WatchStreams:
         self._enders: set[asyncio.Task[None]] = set()
         # Told of each such task: the stop waits for them (transport/drain.py, CallGate).
         self._track = track
+        # The last event's message: every subscriber sends the same one, one after the
+        # other in a fan-out, so it is built once (messages are only read once built).
+        self._last: tuple[Event, auth_pb2.WatchEvent] | None = None
 
     async def stream(
         self, request: auth_pb2.WatchRequest, context: Context
@@ -116,7 +119,7 @@ class WatchStreams:
         next_beat = loop.time() + interval_s
         while True:
             for event in events:
-                yield _message(epoch, event)
+                yield self._message(epoch, event)
             now = loop.time()
             if now >= next_beat:
                 yield auth_pb2.WatchEvent(
@@ -127,8 +130,17 @@ class WatchStreams:
                 next_beat += interval_s
                 if next_beat <= now:
                     next_beat = now + interval_s
-            await subscription.wait(max(0.0, next_beat - loop.time()))
+            # The same deadline until the next heartbeat: the subscription keeps its timer.
+            await subscription.wait_until(next_beat)
             events, latest = _take(subscription)
+
+    def _message(self, epoch: str, event: Event) -> auth_pb2.WatchEvent:
+        last = self._last
+        if last is not None and last[0] is event:
+            return last[1]
+        message = _message(epoch, event)
+        self._last = (event, message)
+        return message
 
     async def _end(self, context: Context, subscription: Subscription) -> None:
         """From outside the handler: the subscriber was dropped or the log closed."""

@@ -57,6 +57,15 @@ def test_quick_run_measures_every_column_in_both_token_modes(tmp_path: Path) -> 
             # "dropped" is timed inside each callee: the sidecar publishes the event before
             # Revoke's reply leaves, so a callee may drop it before that reply reaches the
             # bench process (a negative delay; seen at -0.4 ms once local refusal landed).
+        # The refused pass is also timed where each callee refused: every callee's time,
+        # for every revocation; each refusal happens before its answer reaches the prober,
+        # so (order statistics keep that) every sorted at-callee delay is at most the
+        # prober's of the same rank.
+        refused = result["passes"]["refused"]
+        at_callee = refused["callee_delays_ms"]
+        assert len(at_callee) == refused["revocations"], result
+        assert all(c <= p for c, p in zip(at_callee, refused["delays_ms"], strict=True)), result
+        assert refused["callee_first_p50_ms"] <= refused["callee_p50_ms"], result
     assert all(t["met"] in (True, False) for t in section["targets"]), section["targets"]
     markdown = (tmp_path / "latest.md").read_text()
     assert "## Two services" in markdown
@@ -87,7 +96,10 @@ def test_targets_compare_overheads_over_the_floor_of_the_same_cells() -> None:
         _row("one-shot", "default", 620, 9.0),  # 320 over: > 1.5 x 200
     ]
     passes = {
-        "refused": {"revocations": 10, "p50_ms": 3.0, "p99_ms": 49.0, "max_ms": 49.0, "never": 1},
+        "refused": {
+            **{"revocations": 10, "p50_ms": 3.0, "p99_ms": 49.0, "max_ms": 49.0, "never": 1},
+            **{"callee_p50_ms": 2.0, "callee_p99_ms": 48.0, "callee_max_ms": 48.0},
+        },
         "dropped": {"revocations": 10, "p50_ms": 2.0, "p99_ms": 9.0, "max_ms": 9.0, "never": 0},
     }
     revocation = [{"column": "default", "interceptors": 50, "passes": passes}]
@@ -105,5 +117,7 @@ def test_targets_compare_overheads_over_the_floor_of_the_same_cells() -> None:
     # A callee still serving the revoked token misses the target whatever the p99.
     refused = "Revoke returns -> first refusal at every callee"
     assert met[f"revocation, 50 subscribed interceptors: {refused}, p99 ms"] == (49.0, False)
+    at_callee = f"{refused}, timed at the callee"
+    assert met[f"revocation, 50 subscribed interceptors: {at_callee}, p99 ms"] == (48.0, False)
     dropped = "Revoke returns -> every interceptor dropped the decision (the push alone)"
     assert met[f"revocation, 50 subscribed interceptors: {dropped}, p99 ms"] == (9.0, True)

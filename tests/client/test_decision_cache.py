@@ -184,6 +184,18 @@ async def test_a_silent_stream_serves_no_hits_until_messages_flow_again(
 
 
 @AIO
+async def test_a_stream_silent_past_the_read_timeout_is_cut_and_resubscribed(
+    sidecar: RunningSidecar, socket_dir: Path, aio: bool
+) -> None:
+    async with watched(aio, sidecar, socket_dir, staleness_s=0.5) as (fake, b):
+        before = b.interceptor.stats().subscriptions
+        fake.heartbeats = False  # the stream stays open: only the watcher's timer can end it
+        await eventually(lambda: b.interceptor.stats().subscriptions > before)
+        fake.heartbeats = True
+        await eventually(lambda: b.interceptor.stats().current)
+
+
+@AIO
 async def test_a_cut_stream_falls_back_to_verify_and_replays_what_it_missed(
     sidecar: RunningSidecar, socket_dir: Path, aio: bool
 ) -> None:

@@ -7,6 +7,7 @@
 * The Node snippets of clients/README.md run as pasted from that directory, and print what
   their `// comments` say.
 * The TypeScript declarations compile a consumer of every export (`npm run typecheck`).
+* prom-client, an optional peer dependency, is not installed with the package.
 Without node and npm these are skipped, unless AUTHSIDECAR_REQUIRE_NODE=1 (CI).
 """
 
@@ -78,6 +79,9 @@ def installed() -> Iterator[Path]:
             capture_output=True,
             timeout=300,
         )
+        # prom-client is an optional peer dependency: a service that does not ask for it
+        # does not get it, and everything below runs without it.
+        assert not (project / "node_modules" / "prom-client").exists()
         yield project
 
 

@@ -165,11 +165,28 @@ async def test_subscribers_beyond_the_limit_are_refused_until_one_leaves() -> No
 async def test_wait_returns_on_an_event_from_another_thread_and_on_timeout() -> None:
     log = EventLog()
     subscription = log.subscribe("", 0)
-    await subscription.wait(0.01)  # nothing: returns after the timeout
+    await subscription.wait_until(asyncio.get_running_loop().time() + 0.01)  # at the deadline
     assert _taken(subscription) == ([], 0)
     threading.Timer(0.05, _jti, (log, "from-a-thread")).start()
-    await asyncio.wait_for(subscription.wait(60), 30)
+    await asyncio.wait_for(subscription.wait_until(asyncio.get_running_loop().time() + 60), 30)
     assert _taken(subscription) == ([(1, "from-a-thread")], 1)
+
+
+async def test_waiting_again_for_the_same_deadline_after_an_event_still_ends_at_it() -> None:
+    """The stream waits for its heartbeat deadline, is woken by an event, and waits for the
+    same deadline again: the timer armed the first time (kept, not re-armed) still ends it."""
+    log = EventLog()
+    subscription = log.subscribe("", 0)
+    deadline = asyncio.get_running_loop().time() + 0.2
+    waiting = asyncio.create_task(subscription.wait_until(deadline))
+    await asyncio.sleep(0)
+    _jti(log, "woken")
+    await asyncio.wait_for(waiting, 30)
+    assert _taken(subscription) == ([(1, "woken")], 1)
+    await asyncio.wait_for(subscription.wait_until(deadline), 30)  # nothing queued: the timer
+    assert _taken(subscription) == ([], 1)
+    assert asyncio.get_running_loop().time() >= deadline
+    subscription.close()
 
 
 async def test_close_ends_every_subscription_and_later_ones() -> None:
@@ -177,7 +194,7 @@ async def test_close_ends_every_subscription_and_later_ones() -> None:
     subscription = log.subscribe("", 0)
     ended: list[bool] = []
     subscription.on_end = lambda: ended.append(True)
-    waiting = asyncio.create_task(subscription.wait(60))
+    waiting = asyncio.create_task(subscription.wait_until(asyncio.get_running_loop().time() + 60))
     await asyncio.sleep(0)
     log.close()
     await asyncio.wait_for(waiting, 30)

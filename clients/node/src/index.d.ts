@@ -223,6 +223,29 @@ export declare class DecisionWatch {
 
 export declare function decisionKey(token: string, audience: string, scopes: string[]): string;
 
+/** The parts of a prom-client Registry that registerDecisionMetrics uses (structural, so
+ * these types do not need prom-client installed). */
+export interface PromRegistryLike {
+  getSingleMetric(name: string): unknown;
+  removeSingleMetric(name: string): void;
+}
+
+export interface DecisionMetricsOptions {
+  /** Default: prom-client's global registry. */
+  registry?: PromRegistryLike;
+  /** The prom-client module to use instead of `require('prom-client')`. */
+  promClient?: unknown;
+}
+
+/** Export stats() of each interceptor (by name; a lone one is named "default") as the
+ * authsidecar_client_* series, read at scrape time. Needs prom-client (optional peer
+ * dependency). Throws if the registry already has these series. */
+export declare function registerDecisionMetrics(
+  interceptors: { stats(): DecisionStats } | Record<string, { stats(): DecisionStats }>
+    | Map<string, { stats(): DecisionStats }>,
+  options?: DecisionMetricsOptions,
+): { metrics: unknown[]; unregister(): void };
+
 export declare const REASON_CODES: Readonly<Record<string, StatusName>>;
 export declare function codeForReason(reason: string): StatusName;
 

@@ -6,6 +6,8 @@ const { AuthClient, AuthClientError, ADDRESS_ENV, DEFAULT_ADDRESS } = require('.
 const { VerifyBatcher } = require('./batcher');
 const { bearerInterceptor } = require('./bearer');
 const { DecisionCache, decisionKey } = require('./decisions');
+// Loads prom-client (an optional peer dependency) only when called.
+const { registerDecisionMetrics } = require('./metrics');
 const { REASON_CODES, codeForReason } = require('./reasons');
 const {
   CLAIMS_KEY, DEFAULT_EXEMPT, authServerInterceptor, currentClaims, ruleFor,
@@ -36,6 +38,7 @@ module.exports = {
   decodeStatus,
   encodeStatusDetails,
   errorReason,
+  registerDecisionMetrics,
   ruleFor,
   sidecarTokenSource,
 };

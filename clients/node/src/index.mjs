@@ -24,6 +24,7 @@ export const {
   decodeStatus,
   encodeStatusDetails,
   errorReason,
+  registerDecisionMetrics,
   ruleFor,
   sidecarTokenSource,
 } = cjs;

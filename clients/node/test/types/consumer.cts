@@ -26,6 +26,8 @@ async function main(token: string): Promise<void> {
   const server = new grpc.Server({ interceptors: [interceptor] });
   const stats: client.DecisionStats = interceptor.stats();
   console.log(stats.hits, stats.invalidations?.tokenRevoked, server);
+  const exported = client.registerDecisionMetrics({ orders: interceptor });
+  exported.unregister();
   interceptor.close();
   const info = await sidecar.introspect(token);
   if (info.active) console.log(info.username);

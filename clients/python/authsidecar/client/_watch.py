@@ -182,16 +182,43 @@ class AsyncWatcher:
             await asyncio.sleep(backoff.delay_s())
 
     async def _follow(self, call: grpc.aio.UnaryStreamCall[Any, Any], backoff: _Backoff) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._state.read_timeout_s()):
-                    event = await call.read()
-            except TimeoutError:
+        """Apply the stream's messages until it ends, breaks the contract, or is silent past
+        the read timeout. Silence is watched by one timer that re-arms itself from the last
+        message's time, not by a timeout around every read: that costs each message (each
+        event, in every subscribed process) a timer set and cancelled (~10 us)."""
+        loop = asyncio.get_running_loop()
+        heard_at = time.monotonic()
+        silent = False
+        timer: asyncio.TimerHandle | None = None
+
+        def watchdog() -> None:
+            nonlocal timer, silent
+            bound_s = self._state.read_timeout_s()
+            quiet_s = time.monotonic() - heard_at
+            if quiet_s >= bound_s:
+                silent = True
+                call.cancel()  # the read below raises CancelledError
+            else:
+                timer = loop.call_later(bound_s - quiet_s, watchdog)
+
+        timer = loop.call_later(self._state.read_timeout_s(), watchdog)
+        try:
+            while True:
+                event = await call.read()
+                heard_at = time.monotonic()
+                if not isinstance(event, auth_pb2.WatchEvent) or not self._state.apply(event):
+                    return  # EOF, or a message that breaks the contract
+                if event.HasField("sync"):
+                    backoff.synced()
+                    timer.cancel()  # the bound the sync announced, from now on
+                    timer = loop.call_later(self._state.read_timeout_s(), watchdog)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if silent and (task is None or not task.cancelling()):
                 return  # silent past the bound: cut and resubscribe
-            if not isinstance(event, auth_pb2.WatchEvent) or not self._state.apply(event):
-                return  # EOF, or a message that breaks the contract
-            if event.HasField("sync"):
-                backoff.synced()
+            raise
+        finally:
+            timer.cancel()
 
     async def aclose(self) -> None:
         """Cancel the task and wait for it; idempotent."""
