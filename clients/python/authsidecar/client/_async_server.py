@@ -53,7 +53,7 @@ class AsyncAuthServerInterceptor(
         sidecar = client.client if isinstance(client, AsyncVerifyBatcher) else client
         self._owned_batcher: AsyncVerifyBatcher | None = None
         if isinstance(client, AsyncAuthClient) and coalesce_misses:
-            self._owned_batcher = AsyncVerifyBatcher(client, max_in_flight=1)
+            self._owned_batcher = AsyncVerifyBatcher(client, max_in_flight=1, stream=True)
         self._watcher: AsyncWatcher | None = None
         if self._gate.state is not None:
             self._watcher = AsyncWatcher(self._gate.state, sidecar._watch)
