@@ -54,6 +54,7 @@ class AsyncVerifyStream:
         self._answered = False  # since the last open: did the stream work at all?
         self.disabled = False  # the sidecar has no VerifyStream (UNIMPLEMENTED)
         self.opened = 0  # streams opened (for tests and stats)
+        self.answered = 0  # batches the stream answered
 
     def usable(self, now: float) -> bool:
         """Whether a batch should try the stream now (not disabled, not backing off)."""
@@ -83,6 +84,7 @@ class AsyncVerifyStream:
         except TimeoutError:
             self._end(stream, None)
             raise
+        self.answered += 1
         return call.result(answer)
 
     def _open(self) -> Call:
