@@ -41,6 +41,7 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
         max_delay_s: float = 0.0,
         max_in_flight: int | None = None,
         stream: bool = False,
+        hold_s: float = 0.0,
     ) -> None:
         """
         Args:
@@ -57,7 +58,15 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
                 batch) instead of a unary call, which costs both ends far less; a batch the
                 stream does not answer (stream ended, old sidecar) goes as a unary call
                 after all (`_verify_stream.py`). The server interceptor's batcher does.
+            hold_s: with `max_in_flight`, callers that waited for a batch to come back go
+                out no sooner than this long after that batch was sent, so that more join
+                them (fewer, larger batches under load). Only callers that already waited
+                are held: one that finds nothing in flight and nothing held goes at once.
         """
+        if hold_s < 0:
+            raise ValueError("hold_s must be >= 0")
+        self.hold_s = hold_s
+        self._sent_at = float("-inf")
         super().__init__(client, max_batch, max_delay_s, max_in_flight)
         self._stream = AsyncVerifyStream(client._verify_stream) if stream else None
         self._waiting: list[_Waiter] = []
@@ -103,7 +112,12 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
     def _landed(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         if self._has_room(len(self._in_flight)) and self._waiting:
-            self._flush()
+            loop = asyncio.get_running_loop()
+            hold = self._sent_at + self.hold_s - loop.time()
+            if hold <= 0 or len(self._waiting) >= self.max_batch:
+                self._flush()
+            elif self._timer is None:  # held: later callers join (`verify` sees the timer)
+                self._timer = loop.call_later(hold, self._flush)
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -112,7 +126,9 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
         batch = [w for w in self._waiting if not w.future.done()]
         self._waiting = []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+            loop = asyncio.get_running_loop()
+            self._sent_at = loop.time()
+            task = loop.create_task(self._send(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._landed)
 
