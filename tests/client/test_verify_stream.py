@@ -29,7 +29,8 @@ from tests.client.harness import OK, call_b, callee
 from tests.client.proxy import sidecar_proxy
 from tests.client.test_verify_batching import mixed_asks, reasons_of
 from tests.client.tokens import mint
-from tests.support.sidecar import RunningSidecar, reason_of
+from tests.integration.test_observability import _scrape
+from tests.support.sidecar import RunningSidecar, reason_of, running_sidecar
 
 POLICY = AuthPolicy(audience="svc-b")
 
@@ -189,3 +190,32 @@ async def test_a_hostile_message_ends_the_stream_with_a_precise_status(
     assert isinstance(answer, auth_pb2.VerifyBatchResponse)
     assert answer.results[0].WhichOneof("outcome") == "ok"
     assert reason_of(ended.value) == (code, reason)
+
+
+async def test_each_stream_message_is_counted_like_a_verify_batch_call(data_dir: Path) -> None:
+    """Metrics: one request per message, labelled VerifyStream, with VerifyBatch's code and
+    reason for a message refused as a whole."""
+    async with running_sidecar(
+        data_dir, tokens={"audiences": ["svc-b"]}, metrics={"listen": "127.0.0.1:0"}
+    ) as sidecar:
+        good = await mint(sidecar)
+        one = auth_pb2.VerifyBatchRequest(requests=[auth_pb2.VerifyRequest(token=good)])
+        over = auth_pb2.VerifyBatchRequest(requests=[auth_pb2.VerifyRequest(token="x.y.z")] * 257)
+        async with grpc.aio.insecure_channel(sidecar.unix_target) as channel:
+            call = auth_pb2_grpc.AuthServiceStub(channel).VerifyStream()
+            for _ in range(3):
+                await call.write(one)
+                await call.read()
+            await call.write(over)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call.read()
+        server = sidecar.app.metrics_server
+        assert server is not None
+        samples = await asyncio.to_thread(_scrape, server.address)
+    method = "/authsidecar.v1.AuthService/VerifyStream"
+
+    def value(**labels: str) -> float:
+        return samples[("authsidecar_requests_total", tuple(sorted(labels.items())))]
+
+    assert value(method=method, code="OK", reason="") == 3
+    assert value(method=method, code="INVALID_ARGUMENT", reason="INVALID_REQUEST") == 1
