@@ -9,10 +9,11 @@ COMMIT | tar -x -C DIR` makes one), so a change is measured against its base in 
 run, cells interleaved, as bench/two_service.py does for its columns: on a shared machine
 the load drifts, and only CPU per call compared within one round means anything. Every
 token is used once (issue 15's one-shot target). Per cell: calls/s, CPU per call of callee
-and sidecar, and the mean number of tokens per sidecar call (Verify + VerifyBatch calls
-counted by the sidecar's Prometheus counter, so the sidecars here run with `metrics.listen`
-set, unlike bench/two_service.py's). The medians end with each column's CPU over the floor
-(a column named `none`) and its ratio to the column named `pyjwt` (the target: <= 1.5).
+and sidecar, and the mean number of tokens per sidecar call (Verify + VerifyBatch calls and
+VerifyStream messages, counted by the sidecar's Prometheus counter, so the sidecars here run
+with `metrics.listen` set, unlike bench/two_service.py's). The medians end with each
+column's CPU over the floor (a column named `none`) and its ratio to the column named
+`pyjwt` (the target: <= 1.5).
 Not part of `python -m bench`: it is how the one-shot changes were measured.
 """
 
@@ -52,13 +53,14 @@ def _free_port() -> int:
 
 
 def _sidecar_calls(port: int) -> float:
-    """Verify + VerifyBatch calls the sidecar has served (its Prometheus counter)."""
+    """Verify + VerifyBatch calls + VerifyStream messages the sidecar has served (its
+    Prometheus counter counts each VerifyStream message as one request)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith("authsidecar_requests_total{") and (
-            'VerifyBatch"' in line or 'Verify"' in line
+            'VerifyBatch"' in line or 'Verify"' in line or 'VerifyStream"' in line
         ):
             total += float(line.rsplit(" ", 1)[1])
     return total

@@ -11,7 +11,8 @@ reach it (the App runs them; docs/operations.md, "Stopping"):
 
 1. drain (`listen.drain_s`): health says NOT_SERVING, every call is still served;
 2. refuse (`CallGate.refuse`): new calls are answered UNAVAILABLE / SHUTTING_DOWN, without
-   running them; streams (Health/Watch, AuthService/Watch) end the same way;
+   running them; streams (Health/Watch, AuthService/Watch) end the same way; a VerifyStream
+   first answers the message it is verifying (`CallGate.stop_with`);
 3. `stop_accepting`: the listening sockets are closed, so a new connection is refused
    (ECONNREFUSED: the client's UNAVAILABLE), while the open ones keep being answered;
 4. the calls admitted before step 2 finish, for up to `listen.grace_period_s`
@@ -43,7 +44,7 @@ import os
 import secrets
 import socket
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -69,6 +70,8 @@ class CallGate:
         self._streams: set[asyncio.Task[Any]] = set()
         self._ended: set[asyncio.Task[Any]] = set()
         self._tracked: set[asyncio.Task[Any]] = set()
+        # Streams that stop themselves when told (VerifyStream: transport/verify_stream.py).
+        self._stoppers: dict[asyncio.Task[Any], Callable[[], None]] = {}
 
     @property
     def running(self) -> int:
@@ -106,6 +109,13 @@ class CallGate:
             if task is not None:
                 self._streams.discard(task)
                 self._ended.discard(task)
+                self._stoppers.pop(task, None)
+
+    def stop_with(self, task: asyncio.Task[Any], stopper: Callable[[], None]) -> None:
+        """At `refuse`, call `stopper` instead of cancelling the stream `task`: for a
+        stream that must finish what it is doing first (it then ends itself, or cancels
+        its task when it is only waiting). Only for a task inside `stream()`."""
+        self._stoppers[task] = stopper
 
     def ended(self, task: asyncio.Task[Any] | None) -> bool:
         return task is not None and task in self._ended
@@ -116,7 +126,11 @@ class CallGate:
         for task in list(self._streams):
             if task not in self._ended:
                 self._ended.add(task)
-                task.cancel()
+                stopper = self._stoppers.pop(task, None)
+                if stopper is None:
+                    task.cancel()
+                else:
+                    stopper()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Until every admitted call and every tracked task is done, or `timeout_s`; True

@@ -220,7 +220,8 @@ def _server(
         malformed=malformed,
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(parts, allow_issue=allow_issue, watch=watch, gate=gate), server
+        AuthServicer(parts, allow_issue=allow_issue, watch=watch, gate=gate, message_layers=layers),
+        server,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [AUTH_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]

@@ -12,7 +12,15 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -27,6 +35,7 @@ from sidecar.tokens.event_log import EventLog
 from sidecar.tokens.model import Introspection, TokenGrant, VerifiedToken
 from sidecar.transport.audit import audit_issued, audit_refusal, audit_revoked
 from sidecar.transport.drain import CallGate
+from sidecar.transport.layers import Behavior, UnaryLayer
 from sidecar.transport.responses import (
     ResponseMemo,
     batch_response,
@@ -35,6 +44,7 @@ from sidecar.transport.responses import (
     unrepresentable_log,
 )
 from sidecar.transport.status import internal_status, to_status
+from sidecar.transport.verify_stream import VERIFY_STREAM, VerifyStreams
 from sidecar.transport.watch import WatchStreams
 
 __all__ = ["AuthParts", "AuthServicer", "TokenFlows"]
@@ -135,7 +145,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         allow_issue: bool,
         watch: WatchSettings | None = None,
         gate: CallGate | None = None,
+        message_layers: Sequence[UnaryLayer] = (),
     ) -> None:
+        """`message_layers`: the unary call layers (transport/server.py), put around each
+        VerifyStream message as around a VerifyBatch call."""
         self._flows = parts.flows
         self._max_token_bytes = parts.max_token_bytes
         self._allow_issue = allow_issue
@@ -146,6 +159,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
         self._refusals = unrepresentable_log()
         self._memo = ResponseMemo(parts.memo_entries, self._refusals, holds=parts.memo_holds)
+        per_message: Behavior = self.VerifyBatch
+        for layer in reversed(message_layers):
+            per_message = layer(per_message, VERIFY_STREAM)
+        self._verify_streams = VerifyStreams(per_message, gate)
 
     def _require_signing_key(self) -> None:
         """A verify-only sidecar (issue 14) mints nothing: one clear refusal, before any
@@ -193,6 +210,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             [(r.token, r.audience or None, r.required_scopes) for r in request.requests]
         )
         return batch_response(outcomes, self._refusals)
+
+    async def VerifyStream(
+        self,
+        request_iterator: AsyncIterator[auth_pb2.VerifyBatchRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncGenerator[auth_pb2.VerifyBatchResponse, None]:
+        """VerifyBatch per message on an open stream (issue 15): transport/verify_stream.py."""
+        async with contextlib.aclosing(
+            self._verify_streams.stream(request_iterator, context)
+        ) as responses:
+            async for response in responses:
+                yield response
 
     @_mapped
     async def Refresh(

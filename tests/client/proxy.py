@@ -8,6 +8,12 @@ it saw per method, which is how the tests count sidecar round trips and retries.
 The Watch stream is forwarded message by message. `cut_streams()` ends every forwarded
 stream with UNAVAILABLE (what a subscriber sees when the path to the sidecar breaks), and
 `block_watch` answers new Watch calls with UNAVAILABLE until it is cleared.
+
+VerifyStream is forwarded only when asked (`verify_stream=True`): otherwise the proxy is an
+old sidecar without it (UNIMPLEMENTED), and the round trips it counts are the unary ones.
+Forwarded, each message counts as an attempt of "VerifyStream.message" (its number of items
+in `stream_items`), waits like a unary call (`delay_s`, `hold`), and `cut_streams()` ends
+the stream with UNAVAILABLE too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from authsidecar.v1.auth_pb2 import VerifyBatchRequest
 
 SERVICE = "authsidecar.v1.AuthService"
 METHODS = ("Issue", "Verify", "VerifyBatch", "Refresh", "Introspect", "Revoke", "GetJwks")
@@ -38,6 +46,7 @@ class SidecarProxy:
     block_watch: bool = False
     hold: asyncio.Event | None = None
     streams: set[asyncio.Queue[object]] = field(default_factory=set)
+    stream_items: list[int] = field(default_factory=list)
 
     def cut_streams(self) -> None:
         for stream in self.streams:
@@ -45,7 +54,9 @@ class SidecarProxy:
 
 
 @contextlib.asynccontextmanager
-async def sidecar_proxy(upstream: str, socket_dir: Path) -> AsyncIterator[SidecarProxy]:
+async def sidecar_proxy(
+    upstream: str, socket_dir: Path, *, verify_stream: bool = False
+) -> AsyncIterator[SidecarProxy]:
     socket = socket_dir / "proxy.sock"
     proxy = SidecarProxy(target=f"unix:{socket}")
     channel = grpc.aio.insecure_channel(upstream)
@@ -107,8 +118,58 @@ async def sidecar_proxy(upstream: str, socket_dir: Path) -> AsyncIterator[Sideca
             upstream_call.cancel()
             pumping.cancel()
 
+    async def verify_messages(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        proxy.attempts["VerifyStream"] += 1
+        open_upstream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            f"/{SERVICE}/VerifyStream"
+        )
+        upstream_call = open_upstream(metadata=context.invocation_metadata())
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        async def forward() -> None:
+            async for message in requests:
+                proxy.attempts["VerifyStream.message"] += 1
+                proxy.stream_items.append(len(VerifyBatchRequest.FromString(message).requests))
+                await asyncio.sleep(proxy.delay_s)
+                if proxy.hold is not None:
+                    await proxy.hold.wait()
+                await upstream_call.write(message)
+            await upstream_call.done_writing()
+
+        async def pump() -> None:
+            try:
+                async for message in upstream_call:
+                    queue.put_nowait(message)
+                queue.put_nowait(None)
+            except grpc.aio.AioRpcError as error:
+                queue.put_nowait(error)
+
+        tasks = [asyncio.create_task(forward()), asyncio.create_task(pump())]
+        proxy.streams.add(queue)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if item is _CUT:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy cut the stream")
+                if isinstance(item, grpc.aio.AioRpcError):
+                    trailing = tuple(item.trailing_metadata())
+                    await context.abort(item.code(), item.details() or "", trailing)
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            proxy.streams.discard(queue)
+            upstream_call.cancel()
+            for task in tasks:
+                task.cancel()
+
     handlers = {m: forwarder(m) for m in METHODS}
     handlers["Watch"] = grpc.unary_stream_rpc_method_handler(watch)
+    if verify_stream:
+        handlers["VerifyStream"] = grpc.stream_stream_rpc_method_handler(verify_messages)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(proxy.target)

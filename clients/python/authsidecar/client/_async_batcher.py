@@ -12,6 +12,7 @@ from authsidecar.client._batch import (
     Outcome,
     Waiter,
     cancelled,
+    copies,
     deadline_exceeded,
     failed,
     latest_deadline_s,
@@ -20,6 +21,7 @@ from authsidecar.client._batch import (
 from authsidecar.client._closing import AsyncClosing
 from authsidecar.client._errors import AuthClientError
 from authsidecar.client._models import VerifiedClaims, VerifyItem
+from authsidecar.client._verify_stream import AsyncVerifyStream, StreamLost
 
 _Waiter = Waiter[asyncio.Future[VerifiedClaims]]
 
@@ -38,6 +40,8 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = 0.0,
         max_in_flight: int | None = None,
+        stream: bool = False,
+        hold_s: float = 0.0,
     ) -> None:
         """
         Args:
@@ -50,8 +54,21 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
                 `max_batch` callers wait, or (if > 0) `max_delay_s` passed: callers that
                 arrive over many loop turns while the sidecar is busy share one call;
                 a batch of one then goes as Verify.
+            stream: send each batch as a message on one VerifyStream (opened by the first
+                batch) instead of a unary call, which costs both ends far less; a batch the
+                stream does not answer (stream ended, old sidecar) goes as a unary call
+                after all (`_verify_stream.py`). The server interceptor's batcher does.
+            hold_s: with `max_in_flight`, callers that waited for a batch to come back go
+                out no sooner than this long after that batch was sent, so that more join
+                them (fewer, larger batches under load). Only callers that already waited
+                are held: one that finds nothing in flight and nothing held goes at once.
         """
+        if hold_s < 0:
+            raise ValueError("hold_s must be >= 0")
+        self.hold_s = hold_s
+        self._sent_at = float("-inf")
         super().__init__(client, max_batch, max_delay_s, max_in_flight)
+        self._stream = AsyncVerifyStream(client._verify_stream) if stream else None
         self._waiting: list[_Waiter] = []
         self._timer: asyncio.Handle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -95,7 +112,12 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
     def _landed(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         if self._has_room(len(self._in_flight)) and self._waiting:
-            self._flush()
+            loop = asyncio.get_running_loop()
+            hold = self._sent_at + self.hold_s - loop.time()
+            if hold <= 0 or len(self._waiting) >= self.max_batch:
+                self._flush()
+            elif self._timer is None:  # held: later callers join (`verify` sees the timer)
+                self._timer = loop.call_later(hold, self._flush)
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -104,27 +126,40 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
         batch = [w for w in self._waiting if not w.future.done()]
         self._waiting = []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+            loop = asyncio.get_running_loop()
+            self._sent_at = loop.time()
+            task = loop.create_task(self._send(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._landed)
 
     async def _send(self, batch: list[_Waiter]) -> None:
         """Every waiter of `batch` ends with a result or an error. Raises nothing but its own
         cancellation (the loop shutting down), and only after ending the waiters."""
-        timeout_s = latest_deadline_s(batch, asyncio.get_running_loop().time())
-        outcomes: Sequence[Outcome]
+        loop = asyncio.get_running_loop()
+        timeout_s = latest_deadline_s(batch, loop.time())
+        outcomes: Sequence[Outcome] | None = None
         try:
-            if len(batch) == 1 and self.max_in_flight is not None:
-                outcomes = [await self._alone(batch[0].item, timeout_s)]
-            else:
-                items = [w.item for w in batch]
-                outcomes = await self._client.verify_batch(items, timeout_s=timeout_s)
+            stream = self._stream
+            if stream is not None and stream.usable(loop.time()):
+                try:
+                    outcomes = await stream.verify_batch([w.item for w in batch], timeout_s)
+                except StreamLost:  # not answered: unary below, in the time left
+                    timeout_s = latest_deadline_s(batch, loop.time())
+            if outcomes is None:
+                outcomes = await self._unary(batch, timeout_s)
         except asyncio.CancelledError:  # the loop is going away: end the waiters, not hang
             settle(batch, cancelled(len(batch)))
             raise
+        except TimeoutError:  # the stream's answer came after every waiter's deadline
+            outcomes = copies(deadline_exceeded(), len(batch))
         except Exception as error:
             outcomes = failed(error, len(batch))
         settle(batch, outcomes)
+
+    async def _unary(self, batch: list[_Waiter], timeout_s: float) -> Sequence[Outcome]:
+        if len(batch) == 1 and self.max_in_flight is not None:
+            return [await self._alone(batch[0].item, timeout_s)]
+        return await self._client.verify_batch([w.item for w in batch], timeout_s=timeout_s)
 
     async def _alone(self, item: VerifyItem, timeout_s: float) -> Outcome:
         """With `max_in_flight` (the server interceptor's batcher), a batch of one is sent as
@@ -147,5 +182,7 @@ class AsyncVerifyBatcher(AsyncClosing, BatcherBase[AsyncAuthClient]):
         if self._in_flight:
             # asyncio.wait, not gather: cancelling close() must not cancel the batches.
             await asyncio.wait(set(self._in_flight))
+        if self._stream is not None:
+            await self._stream.aclose()
 
     _aclose = close

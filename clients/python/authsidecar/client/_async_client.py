@@ -88,6 +88,16 @@ class AsyncAuthClient(AsyncClosing, ClientBase[grpc.aio.Channel]):
         stream = self._stub.Watch(request)
         return stream
 
+    def _verify_stream(
+        self,
+    ) -> grpc.aio.StreamStreamCall[auth_pb2.VerifyBatchRequest, auth_pb2.VerifyBatchResponse]:
+        """A VerifyStream, for the batcher's stream (`_verify_stream.AsyncVerifyStream`): no
+        deadline, since it lives as long as the batcher; cancelled to end it."""
+        stream: grpc.aio.StreamStreamCall[
+            auth_pb2.VerifyBatchRequest, auth_pb2.VerifyBatchResponse
+        ] = self._stub.VerifyStream()
+        return stream
+
     async def refresh(
         self, refresh_token: str, *, scope: str = "", timeout_s: float | None = None
     ) -> TokenGrant:
