@@ -21,6 +21,7 @@ from authsidecar.v1 import auth_pb2
 from sidecar.transport.drain import CallGate
 from sidecar.transport.layers import LayeredServer
 from sidecar.transport.verify_stream import VerifyStreams
+from tests.support.polling import eventually
 from tests.support.sidecar import reason_of
 
 SERVICE = "authsidecar.v1.AuthService"
@@ -107,7 +108,8 @@ async def test_a_message_being_verified_at_the_stop_is_answered_then_the_stream_
     assert isinstance(answer, auth_pb2.VerifyBatchResponse) and len(answer.results) == 3
     assert reason_of(ended.value) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
     assert served.verify.verified == [3]
-    assert served.gate.running == 0
+    # The call's status can reach the client before its handler has left the gate.
+    await eventually(lambda: served.gate.running == 0, "the stream left the gate")
 
 
 async def test_a_stream_waiting_for_its_next_message_ends_at_the_stop(served: Served) -> None:
