@@ -46,12 +46,6 @@ from sidecar.store.sqlite_transaction import Transaction
 __all__ = ["SCHEMA_VERSION", "SqliteTokenStore"]
 
 _T = TypeVar("_T")
-_GroupsPage = tuple[list[RevocationGroup], str]
-
-
-def _retrieve(future: asyncio.Future[_GroupsPage]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class SqliteTokenStore:
@@ -66,8 +60,6 @@ class SqliteTokenStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        # The grouped page read ahead: (token, now, limit) it answers, and its future.
-        self._ahead: tuple[tuple[str, int, int], asyncio.Future[_GroupsPage]] | None = None
 
     async def open(self) -> None:
         """Create the parent directory (0700), file (0600) and schema; no-op when open.
@@ -91,8 +83,9 @@ class SqliteTokenStore:
     def timeout_s(self) -> float:
         return self._busy_timeout_ms / 1000
 
-    # `scan_revocations` takes the GIL back per row: overlapping it with a merge slows both.
-    # The first load's grouped pages are read ahead here instead (`scan_revocation_groups`).
+    # The worker thread takes the GIL back per row of `scan_revocations` (and for each page of
+    # `scan_revocation_groups`): overlapping it with a merge slows both, or gains nothing
+    # measurable on a shared machine (issue 16: a read-ahead of grouped pages was tried).
     scan_ahead = False
 
     async def ping(self) -> None:
@@ -171,26 +164,12 @@ class SqliteTokenStore:
     ) -> tuple[list[RevocationRow], str]:
         return await self._run(lambda: sqlite_revocations.scan(self._db(), token, now, limit))
 
-    async def scan_revocation_groups(self, token: str, now: int, limit: int) -> _GroupsPage:
-        """A page, and the next one read ahead on the worker thread while the caller takes
-        this one in: SQLite builds a grouped page with the GIL released (sqlite_revocations),
-        so the two overlap (issue 16). A read-ahead is used only by the call it was read for
-        (same token, `now` and `limit`); any other call drops it."""
-        ahead, self._ahead = self._ahead, None
-        if self._closed:
-            raise StoreUnavailableError()
-        if ahead is not None and ahead[0] == (token, now, limit):
-            page = await self._result(ahead[1])
-        else:
-            page = await self._run(self._groups_page(token, now, limit))
-        following = page[1]
-        if following:
-            future = self._submit(self._groups_page(following, now, limit))
-            # Retrieved here so that a read-ahead dropped after failing logs nothing; a
-            # caller awaiting it still gets its error.
-            future.add_done_callback(_retrieve)
-            self._ahead = ((following, now, limit), future)
-        return page
+    async def scan_revocation_groups(
+        self, token: str, now: int, limit: int
+    ) -> tuple[list[RevocationGroup], str]:
+        return await self._run(
+            lambda: sqlite_revocations.scan_groups(self._db(), token, now, limit)
+        )
 
     async def revocations_since(
         self, cursor: str, now: int, limit: int
@@ -227,26 +206,17 @@ class SqliteTokenStore:
 
     async def _run(self, fn: Callable[[], _T], *, need_conn: bool = True) -> _T:
         """Run `fn` on the worker thread; every driver or OS failure becomes unavailable."""
-        return await self._result(self._submit(fn, need_conn=need_conn))
-
-    def _submit(self, fn: Callable[[], _T], *, need_conn: bool = True) -> asyncio.Future[_T]:
         executor = self._executor
         if executor is None or self._closed or (need_conn and self._conn is None):
             raise StoreUnavailableError()
         try:
-            return asyncio.get_running_loop().run_in_executor(executor, fn)
+            future = asyncio.get_running_loop().run_in_executor(executor, fn)
         except RuntimeError as exc:  # the executor was shut down by a racing `close`
             raise StoreUnavailableError() from exc
-
-    @staticmethod
-    async def _result(future: asyncio.Future[_T]) -> _T:
         try:
             return await future
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError() from exc
-
-    def _groups_page(self, token: str, now: int, limit: int) -> Callable[[], _GroupsPage]:
-        return lambda: sqlite_revocations.scan_groups(self._db(), token, now, limit)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -40,12 +40,11 @@ _SELECT_AFTER = (
 
 # The first load's scan (`scan_groups`), a (kind, issuer) at a time in primary key order. A
 # page is ONE row that SQLite builds itself, in C and with the GIL released (the driver lets
-# go of it while a statement runs, so the page is read while the event loop takes the last
-# one in): how many keys, their UTF-8 bytes joined by 0xFF (a byte no UTF-8 text holds), and
-# their horizons as 16 hex digits each (one `bytes.fromhex` for the page). Row by row, the
-# driver built a tuple, a bytes and an int per entry, each taking the GIL back (issue 16).
-# The next page starts after the page's greatest key (bytes compare as SQLite's BINARY
-# collation compares text).
+# go of it while a statement runs): how many keys, their UTF-8 bytes joined by 0xFF (a byte
+# no UTF-8 text holds), and their horizons as 16 hex digits each (one `bytes.fromhex` for
+# the page). Row by row, the driver built a tuple, a bytes and an int per entry, each taking
+# the GIL back (issue 16). The next page starts after the page's greatest key (bytes compare
+# as SQLite's BINARY collation compares text).
 _FIRST_GROUP = "SELECT kind, issuer FROM revocations ORDER BY kind, issuer LIMIT 1"
 _NEXT_GROUP = (
     "SELECT kind, issuer FROM revocations WHERE (kind, issuer) > (?, ?)"

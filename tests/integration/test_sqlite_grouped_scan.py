@@ -1,11 +1,10 @@
 """The SQLite store's first-load scan (`scan_revocation_groups`, sidecar/store/
 sqlite_revocations.py) gives back exactly the bytes the file holds and every live entry once.
 
-Each page is one row SQLite builds (the keys joined by 0xFF, the horizons in hex) and the next
-page is read ahead (sidecar/store/sqlite.py). Pinned here: keys that are not what this code
-writes (a NUL, an encoded surrogate, bytes that are not UTF-8, a 0xFF byte, which sends its page
-down the row-by-row read), page boundaries inside and between groups, a read-ahead that is
-never used for a call it was not read for, nor once the store is closed.
+Each page is one row SQLite builds (the keys joined by 0xFF, the horizons in hex). Pinned
+here: keys that are not what this code writes (a NUL, an encoded surrogate, bytes that are not
+UTF-8, a 0xFF byte, which sends its page down the row-by-row read), page boundaries inside and
+between groups, each page read with the `now` it is asked with, and a scan cut by a close.
 """
 
 from __future__ import annotations
@@ -89,9 +88,11 @@ async def test_grouped_scan_gives_every_live_entry_once_with_its_exact_bytes(
         await store.close()
 
 
-async def test_a_read_ahead_page_serves_only_the_call_it_was_read_for(tmp_path: Path) -> None:
-    """The next page is read with the first call's `now`; asked with a later `now`, the
-    store reads it again, so what expired in between is not handed over."""
+async def test_each_page_leaves_out_what_expired_by_the_now_it_is_asked_with(
+    tmp_path: Path,
+) -> None:
+    """A token names where the next page starts, not when: what expired in between is not
+    handed over (a page read ahead with an earlier `now` would)."""
     store = await _store(tmp_path / "tokens.db")
     try:
         await store.restore(
@@ -103,7 +104,7 @@ async def test_a_read_ahead_page_serves_only_the_call_it_was_read_for(tmp_path: 
         later, _ = await store.scan_revocation_groups(token, NOW + 50, 4)
         untils = [u for _, _, _, us in later for u in us]
         assert untils and all(u > NOW + 50 for u in untils)
-        # The same call again gets the page its token names, read ahead or not.
+        # The same token with the first `now` gets the page it names.
         again, _ = await store.scan_revocation_groups(token, NOW, 4)
         assert [k for _, _, ks, _ in again for k in ks] == [
             f"k{i}".encode() for i in (12, 13, 14, 15)
@@ -113,7 +114,7 @@ async def test_a_read_ahead_page_serves_only_the_call_it_was_read_for(tmp_path: 
         await store.close()
 
 
-async def test_a_closed_store_is_unavailable_to_a_scan_read_ahead_before_it_closed(
+async def test_a_scan_cut_by_a_close_is_unavailable_and_logs_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = await _store(tmp_path / "tokens.db")
@@ -121,7 +122,7 @@ async def test_a_closed_store_is_unavailable_to_a_scan_read_ahead_before_it_clos
         [Revocation("jti", ISS, f"k{i}", NOW + 60) for i in range(5)], deadline_ms=_later()
     )
     _, token = await store.scan_revocation_groups("", NOW, 3)
-    await asyncio.sleep(0.05)  # the next (and last) page is read by now
+    await asyncio.sleep(0.05)  # anything the store does in the background is done by now
     await store.close()
     with pytest.raises(StoreUnavailableError):
         await store.scan_revocation_groups(token, NOW, 3)
