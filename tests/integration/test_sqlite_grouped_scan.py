@@ -1,10 +1,9 @@
 """The SQLite store's first-load scan (`scan_revocation_groups`, sidecar/store/
-sqlite_revocations.py) gives back exactly the bytes the file holds and every live entry once.
-
-Each page is one row SQLite builds (the keys joined by 0xFF, the horizons in hex). Pinned
-here: keys that are not what this code writes (a NUL, an encoded surrogate, bytes that are not
-UTF-8, a 0xFF byte, which sends its page down the row-by-row read), page boundaries inside and
-between groups, each page read with the `now` it is asked with, and a scan cut by a close.
+sqlite_revocations.py) gives back exactly the bytes the file holds and every live entry once,
+also for keys this code does not write (a NUL, an encoded surrogate, bytes that are not UTF-8,
+0xFF bytes) at page boundaries inside and between groups: its tokens carry the last key's
+bytes. Also pinned: each page is read with the `now` it is asked with, and a scan cut by a
+close is unavailable.
 """
 
 from __future__ import annotations
