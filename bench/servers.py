@@ -33,7 +33,7 @@ from google.protobuf import json_format, struct_pb2
 
 from authsidecar.v1 import auth_pb2
 from sidecar.transport.layers import LayeredServer, UnaryLayer, metadata_limit
-from sidecar.transport.metrics import observing
+from sidecar.transport.observing import observing
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 1 << 20),

@@ -17,7 +17,6 @@ from google.protobuf import descriptor, json_format, message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from authsidecar.client._models import json_numbers
 from sidecar.config import Settings
 
 __all__ = [
@@ -93,6 +92,9 @@ def reply_as_json(reply: message.Message) -> dict[str, Any]:
             value = out[field.name]
             out[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
     if isinstance(out.get("claims"), dict):
+        # Here, not at the top: importing the client package costs every `serve` (issue 16).
+        from authsidecar.client._models import json_numbers
+
         out["claims"] = json_numbers(out["claims"])
     return out
 

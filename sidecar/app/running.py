@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sidecar.app.store import StoreFollower
 from sidecar.config import Settings
@@ -20,8 +21,10 @@ from sidecar.store.base import TokenStore
 from sidecar.tokens.service import TokenService
 from sidecar.tokens.signing import Signer
 from sidecar.transport.jwks_http import JwksHttpServer
-from sidecar.transport.metrics import Metrics, MetricsHttpServer
 from sidecar.transport.server import Listeners
+
+if TYPE_CHECKING:
+    from sidecar.transport.metrics import Metrics, MetricsHttpServer
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from sidecar.app.keys import external_issuers, key_source
 from sidecar.app.ports import check_addresses_free
@@ -28,10 +29,12 @@ from sidecar.tokens.events import retired_kids
 from sidecar.tokens.service import TokenService
 from sidecar.tokens.signing import Signer
 from sidecar.transport.jwks_http import JwksHttpServer
-from sidecar.transport.metrics import Metrics, MetricsHttpServer
 from sidecar.transport.responses import memo_size
 from sidecar.transport.server import build_listeners
 from sidecar.transport.servicer import AuthParts
+
+if TYPE_CHECKING:
+    from sidecar.transport.metrics import Metrics, MetricsHttpServer
 
 log = logging.getLogger("authsidecar")
 
@@ -78,8 +81,11 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
             service.store_sync.use_snapshot(snapshot, settings.store.backend)
         await service.start()
         await service.store_sync.check_persistence()
-        metrics = None
+        metrics: Metrics | None = None
         if settings.metrics.listen:
+            # Imported only when on (the default is off): prometheus_client costs every start.
+            from sidecar.transport.metrics import Metrics, MetricsHttpServer
+
             metrics = Metrics(
                 ring=lambda: service.ring,
                 verify_cache=service.verify_cache,

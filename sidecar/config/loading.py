@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import (
     EnvSettingsSource,
@@ -41,6 +40,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise ConfigError(f"config file {str(path)!r} does not exist or is not a file")
         if path.suffix.lower() not in (".yaml", ".yml", ".toml"):
             raise ConfigError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+    # An unreadable or unparsable file. The YAML parser is imported only to read a YAML file:
+    # most sidecars run on defaults and the environment, and it costs every start (issue 16).
+    file_errors: tuple[type[Exception], ...] = (OSError, ValueError)
+    if path is not None and path.suffix.lower() != ".toml":
+        import yaml
+
+        file_errors += (yaml.YAMLError,)
     try:
         # `_build_sources`: pydantic-settings' documented way to hand over the sources; the
         # pydantic mypy plugin's synthesised __init__ does not list it yet.
@@ -49,7 +55,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:  # an AUTHSIDECAR_* variable that is not valid JSON
         raise ConfigError(_one_line(f"invalid configuration: {exc}")) from None
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable or unparsable file
+    except file_errors as exc:
         raise ConfigError(
             _one_line(f"config file {str(path)!r} could not be read: {exc}")
         ) from None

@@ -13,6 +13,7 @@ Wycheproof's "SaltLenChanged" forgeries are refused.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -45,12 +46,15 @@ def _powers_of_65537(p: int) -> frozenset[int]:
     return frozenset(powers)
 
 
-_ROCA_SUBGROUPS = tuple((p, _powers_of_65537(p)) for p in _ROCA_PRIMES)
+@functools.cache
+def _roca_subgroups() -> tuple[tuple[int, frozenset[int]], ...]:
+    """Built at the first RSA key, not at import: a sidecar signing with EC never needs it."""
+    return tuple((p, _powers_of_65537(p)) for p in _ROCA_PRIMES)
 
 
 def has_roca_fingerprint(modulus: int) -> bool:
     """True when an RSA modulus has the structure of a ROCA-vulnerable key."""
-    return all(modulus % p in powers for p, powers in _ROCA_SUBGROUPS)
+    return all(modulus % p in powers for p, powers in _roca_subgroups())
 
 
 class PssKey:

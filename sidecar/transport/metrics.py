@@ -1,17 +1,19 @@
-"""Prometheus metrics: per-RPC counts and latency from one call layer, and the registry.
+"""Prometheus metrics: per-RPC counts and latency (fed by the call layer of
+transport/observing.py), and the registry.
 
 The state read at scrape time (key set, Verify cache, store sync, Watch, key sources) is
 transport/metrics_collectors.py. Everything lives in a `CollectorRegistry` owned by the App
-(no global registry), served by prometheus_client's HTTP server when `metrics.listen` is set.
+(no global registry), served by prometheus_client's HTTP server when `metrics.listen` is set;
+with it unset (the default) this module is never imported (issue 16: start-up cost).
 Names follow Prometheus conventions: base units (seconds), `_total` counters, `_info` for
 labelled constants.
 
-The layer is on the hot path, so it does as little as it can per call: one ContextVar
-set/reset, two clock reads, and increments on label children cached per label tuple (no
-`labels()` lookup after the first call of each kind). The domain counters (tokens issued,
-reuse, revocations) are derived from the method and its outcome; refreshes are counted by the
-outcome the domain reported on the call (`sidecar.calls.record_outcome`: rotated, grace,
-reused, revoked; "refused" for any other refusal), so the domain code knows nothing of metrics.
+`observe` is on the hot path, so it does as little as it can per call: increments on label
+children cached per label tuple (no `labels()` lookup after the first call of each kind). The
+domain counters (tokens issued, reuse, revocations) are derived from the method and its
+outcome; refreshes are counted by the outcome the domain reported on the call
+(`sidecar.calls.record_outcome`: rotated, grace, reused, revoked; "refused" for any other
+refusal), so the domain code knows nothing of metrics.
 """
 
 from __future__ import annotations
@@ -20,16 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from sidecar.addresses import parse_host_port
-from sidecar.calls import CallInfo, current_call, request_id_from
 from sidecar.errors import ConfigError
 from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
-from sidecar.transport.layers import Behavior, UnaryLayer
 from sidecar.transport.metrics_collectors import (
     CacheCounters,
     EventCounters,
@@ -39,7 +38,6 @@ from sidecar.transport.metrics_collectors import (
     WatchCollector,
 )
 
-REQUEST_ID = "x-request-id"
 # Verify answers in tens of microseconds; Issue/Refresh touch the store (milliseconds).
 LATENCY_BUCKETS_S = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -156,48 +154,6 @@ class Metrics:
             self.tokens_issued.labels("access").inc()
             if method == _REFRESH or getattr(request, "refresh_token", False):
                 self.tokens_issued.labels("refresh").inc()
-
-
-def observing(metrics: Metrics | None) -> UnaryLayer:
-    """The outermost layer (transport/layers.py): opens the call's `CallInfo` (request id,
-    peer, and the reason handlers record), then counts and times the call."""
-
-    def layer(behavior: Behavior, method: str) -> Behavior:
-        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            supplied = None
-            for key, value in context.invocation_metadata() or ():
-                if key == REQUEST_ID:
-                    supplied = value if isinstance(value, str) else None
-            call = CallInfo(request_id_from(supplied), method, context.peer())
-            token = current_call.set(call)
-            start = time.perf_counter()
-            code = "UNKNOWN"
-            try:
-                response = await behavior(request, context)
-                code = _code_name(context.code(), default="OK")
-                return response
-            except BaseException:
-                code = _code_name(context.code(), default="UNKNOWN")
-                raise
-            finally:
-                if metrics is not None:
-                    elapsed = time.perf_counter() - start
-                    metrics.observe(method, code, call.reason, elapsed, request, call.outcome)
-                current_call.reset(token)
-
-        return observed
-
-    return layer
-
-
-def _code_name(code: Any, *, default: str) -> str:
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if isinstance(code, int):
-        for status in grpc.StatusCode:
-            if status.value[0] == code:
-                return status.name
-    return default
 
 
 class MetricsHttpServer:

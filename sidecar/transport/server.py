@@ -19,6 +19,7 @@ import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,10 +34,13 @@ from sidecar.transport.drain import CallGate, Endpoint, close_connections, stop_
 from sidecar.transport.ext_authz import ExtAuthzServicer
 from sidecar.transport.layers import LayeredServer, UnaryLayer
 from sidecar.transport.malformed import malformed_log
-from sidecar.transport.metrics import Metrics, observing
+from sidecar.transport.observing import observing
 from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.servicer import AuthParts, AuthServicer
 from sidecar.transport.tracing import TracingLayer
+
+if TYPE_CHECKING:
+    from sidecar.transport.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
