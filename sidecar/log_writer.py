@@ -85,11 +85,13 @@ class LineWriter:
         self._dropped_total += count
 
     def _run(self) -> None:
+        ok = True
         while True:
             with self._cond:
                 while not self._lines and not self._closing:
                     self._cond.wait()
-                if not self._lines:
+                # Closing: the queue is empty; one last batch only to report drops, once.
+                if not self._lines and (not self._dropped or not ok):
                     break
                 batch = b"".join(self._lines)
                 count = len(self._lines)

@@ -53,3 +53,15 @@ def test_a_reader_gone_drops_lines_and_never_raises() -> None:
         writer.write(f"line {i}")
     assert writer.close(timeout_s=30)
     assert writer.dropped == 100
+
+
+def test_drops_after_the_last_written_line_are_still_reported_at_close() -> None:
+    read_end, write_end = os.pipe()
+    writer = LineWriter(write_end, max_queued_bytes=0)  # every line is dropped
+    os.close(write_end)
+    for i in range(5):
+        writer.write(f"line {i}")
+    assert writer.close(timeout_s=30)
+    out = _read_all(read_end).decode().splitlines()
+    os.close(read_end)
+    assert out == ["authsidecar: 5 log lines dropped (log output not keeping up)"]
