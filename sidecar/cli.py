@@ -38,7 +38,7 @@ from sidecar.cli_client import (
 from sidecar.cli_keys import add_keys_commands, run_keys_command
 from sidecar.config import Settings, load_settings
 from sidecar.errors import AuthSidecarError, StartupError
-from sidecar.logs import configure_logging
+from sidecar.logs import close_output, configure_logging
 from sidecar.tokens.jws import peek
 
 EXIT_REFUSED = 1
@@ -142,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
+    finally:
+        close_output()  # bounded: a stalled log reader cannot hold the exit
 
 
 def _read_token(value: str) -> str:

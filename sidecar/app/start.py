@@ -24,6 +24,7 @@ from sidecar.keys.keyset import KeySource, load_key_set
 from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
 from sidecar.keys.watch import KeyWatcher
+from sidecar.logs import announce
 from sidecar.tokens.event_log import EventLog
 from sidecar.tokens.events import retired_kids
 from sidecar.tokens.service import TokenService
@@ -186,7 +187,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload_keys)
-    print(banner(app), flush=True)
+    announce(banner(app))  # never blocks nor raises on a stalled or closed stdout
     await stop.wait()
     stop.clear()  # a second signal ends the drain early
     listen = settings.listen
