@@ -105,7 +105,7 @@ def _cell(column: Column, c: int, tokens: list[str], args: argparse.Namespace) -
         duration_s=args.duration,
         warmup_s=args.warmup,
         tokens=tokens,
-        one_shot=True,
+        one_shot=not args.reused,
         sidecars=sidecars,
     )
     rpcs = (_sidecar_calls(column.metrics_port) - before) if column.metrics_port else 0.0
@@ -122,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--reused",
+        type=int,
+        default=0,
+        help="reused tokens instead: this many identities, one token each (0: one-shot)",
+    )
     args = parser.parse_args(argv)
     columns = []
     for spec in args.columns:
@@ -142,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 for c in levels:
                     for column in columns:
                         size = int(fastest * (args.warmup + args.duration + 0.5) * 1.5) + 500
-                        r = _cell(column, c, minter.mint(size), args)
+                        tokens = minter.mint(args.reused or size)
+                        r = _cell(column, c, tokens, args)
                         fastest = max(fastest, r["calls_per_s"])
                         column.cells.setdefault(c, []).append(r)
                         cpu = r["server_cpu_s_per_1k"] * 1000
