@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,14 +82,11 @@ async def sidecar_proxy(
 
         return grpc.unary_unary_rpc_method_handler(forward)
 
-    async def watch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        proxy.attempts["Watch"] += 1
-        if proxy.block_watch:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy blocks Watch")
-        open_upstream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
-            f"/{SERVICE}/Watch"
-        )
-        upstream_call = open_upstream(request, metadata=context.invocation_metadata())
+    async def relay(
+        upstream_call: Any, context: grpc.aio.ServicerContext[Any, Any], tasks: tuple[Any, ...]
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the upstream stream's messages until it ends; a cut (`cut_streams`) or an
+        upstream error ends the proxied call with that status (and trailers)."""
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         async def pump() -> None:
@@ -110,13 +107,28 @@ async def sidecar_proxy(
                 if item is _CUT:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy cut the stream")
                 if isinstance(item, grpc.aio.AioRpcError):
-                    await context.abort(item.code(), item.details() or "")
+                    trailing = tuple(item.trailing_metadata())
+                    await context.abort(item.code(), item.details() or "", trailing)
                 assert isinstance(item, bytes)
                 yield item
         finally:
             proxy.streams.discard(queue)
             upstream_call.cancel()
             pumping.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def watch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        proxy.attempts["Watch"] += 1
+        if proxy.block_watch:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy blocks Watch")
+        open_upstream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            f"/{SERVICE}/Watch"
+        )
+        upstream_call = open_upstream(request, metadata=context.invocation_metadata())
+        async with contextlib.aclosing(relay(upstream_call, context, ())) as items:
+            async for item in items:  # closed with the call, so its `finally` runs at once
+                yield item
 
     async def verify_messages(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -126,7 +138,6 @@ async def sidecar_proxy(
             f"/{SERVICE}/VerifyStream"
         )
         upstream_call = open_upstream(metadata=context.invocation_metadata())
-        queue: asyncio.Queue[object] = asyncio.Queue()
 
         async def forward() -> None:
             async for message in requests:
@@ -138,33 +149,10 @@ async def sidecar_proxy(
                 await upstream_call.write(message)
             await upstream_call.done_writing()
 
-        async def pump() -> None:
-            try:
-                async for message in upstream_call:
-                    queue.put_nowait(message)
-                queue.put_nowait(None)
-            except grpc.aio.AioRpcError as error:
-                queue.put_nowait(error)
-
-        tasks = [asyncio.create_task(forward()), asyncio.create_task(pump())]
-        proxy.streams.add(queue)
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if item is _CUT:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy cut the stream")
-                if isinstance(item, grpc.aio.AioRpcError):
-                    trailing = tuple(item.trailing_metadata())
-                    await context.abort(item.code(), item.details() or "", trailing)
-                assert isinstance(item, bytes)
+        writing = asyncio.create_task(forward())
+        async with contextlib.aclosing(relay(upstream_call, context, (writing,))) as items:
+            async for item in items:  # closed with the call, so its `finally` runs at once
                 yield item
-        finally:
-            proxy.streams.discard(queue)
-            upstream_call.cancel()
-            for task in tasks:
-                task.cancel()
 
     handlers = {m: forwarder(m) for m in METHODS}
     handlers["Watch"] = grpc.unary_stream_rpc_method_handler(watch)
