@@ -19,6 +19,9 @@ start and after the window, and Verify latency from 8 concurrent callers over TC
 Redis runs in a private `redis-server` on a free port (nothing on disk). A sidecar that does
 not start is reported as such, with what it printed.
 
+Results: bench/results/revocation_scale.md keeps every run, the newest on top (with its
+command, commit and time); revocation_scale.json holds the newest run's rows.
+
 Bytecode: an installed sidecar (the image's `pip install`) starts from compiled bytecode, so
 the sidecars here may write and read theirs, in a cache of this run (PYTHONPYCACHEPREFIX; the
 empty start above fills it), whatever PYTHONDONTWRITEBYTECODE says: otherwise every measured
@@ -402,9 +405,31 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "revocation_scale.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "revocation_scale.md").write_text(table + "\n")
+    _record(args.out / "revocation_scale.md", argv, table)
     print(table)
     return 0
+
+
+def _record(path: Path, argv: list[str] | None, table: str) -> None:
+    """Put this run on top of the runs already recorded in `path`: a start is one process's
+    start, so one run alone says little, and the comparisons in docs/performance.md cite
+    earlier runs by number (the JSON beside it holds this run only)."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    ref = subprocess.run(
+        [_which("git"), "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [_which("git"), "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    command = " ".join(["python -m bench --only revocation_scale", *(argv or sys.argv[1:])])
+    head = f"Run of {when}: `{command}` at {ref or 'an unknown commit'}"
+    head += " (with uncommitted changes)" if dirty else ""
+    earlier = path.read_text() if path.exists() else ""
+    path.write_text(f"{head}.\n\n{table}\n" + (f"\n{earlier}" if earlier else ""))
 
 
 if __name__ == "__main__":

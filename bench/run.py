@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "revocation_scale":
         from bench import revocation_scale
 
-        return revocation_scale.main(rest)
+        return revocation_scale.main(rest + _forwarded(args))
     if args.only in ("topologies", "verify_compare"):
         from bench import topologies, verify_compare
 
