@@ -2,12 +2,18 @@
 // DecisionCache: the sidecar's positive Verify decisions, kept at the callee (issue 15).
 //
 // Key: SHA-256 of [token, audience, sorted required scopes] (the token text itself is not
-// kept as a key). An entry is served only before the token's `exp` and not before its `nbf`
-// (the interceptor's wall clock; a token without `exp` is never cached), and is dropped by
+// kept as a key). An entry is kept and served only while `nbf <= now < exp` (the
+// interceptor's wall clock; a token without `exp` is never cached), and is dropped by
 // any watch event that voids it: TokenRevoked(iss, jti), FamilyRevoked(iss, sid; `sid` read
 // from the claims), KeyRetired(kid), DecisionsReset, and a reset of the watch itself (sync
 // reset, a sequence gap, a new epoch). Bounded in entries and in estimated bytes (the
 // serialized claims plus a fixed overhead per entry); the least recently used go first.
+//
+// Counters, with the meanings of the Python client's DecisionCache and WatchState (so the
+// exported series mean the same in both): `evictions` (dropped to stay within the bounds),
+// `expirations` (found past `exp` by a lookup, and dropped), `dropped` (decisions the watch
+// events voided: removed, or turned into refusals; a refusal removed later is not counted
+// again, it was counted when the decision became one).
 //
 // Ordering (auth.proto, Watch): before a Verify the caller notes `mark()`, the count of
 // events applied so far; `put` refuses an answer when an event applied since then voids it,
@@ -49,7 +55,9 @@ class DecisionCache {
     this.applied = 0; // events applied (the `mark`)
     this.recent = []; // [{n, index}] of the last RECENT_EVENTS events; index null = all
     this.invalidations = Object.fromEntries(INVALIDATION_KINDS.map((kind) => [kind, 0]));
-    this.evictions = 0;
+    this.evictions = 0; // dropped to stay within the bounds
+    this.expirations = 0; // dropped because the token's exp passed
+    this.dropped = 0; // decisions the events voided (removed, or turned into refusals)
     this.tombstones = 0; // entries that are refusals (revoked: true), counted in `entries`
   }
 
@@ -65,6 +73,7 @@ class DecisionCache {
     const now = this.now();
     if (now >= entry.expMs) {
       this.remove(key);
+      this.expirations += 1;
       return null;
     }
     if (now < entry.nbfMs) return null;
@@ -73,14 +82,18 @@ class DecisionCache {
     return entry;
   }
 
-  /** Keep a positive decision made after `mark`; false when it must not be kept. */
+  /** Keep a positive decision made after `mark`; false when it must not be kept: voided
+   * since `mark` (or no longer checkable), already outside `nbf..exp` on this clock, or
+   * larger than the whole byte bound. */
   put(key, claims, json, mark) {
     if (!this.stillValid(claims, mark)) return false;
     const expMs = Number(claims.exp) * 1000;
-    if (!(expMs > this.now())) return false;
+    const nbfMs = Number(claims.nbf || 0) * 1000;
+    const now = this.now();
+    if (!(expMs > now) || now < nbfMs) return false;
     const sid = claims.claims && typeof claims.claims.sid === 'string' ? claims.claims.sid : '';
     const entry = {
-      key, claims, json, expMs, nbfMs: Number(claims.nbf || 0) * 1000, revoked: false,
+      key, claims, json, expMs, nbfMs, revoked: false,
       indexes: [`jti\0${claims.iss}\0${claims.jti}`, `kid\0${claims.kid}`],
       bytes: ENTRY_OVERHEAD_BYTES + key.length + json.length,
     };
@@ -119,7 +132,8 @@ class DecisionCache {
   }
 
   /** Apply one invalidation. kind: tokenRevoked {iss, jti} | familyRevoked {iss, sid} |
-   * keyRetired {kid} | decisionsReset | resync | gap (the last three drop everything). */
+   * keyRetired {kid} | decisionsReset | resync | gap (the last three drop everything).
+   * Returns how many decisions it voided (refusals it removes are not counted). */
   invalidate(kind, event = {}) {
     let index = null;
     if (kind === 'tokenRevoked') index = `jti\0${event.iss}\0${event.jti}`;
@@ -127,25 +141,30 @@ class DecisionCache {
     else if (kind === 'keyRetired') index = `kid\0${event.kid}`;
     else if (!INVALIDATION_KINDS.includes(kind)) throw new TypeError(`unknown invalidation ${kind}`);
     this.record(kind, index);
+    let voided = 0;
     if (index === null) {
+      voided = this.entries.size - this.tombstones;
       this.entries.clear();
       this.index.clear();
       this.bytes = 0;
       this.tombstones = 0;
-      return;
-    }
-    const keys = [...(this.index.get(index) || [])];
-    if (kind === 'keyRetired') {
-      for (const key of keys) this.remove(key);
-      return;
-    }
-    for (const key of keys) { // revoked: the sidecar's answer until exp is known
-      const entry = this.entries.get(key);
-      if (!entry.revoked) {
-        entry.revoked = true;
-        this.tombstones += 1;
+    } else if (kind === 'keyRetired') {
+      for (const key of [...(this.index.get(index) || [])]) {
+        if (!this.entries.get(key).revoked) voided += 1;
+        this.remove(key);
+      }
+    } else {
+      for (const key of this.index.get(index) || []) { // the sidecar's answer until exp is known
+        const entry = this.entries.get(key);
+        if (!entry.revoked) {
+          entry.revoked = true;
+          this.tombstones += 1;
+          voided += 1;
+        }
       }
     }
+    this.dropped += voided;
+    return voided;
   }
 
   remove(key) {
@@ -164,7 +183,8 @@ class DecisionCache {
   stats() {
     return {
       entries: this.entries.size, tombstones: this.tombstones, bytes: this.bytes,
-      evictions: this.evictions, invalidations: { ...this.invalidations },
+      evictions: this.evictions, expirations: this.expirations,
+      invalidations: { ...this.invalidations }, dropped: this.dropped,
     };
   }
 }

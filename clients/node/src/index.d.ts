@@ -165,13 +165,26 @@ export interface DecisionStats {
   /** Refused without Verify (UNAUTHENTICATED / TOKEN_REVOKED): a revocation event had
    * voided the cached decision, and the refusal is kept until the token's exp. */
   refusedLocally: number;
+  /** Calls whose Verify said yes and whose answer was kept in the cache. */
+  stored?: number;
+  /** Calls whose Verify said yes but whose answer was not kept: not current when asked or
+   * answered, voided by an event while in flight, already outside nbf..exp, or larger than
+   * maxBytes. */
+  notStored?: number;
   /** Held now, refusals included. */
   entries?: number;
   /** How many of `entries` are refusals kept in place of revoked decisions. */
   tombstones?: number;
   bytes?: number;
+  /** Entries dropped to stay within maxEntries / maxBytes. */
   evictions?: number;
+  /** Entries a lookup found past the token's exp, and dropped. */
+  expirations?: number;
+  /** Watch events applied, by kind. */
   invalidations?: Record<InvalidationKind, number>;
+  /** Decisions those events voided (removed, or turned into refusals; a refusal removed
+   * later is not counted again). */
+  dropped?: number;
   /** The cache may serve hits right now. */
   current?: boolean;
   /** Milliseconds since the last Watch message (null before the first). */
@@ -207,8 +220,12 @@ export declare class VerifyBatcher {
 export declare class DecisionCache {
   constructor(options?: { maxEntries?: number; maxBytes?: number; now?: () => number });
   mark(): number;
-  invalidate(kind: InvalidationKind, event?: { iss?: string; jti?: string; sid?: string; kid?: string }): void;
-  stats(): { entries: number; tombstones: number; bytes: number; evictions: number; invalidations: Record<InvalidationKind, number> };
+  /** How many decisions it voided (refusals it removes are not counted). */
+  invalidate(kind: InvalidationKind, event?: { iss?: string; jti?: string; sid?: string; kid?: string }): number;
+  stats(): {
+    entries: number; tombstones: number; bytes: number; evictions: number; expirations: number;
+    invalidations: Record<InvalidationKind, number>; dropped: number;
+  };
 }
 
 export declare class DecisionWatch {

@@ -8,18 +8,17 @@
 // calls do no extra work for them. One label `interceptor` names each interceptor:
 //
 //   authsidecar_client_decision_lookups_total{result=hit|miss|bypassed|refused}
-//   authsidecar_client_decision_evictions_total
+//   authsidecar_client_decisions_stored_total / _not_stored_total   (stored, notStored)
+//   authsidecar_client_decision_evictions_total / _expirations_total (evictions, expirations)
 //   authsidecar_client_decision_entries, authsidecar_client_decision_bytes
 //   authsidecar_client_decision_tombstones
 //   authsidecar_client_decision_invalidations_total{kind=token_revoked|...|gap}
+//   authsidecar_client_decisions_invalidated_total  (dropped: decisions the events voided)
 //   authsidecar_client_watch_current
 //   authsidecar_client_watch_staleness_seconds      (absent before the first message)
 //   authsidecar_client_watch_subscriptions_total
 //
-// Python's _decisions_stored_total, _decisions_not_stored_total, _decision_expirations_total
-// and _decisions_invalidated_total are not exported: the Node interceptor does not count
-// those (stats() has no such field), and a series that is always 0 would say it never
-// happens. With the cache off, every series but the lookups stays at 0 (as in Python).
+// With the cache off, every series but the lookups stays at 0 (as in Python).
 
 const PREFIX = 'authsidecar_client_';
 
@@ -43,8 +42,15 @@ const SERIES = [
     hit: (s) => s.hits, miss: (s) => s.misses, bypassed: (s) => s.bypassed,
     refused: (s) => s.refusedLocally,
   }],
+  ['decisions_stored_total', 'counter', 'Verify answers kept in the cache',
+    (s) => s.stored ?? 0],
+  ['decisions_not_stored_total', 'counter',
+    'Verify answers not kept (not current, voided in flight, outside nbf..exp)',
+    (s) => s.notStored ?? 0],
   ['decision_evictions_total', 'counter', 'Entries dropped to stay within the bounds',
     (s) => s.evictions ?? 0],
+  ['decision_expirations_total', 'counter', "Entries dropped because the token's exp passed",
+    (s) => s.expirations ?? 0],
   ['decision_entries', 'gauge', 'Decisions held now', (s) => s.entries ?? 0],
   ['decision_bytes', 'gauge', 'Estimated bytes the decisions hold now', (s) => s.bytes ?? 0],
   ['decision_tombstones', 'gauge',
@@ -53,6 +59,8 @@ const SERIES = [
   ['decision_invalidations_total', 'counter', 'Watch events applied, by kind', null, 'kind',
     Object.fromEntries(Object.entries(KINDS).map(
       ([key, label]) => [label, (s) => s.invalidations?.[key] ?? 0]))],
+  ['decisions_invalidated_total', 'counter', 'Entries the watch events dropped',
+    (s) => s.dropped ?? 0],
   ['watch_current', 'gauge', '1 while the watch stream is current (hits are served)',
     (s) => (s.current ? 1 : 0)],
   ['watch_staleness_seconds', 'gauge', 'Seconds since the last message on the watch stream',

@@ -17,6 +17,10 @@
 // Concurrent misses for the same token and requirements share one Verify, unless an event
 // was applied, or the watch lapsed, since that Verify was sent. An answer is kept only when
 // asked and answered while the watch is current with no lapse between (as in Python).
+// `stored` / `notStored` count, per call, the Verify answers that said yes and were kept or
+// not kept (not current when asked or answered, voided in flight, outside nbf..exp, too big):
+// a call that shared another's Verify counts that Verify's outcome, as each call of the
+// Python interceptor offers its own answer to the cache. Refusals are neither.
 
 const grpc = require('@grpc/grpc-js');
 const { VerifyBatcher } = require('./batcher');
@@ -100,6 +104,8 @@ class Decisions {
     this.misses = 0;
     this.bypassed = 0;
     this.refusedLocally = 0;
+    this.stored = 0;
+    this.notStored = 0;
     if (this.watch) this.watch.start();
   }
 
@@ -132,23 +138,26 @@ class Decisions {
     // between (one generation), and no event applied since voids it (`mark`).
     const mark = this.cache.mark();
     const generation = current ? this.watch.generation : -1;
-    const pending = this.inFlight.get(key);
-    if (pending !== undefined && pending.mark === mark && pending.generation === generation) {
-      return pending.promise;
+    let pending = this.inFlight.get(key);
+    if (pending === undefined || pending.mark !== mark || pending.generation !== generation) {
+      const promise = this.verifier.verify(token, { audience, requiredScopes: scopes }).then(
+        (claims) => {
+          const json = Buffer.from(JSON.stringify(claims), 'utf8');
+          const kept = generation === this.watch.generation && this.watch.current()
+            && this.cache.put(key, claims, json, mark);
+          return { json, kept };
+        },
+      ).finally(() => {
+        if (this.inFlight.get(key)?.promise === promise) this.inFlight.delete(key);
+      });
+      pending = { mark, generation, promise };
+      this.inFlight.set(key, pending);
     }
-    const promise = this.verifier.verify(token, { audience, requiredScopes: scopes }).then(
-      (claims) => {
-        const json = Buffer.from(JSON.stringify(claims), 'utf8');
-        if (generation === this.watch.generation && this.watch.current()) {
-          this.cache.put(key, claims, json, mark);
-        }
-        return json;
-      },
-    ).finally(() => {
-      if (this.inFlight.get(key)?.promise === promise) this.inFlight.delete(key);
+    return pending.promise.then(({ json, kept }) => {
+      if (kept) this.stored += 1;
+      else this.notStored += 1;
+      return json;
     });
-    this.inFlight.set(key, { mark, generation, promise });
-    return promise;
   }
 
   async verify(token, audience, scopes) {
@@ -160,7 +169,7 @@ class Decisions {
     const out = { hits: this.hits, misses: this.misses,
       bypassed: this.bypassed, refusedLocally: this.refusedLocally };
     if (this.cache !== null) {
-      Object.assign(out, this.cache.stats(), {
+      Object.assign(out, { stored: this.stored, notStored: this.notStored }, this.cache.stats(), {
         current: this.watch.current(),
         stalenessMs: Number.isFinite(this.watch.stalenessMs()) ? this.watch.stalenessMs() : null,
         stalenessBoundMs: this.watch.stalenessBoundMs,

@@ -14,7 +14,9 @@
 // is `sequence + 1`; numbered events must be consecutive; a gap (a numbered event past the
 // next number, a heartbeat announcing more than was applied, a replaying sync at another
 // position than the one asked for) drops every decision, as `reset` does. A different epoch
-// than the one resumed drops everything too. When the stream ends
+// than the one resumed drops everything too. A numbered event of a kind this library does
+// not know, and a message that breaks the stream's contract (an event before the sync, or of
+// another epoch than the sync's), count as a `gap`, as in the Python client. When the stream ends
 // (error, end, a sidecar that answers UNIMPLEMENTED) the watch resubscribes with its epoch and
 // last applied sequence, after a backoff doubling from `initialBackoffMs` to `maxBackoffMs`
 // (with jitter), reset by each successful sync. A stream that stays open but silent (a
@@ -147,7 +149,7 @@ class DecisionWatch {
       return;
     }
     if (!this.synced || event.epoch !== this.epoch) { // a protocol violation: start over
-      this.reset('resync', this.applied);
+      this.reset('gap', this.applied);
       this.epoch = '';
       this.restart();
       return;
@@ -158,13 +160,13 @@ class DecisionWatch {
       return;
     }
     if (sequence <= this.applied) return; // already applied (a replay overlap)
-    if (sequence !== this.applied + 1) {
+    const kind = { token_revoked: 'tokenRevoked', family_revoked: 'familyRevoked',
+      key_retired: 'keyRetired', decisions_reset: 'decisionsReset' }[event.event];
+    // An event kind this library does not know may void anything: drop everything (a gap).
+    if (sequence !== this.applied + 1 || kind === undefined) {
       this.reset('gap', sequence);
     } else {
-      const kind = { token_revoked: 'tokenRevoked', family_revoked: 'familyRevoked',
-        key_retired: 'keyRetired', decisions_reset: 'decisionsReset' }[event.event];
-      // An event kind this library does not know may void anything: drop everything.
-      this.cache.invalidate(kind || 'decisionsReset', event[event.event] || {});
+      this.cache.invalidate(kind, event[event.event] || {});
       this.applied = sequence;
     }
   }

@@ -236,6 +236,7 @@ test('a gap in sequence numbers or a foreign epoch drops every decision', async 
   s.fake.sendRaw({ epoch: 'another-epoch', sequence: 1, event: 'heartbeat', heartbeat: {} });
   await waitFor(() => s.fake.watchRequests.length > subscriptions, 'a fresh subscription');
   assert.equal(s.interceptor.stats().entries, 0);
+  assert.equal(s.interceptor.stats().invalidations.gap, 3); // a broken contract: a gap
   assert.equal(s.fake.watchRequests.at(-1).epoch, '');
   await waitFor(s.current, 'current again');
 });
@@ -265,11 +266,18 @@ test('a token past exp (or before nbf) is never served from the cache', async ()
   offsetMs = (claims.nbf - 5) * 1000 - Date.now(); // the callee's clock before nbf
   await s.call(token);
   await s.call(token);
-  assert.equal(s.interceptor.stats().entries, 1);
-  assert.equal(s.asked(), 4); // kept, but not served before nbf
+  assert.equal(s.asked(), 4);
+  assert.equal(s.interceptor.stats().entries, 0); // an answer before nbf is not kept either
   offsetMs = 0;
   await s.call(token);
-  assert.equal(s.asked(), 4);
+  await s.call(token);
+  assert.equal(s.asked(), 5); // kept now, and served
+  offsetMs = (claims.nbf - 5) * 1000 - Date.now(); // back before nbf: kept, but not served
+  await s.call(token);
+  assert.deepEqual([s.asked(), s.interceptor.stats().entries], [6, 1]);
+  offsetMs = 0;
+  await s.call(token);
+  assert.equal(s.asked(), 6);
 });
 
 test('misses arriving together go as one VerifyBatch; identical ones share one item', async () => {
@@ -352,9 +360,10 @@ async function releaseNotKept(s, token, pending, release) {
 /** A call whose Verify the fake sidecar holds back until `release()`: in flight on purpose. */
 async function callHeld(s, token) {
   let open;
+  const asked = s.asked();
   s.fake.gate = new Promise((resolve) => { open = resolve; });
   const pending = s.call(token);
-  await waitFor(() => s.asked() === 1, 'the Verify to be in flight');
+  await waitFor(() => s.asked() === asked + 1, 'the Verify to be in flight');
   const release = () => {
     s.fake.gate = null;
     open();
@@ -402,4 +411,143 @@ test('an answer given while the watch is not current is not cached', async () =>
   assert.equal(s.asked(), 2); // not a hit: the earlier answer was not kept
   await s.call(token);
   assert.equal(s.asked(), 2); // this one was
+});
+
+// The counters Python's DecisionStats has (stored, not_stored, expirations, dropped), with
+// its meanings: each moves when, and only when, what it counts happens.
+
+test('stored and notStored count, per call, the yes answers of Verify kept or not kept', async () => {
+  let offsetMs = 0;
+  const s = await setup({ now: () => Date.now() + offsetMs });
+  await waitFor(s.current, 'the watch to be current');
+  const counts = () => [s.interceptor.stats().stored, s.interceptor.stats().notStored];
+  assert.deepEqual(counts(), [0, 0]);
+  const kept = await issue();
+  await s.call(kept.token); // a miss, kept
+  await s.call(kept.token); // a hit: no answer to keep
+  assert.deepEqual(counts(), [1, 0]);
+  const denied = await issue({ scope: 'other' });
+  assert.equal((await s.call(denied.token)).code, grpc.status.PERMISSION_DENIED);
+  assert.deepEqual(counts(), [1, 0]); // a refusal by Verify is neither
+  // Voided by an event while its Verify was in flight: the answer is not kept.
+  const voided = await issue();
+  const { pending, release } = await callHeld(s, voided.token);
+  s.fake.publish({ token_revoked: { iss: voided.claims.iss, jti: voided.claims.jti } });
+  await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the event');
+  release();
+  assert.equal((await pending).code, 0);
+  assert.deepEqual(counts(), [1, 1]);
+  // Already outside nbf..exp on the callee's clock (the sidecar, on its own, says yes).
+  const late = await issue({ expiresIn: 60 });
+  offsetMs = late.claims.exp * 1000 - Date.now();
+  assert.equal((await s.call(late.token)).code, 0);
+  offsetMs = (late.claims.nbf - 5) * 1000 - Date.now();
+  assert.equal((await s.call(late.token)).code, 0);
+  offsetMs = 0;
+  assert.deepEqual(counts(), [1, 3]);
+  // Asked while the watch is not current (bypassed): not kept.
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the cut');
+  assert.equal((await s.call(late.token)).code, 0);
+  assert.deepEqual(counts(), [1, 4]);
+  s.fake.accepting = true;
+  await waitFor(s.current, 'the watch to resubscribe');
+  // Identical misses in flight together share one Verify; each call counts its outcome.
+  const shared = await issue();
+  const asked = s.asked();
+  const misses = s.interceptor.stats().misses;
+  let open;
+  s.fake.gate = new Promise((resolve) => { open = resolve; });
+  const calls = Array.from({ length: 5 }, () => s.call(shared.token));
+  await waitFor(() => s.interceptor.stats().misses === misses + 5 && s.asked() === asked + 1,
+    'five misses on one Verify');
+  s.fake.gate = null;
+  open();
+  for (const result of await Promise.all(calls)) assert.equal(result.code, 0);
+  assert.deepEqual(counts(), [6, 4]);
+  const t = s.interceptor.stats();
+  // Every call that asked Verify is one of: kept, not kept, refused (one: the scope).
+  assert.equal(t.stored + t.notStored + 1, t.misses + t.bypassed);
+  assert.deepEqual([t.expirations, t.dropped], [0, 0]); // the event voided nothing cached
+});
+
+test('expirations count the entries a lookup finds past exp, refusals included', async () => {
+  let offsetMs = 0;
+  const s = await setup({ now: () => Date.now() + offsetMs });
+  await waitFor(s.current, 'the watch to be current');
+  const a = await issue({ expiresIn: 60 });
+  const b = await issue({ expiresIn: 60 });
+  await s.call(a.token);
+  await s.call(b.token);
+  await admin.revoke(b.token);
+  s.fake.publish({ token_revoked: { iss: b.claims.iss, jti: b.claims.jti } });
+  await waitFor(() => s.interceptor.stats().invalidations.tokenRevoked === 1, 'the event');
+  const now = () => {
+    const t = s.interceptor.stats();
+    return [t.entries, t.tombstones, t.expirations];
+  };
+  assert.deepEqual(now(), [2, 1, 0]);
+  // Before nbf an entry is not served, and not dropped either.
+  offsetMs = (a.claims.nbf - 5) * 1000 - Date.now();
+  assert.equal((await s.call(a.token)).code, 0);
+  assert.deepEqual(now(), [2, 1, 0]);
+  // Past exp but not current: no lookup, so nothing is found expired.
+  const pastExp = Math.max(a.claims.exp, b.claims.exp) * 1000;
+  s.fake.accepting = false;
+  s.fake.cut();
+  await waitFor(() => !s.current(), 'the cut');
+  offsetMs = pastExp - Date.now();
+  assert.equal((await s.call(a.token)).code, 0);
+  assert.deepEqual(now(), [2, 1, 0]);
+  s.fake.accepting = true;
+  await waitFor(s.current, 'the watch to resubscribe');
+  // Current again, past exp: each lookup drops what it finds expired, once.
+  offsetMs = pastExp - Date.now();
+  assert.equal((await s.call(a.token)).code, 0); // the sidecar's own clock still says yes
+  assert.deepEqual(now(), [1, 1, 1]);
+  assert.deepEqual(await s.call(b.token), // the refusal is gone: the sidecar decides
+    { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+  assert.deepEqual(now(), [0, 0, 2]);
+  await s.call(a.token);
+  await s.call(b.token);
+  assert.deepEqual(now(), [0, 0, 2]);
+  assert.equal(s.interceptor.stats().stored, 2); // nothing kept past exp
+});
+
+test('dropped counts the decisions the watch events void, each once, by any event kind', async () => {
+  const s = await setup();
+  await waitFor(s.current, 'the watch to be current');
+  const a = await issue({ refreshToken: true });
+  const b = await issue();
+  const c = await issue();
+  for (const grant of [a, b, c]) assert.equal((await s.call(grant.token)).code, 0);
+  const stats = () => s.interceptor.stats();
+  const applied = (kind, count) => waitFor(() => stats().invalidations[kind] === count, kind);
+  s.fake.publish({ token_revoked: { iss: a.claims.iss, jti: 'nothing-cached' } });
+  await applied('tokenRevoked', 1);
+  assert.equal(stats().dropped, 0); // an event that voids nothing cached
+  await admin.revoke(a.refreshToken, { tokenTypeHint: 'refresh_token' });
+  s.fake.publish({ token_revoked: { iss: a.claims.iss, jti: a.claims.jti } });
+  await applied('tokenRevoked', 2);
+  assert.deepEqual([stats().dropped, stats().tombstones], [1, 1]); // a decision made a refusal
+  s.fake.publish({ family_revoked: { iss: a.claims.iss, sid: a.claims.claims.sid } });
+  await applied('familyRevoked', 1);
+  assert.equal(stats().dropped, 1); // a's decision is already a refusal: voided once
+  s.fake.publish({ key_retired: { kid: b.claims.kid } }); // b's, c's decisions and a's refusal
+  await applied('keyRetired', 1);
+  assert.deepEqual([stats().dropped, stats().entries], [3, 0]);
+  await s.call(b.token);
+  await s.call(c.token);
+  s.fake.publish({ decisions_reset: {} });
+  await applied('decisionsReset', 1);
+  assert.deepEqual([stats().dropped, stats().entries], [5, 0]);
+  await s.call(b.token);
+  // A numbered event of a kind this library does not know: a gap, every decision dropped.
+  s.fake.sendRaw({ epoch: 'fake-epoch-1', sequence: s.fake.sequence + 1 });
+  await applied('gap', 1);
+  assert.deepEqual([stats().dropped, stats().entries], [6, 0]);
+  assert.deepEqual(stats().invalidations, { tokenRevoked: 2, familyRevoked: 1, keyRetired: 1,
+    decisionsReset: 1, resync: 1, gap: 1 });
+  assert.deepEqual([stats().stored, stats().notStored, stats().expirations], [6, 0, 0]);
 });

@@ -83,18 +83,59 @@ test('the series count the hits, misses and invalidations of real calls', async 
   assert.ok(value('decision_bytes') > 0);
   assert.equal(value('decision_bytes'), s.bytes);
   assert.equal(value('decision_evictions_total'), 0);
+  assert.equal(value('decisions_stored_total'), s.stored);
+  assert.equal(s.stored, 1);
+  assert.equal(value('decisions_not_stored_total'), 0);
+  assert.equal(value('decision_expirations_total'), 0);
+  assert.equal(value('decisions_invalidated_total'), s.dropped);
+  assert.equal(s.dropped, 1); // the decision the TokenRevoked event turned into a refusal
   assert.equal(value('watch_current'), 1);
   assert.equal(value('watch_subscriptions_total'), 1);
   const staleness = value('watch_staleness_seconds');
   assert.ok(staleness >= 0 && staleness < 5, `staleness ${staleness}`); // the configured bound
   assert.match(text, /# TYPE authsidecar_client_decision_lookups_total counter/);
   assert.match(text, /# TYPE authsidecar_client_decision_entries gauge/);
+  for (const name of ['decisions_stored_total', 'decisions_not_stored_total',
+    'decision_expirations_total', 'decisions_invalidated_total']) {
+    assert.match(text, new RegExp(`# TYPE ${P}${name} counter`));
+  }
 
   // Read at scrape time: a later call shows in the next scrape, with no work in the call.
   const again = await admin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
   assert.equal((await callee.call(again.accessToken)).code, 0);
   const later = await registry.metrics();
   assert.equal(sample(later, `${P}decision_lookups_total`, { interceptor: 'orders', result: 'miss' }), 2);
+  assert.equal(sample(later, `${P}decisions_stored_total`, { interceptor: 'orders' }), 2);
+});
+
+test('the stored, not stored and expiration series follow what the cache kept and dropped', async () => {
+  let offsetMs = 0; // the callee's clock for exp/nbf; the real sidecar keeps its own
+  const callee = await startCallee(client, { stalenessMs: 5000, now: () => Date.now() + offsetMs });
+  cleanups.push(async () => callee.close());
+  await waitFor(() => callee.interceptor.stats().current, 'the watch to be current');
+  const registry = new promClient.Registry();
+  registerDecisionMetrics({ orders: callee.interceptor }, { registry });
+  const scrape = async () => {
+    const text = await registry.metrics();
+    return Object.fromEntries(['decisions_stored_total', 'decisions_not_stored_total',
+      'decision_expirations_total', 'decisions_invalidated_total', 'decision_entries']
+      .map((name) => [name, sample(text, P + name, { interceptor: 'orders' })]));
+  };
+  const grant = await admin.issue({ subject: 'caller', audience: ['greeter'], scope: 'greet' });
+  const claims = await client.verify(grant.accessToken, { audience: 'greeter' });
+  assert.equal((await callee.call(grant.accessToken)).code, 0);
+  assert.deepEqual(await scrape(), { decisions_stored_total: 1, decisions_not_stored_total: 0,
+    decision_expirations_total: 0, decisions_invalidated_total: 0, decision_entries: 1 });
+  offsetMs = claims.exp * 1000 - Date.now(); // the callee's clock reaches exp
+  // The lookup drops the expired entry; the sidecar (its clock) says yes; not kept at exp.
+  assert.equal((await callee.call(grant.accessToken)).code, 0);
+  assert.deepEqual(await scrape(), { decisions_stored_total: 1, decisions_not_stored_total: 1,
+    decision_expirations_total: 1, decisions_invalidated_total: 0, decision_entries: 0 });
+  assert.equal((await callee.call(grant.accessToken)).code, 0); // nothing left to expire
+  assert.deepEqual(await scrape(), { decisions_stored_total: 1, decisions_not_stored_total: 2,
+    decision_expirations_total: 1, decisions_invalidated_total: 0, decision_entries: 0 });
+  const s = callee.interceptor.stats();
+  assert.deepEqual([s.stored, s.notStored, s.expirations, s.dropped], [1, 2, 1, 0]);
 });
 
 test('interceptors of one process are told apart and unknowns are absent', async () => {

@@ -121,6 +121,7 @@ test('a revoked token is refused at a callee that had cached it', async () => {
   await waitFor(() => s.stats().invalidations.tokenRevoked >= 1, 'the TokenRevoked event');
   assert.deepEqual(await s.call(grant.accessToken),
     { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_REVOKED' });
+  assert.deepEqual([s.stats().stored, s.stats().dropped], [1, 1]);
 });
 
 test('a revoked refresh family voids the cached decisions of its access tokens', async () => {
@@ -175,6 +176,9 @@ test('a token past exp is never served from the cache', async () => {
   assert.deepEqual(await s.call(grant.accessToken),
     { code: grpc.status.UNAUTHENTICATED, reason: 'TOKEN_EXPIRED' });
   assert.equal(s.stats().hits, 1);
+  // The lookup dropped the entry as expired; the sidecar's refusal is neither kept nor not.
+  const { stored, notStored, expirations, entries } = s.stats();
+  assert.deepEqual([stored, notStored, expirations, entries], [1, 0, 1, 0]);
 });
 
 /** A sidecar of its own whose key directory holds k1 (signing) and k2; `rotate()` makes k2

@@ -26,6 +26,8 @@ async function main(token: string): Promise<void> {
   const server = new grpc.Server({ interceptors: [interceptor] });
   const stats: client.DecisionStats = interceptor.stats();
   console.log(stats.hits, stats.invalidations?.tokenRevoked, server);
+  const kept: number | undefined = stats.stored;
+  console.log(kept, stats.notStored, stats.expirations, stats.dropped);
   const exported = client.registerDecisionMetrics({ orders: interceptor });
   exported.unregister();
   interceptor.close();
