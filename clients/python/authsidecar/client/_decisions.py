@@ -53,6 +53,7 @@ _ENTRY_OVERHEAD = 1600
 _BYTES_PER_TOKEN_CHAR = 4
 
 Key = tuple[bytes, str, tuple[str, ...]]
+_sha256 = hashlib.sha256
 _K = TypeVar("_K")
 
 
@@ -72,8 +73,17 @@ def entry_bytes(token_length: int) -> int:
 
 def decision_key(token: str, audience: str, required_scopes: Sequence[str]) -> Key:
     """Order and repetition of scopes do not change Verify's answer, so not the key either."""
-    digest = hashlib.sha256(token.encode()).digest()
-    return (digest, audience, tuple(sorted(set(required_scopes))))
+    return key_for(token, audience, scopes_key(required_scopes))
+
+
+def scopes_key(required_scopes: Sequence[str]) -> tuple[str, ...]:
+    """The scopes as the key holds them (the interceptors compute it once per method)."""
+    return tuple(sorted(set(required_scopes)))
+
+
+def key_for(token: str, audience: str, scopes: tuple[str, ...]) -> Key:
+    """`decision_key` with the scopes already as `scopes_key` returns them."""
+    return (_sha256(token.encode()).digest(), audience, scopes)
 
 
 @dataclass(slots=True)
