@@ -20,7 +20,14 @@ Two diagnostic kinds split an interceptor's cost (what the bench's "where the CP
 compare): `passthrough`, an interceptor whose `intercept_service` only awaits the
 continuation (grpc.aio's interceptor path alone), and `wrapping`, which also replaces the
 handler's behaviour with a per-call coroutine around it, as the auth interceptors do, but
-checks nothing.
+checks nothing. Two more split the default interceptor's (bench/oneshot_ab.py runs them
+beside it): `watching`, `passthrough` in a process where a default interceptor is built,
+its client's channel open and its Watch stream followed, but never called (what the stream
+costs the process), and `nobatch`, the default with `coalesce_misses=False` (no batcher,
+no VerifyStream open beside the Watch).
+
+`--time-intercept` wraps each server's interceptor in `Timed`: the thread CPU of every
+`intercept_service`, read (and cleared) through the control server's `InterceptTimes`.
 
 `--servers N` runs N servers in this one process, each with its own interceptor and its own
 `AsyncAuthClient` (its own channel, hence its own Watch subscription): server i listens on
@@ -59,7 +66,9 @@ import inspect
 import json
 import os
 import signal
+import statistics
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,7 +85,8 @@ CONTROL = "bench.CalleeControl"
 STATS = f"/{CONTROL}/Stats"
 DROPPED = f"/{CONTROL}/Dropped"
 REFUSED = f"/{CONTROL}/Refused"
-KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping")
+INTERCEPT_TIMES = f"/{CONTROL}/InterceptTimes"
+KINDS = ("none", "pyjwt", "verify", "default", "passthrough", "wrapping", "watching", "nobatch")
 # The callee verifying in-process holds only the public half of an asymmetric key.
 _PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
 
@@ -137,7 +147,15 @@ class PyJwtInterceptor(grpc.aio.ServerInterceptor):
 
 
 class PassThrough(grpc.aio.ServerInterceptor):
-    """Diagnostic: grpc.aio's interceptor path and nothing else."""
+    """Diagnostic: grpc.aio's interceptor path and nothing else (`idle`: an object kept
+    alive beside it, e.g. a default interceptor whose Watch stream runs, never called)."""
+
+    def __init__(self, idle: Any = None) -> None:
+        self.idle = idle
+
+    async def aclose(self) -> None:
+        if self.idle is not None:
+            await self.idle.aclose()
 
     async def intercept_service(
         self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
@@ -161,6 +179,44 @@ class Wrapping(grpc.aio.ServerInterceptor):
         return handler._replace(unary_unary=single)
 
 
+class Timed(grpc.aio.ServerInterceptor):
+    """Diagnostic (`--time-intercept`): the thread CPU of each call's `intercept_service` in
+    the interceptor it wraps, as grpc.aio really calls it (caches as a served call leaves
+    them, not as a loop over one call warms them: bench/hit_cost.py). A call that awaits
+    (a miss) is charged whatever else ran on the thread meanwhile: read the median, which is
+    a hit's when the cell's calls are hits."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.ns: list[int] = []
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        start = time.thread_time_ns()
+        handler = await self.inner.intercept_service(continuation, handler_call_details)
+        self.ns.append(time.thread_time_ns() - start)
+        return handler
+
+    def stats(self) -> Any:
+        return self.inner.stats() if hasattr(self.inner, "stats") else None
+
+    async def aclose(self) -> None:
+        await _close(self.inner, None)
+
+    def take(self) -> dict[str, float]:
+        """Count, median, mean and 90th percentile (µs) since the last `take`; cleared."""
+        ns, self.ns = sorted(self.ns), []
+        if not ns:
+            return {"count": 0}
+        return {
+            "count": len(ns),
+            "median_us": statistics.median(ns) / 1000,
+            "mean_us": statistics.fmean(ns) / 1000,
+            "p90_us": ns[len(ns) * 9 // 10] / 1000,
+        }
+
+
 def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthClient | None]:
     if kind == "none":
         return None, None
@@ -168,6 +224,11 @@ def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthCli
         return PassThrough(), None
     if kind == "wrapping":
         return Wrapping(), None
+    if kind == "watching":
+        # The default interceptor built (its client, channel and Watch stream live in the
+        # process) but not in the server's chain: the calls see only `PassThrough`.
+        watched = AsyncAuthClient(args.sidecar)
+        return PassThrough(AsyncAuthServerInterceptor(watched, AuthPolicy())), watched
     if kind == "pyjwt":
         jwk = json.loads(Path(args.key).read_text())
         return PyJwtInterceptor(jwk, args.audience, args.issuer), None
@@ -178,6 +239,8 @@ def _interceptor(kind: str, args: argparse.Namespace) -> tuple[Any, AsyncAuthCli
             client, policy, cache_decisions=False, coalesce_misses=False
         )
         return plain, client
+    if kind == "nobatch":
+        return AsyncAuthServerInterceptor(client, policy, coalesce_misses=False), client
     return AsyncAuthServerInterceptor(client, policy), client
 
 
@@ -214,10 +277,18 @@ async def _control(prefix: str, interceptors: list[Any]) -> grpc.aio.Server:
     async def refused(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps(list(callee_times.REFUSED_AT.get(request.decode(), {}).values())).encode()
 
+    async def intercept_times(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        return json.dumps([i.take() if isinstance(i, Timed) else {} for i in interceptors]).encode()
+
     handlers = {
         "Stats": grpc.unary_unary_rpc_method_handler(stats, _identity, _identity),
         "Dropped": grpc.unary_unary_rpc_method_handler(dropped, _identity, _identity),
         "Refused": grpc.unary_unary_rpc_method_handler(refused, _identity, _identity),
+        "InterceptTimes": grpc.unary_unary_rpc_method_handler(
+            intercept_times, _identity, _identity
+        ),
     }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROL, handlers),))
@@ -236,6 +307,8 @@ async def serve(args: argparse.Namespace) -> None:
         interceptor, client = _interceptor(args.kind, args)
         if args.time_refusals and interceptor is not None:
             callee_times.time_refusals(interceptor, i, own=_call)
+        if args.time_intercept and interceptor is not None:
+            interceptor = Timed(interceptor)
         server = grpc.aio.server(interceptors=[interceptor] if interceptor is not None else None)
         server.add_generic_rpc_handlers((generic,))
         server.add_insecure_port(f"unix:{args.unix}.{i}")
@@ -264,6 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--issuer", default="urn:authsidecar:local")
     parser.add_argument(
         "--time-refusals", action="store_true", help="time each token's first refusal"
+    )
+    parser.add_argument(
+        "--time-intercept",
+        action="store_true",
+        help="thread CPU of each intercept_service (control: InterceptTimes)",
     )
     asyncio.run(serve(parser.parse_args(argv)))
     sys.exit(0)

@@ -20,6 +20,7 @@ Not part of `python -m bench`: it is how the one-shot changes were measured.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -29,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from bench import callee, procs, two_service
 from bench.tokens import AUDIENCE, Minted, make_key
@@ -66,9 +69,11 @@ def _sidecar_calls(port: int) -> float:
     return total
 
 
-def _launch(column: Column, workdir: Path, minted: Minted) -> list[procs.Server]:
+def _launch(
+    column: Column, workdir: Path, minted: Minted, time_intercept: bool = False
+) -> list[procs.Server]:
     started = []
-    if column.kind in ("verify", "default"):
+    if column.kind in ("verify", "default", "watching", "nobatch"):
         column.metrics_port = _free_port()
         env = {
             "AUTHSIDECAR_DATA_DIR": str(workdir / f"sidecar-{column.name}"),
@@ -87,13 +92,27 @@ def _launch(column: Column, workdir: Path, minted: Minted) -> list[procs.Server]
     args += ["--key", str(minted.key_path), "--audience", AUDIENCE]
     if column.sidecar is not None:
         args += ["--sidecar", column.sidecar.target("uds")]
+    if time_intercept and column.kind != "none":
+        args.append("--time-intercept")
     column.callee = procs.start(f"callee {column.name}", args, {}, root=column.root)
     started.append(column.callee)
     return started
 
 
+def _intercept_times(column: Column) -> dict[str, float]:
+    """The callee's `intercept_service` CPU since the last read (bench/callee.py `Timed`)."""
+    assert column.callee is not None
+    control = f"unix:{column.callee.unix.rpartition('.')[0]}.control"
+    with grpc.insecure_channel(control) as channel:
+        raw = channel.unary_unary(callee.INTERCEPT_TIMES)(b"", timeout=10)
+    first: dict[str, float] = json.loads(raw)[0]
+    return first
+
+
 def _cell(column: Column, c: int, tokens: list[str], args: argparse.Namespace) -> dict[str, Any]:
     assert column.callee is not None
+    if args.time_intercept and column.kind != "none":
+        _intercept_times(column)  # clears what earlier cells left
     before = _sidecar_calls(column.metrics_port) if column.metrics_port else 0.0
     sidecars = (column.sidecar,) if column.sidecar is not None else ()
     result = procs.drive(
@@ -108,11 +127,31 @@ def _cell(column: Column, c: int, tokens: list[str], args: argparse.Namespace) -
         one_shot=not args.reused,
         sidecars=sidecars,
     )
+    if args.time_intercept and column.kind != "none":
+        result.update({f"intercept_{k}": v for k, v in _intercept_times(column).items()})
     rpcs = (_sidecar_calls(column.metrics_port) - before) if column.metrics_port else 0.0
     # Counted over warm-up and window alike: the calls of both, at the window's rate.
     calls = result["calls_per_s"] * (args.duration + args.warmup)
     result["tokens_per_sidecar_call"] = calls / rpcs if rpcs else 0.0
     return result
+
+
+def _prefill(column: Column, tokens: list[str]) -> None:
+    """Each token once, until they run out (errors: TOKENS_EXHAUSTED, expected here)."""
+    assert column.callee is not None
+    duration_s = len(tokens) / 1000.0  # slower than the default column's one-shot rate at 64
+    procs.drive(
+        column.callee,
+        transport="tcp",
+        method=callee.METHOD,
+        payloads=[two_service.PAYLOAD],
+        concurrency=64,
+        duration_s=duration_s,
+        warmup_s=0.0,
+        tokens=tokens,
+        one_shot=True,
+    )
+    print(f"prefilled {column.name} with {len(tokens)} one-shot calls", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="reused tokens instead: this many identities, one token each (0: one-shot)",
     )
+    parser.add_argument(
+        "--time-intercept",
+        action="store_true",
+        help="also print each cell's median thread CPU of the callee's intercept_service",
+    )
+    parser.add_argument(
+        "--prefill",
+        action="append",
+        default=[],
+        metavar="NAME:N",
+        help="before the rounds, send column NAME N one-shot calls at 64 in flight, as "
+        "bench/two_service.py's one-shot cells fill column (4)'s decision cache before its "
+        "later reused cells (repeatable)",
+    )
     args = parser.parse_args(argv)
+    prefill = {name: int(n) for name, _, n in (p.partition(":") for p in args.prefill)}
     columns = []
     for spec in args.columns:
         name, _, rest = spec.partition("=")
@@ -142,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         minter = two_service.Minter(minted)
         try:
             for column in columns:
-                servers += _launch(column, workdir, minted)
+                servers += _launch(column, workdir, minted, args.time_intercept)
+            for column in columns:
+                if prefill.get(column.name):
+                    _prefill(column, minter.mint(prefill[column.name]))
             fastest = 2000.0
             for round_ in range(args.rounds):
                 for c in levels:
@@ -158,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                             f"[{round_ + 1}] c={c:<3} {column.name:10} {r['calls_per_s']:6.0f}/s "
                             f"cpu {cpu:5.0f} us/call (callee {cpu - side:4.0f}, sidecar "
                             f"{side:4.0f}) tokens/sidecar call {r['tokens_per_sidecar_call']:4.1f} "
-                            f"p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms errors {r['errors']} "
-                            f"load {os.getloadavg()[0]:.1f}",
+                            f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms errors {r['errors']} "
+                            f"load {os.getloadavg()[0]:.1f}"
+                            + (
+                                f" intercept median {r['intercept_median_us']:.1f} us"
+                                if "intercept_median_us" in r
+                                else ""
+                            ),
                             flush=True,
                         )
         finally:
@@ -191,10 +253,19 @@ def _medians(columns: list[Column], levels: list[int]) -> None:
                 if ref_over > 0 and column not in (ref, floor)
                 else ""
             )
+            p50_ms, p99_ms = _median(cells, "p50_ms"), _median(cells, "p99_ms")
+            p50, p99 = f"{p50_ms:.2f}", f"{p99_ms:.2f}"
+            if floor is not None and column is not floor:
+                p99 += f" ({p99_ms / _median(floor.cells[c], 'p99_ms'):.2f}x floor's)"
+                p50 += f" ({p50_ms / _median(floor.cells[c], 'p50_ms'):.2f}x)"
+            timed = ""
+            if "intercept_median_us" in cells[0]:
+                timed = f" intercept {_median(cells, 'intercept_median_us'):.1f} us"
             print(
                 f"c={c:<3} {column.name:10} cpu {cpu:5.0f} over floor {over:5.0f} "
                 f"(callee {cpu - side:4.0f}, sidecar {side:4.0f}) tokens/sidecar call "
-                f"{_median(cells, 'tokens_per_sidecar_call'):4.1f}{ratio}"
+                f"{_median(cells, 'tokens_per_sidecar_call'):4.1f}{ratio} "
+                f"p50 {p50} p99 {p99} ms{timed}"
             )
 
 

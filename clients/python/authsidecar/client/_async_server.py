@@ -64,12 +64,13 @@ class AsyncAuthServerInterceptor(
                 client, max_in_flight=1, stream=True, hold_s=MISS_HOLD_S
             )
         self._watcher: AsyncWatcher | None = None
+        self._watch_unstarted = False  # a plain flag: read by every call
         if self._gate.state is not None:
             self._watcher = AsyncWatcher(self._gate.state, sidecar._watch)
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                pass  # started by the first call, on the server's loop
+                self._watch_unstarted = True  # started by the first call, on the server's loop
             else:
                 self._watcher.start()
         return self._owned_batcher or client
@@ -88,8 +89,10 @@ class AsyncAuthServerInterceptor(
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        if self._watcher is not None and not self._watcher.started:
-            self._watcher.start()
+        if self._watch_unstarted:
+            self._watch_unstarted = False
+            if self._watcher is not None:
+                self._watcher.start()
         handler: Handler | None = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return self._protect(handler, handler_call_details)
@@ -97,28 +100,34 @@ class AsyncAuthServerInterceptor(
         # task that then runs the handler (grpc.aio runs both in one task, so the bound
         # claims reach it), and the handler is passed on as it is. Wrapping it in a per-call
         # coroutine instead costs every call about as much again as grpc.aio's interceptor
-        # path itself (bench/callee.py, rows d1 and d2).
-        rule = self._gate.policy.rule(handler_call_details.method)
+        # path itself (bench/callee.py, rows d1 and d2). A hit is decided without leaving
+        # this coroutine: no other coroutine, task or future (docs/performance.md, "What a
+        # cache hit costs").
+        rule = self._gate.rule(handler_call_details.method)
         if rule.public:
             return handler
-        step = await self._decide(bearer_token(handler_call_details.invocation_metadata), rule)
+        step = self._gate.start(bearer_token(handler_call_details.invocation_metadata), rule)
+        if isinstance(step, Miss):
+            step = await self._verify(step)
         if isinstance(step, Refusal):
             return rebuild(handler, unary_unary=_refuser(step))
         bind_claims(step)
         return handler
 
+    async def _verify(self, miss: Miss) -> VerifiedClaims | Refusal:
+        """Verify's answer (kept by the cache if nothing voided it meanwhile), or the refusal."""
+        try:
+            claims = await self._client.verify(
+                miss.token, audience=miss.audience, required_scopes=miss.scopes
+            )
+        except AuthClientError as error:
+            return refusal_for(error)
+        return self._gate.finish(miss, claims)
+
     async def _decide(self, token: str | None, rule: MethodRule) -> VerifiedClaims | Refusal:
         """The claims, or the refusal: from the decision cache, or Verify's answer."""
         step = self._gate.start(token, rule)
-        if isinstance(step, Miss):
-            try:
-                claims = await self._client.verify(
-                    step.token, audience=step.audience, required_scopes=step.scopes
-                )
-            except AuthClientError as error:
-                return refusal_for(error)
-            return self._gate.finish(step, claims)
-        return step
+        return await self._verify(step) if isinstance(step, Miss) else step
 
     async def _authenticate(
         self, token: str | None, rule: MethodRule, context: grpc.aio.ServicerContext[Any, Any]

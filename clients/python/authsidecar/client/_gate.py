@@ -24,7 +24,8 @@ from authsidecar.client._decisions import (
     DecisionCache,
     Key,
     Refused,
-    decision_key,
+    key_for,
+    scopes_key,
 )
 from authsidecar.client._models import VerifiedClaims
 from authsidecar.client._policy import AuthPolicy, MethodRule
@@ -34,6 +35,9 @@ from authsidecar.client._watch_state import Position, WatchState
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+# Method names whose rule is remembered (`Gate.rule`): a server has a few dozen methods, but
+# a generic handler may accept any name a caller sends, so the memo stops growing here.
+RULES_MEMO = 1024
 V = TypeVar("V")
 
 
@@ -76,10 +80,23 @@ class Gate:
     ) -> None:
         self.policy = policy or AuthPolicy()
         self.now = now
+        self._rules: dict[str, MethodRule] = {}
+        # Each rule's scopes as the decision key holds them; as many as the policy has.
+        self._scope_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.state: WatchState | None = None
         if cache_decisions:
             cache = DecisionCache(max_entries=max_entries, max_bytes=max_bytes)
             self.state = WatchState(cache, staleness_s=staleness_s)
+
+    def rule(self, method: str) -> MethodRule:
+        """`policy.rule(method)`, remembered: the policy is frozen, and matching its patterns
+        and building the rule cost every call more than the rest of a cache hit."""
+        rule = self._rules.get(method)
+        if rule is None:
+            rule = self.policy.rule(method)
+            if len(self._rules) < RULES_MEMO:
+                self._rules[method] = rule
+        return rule
 
     def start(self, token: str | None, rule: MethodRule) -> VerifiedClaims | Refusal | Miss:
         """A refusal (no token, or revoked since its decision was cached), a hit, or the
@@ -89,7 +106,10 @@ class Gate:
         audience = self.policy.audience
         if self.state is None:
             return Miss(token, audience, rule.scopes)
-        key = decision_key(token, audience, rule.scopes)
+        scopes = self._scope_keys.get(rule.scopes)
+        if scopes is None:
+            scopes = self._scope_keys[rule.scopes] = scopes_key(rule.scopes)
+        key = key_for(token, audience, scopes)
         found, position = self.state.consult(key, self.now())
         if found is None:
             return Miss(token, audience, rule.scopes, key, position)
@@ -154,7 +174,7 @@ class InterceptorBase(Generic[V]):
         """The handler itself for a public method, else one that authenticates first."""
         if handler is None:
             return None
-        rule = self._gate.policy.rule(details.method)
+        rule = self._gate.rule(details.method)
         if rule.public:
             return handler
         return self._wrap(handler, bearer_token(details.invocation_metadata), rule)

@@ -89,8 +89,11 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
     """The token of `authorization: Bearer <token>` (scheme case-insensitive, RFC 7235)."""
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
+            if value.startswith("Bearer "):  # as nearly every caller spells it
+                token = value[7:]
+            else:
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    return None
+            return token.strip() or None
     return None

@@ -104,42 +104,44 @@ class AuthServerInterceptor(
             context.abort_with_status(step.status())
         return step
 
+    def _start(
+        self, token: str | None, rule: MethodRule, context: grpc.ServicerContext
+    ) -> tuple[contextvars.Context, VerifiedClaims]:
+        claims = self._authenticate(token, rule, context)
+        # A fresh context per call: pooled worker threads never see another call's claims.
+        call_context = contextvars.copy_context()
+        call_context.run(bind_claims, claims)
+        return call_context, claims
+
+    def _check(self, context: grpc.ServicerContext, claims: VerifiedClaims) -> None:
+        if self._gate.expired(claims):
+            context.abort_with_status(EXPIRED_MID_STREAM.status())
+
+    def _requests(self, it: Iterator[Any], context: Any, claims: VerifiedClaims) -> Iterator[Any]:
+        for request in it:
+            self._check(context, claims)
+            yield request
+
+    def _responses(
+        self, call_context: contextvars.Context, it: Iterator[Any], context: Any, claims: Any
+    ) -> Iterator[Any]:
+        while True:
+            try:
+                response = call_context.run(next, it)
+            except StopIteration:
+                return
+            self._check(context, claims)
+            yield response
+
     def _wrap(self, handler: Handler, token: str | None, rule: MethodRule) -> Handler:
-        gate = self._gate
-
-        def start(context: grpc.ServicerContext) -> tuple[contextvars.Context, VerifiedClaims]:
-            claims = self._authenticate(token, rule, context)
-            # A fresh context per call: pooled worker threads never see another call's claims.
-            call_context = contextvars.copy_context()
-            call_context.run(bind_claims, claims)
-            return call_context, claims
-
-        def check(context: grpc.ServicerContext, claims: VerifiedClaims) -> None:
-            if gate.expired(claims):
-                context.abort_with_status(EXPIRED_MID_STREAM.status())
-
-        def requests(it: Iterator[Any], context: Any, claims: VerifiedClaims) -> Iterator[Any]:
-            for request in it:
-                check(context, claims)
-                yield request
-
-        def responses(
-            call_context: contextvars.Context, it: Iterator[Any], context: Any, claims: Any
-        ) -> Iterator[Any]:
-            while True:
-                try:
-                    response = call_context.run(next, it)
-                except StopIteration:
-                    return
-                check(context, claims)
-                yield response
-
+        # Called for every call: only the behaviour itself is made per call.
+        start, requests, responses = self._start, self._requests, self._responses
         kind, inner = behaviour(handler)
         streams_in = kind.startswith("stream")
         if kind.endswith("_stream"):
 
             def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                call_context, claims = start(context)
+                call_context, claims = start(token, rule, context)
                 arg = requests(request, context, claims) if streams_in else request
                 it = call_context.run(inner, arg, context)
                 yield from responses(call_context, it, context, claims)
@@ -147,7 +149,7 @@ class AuthServerInterceptor(
             return rebuild(handler, **{kind: streaming})
 
         def single(request: Any, context: grpc.ServicerContext) -> Any:
-            call_context, claims = start(context)
+            call_context, claims = start(token, rule, context)
             arg = requests(request, context, claims) if streams_in else request
             return call_context.run(inner, arg, context)
 

@@ -102,6 +102,9 @@ class WatchState:
         self._bound_s = 0.0  # staleness bound of the live stream; 0 = never current
         self._interval_s = 0.0  # the live stream's heartbeat interval
         self._connected = False  # a sync was applied on the live stream
+        # `_connected and _bound_s > 0 and not _replaying`, kept by every change of those
+        # three (`_relive`): a hit then reads one flag and one clock (`_current`).
+        self._live = False
         self._last_message_at: float | None = None
         self._generation = 0
         self._applied = 0
@@ -132,36 +135,44 @@ class WatchState:
             if self._connected:
                 self._generation += 1
             self._connected = False
+            self._live = False
 
     def apply(self, event: auth_pb2.WatchEvent) -> bool:
         """Apply one message; False when it breaks the stream's contract (the state has then
         dropped everything and forgotten the epoch: the watcher must resubscribe)."""
         with self._lock:
-            now = self._monotonic()
-            if self._connected and self._lapsed(now):
-                self._generation += 1  # not current for a while: in-flight Verifies unsafe
-            self._last_message_at = now
-            kind = event.WhichOneof("event")
-            if kind == "sync":
-                return self._sync(event)
-            if not self._connected or event.epoch != self._epoch:
+            try:
+                return self._apply(event)
+            finally:
+                self._live = self._connected and self._bound_s > 0 and not self._replaying
+
+    def _apply(self, event: auth_pb2.WatchEvent) -> bool:
+        """`apply`, under the lock."""
+        now = self._monotonic()
+        if self._connected and self._lapsed(now):
+            self._generation += 1  # not current for a while: in-flight Verifies unsafe
+        self._last_message_at = now
+        kind = event.WhichOneof("event")
+        if kind == "sync":
+            return self._sync(event)
+        if not self._connected or event.epoch != self._epoch:
+            self._reset("gap")
+            self._epoch, self._sequence, self._connected = "", 0, False
+            return False
+        if kind == "heartbeat":
+            if event.sequence != self._sequence:
                 self._reset("gap")
-                self._epoch, self._sequence, self._connected = "", 0, False
-                return False
-            if kind == "heartbeat":
-                if event.sequence != self._sequence:
-                    self._reset("gap")
-                    self._sequence = event.sequence
-                self._replaying = False
-                return True
-            if kind is None or event.sequence != self._sequence + 1:
-                self._reset("gap")  # unknown kind (newer server) or a missing number
-            elif kind == "decisions_reset":
-                self._reset("decisions_reset")
-            else:
-                self._invalidate(kind, event)
-            self._sequence = event.sequence
+                self._sequence = event.sequence
+            self._replaying = False
             return True
+        if kind is None or event.sequence != self._sequence + 1:
+            self._reset("gap")  # unknown kind (newer server) or a missing number
+        elif kind == "decisions_reset":
+            self._reset("decisions_reset")
+        else:
+            self._invalidate(kind, event)
+        self._sequence = event.sequence
+        return True
 
     def _sync(self, event: auth_pb2.WatchEvent) -> bool:
         if self._connected:  # a second sync on one stream: not the contract
@@ -212,12 +223,8 @@ class WatchState:
         return last is None or now - last > self._bound_s
 
     def _current(self) -> bool:
-        return (
-            self._connected
-            and self._bound_s > 0
-            and not self._replaying
-            and not self._lapsed(self._monotonic())
-        )
+        last = self._last_message_at
+        return self._live and last is not None and self._monotonic() - last <= self._bound_s
 
     def consult(
         self, key: Key, now: float
