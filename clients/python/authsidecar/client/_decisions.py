@@ -35,12 +35,11 @@ Not thread-safe by itself: `WatchState` holds the one lock around it.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 from authsidecar.client._models import VerifiedClaims
 
@@ -54,26 +53,7 @@ _ENTRY_OVERHEAD = 1600
 _BYTES_PER_TOKEN_CHAR = 4
 
 Key = tuple[bytes, str, tuple[str, ...]]
-
-
-def _sha256_constructor() -> Callable[[bytes], Any]:
-    """CPython's own SHA-256 (`_sha2` from 3.12, `_sha256` before), else hashlib's.
-
-    The same digest as hashlib's OpenSSL one (tests/client/test_watch_state.py checks it),
-    cheaper where it counts: the key of every call is hashed once, with the CPU's caches as
-    grpc leaves them, and there OpenSSL 3's per-call set-up costs more than the hashing:
-    ~4.6 µs per key against ~2.5 in the callee, though 0.6 against 1.7 µs in a hot loop
-    (docs/performance.md, "What a cache hit costs")."""
-    for name in ("_sha2", "_sha256"):
-        try:
-            constructor: Callable[[bytes], Any] = importlib.import_module(name).sha256
-        except (ImportError, AttributeError):
-            continue
-        return constructor
-    return hashlib.sha256
-
-
-_sha256 = _sha256_constructor()
+_sha256 = hashlib.sha256
 _K = TypeVar("_K")
 
 
