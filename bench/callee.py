@@ -103,12 +103,20 @@ def _identity(value: bytes) -> bytes:
     return value
 
 
+def ask(control: str, method: str) -> Any:
+    """What a callee's control server (at `control`) answers `method` (STATS, INTERCEPT_TIMES,
+    ...) with: its JSON, decoded."""
+    with grpc.insecure_channel(control) as channel:
+        raw: bytes = channel.unary_unary(method, _identity, _identity)(b"", timeout=10)
+    return json.loads(raw)
+
+
 async def _deny(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-_DENY = grpc.unary_unary_rpc_method_handler(_deny)
+_DENY: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(_deny)
 
 
 class PyJwtInterceptor(grpc.aio.ServerInterceptor):

@@ -20,7 +20,6 @@ Not part of `python -m bench`: it is how the one-shot changes were measured.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -30,8 +29,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import grpc
 
 from bench import callee, procs, two_service
 from bench.tokens import AUDIENCE, Minted, make_key
@@ -103,9 +100,7 @@ def _intercept_times(column: Column) -> dict[str, float]:
     """The callee's `intercept_service` CPU since the last read (bench/callee.py `Timed`)."""
     assert column.callee is not None
     control = f"unix:{column.callee.unix.rpartition('.')[0]}.control"
-    with grpc.insecure_channel(control) as channel:
-        raw = channel.unary_unary(callee.INTERCEPT_TIMES)(b"", timeout=10)
-    first: dict[str, float] = json.loads(raw)[0]
+    first: dict[str, float] = callee.ask(control, callee.INTERCEPT_TIMES)[0]
     return first
 
 

@@ -27,7 +27,10 @@ from bench import callee, procs
 from bench.tokens import make_key
 from bench.two_service import ALG, PAYLOAD, Minter, callee_stats, start_callee, start_sidecar
 
-MODES = (("on", {}), ("off", {"AUTHSIDECAR_TOKENS__VERIFY_CACHE_ENTRIES": "0"}))
+MODES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("on", {}),
+    ("off", {"AUTHSIDECAR_TOKENS__VERIFY_CACHE_ENTRIES": "0"}),
+)
 
 
 def _identity(value: bytes) -> bytes:

@@ -28,7 +28,6 @@ computed in bench/two_service_report.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +149,8 @@ def start_callee(
 def callee_stats(server: procs.Server) -> dict[str, float]:
     """The interceptors' `stats()` of one callee process, summed over its servers (booleans
     counted, per-kind mappings flattened to `key.kind`); {} where the interceptor has none."""
-    with grpc.insecure_channel(server.extra["control"]) as channel:
-        raw = channel.unary_unary(callee.STATS)(b"", timeout=10)
     total: dict[str, float] = {}
-    for stats in json.loads(raw):
+    for stats in callee.ask(server.extra["control"], callee.STATS):
         for key, value in stats.items():
             items = value.items() if isinstance(value, dict) else [("", value)]
             for sub, number in items:
