@@ -28,6 +28,7 @@ finished one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote
 
@@ -95,13 +96,13 @@ def _groups(members: list[bytes], scores: list[bytes], now: int) -> list[Revocat
     if end and blob.count(b"\n") == n and blob.count(b"\n" + prefix) == n:
         if blob.count(b" ") == 2 * n:  # every member is `prefix key`, no key has a space
             # The keys joined by 0xFF, as the revocation set takes them (PackedKeys); as a
-            # list when one needs decoding or holds 0xFF (not written by this code).
-            packed = blob.replace(b"\n" + prefix, _SEP)[1:]
-            keys: Sequence[bytes]
+            # list when one needs decoding or holds 0xFF (not written by this code). Each
+            # key is its member past the prefix's length (one C-level slice a member: a
+            # `replace` of the prefix costs three times as much, a search per member).
+            keys: Sequence[bytes] = list(map(itemgetter(slice(end, None)), members))
+            packed = _SEP.join(keys)
             if b"%" not in packed and packed.count(_SEP) == n - 1:
                 keys = PackedKeys(packed, n)
-            else:
-                keys = blob.split(b"\n" + prefix)[1:]
             group = _group(prefix[:-1], keys, untils)
             return [] if group is None else [group]
     return _mixed(members, untils)
