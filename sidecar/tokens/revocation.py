@@ -106,6 +106,12 @@ class RevocationMirror:
         return self._set.settled
 
     @property
+    def counted(self) -> bool:
+        """Whether `count_from` answers without settling first (settled, or only a snapshot
+        staged: no copies to merge)."""
+        return self._set.counted
+
+    @property
     def stages(self) -> int:
         return STAGES
 

@@ -47,10 +47,19 @@ class Buckets:
 
     def count_from(self, minute_start: int) -> int:
         """How many entries have `expires_at >= minute_start` (a multiple of 60). Staged
-        records are not counted until settled, so this settles them first (the store sync
-        awaits the settling in slices before it asks: this is only the fallback)."""
+        records are counted when settled; when none is staged twice (a snapshot's) they are
+        counted where they are, else this settles them first (the store sync awaits the
+        settling in slices before it asks: this is only the fallback)."""
+        staged = self._staged
+        if staged is not None and staged.unique:
+            return self._counts.count_from(minute_start) + staged.count_from(minute_start)
         self._settle_all()
         return self._counts.count_from(minute_start)
+
+    @property
+    def counted(self) -> bool:
+        """Whether `count_from` answers without settling anything first."""
+        return self._staged is None or self._staged.unique
 
     @property
     def settled(self) -> bool:
@@ -73,11 +82,12 @@ class Buckets:
             self._staged = None
         return dropped
 
-    def _stage(self, bodies: Sequence[bytes], untils: Sequence[int]) -> None:
-        """Stage records (without their 0xFF) and their horizons (each in 0..2**32-1)."""
+    def _stage(self, bodies: Sequence[bytes], untils: Sequence[int], *, unique: bool) -> None:
+        """Stage records (without their 0xFF) and their horizons (each in 0..2**32-1);
+        `unique`: none is held already (a snapshot into an empty set)."""
         if self._staged is None:
             self._staged = Staging()
-        self._staged.append(bodies, untils)
+        self._staged.append(bodies, untils, unique=unique)
         self._len += len(bodies)
 
     def _settle_all(self) -> None:

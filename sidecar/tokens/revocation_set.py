@@ -144,7 +144,7 @@ class RevocationSet(Buckets):
             return
         if max(untils) > _MAX_HORIZON or min(untils) < 0:
             untils = [min(max(until, 0), _MAX_HORIZON) for until in untils]
-        self._stage(bodies, untils)
+        self._stage(bodies, untils, unique=False)
 
     @property
     def issuers(self) -> list[str]:
@@ -172,7 +172,7 @@ class RevocationSet(Buckets):
             stop = records.find(_SEP, at + _LOAD_BYTES)
             stop = len(records) if stop < 0 else stop
             chunk = records[at + 1 : stop].split(_SEP)
-            self._stage(chunk, horizons[first : first + len(chunk)])
+            self._stage(chunk, horizons[first : first + len(chunk)], unique=True)
             at, first = stop, first + len(chunk)
             yield
 

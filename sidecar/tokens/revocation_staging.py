@@ -37,9 +37,13 @@ class Staging:
         self._blobs: list[bytearray | None] = [None] * (STAGE_MASK + 1)
         self._horizons: list[array[int] | None] = [None] * (STAGE_MASK + 1)
         self.held = 0  # stages holding records
+        # No record staged twice (only a snapshot was staged): counts can be read as is.
+        self.unique = True
 
-    def append(self, bodies: Sequence[bytes], untils: Sequence[int]) -> None:
-        """Stage records (without their 0xFF) with their horizons (each in 0..2**32-1)."""
+    def append(self, bodies: Sequence[bytes], untils: Sequence[int], *, unique: bool) -> None:
+        """Stage records (without their 0xFF) with their horizons (each in 0..2**32-1);
+        `unique`: none of them is staged already (a snapshot's records)."""
+        self.unique = self.unique and unique
         blobs, held, sep = self._blobs, self._horizons, _SEP
         stages = map(STAGE_MASK.__and__, map(hash, bodies))
         for s, body, until in zip(stages, bodies, untils, strict=True):
@@ -69,6 +73,10 @@ class Staging:
         self._blobs[stage] = self._horizons[stage] = None
         self.held -= 1
         return bytes(memoryview(blob)[1:-1]).split(_SEP), horizons
+
+    def count_from(self, at: int) -> int:
+        """How many staged horizons are `>= at` (copies counted as often as staged)."""
+        return sum(sum(map(at.__le__, h)) for h in self._horizons if h is not None)
 
     def nbytes(self) -> int:
         total = 0

@@ -287,7 +287,8 @@ class StoreSync:
         cursor too). Counted from a minute boundary past the clock-skew margin, so entries
         another sidecar's faster clock already purged do not look lost."""
         since = -(-(now + SKEW_MARGIN_S) // 60) * 60
-        await self.settled()  # staged entries are counted when settled
+        if not self._mirror.counted:
+            await self.settled()  # a scan's copies are merged, and counted, when settled
         found = await self._store.count_revocations(since)
         return found is None or found >= self._mirror.count_from(since)
 

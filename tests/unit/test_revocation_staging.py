@@ -9,6 +9,7 @@ before it is settled, then settles in a task of its own.
 from __future__ import annotations
 
 import asyncio
+from array import array
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,22 @@ async def test_a_first_load_serves_before_it_is_settled_then_settles_in_a_task(
         assert (sync.restored, sync.full_reads, len(mirror)) == (0, 1, len(held))
     finally:
         await store.close()
+
+
+def test_a_snapshot_staged_is_counted_without_settling_a_scan_staged_is_settled_first() -> None:
+    """A snapshot holds each triple once, so its staged horizons are counted where they are
+    (a restart's loss check does not wait for the settling); a scan's pages may hold copies,
+    so counting them settles first."""
+    scanned, keys = _staged(4_000)
+    records, horizons = scanned.export(0, scanned.buckets)
+    restored = RevocationSet()
+    for _ in restored.load(scanned.issuers, records, array("I", horizons)):
+        pass
+    assert restored.counted and not restored.settled
+    boundary = (NOW + 2_000) // 60 * 60
+    assert restored.count_from(boundary) == scanned.count_from(boundary) == 2_000
+    assert not restored.settled and restored.count_from(0) == len(keys)
+    again, _ = _staged(1_000)
+    again.append_group("jti", "iss", [b"key-000001"], [NOW + 5])
+    assert not again.counted
+    assert again.count_from(0) == 1_000 and again.settled and again.counted
