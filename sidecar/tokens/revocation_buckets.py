@@ -10,6 +10,10 @@
 * **Expiry**: each bucket keeps its earliest horizon, so `purge` rewrites only buckets holding
   something expired. Horizons are stored as unsigned 32-bit epoch seconds (until 2106);
   later ones are clamped there, which only keeps an entry longer.
+* **A first load** is staged (tokens/revocation_staging.py: 2**10 stages, each the buckets
+  sharing the low bits of their number) and `settle` moves each stage into its buckets
+  later, merging copies and counting horizons; a bucket is only read or changed entry by
+  entry once its stage is settled (`_settle_for`).
 
 What a record means (which triple) is the set's business; this knows records as bytes only.
 """
