@@ -154,6 +154,9 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     if metrics is not None:
         metrics.watch_key_sources(app.key_watcher, remotes)
     app.start_background()
+    # The first load's stages are sorted into buckets from now on (issue 16: not before
+    # serving; lookups are exact either way, tokens/store_sync.py).
+    service.store_sync.start_settling()
     return app
 
 

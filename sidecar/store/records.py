@@ -7,6 +7,7 @@ store and by the token engine. Keyed by family id and by `iss` + `jti`, never by
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,8 +16,9 @@ RevocationKind = Literal["jti", "family"]
 # building a frozen dataclass per entry costs more than the rest of a million-entry load.
 RevocationRow = tuple[RevocationKind, str, str, int]
 # A page of the first full load grouped by (kind, issuer), the keys in UTF-8 and their
-# horizons in the same order (issue 16: no tuple and no string object per row on that path).
-RevocationGroup = tuple[RevocationKind, str, list[bytes], list[int]]
+# horizons in the same order (issue 16: no tuple and no string object per row on that path;
+# the keys may be one joined string, store/revocation_pages.PackedKeys).
+RevocationGroup = tuple[RevocationKind, str, Sequence[bytes], Sequence[int]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import Revocation, RevocationGroup, RevocationRow
 from sidecar.tokens.revocation_set import RevocationSet
+from sidecar.tokens.revocation_staging import STAGE_MASK
+
+STAGES = STAGE_MASK + 1
 
 if TYPE_CHECKING:
     from sidecar.tokens.revocation_snapshot import Snapshot
@@ -82,17 +85,35 @@ class RevocationMirror:
         return len(new)
 
     def append_groups(self, groups: Iterable[RevocationGroup]) -> None:
-        """The first full load's fast path (before `mark_loaded`): take a page in without
-        looking for each entry first; `dedupe` must then pass over every bucket before the
-        load counts as complete."""
+        """The first full load's fast path (before `mark_loaded`): stage a page without
+        looking for each entry first (tokens/revocation_staging.py). Lookups are exact at
+        once; `settle` then sorts the stages into buckets, merges copies and counts horizons
+        (after the sidecar serves: tokens/store_sync.py)."""
         if self._loaded:
             raise RuntimeError("append_groups is for the first load only; use merge")
         for kind, issuer, keys, untils in groups:
             self._set.append_group(kind, issuer, keys, untils)
 
-    def dedupe(self, start: int, stop: int) -> int:
-        """Merge entries `append` took in twice, in buckets [start, stop)."""
-        return self._set.dedupe(start, stop)
+    def settle(self, start: int, stop: int) -> int:
+        """Settle stages [start, stop) of the first load (see `append_groups`); returns how
+        many copies of a triple were merged. Any order, any slices; idempotent."""
+        return self._set.settle(start, stop)
+
+    @property
+    def settled(self) -> bool:
+        """Whether every stage of the first load is settled (`count_from` is then O(minutes)
+        and `export` does not settle first)."""
+        return self._set.settled
+
+    @property
+    def counted(self) -> bool:
+        """Whether `count_from` answers without settling first (settled, or only a snapshot
+        staged: no copies to merge)."""
+        return self._set.counted
+
+    @property
+    def stages(self) -> int:
+        return STAGES
 
     def load_snapshot(self, snapshot: Snapshot) -> Iterator[None]:
         """Fill the empty mirror from a snapshot (tokens/revocation_snapshot.py), one chunk

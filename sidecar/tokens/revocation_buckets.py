@@ -10,6 +10,10 @@
 * **Expiry**: each bucket keeps its earliest horizon, so `purge` rewrites only buckets holding
   something expired. Horizons are stored as unsigned 32-bit epoch seconds (until 2106);
   later ones are clamped there, which only keeps an entry longer.
+* **A first load** is staged (tokens/revocation_staging.py: 2**10 stages, each the buckets
+  sharing the low bits of their number) and `settle` moves each stage into its buckets
+  later, merging copies and counting horizons; a bucket is only read or changed entry by
+  entry once its stage is settled (`_settle_for`).
 
 What a record means (which triple) is the set's business; this knows records as bytes only.
 """
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 
 from sidecar.tokens.horizon_counts import HorizonCounts
 from sidecar.tokens.revocation_records import SEP as _SEP
+from sidecar.tokens.revocation_staging import STAGE_BITS, STAGE_MASK, Staging
 
 BUCKET_BITS = 14
 MASK = (1 << BUCKET_BITS) - 1
@@ -37,68 +42,118 @@ class Buckets:
         self._earliest = array("q", [_NEVER]) * (MASK + 1)
         self._len = 0
         self._counts = HorizonCounts()
+        # The first load's records until settled (tokens/revocation_staging.py); None after.
+        self._staged: Staging | None = None
 
     def __len__(self) -> int:
+        """Entries held, counting twice a triple staged twice until it is settled."""
         return self._len
 
     def count_from(self, minute_start: int) -> int:
-        """How many entries have `expires_at >= minute_start` (a multiple of 60)."""
+        """How many entries have `expires_at >= minute_start` (a multiple of 60). Staged
+        records are counted when settled; when none is staged twice (a snapshot's) they are
+        counted where they are, else this settles them first (the store sync awaits the
+        settling in slices before it asks: this is only the fallback)."""
+        staged = self._staged
+        if staged is not None and staged.unique:
+            return self._counts.count_from(minute_start) + staged.count_from(minute_start)
+        self._settle_all()
         return self._counts.count_from(minute_start)
 
-    def _bucket(self, bodies: list[bytes], untils: Sequence[int]) -> None:
-        """Append records (without their 0xFF) and horizons, each bucket's share with one
-        join: a hash and two list appends per record instead of a bucket append each."""
-        blobs, held, earliest, mask, sep = self._blobs, self._horizons, self._earliest, MASK, _SEP
-        group_of: list[list[bytes]] = [[] for _ in range(mask + 1)]
-        untils_of: list[list[int]] = [[] for _ in range(mask + 1)]
-        for body, until in zip(bodies, untils, strict=True):
-            b = hash(body) & mask
-            group_of[b].append(body)
-            untils_of[b].append(until)
-        for b, group in enumerate(group_of):
-            if group:
-                blob, group_untils = blobs[b], untils_of[b]
-                if blob is None:
-                    blobs[b] = bytearray(sep + sep.join(group) + sep)
-                    held[b] = array("I", group_untils)
-                else:
-                    blob += sep.join(group)
-                    blob += sep
-                    held[b].extend(group_untils)  # type: ignore[union-attr]  # set with the blob
-                earliest[b] = min(earliest[b], min(group_untils))
-        self._counts.add_all(untils)
+    @property
+    def counted(self) -> bool:
+        """Whether `count_from` answers without settling anything first."""
+        return self._staged is None or self._staged.unique
+
+    @property
+    def settled(self) -> bool:
+        """Whether no record is staged (every stage settled: `settle`)."""
+        return self._staged is None
+
+    def settle(self, start: int, stop: int) -> int:
+        """Move the records of stages [start, stop) into their buckets (tokens/
+        revocation_staging.py), merging the copies of a triple held twice (the later horizon
+        wins), and count their horizons and set those buckets' earliest horizons, which
+        staging leaves to this; returns how many copies were dropped."""
+        staged = self._staged
+        if staged is None:
+            return 0
+        dropped = 0
+        for stage in range(max(start, 0), min(stop, STAGE_MASK + 1)):
+            if staged.staged(stage):
+                dropped += self._settle(staged, stage)
+        if not staged.held:
+            self._staged = None
+        return dropped
+
+    def _stage(self, bodies: Sequence[bytes], untils: Sequence[int], *, unique: bool) -> None:
+        """Stage records (without their 0xFF) and their horizons (each in 0..2**32-1);
+        `unique`: none is held already (a snapshot into an empty set)."""
+        if self._staged is None:
+            self._staged = Staging()
+        self._staged.append(bodies, untils, unique=unique)
         self._len += len(bodies)
 
-    def dedupe(self, start: int, stop: int) -> int:
-        """Merge the triples held twice in buckets [start, stop) (after `append_group`),
-        keeping the later horizon, and set those buckets' earliest horizons (which
-        `append_group` leaves to this pass); returns how many copies were dropped."""
-        dropped = 0
-        for b in range(start, stop):
-            blob, horizons = self._blobs[b], self._horizons[b]
-            if blob is None or horizons is None:
-                continue
-            self._earliest[b] = min(horizons)
-            bodies = bytes(blob)[1:-1].split(_SEP)
-            if len(set(bodies)) == len(bodies):
-                continue
-            kept: dict[bytes, int] = {}
-            for body, until in zip(bodies, horizons, strict=True):
-                if body in kept:
-                    dropped += 1
-                    self._counts.remove(min(kept[body], until))
-                    until = max(kept[body], until)
-                kept[body] = until
-            self._blobs[b] = bytearray(_SEP + _SEP.join(kept) + _SEP)
-            self._horizons[b] = array("I", kept.values())
-            self._earliest[b] = min(kept.values())
+    def _settle_all(self) -> None:
+        """Settle every stage now (for the readers that need every bucket as it will be)."""
+        self.settle(0, STAGE_MASK + 1)
+
+    def _settle_for(self, b: int) -> None:
+        """Settle the stage bucket `b` belongs to, if it is staged (before `b` is changed
+        or read entry by entry)."""
+        staged = self._staged
+        if staged is not None and staged.staged(b & STAGE_MASK):
+            self._settle(staged, b & STAGE_MASK)
+            if not staged.held:
+                self._staged = None
+
+    def _settle(self, staged: Staging, stage: int) -> int:
+        taken = staged.take(stage)
+        if taken is None:
+            return 0
+        bodies, untils = taken
+        # The stage's buckets are b = stage + k * 2**STAGE_BITS, k < 2**(BUCKET_BITS - STAGE_BITS).
+        ways = 1 << (BUCKET_BITS - STAGE_BITS)
+        blobs, held, earliest, sep = self._blobs, self._horizons, self._earliest, _SEP
+        for k in range(ways):  # entries settled before more were staged: merged with them
+            b = stage + (k << STAGE_BITS)
+            blob, horizons = blobs[b], held[b]
+            if blob is not None and horizons is not None:
+                bodies += bytes(memoryview(blob)[1:-1]).split(sep)
+                untils += horizons
+                for until in horizons:
+                    self._counts.remove(until)
+                blobs[b] = held[b] = None
+                earliest[b] = _NEVER
+        kept = dict(zip(bodies, untils, strict=True))
+        dropped = len(bodies) - len(kept)
+        if dropped:  # a scan's copies: keep the later horizon
+            kept = {}
+            for body, until in zip(bodies, untils, strict=True):
+                if kept.get(body, -1) < until:
+                    kept[body] = until
+        group_of: list[list[bytes]] = [[] for _ in range(ways)]
+        untils_of: list[list[int]] = [[] for _ in range(ways)]
+        ks = map(STAGE_BITS.__rrshift__, map(MASK.__and__, map(hash, kept)))
+        for k, body, until in zip(ks, kept, kept.values(), strict=True):
+            group_of[k].append(body)
+            untils_of[k].append(until)
+        for k, group in enumerate(group_of):
+            if group:
+                b = stage + (k << STAGE_BITS)
+                blobs[b] = bytearray(sep + sep.join(group) + sep)
+                held[b] = array("I", untils_of[k])
+                earliest[b] = min(untils_of[k])
+        self._counts.add_all(kept.values())
         self._len -= dropped
         return dropped
 
     def export(self, start: int, stop: int) -> tuple[bytes, bytes]:
         """Buckets [start, stop) as `load` takes them: the records (`0xFF body` each, in
         bucket order) and their horizons (native `array('I')` bytes, in the same order).
-        Codes refer to `issuers`, read after the last `export` (it only grows)."""
+        Codes refer to `issuers`, read after the last `export` (it only grows). Settles any
+        staged record first (a snapshot holds each triple once)."""
+        self._settle_all()
         records: list[bytes] = []
         horizons: list[bytes] = []
         for b in range(start, stop):
@@ -117,7 +172,8 @@ class Buckets:
 
     def purge(self, now: int, start: int = 0, stop: int = MASK + 1) -> int:
         """Forget entries with `expires_at <= now` in buckets [start, stop); returns how many.
-        Only buckets whose earliest horizon has passed are rewritten."""
+        Only buckets whose earliest horizon has passed are rewritten. Staged records are
+        left alone (kept longer, never less): a later purge finds them settled."""
         dropped = 0
         earliest = self._earliest
         for b in range(start, stop):
@@ -155,7 +211,7 @@ class Buckets:
 
     def nbytes(self) -> int:
         """Bytes held by the records and horizons (buffers only, not object headers)."""
-        total = 0
+        total = 0 if self._staged is None else self._staged.nbytes()
         for blob, horizons in zip(self._blobs, self._horizons, strict=True):
             if blob is not None and horizons is not None:
                 total += len(blob) + horizons.itemsize * len(horizons)

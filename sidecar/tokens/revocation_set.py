@@ -22,12 +22,14 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 
 from sidecar.store.base import Revocation, RevocationKind
+from sidecar.store.revocation_pages import PackedKeys
 from sidecar.tokens.revocation_buckets import MASK as _MASK
 from sidecar.tokens.revocation_buckets import MAX_HORIZON as _MAX_HORIZON
 from sidecar.tokens.revocation_buckets import Buckets
 from sidecar.tokens.revocation_records import KIND_CODES as _KIND_CODES
 from sidecar.tokens.revocation_records import SEP as _SEP
 from sidecar.tokens.revocation_records import IssuerCodes
+from sidecar.tokens.revocation_staging import STAGE_MASK as _STAGE_MASK
 
 # Bytes of records bucketed per step of `load` (a snapshot, ~150,000 entries): bounds the
 # transient objects of a load and how long the event loop waits.
@@ -47,8 +49,12 @@ class RevocationSet(Buckets):
         body = self._issuers.body(kind, issuer, key)
         if body is None:
             return False  # an issuer never recorded
-        blob = self._blobs[hash(body) & _MASK]
-        return blob is not None and _SEP + body + _SEP in blob
+        h = hash(body)
+        blob = self._blobs[h & _MASK]
+        if blob is not None and _SEP + body + _SEP in blob:
+            return True
+        staged = self._staged  # the first load's records, until settled
+        return staged is not None and staged.holds(h & _STAGE_MASK, _SEP + body + _SEP)
 
     def horizon(self, kind: str, issuer: str, key: str) -> int | None:
         """The recorded horizon, or None when the triple is not recorded."""
@@ -56,6 +62,7 @@ class RevocationSet(Buckets):
         if body is None:
             return None
         b = hash(body) & _MASK
+        self._settle_for(b)
         blob, horizons = self._blobs[b], self._horizons[b]
         if blob is None or horizons is None:
             return None
@@ -72,6 +79,7 @@ class RevocationSet(Buckets):
         codes, intern = self._issuers.codes, self._issuers.intern
         blobs, horizons, earliest = self._blobs, self._horizons, self._earliest
         minutes, kinds, sep, mask = self._counts.by_minute, _KIND_CODES, _SEP, _MASK
+        settle = self._settle_for
         new: list[Row] = []
         append = new.append
         for row in rows:
@@ -81,6 +89,8 @@ class RevocationSet(Buckets):
             if until > _MAX_HORIZON or until < 0:
                 until = 0 if until < 0 else _MAX_HORIZON
             b = hash(body) & mask
+            if self._staged is not None:
+                settle(b)  # its staged copies first: one entry per triple, as before
             blob = blobs[b]
             if blob is None:
                 blobs[b] = bytearray(sep + body + sep)
@@ -105,15 +115,17 @@ class RevocationSet(Buckets):
     def append_group(
         self, kind: RevocationKind, issuer: str, keys: Sequence[bytes], untils: Sequence[int]
     ) -> None:
-        """The first load's fast path: entries of one kind and issuer (keys in UTF-8), taken
-        in without `add_rows`' search for each triple (most of an insertion's cost, a scan
-        of the bucket). A triple appended twice is held twice until `dedupe` has passed over
-        its bucket; lookups stay exact meanwhile (a copy answers "revoked" only for a triple
-        that is), but `len`, `horizon` and the buckets' earliest horizons (`purge`) may not be.
+        """The first load's fast path: entries of one kind and issuer (keys in UTF-8), staged
+        (tokens/revocation_staging.py) without `add_rows`' search for each triple (most of
+        an insertion's cost, a scan of the bucket). A triple appended twice is held twice
+        until `settle` has passed over its stage; lookups stay exact meanwhile (a copy
+        answers "revoked" only for a triple that is), `horizon` and `add_rows` settle the
+        stage they touch first, `count_from` and `export` settle everything first, and
+        `len` counts the copies until settled.
 
         A million rows go through here at a first start, so the per-row work is the least
         it can be (issue 16): the records are made by one join and one split of the page,
-        their buckets by `map`, and the loop only appends. A key holding 0xFF (no `str`
+        their stages by `map`, and the loop only appends. A key holding 0xFF (no `str`
         encodes to one, so no lookup can name it) is dropped: it would break the records'
         framing."""
         if len(keys) != len(untils):
@@ -122,27 +134,17 @@ class RevocationSet(Buckets):
             return
         prefix = _KIND_CODES[kind] + self._issuers.intern(issuer)
         sep = _SEP
-        bodies = (prefix + (sep + prefix).join(keys)).split(sep)
+        if isinstance(keys, PackedKeys):  # joined by the store already, none holding 0xFF
+            bodies = (prefix + keys.packed.replace(sep, sep + prefix)).split(sep)
+        else:
+            bodies = (prefix + (sep + prefix).join(keys)).split(sep)
         if len(bodies) != len(keys):  # a key holding 0xFF: keep the others, in step
             kept = [(k, u) for k, u in zip(keys, untils, strict=True) if sep not in k]
             self.append_group(kind, issuer, [k for k, _ in kept], [u for _, u in kept])
             return
         if max(untils) > _MAX_HORIZON or min(untils) < 0:
             untils = [min(max(until, 0), _MAX_HORIZON) for until in untils]
-        blobs, horizons, earliest = self._blobs, self._horizons, self._earliest
-        buckets = map(_MASK.__and__, map(hash, bodies))
-        for b, body, until in zip(buckets, bodies, untils, strict=True):
-            blob = blobs[b]
-            if blob is None:
-                blobs[b] = bytearray(sep + body + sep)
-                horizons[b] = array("I", (until,))
-                earliest[b] = until
-            else:
-                blob += body
-                blob += sep
-                horizons[b].append(until)  # type: ignore[union-attr]  # set with the blob
-        self._counts.add_all(untils)
-        self._len += len(keys)
+        self._stage(bodies, untils, unique=False)
 
     @property
     def issuers(self) -> list[str]:
@@ -152,9 +154,9 @@ class RevocationSet(Buckets):
     def load(self, issuers: Sequence[str], records: bytes, horizons: array[int]) -> Iterator[None]:
         """Fill this empty set from `export`'s output (a snapshot written by another process,
         whose buckets differ: Python's string hash is seeded per process, so every record is
-        bucketed again here, about `_LOAD_BYTES` of records at a time, each bucket's share
-        appended with one join), yielding after each step so the caller can give the event
-        loop a turn. Raises ValueError when the records do not fit the issuers and horizons
+        staged again here, about `_LOAD_BYTES` of records at a time, and settled later as a
+        first load from the store is), yielding after each step so the caller can give the
+        event loop a turn. Raises ValueError when the records do not fit the issuers and horizons
         (the set is then partly filled: drop it)."""
         if self._len or self._issuers.names:
             raise ValueError("load needs an empty set")
@@ -170,12 +172,14 @@ class RevocationSet(Buckets):
             stop = records.find(_SEP, at + _LOAD_BYTES)
             stop = len(records) if stop < 0 else stop
             chunk = records[at + 1 : stop].split(_SEP)
-            self._bucket(chunk, horizons[first : first + len(chunk)])
+            self._stage(chunk, horizons[first : first + len(chunk)], unique=True)
             at, first = stop, first + len(chunk)
             yield
 
     def bucket_entries(self, b: int) -> list[Revocation]:
-        """The entries of bucket `b`, decoded (a snapshot: later changes are not seen)."""
+        """The entries of bucket `b`, decoded (a snapshot: later changes are not seen);
+        settles its stage first."""
+        self._settle_for(b)
         blob, horizons = self._blobs[b], self._horizons[b]
         if blob is None or horizons is None:
             return []

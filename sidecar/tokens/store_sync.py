@@ -30,8 +30,14 @@ The first load at start may come from a local snapshot of the mirror instead of 
 epoch, followed by the ordinary incremental read from the snapshot's cursor and the intact
 check; when either fails the snapshot is dropped and the full read runs as if there were
 none (nothing is written back from a snapshot). The first full read into an empty mirror
-appends its pages without looking each entry up (`RevocationMirror.append_groups`) and merges the
-few duplicates a scan may return afterwards, bucket slice by slice. The snapshot is written
+stages its pages without looking each entry up (`RevocationMirror.append_groups`): lookups are
+exact at once, so the sidecar serves as soon as the pages and the changes since the cursor are
+in. Sorting the stages into buckets, merging the few duplicates a scan may return and counting
+horizons (`RevocationMirror.settle`, tokens/revocation_staging.py) follow in a task of their
+own, one stage per loop turn (issue 16, stop 20: a third of a first load's CPU moved after
+serving); the loss check (`_intact`) and the snapshot wait for it to finish, so they see every
+entry once and counted (a restart from a snapshot, which holds no copies, has its staged
+entries counted where they are: its check waits for nothing). The snapshot is written
 (off the event loop) at the first poll after a full load, then at most every
 5 minutes when the cursor moved, and at stop (`save_snapshot`).
 
@@ -75,8 +81,8 @@ PAGE_ROWS = 2_000
 # How far another sidecar's clock may run ahead of ours (its purge drops entries our clock
 # still holds): entries expiring sooner are not counted when checking the store is intact.
 SKEW_MARGIN_S = 60
-# Buckets deduplicated per loop turn after a first full load.
-_DEDUPE_STEP = 1024
+# Stages settled per loop turn after a first load (~1,000 entries at a million: ~0.5 ms).
+_SETTLE_STEP = 1
 # Loop turns a store call needs to send its request (redis-py 8.1 on Python 3.11: 2, its
 # write runs in a task of its own under `asyncio.wait_for`). A full read gives the next page
 # these before taking the current one, so the store computes it meanwhile (issue 16: at a
@@ -105,6 +111,8 @@ class StoreSync:
         # The local snapshot (`use_snapshot`); None: none is kept (a memory store).
         self.snapshot: SnapshotKeeper | None = None
         self._reconciles = 0
+        # Settling the first load's stages, after it (`settled`); None before a first load.
+        self._settling: asyncio.Future[None] | None = None
 
     def use_snapshot(self, path: Path, store_kind: str) -> None:
         """Keep the mirror's snapshot at `path` for a store of kind `store_kind` (recorded
@@ -188,14 +196,36 @@ class StoreSync:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
                     await pending
-        if first:
-            for start in range(0, self._mirror.buckets, _DEDUPE_STEP):
-                self._mirror.dedupe(start, start + _DEDUPE_STEP)
-                await asyncio.sleep(0)
         self.full_reads += 1
         if not await self._read_changes(cursor, now):
             raise StoreUnavailableError()  # trimmed away during our own scan: next poll retries
         self._mirror.mark_loaded()
+
+    def start_settling(self) -> None:
+        """Settle the stages of a first load in a task of its own, a few per loop turn (see
+        the module docstring): called once the sidecar serves (app/start.py), so none of it
+        delays the start; `settled` starts it too, for whoever needs it first."""
+        if self._mirror.settled:
+            return
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.ensure_future(self._settle())
+
+    async def _settle(self) -> None:
+        mirror, stage = self._mirror, 0
+        while not mirror.settled and stage < mirror.stages:
+            mirror.settle(stage, stage + _SETTLE_STEP)
+            stage += _SETTLE_STEP
+            await asyncio.sleep(0)
+        mirror.settle(0, mirror.stages)  # anything staged behind us (none: stages only fill
+        # before the first load completes); a no-op otherwise
+
+    async def settled(self) -> None:
+        """Return once every staged entry is settled (at once when none is), settling in
+        slices meanwhile. A caller cancelled meanwhile does not cancel the settling."""
+        self.start_settling()
+        settling = self._settling
+        if settling is not None and not settling.done():
+            await asyncio.shield(settling)
 
     async def _from_snapshot(self, keeper: SnapshotKeeper, epoch: str, now: int) -> bool:
         """Load the mirror from the snapshot and read the store's writes since it; False
@@ -233,6 +263,7 @@ class StoreSync:
             cursor, epoch = self._cursor, self.epoch
             if not self._mirror.loaded or cursor is None or epoch is None:
                 return False
+            await self.settled()  # each triple once in the copy
             # Every write up to `cursor` is held now, and entries leave only by their horizon:
             # what the copy misses was written after `cursor`.
             copied = await keeper.copy(self._mirror)
@@ -257,6 +288,8 @@ class StoreSync:
         cursor too). Counted from a minute boundary past the clock-skew margin, so entries
         another sidecar's faster clock already purged do not look lost."""
         since = -(-(now + SKEW_MARGIN_S) // 60) * 60
+        if not self._mirror.counted:
+            await self.settled()  # a scan's copies are merged, and counted, when settled
         found = await self._store.count_revocations(since)
         return found is None or found >= self._mirror.count_from(since)
 

@@ -192,7 +192,7 @@ def test_merge_reports_new_entries_in_one_batch_per_page() -> None:
 def test_a_first_load_by_groups_ends_as_the_dict_of_its_entries(
     steps: list[tuple[bool, str, str, list[tuple[str, int]]]],
 ) -> None:
-    """`append_group` takes pages in without lookups, `add` may come in between, `dedupe`
+    """`append_group` takes pages in without lookups, `add` may come in between, `settle`
     over every bucket merges: the result is the dict keeping the longest horizon, whatever
     was appended twice."""
     model: dict[tuple[str, str, str], int] = {}
@@ -206,21 +206,21 @@ def test_a_first_load_by_groups_ends_as_the_dict_of_its_entries(
             entries.append_group(kind, iss, keys, [until for _, until in pairs])  # type: ignore[arg-type]
         for key, until in pairs:
             model[(kind, iss, key)] = max(model.get((kind, iss, key), 0), until)
-    entries.dedupe(0, entries.buckets)
+    entries.settle(0, entries.buckets)
     assert len(entries) == len(model)
     assert {(r.kind, r.issuer, r.key): r.expires_at for r in entries} == model
     for (kind, iss, key), until in model.items():
         assert entries.contains(kind, iss, key) and entries.horizon(kind, iss, key) == until
 
 
-def test_a_large_first_load_by_pages_holds_every_entry_once_after_dedupe() -> None:
+def test_a_large_first_load_by_pages_holds_every_entry_once_when_settled() -> None:
     entries = RevocationSet()
     keys = [f"jti-{i:08d}".encode() for i in range(200_000)]
     for start in range(0, len(keys), 2_000):
         page = keys[start : start + 2_000]
         entries.append_group("jti", "iss", page, [1_000 + start] * len(page))
     entries.append_group("jti", "iss", keys[:10], [5] * 10)  # a scan's duplicates
-    assert entries.dedupe(0, entries.buckets) == 10
+    assert entries.settle(0, entries.buckets) == 10
     assert len(entries) == len(keys) and entries.count_from(0) == len(keys)
     assert entries.horizon("jti", "iss", "jti-00000000") == 1_000
     assert entries.horizon("jti", "iss", "jti-00199999") == 1_000 + 198_000
@@ -232,7 +232,7 @@ def test_a_first_load_key_holding_0xff_is_dropped_and_the_rest_of_its_page_kept(
     would break the records' framing (a record boundary inside a key)."""
     entries = RevocationSet()
     entries.append_group("jti", "iss", [b"a", b"x\xff\x01\x00\x00\x00b", b"c"], [10, 20, 30])
-    entries.dedupe(0, entries.buckets)
+    entries.settle(0, entries.buckets)
     assert {(r.key, r.expires_at) for r in entries} == {("a", 10), ("c", 30)}
     assert not entries.contains("jti", "iss", "b") and len(entries) == 2
     assert entries.purge(10) == 1 and len(entries) == 1

@@ -120,7 +120,7 @@ def test_appended_duplicates_are_merged_keeping_the_later_horizon() -> None:
     held = RevocationSet()
     held.append_group("jti", ISS, [b"a", b"b", b"a"], [100, 50, 300])
     held.append_group("jti", ISS, [b"a"], [200])
-    assert held.dedupe(0, held.buckets) == 2
+    assert held.settle(0, held.buckets) == 2
     assert len(held) == 2
     assert held.horizon("jti", ISS, "a") == 300 and held.horizon("jti", ISS, "b") == 50
     assert held.count_from(0) == 2
