@@ -256,7 +256,7 @@ class Filler:
                         encode_member("jti", ISSUER, jti)
                     ] = until
                 for key, members in by_key.items():
-                    client.zadd(key, members)  # type: ignore[arg-type]
+                    client.zadd(key, members)
             client.close()
         self.count = len(jtis)
 
