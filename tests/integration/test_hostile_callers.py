@@ -9,6 +9,7 @@ start-up, the real `authsidecar serve` process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -41,3 +42,33 @@ async def test_issue_claims_holding_nan_or_infinity_are_invalid_request_without_
     # A finite number in the same place is issued as before.
     request.claims.update({"nested": {"ratio": 0.5}})
     await sidecar.admin.Issue(request)
+
+
+async def test_a_stream_caller_that_stops_reading_then_leaves_costs_one_line_not_a_traceback(
+    sidecar: RunningSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client writes until flow control stops it (it never reads the answers), then
+    cancels; grpc's own write of the handler's next answer then fails. The sidecar must keep
+    its log to at most one rate-limited line and keep serving."""
+    caplog.set_level(logging.WARNING)
+    issued = await sidecar.admin.Issue(auth_pb2.IssueRequest(subject="a", audience=["svc-a"]))
+    batch = auth_pb2.VerifyBatchRequest(
+        requests=[auth_pb2.VerifyRequest(token=issued.access_token)] * 50
+    )
+    for _ in range(3):
+        call = sidecar.public.VerifyStream()
+        for _ in range(5000):
+            try:
+                await asyncio.wait_for(call.write(batch), 2)
+            except TimeoutError:
+                break  # flow control: the sidecar is blocked writing answers nobody reads
+        else:
+            pytest.fail("writes never blocked: the stream is not flow-controlled")
+        call.cancel()
+    await asyncio.sleep(0.5)  # let the sidecar see each write fail
+    _assert_no_traceback(caplog)
+    notes = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(notes) <= 1, caplog.text
+    assert all("VerifyStream" in r.getMessage() for r in notes)
+    verified = await sidecar.public.Verify(auth_pb2.VerifyRequest(token=issued.access_token))
+    assert verified.sub == "a"
