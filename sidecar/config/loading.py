@@ -74,9 +74,30 @@ def _sources(
         if path.suffix.lower() == ".toml":
             sources.append(TomlConfigSettingsSource(Settings, toml_file=path))
         else:
-            sources.append(YamlConfigSettingsSource(Settings, yaml_file=path))
+            sources.append(_YamlFile(Settings, yaml_file=path))
     sources.append(DefaultSettingsSource(Settings))
     return tuple(sources)
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """The YAML file, whose top level must be a mapping of settings.
+
+    The parser hands over whatever the document is; pydantic-settings then merges a list
+    or a string into its dict and fails with a TypeError (a traceback) or a message about
+    "dictionary update sequence" that names nothing the operator wrote."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            kind = _KINDS.get(type(data), "a scalar")
+            raise ConfigError(
+                f"config file {str(file_path)!r}: the top level must be a mapping of settings "
+                f"(sections such as listen:, tokens:), not {kind}"
+            )
+        return data
 
 
 def _describe(exc: ValidationError) -> str:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -72,3 +76,68 @@ async def test_a_stream_caller_that_stops_reading_then_leaves_costs_one_line_not
     assert all("VerifyStream" in r.getMessage() for r in notes)
     verified = await sidecar.public.Verify(auth_pb2.VerifyRequest(token=issued.access_token))
     assert verified.sub == "a"
+
+
+def _serve(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
+    clean.update(AUTHSIDECAR_LISTEN__TCP="", AUTHSIDECAR_LISTEN__DRAIN_S="0", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve", *args],
+        env=clean,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _one_line_exit_2(done: subprocess.CompletedProcess[str], *wanted: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for text in wanted:
+        assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("document", "kind"), [("- 1\n- 2\n", "a list"), ('"text"\n', "a string"), ("5\n", "a number")]
+)
+def test_a_config_file_whose_top_level_is_not_a_mapping_is_one_line_exit_2(
+    data_dir: Path, document: str, kind: str
+) -> None:
+    config = data_dir / "sidecar.yaml"
+    config.write_text(document, encoding="utf-8")
+    done = _serve(data_dir, "--config", str(config), AUTHSIDECAR_DATA_DIR=str(data_dir / "d"))
+    _one_line_exit_2(done, "sidecar.yaml", "top level must be a mapping", kind)
+    assert not (data_dir / "d").exists()  # refused before anything was created
+
+
+def test_a_data_dir_that_cannot_hold_the_dev_key_stops_start_up_naming_data_dir(
+    data_dir: Path,
+) -> None:
+    not_a_directory = data_dir / "plain-file"
+    not_a_directory.write_text("x", encoding="utf-8")
+    done = _serve(data_dir, AUTHSIDECAR_DATA_DIR=str(not_a_directory))
+    _one_line_exit_2(done, "setting data_dir", "plain-file", "Not a directory")
+
+
+def test_a_sqlite_file_that_cannot_be_opened_stops_start_up_naming_the_setting(
+    data_dir: Path,
+) -> None:
+    not_a_database = data_dir / "state.db"
+    not_a_database.write_bytes(b"this is not an SQLite database file, not at all\n" * 4)
+    done = _serve(
+        data_dir,
+        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
+        AUTHSIDECAR_STORE__SQLITE_PATH=str(not_a_database),
+    )
+    # The dev key's warning may come first; the refusal is the last line, and the only one
+    # that is not a log line.
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("authsidecar: setting store.sqlite_path:"), done.stderr
+    assert "state.db" in last
+    assert "not a database" in last
