@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -141,3 +144,67 @@ def test_a_sqlite_file_that_cannot_be_opened_stops_start_up_naming_the_setting(
     assert last.startswith("authsidecar: setting store.sqlite_path:"), done.stderr
     assert "state.db" in last
     assert "not a database" in last
+
+
+def _wait_for_line(lines: list[str], text: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(text in line for line in lines):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_key_file_replaced_by_a_fifo_is_refused_and_neither_reload_nor_stop_hangs(
+    data_dir: Path,
+) -> None:
+    """Opening a FIFO blocks until a writer comes: the reload's thread waited for ever, no
+    later reload ran, and SIGTERM logged "stopped" but the process never exited."""
+    key_file = data_dir / "signing.jwk.json"
+    subprocess.run(
+        [sys.executable, "-m", "sidecar", "keys", "generate", "--alg", "ES256", "--out",
+         str(key_file)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
+    clean.update(
+        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
+        AUTHSIDECAR_LISTEN__TCP="",
+        AUTHSIDECAR_LISTEN__DRAIN_S="0",
+        AUTHSIDECAR_KEYS__FILES=str(key_file),
+        AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve"],
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    banner = proc.stdout.readline()  # blocks until the sidecar serves (or exits: "")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        assert banner.startswith("authsidecar serving"), banner
+        key_file.unlink()
+        os.mkfifo(key_file)
+        assert _wait_for_line(lines, "not a regular file", 30), lines
+        key_file.unlink()
+        subprocess.run(
+            [sys.executable, "-m", "sidecar", "keys", "generate", "--alg", "ES256", "--out",
+             str(key_file)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert _wait_for_line(lines, "key set reloaded", 30), lines  # reloads go on
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert not [line for line in lines if "Traceback" in line]
