@@ -68,6 +68,8 @@ async def open_store(settings: Settings, clock: Clock) -> TokenStore:
 
 def _why(cause: BaseException | None) -> str:
     """The OS's or SQLite's own words (never data: these name a file condition)."""
+    if isinstance(cause, FileExistsError):  # mkdir(exist_ok=True) met a file
+        return "its directory is a file"
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
     if cause is not None and str(cause):

@@ -208,3 +208,25 @@ def test_a_key_file_replaced_by_a_fifo_is_refused_and_neither_reload_nor_stop_ha
         proc.stdout.close()
         proc.stderr.close()  # type: ignore[union-attr]
     assert not [line for line in lines if "Traceback" in line]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("keys", "init", "--dir", "{file}"),
+        ("keys", "generate", "--alg", "ES256", "--out", "{file}/signing.jwk.json"),
+        ("keys", "init", "--dir", "/proc/self/no-such-dir"),
+    ],
+)
+def test_keys_commands_on_a_path_the_os_refuses_say_so_in_one_line_exit_2(
+    data_dir: Path, command: tuple[str, ...]
+) -> None:
+    plain_file = data_dir / "plain-file"
+    plain_file.write_text("x", encoding="utf-8")
+    argv = [part.format(file=plain_file) for part in command]
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", *argv],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    _one_line_exit_2(done, "choose a writable location")
+    assert plain_file.read_text(encoding="utf-8") == "x"
