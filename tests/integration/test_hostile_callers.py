@@ -83,7 +83,8 @@ async def test_a_stream_caller_that_stops_reading_then_leaves_costs_one_line_not
 
 def _serve(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
-    clean.update(AUTHSIDECAR_LISTEN__TCP="", AUTHSIDECAR_LISTEN__DRAIN_S="0", **env)
+    clean.update(AUTHSIDECAR_LISTEN__TCP="", AUTHSIDECAR_LISTEN__DRAIN_S="0")
+    clean.update(env)
     return subprocess.run(
         [sys.executable, "-m", "sidecar", "serve", *args],
         env=clean,
@@ -230,3 +231,14 @@ def test_keys_commands_on_a_path_the_os_refuses_say_so_in_one_line_exit_2(
     )  # fmt: skip
     _one_line_exit_2(done, "choose a writable location")
     assert plain_file.read_text(encoding="utf-8") == "x"
+
+
+@pytest.mark.parametrize("address", ["[::1:50051", "::1]:50051", "[]:50051", "[[::1]]:50051"])
+def test_an_address_with_unbalanced_or_empty_brackets_is_not_host_port(
+    data_dir: Path, address: str
+) -> None:
+    """ "[::1" used to lose a bracket and be refused as "not loopback", which it may well be."""
+    done = _serve(
+        data_dir, AUTHSIDECAR_DATA_DIR=str(data_dir / "d"), AUTHSIDECAR_LISTEN__TCP=address
+    )
+    _one_line_exit_2(done, "setting listen.tcp", "is not host:port")
