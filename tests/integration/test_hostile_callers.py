@@ -242,3 +242,20 @@ def test_an_address_with_unbalanced_or_empty_brackets_is_not_host_port(
         data_dir, AUTHSIDECAR_DATA_DIR=str(data_dir / "d"), AUTHSIDECAR_LISTEN__TCP=address
     )
     _one_line_exit_2(done, "setting listen.tcp", "is not host:port")
+
+
+def test_an_environment_list_not_written_in_json_names_the_variable_never_a_value(
+    data_dir: Path,
+) -> None:
+    """pydantic-settings said only 'error parsing value for field "tokens" from source
+    "EnvSettingsSource"'; the natural `a,b` for a list deserves the variable's name."""
+    done = _serve(
+        data_dir,
+        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
+        AUTHSIDECAR_TOKENS__AUDIENCES="orders,billing",
+        AUTHSIDECAR_TOKENS__ISSUER="urn:plain-value-not-json",
+        AUTHSIDECAR_STORE__REDIS_URL="redis://:hunter2-secret@127.0.0.1:6379/0",
+    )
+    _one_line_exit_2(done, "setting tokens", "AUTHSIDECAR_TOKENS__AUDIENCES", "JSON")
+    for value in ("orders,billing", "hunter2", "AUTHSIDECAR_TOKENS__ISSUER", "EnvSettingsSource"):
+        assert value not in done.stderr
