@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -259,3 +260,24 @@ def test_an_environment_list_not_written_in_json_names_the_variable_never_a_valu
     _one_line_exit_2(done, "setting tokens", "AUTHSIDECAR_TOKENS__AUDIENCES", "JSON")
     for value in ("orders,billing", "hunter2", "AUTHSIDECAR_TOKENS__ISSUER", "EnvSettingsSource"):
         assert value not in done.stderr
+
+
+def test_redis_unreachable_at_start_names_the_setting_but_never_the_password(
+    data_dir: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens there once closed
+    done = _serve(
+        data_dir,
+        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
+        AUTHSIDECAR_STORE__BACKEND="redis",
+        AUTHSIDECAR_STORE__REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{closed_port}/0",
+        AUTHSIDECAR_STORE__REDIS_KEY_PREFIX="probe-unreachable",
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("authsidecar: STORE_UNAVAILABLE:"), done.stderr
+    assert "store.redis_url" in last
