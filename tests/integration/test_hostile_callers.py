@@ -10,10 +10,13 @@ start-up, the real `authsidecar serve` process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,6 +28,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from authsidecar.v1 import auth_pb2
+from tests.support.jwks_server import LocalCa
 from tests.support.sidecar import RunningSidecar, reason_of
 
 
@@ -281,3 +285,80 @@ def test_redis_unreachable_at_start_names_the_setting_but_never_the_password(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("authsidecar: STORE_UNAVAILABLE:"), done.stderr
     assert "store.redis_url" in last
+
+
+class _TricklingHttps:
+    """An HTTPS server that answers one byte a second, for ever: each read is within any
+    per-operation timeout, the whole response never ends."""
+
+    def __init__(self, ca: LocalCa) -> None:
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(ca.cert_file, ca.key_file)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), self._tls.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(4096)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+                if self._stop.wait(1):
+                    return
+                tls.send(bytes([byte]))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+def test_a_jwks_server_that_trickles_bytes_neither_holds_the_fetch_nor_the_stop(
+    data_dir: Path,
+) -> None:
+    """Each read arrived within `timeout_s`, so the worker thread read for hours after the
+    fetch had timed out; asyncio waits for that thread at exit: 'stopped', then no exit."""
+    ca = LocalCa.create(data_dir)
+    server = _TricklingHttps(ca)
+    issuer = {
+        "issuer": "https://idp.example",
+        "audiences": ["api"],
+        "jwks_url": f"https://127.0.0.1:{server.port}/jwks.json",
+        "ca_file": str(ca.ca_file),
+        "timeout_s": 1,
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
+    clean.update(
+        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
+        AUTHSIDECAR_LISTEN__TCP="",
+        AUTHSIDECAR_LISTEN__DRAIN_S="0",
+        AUTHSIDECAR_ISSUERS=json.dumps([issuer]),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve"],
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()  # after the first fetch gave up (timed out)
+        assert banner.startswith("authsidecar serving"), banner
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        server.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _, stderr = proc.communicate()
+    assert "timed out" in stderr
+    assert "Traceback" not in stderr
