@@ -12,7 +12,14 @@ def parse_host_port(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise ValueError(f"{value!r} is not host:port")
-    return host.strip("[]"), int(port_text)
+    if host.startswith("[") or host.endswith("]"):
+        # "[::1" once lost a bracket here and became host ":" (then "is not loopback").
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"{value!r} is not host:port (unbalanced brackets)")
+        host = host[1:-1]
+    if not host or "[" in host or "]" in host:
+        raise ValueError(f"{value!r} is not host:port")
+    return host, int(port_text)
 
 
 def is_loopback(host: str) -> bool:

@@ -66,10 +66,22 @@ def add_keys_commands(
 
 
 def run_keys_command(args: argparse.Namespace) -> int:
-    """Run the parsed `keys` subcommand; prints its JSON answer, returns the exit status."""
-    if args.keys_command == "generate":
-        return _generate(args)
-    return _key_directory(args)
+    """Run the parsed `keys` subcommand; prints its JSON answer, returns the exit status.
+
+    A path the OS refuses (a file where a directory must be, a read-only or missing mount)
+    is the operator's to fix: one line naming it and the OS's reason, exit 2, no traceback.
+    """
+    try:
+        if args.keys_command == "generate":
+            return _generate(args)
+        return _key_directory(args)
+    except OSError as exc:
+        where = exc.filename or getattr(args, "dir", None) or getattr(args, "out", "")
+        # mkdir(exist_ok=True) says "File exists" when the path is a file, not a directory.
+        why = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise StartupError(
+            f"{where}: {why or type(exc).__name__}; choose a writable location"
+        ) from None
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -35,7 +35,14 @@ def key_source(settings: Settings) -> KeySource:
 def _dev_key(path: Path, alg: str) -> None:
     if not path.exists():
         _, jwk = generate_key(alg)
-        write_key_file(path, jwk)
+        try:
+            write_key_file(path, jwk)
+        except OSError as exc:  # data_dir is a file, read-only, on /proc...: say so, no trace
+            raise ConfigError(
+                f"setting data_dir: cannot write the development key {str(path)!r} "
+                f"({exc.strerror or type(exc).__name__}); make data_dir a writable directory "
+                "or configure keys.files"
+            ) from None
         log.warning("generated a development signing key at %s: do not use it in production", path)
 
 

@@ -20,6 +20,7 @@ from sidecar.app.running import App
 from sidecar.app.store import open_store, set_store_health
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings
+from sidecar.errors import StoreUnavailableError
 from sidecar.keys.keyset import KeySource, load_key_set
 from sidecar.keys.remote import RemoteKeySet
 from sidecar.keys.ring import KeyRing
@@ -80,7 +81,10 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
         if settings.store.backend != "memory":  # issue 16: restart from a local snapshot
             snapshot = settings.data_dir / "revocations.snapshot"
             service.store_sync.use_snapshot(snapshot, settings.store.backend)
-        await service.start()
+        try:
+            await service.start()
+        except StoreUnavailableError:
+            raise StoreUnavailableError(_unreachable_at_start(settings)) from None
         await service.store_sync.check_persistence()
         metrics: Metrics | None = None
         if settings.metrics.listen:
@@ -158,6 +162,19 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
     # serving; lookups are exact either way, tokens/store_sync.py).
     service.store_sync.start_settling()
     return app
+
+
+def _unreachable_at_start(settings: Settings) -> str:
+    """Which setting to look at when the store does not answer at start (a bare "token store
+    unavailable" named nothing). The URL itself is not printed: it may hold a password."""
+    store = settings.store
+    if store.backend == "redis":
+        return (
+            f"token store unavailable at start: Redis ({store.redis_mode}, store.redis_url) "
+            f"did not answer within store.redis_timeout_s={store.redis_timeout_s}; start it, "
+            "or correct the setting"
+        )
+    return f"token store unavailable at start (store.backend={store.backend})"
 
 
 def banner(app: App) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.clock import Clock
 from sidecar.config import Settings
-from sidecar.errors import StoreUnavailableError
+from sidecar.errors import ConfigError, StoreUnavailableError
 from sidecar.store.base import TokenStore
 from sidecar.tokens.service import TokenService
 from sidecar.transport.server import AUTH_SERVICE, NOT_SERVING, SERVING, Listeners
@@ -54,8 +54,27 @@ async def open_store(settings: Settings, clock: Clock) -> TokenStore:
 
     # The clock also judges write deadlines (issue 13), as the service's clock set them.
     sqlite = SqliteTokenStore(settings.sqlite_path, clock=clock)
-    await sqlite.open()
+    try:
+        await sqlite.open()
+    except StoreUnavailableError as exc:
+        # At start a file that cannot be opened is the operator's setting, not an outage:
+        # name it (a bare STORE_UNAVAILABLE said neither which file nor why).
+        raise ConfigError(
+            f"setting store.sqlite_path: cannot open the SQLite store "
+            f"{str(settings.sqlite_path)!r} ({_why(exc.__cause__)})"
+        ) from None
     return sqlite
+
+
+def _why(cause: BaseException | None) -> str:
+    """The OS's or SQLite's own words (never data: these name a file condition)."""
+    if isinstance(cause, FileExistsError):  # mkdir(exist_ok=True) met a file
+        return "its directory is a file"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    if cause is not None and str(cause):
+        return str(cause)
+    return "unusable"
 
 
 async def set_store_health(listeners: Listeners, settings: Settings, reachable: bool) -> None:

@@ -9,7 +9,9 @@ line naming the setting (`setting listen.tcp: ...`), never a traceback.
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -28,6 +30,7 @@ from sidecar.config.settings import Settings
 from sidecar.errors import ConfigError
 
 CONFIG_ENV = "AUTHSIDECAR_CONFIG"
+ENV_PREFIX = "AUTHSIDECAR_"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -54,7 +57,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:  # an AUTHSIDECAR_* variable that is not valid JSON
-        raise ConfigError(_one_line(f"invalid configuration: {exc}")) from None
+        raise ConfigError(_one_line(f"invalid configuration: {_env_json(exc)}")) from None
     except file_errors as exc:
         raise ConfigError(
             _one_line(f"config file {str(path)!r} could not be read: {exc}")
@@ -74,9 +77,79 @@ def _sources(
         if path.suffix.lower() == ".toml":
             sources.append(TomlConfigSettingsSource(Settings, toml_file=path))
         else:
-            sources.append(YamlConfigSettingsSource(Settings, yaml_file=path))
+            sources.append(_YamlFile(Settings, yaml_file=path))
     sources.append(DefaultSettingsSource(Settings))
     return tuple(sources)
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """The YAML file, whose top level must be a mapping of settings.
+
+    The parser hands over whatever the document is; pydantic-settings then merges a list
+    or a string into its dict and fails with a TypeError (a traceback) or a message about
+    "dictionary update sequence" that names nothing the operator wrote."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            kind = _KINDS.get(type(data), "a scalar")
+            raise ConfigError(
+                f"config file {str(file_path)!r}: the top level must be a mapping of settings "
+                f"(sections such as listen:, tokens:), not {kind}"
+            )
+        return data
+
+
+def _env_json(exc: SettingsError) -> str:
+    """pydantic-settings says only 'error parsing value for field "tokens" from source
+    "EnvSettingsSource"': name the variables under that section whose values are not JSON
+    (names only: a value may hold a secret, such as a Redis password) and say what is
+    expected, since `AUTHSIDECAR_TOKENS__AUDIENCES=a,b` is the natural first try."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    if found is None:
+        return str(exc)
+    field = found.group(1)
+    prefix = f"{ENV_PREFIX}{field.upper()}"
+    suspects = sorted(
+        name
+        for name, value in os.environ.items()
+        if (name.upper() == prefix or name.upper().startswith(prefix + "__"))
+        and _takes_json(name[len(ENV_PREFIX) :].lower().split("__"))
+        and not _is_json(value)
+    )
+    named = ", ".join(suspects) if suspects else prefix
+    return (
+        f"setting {field}: environment variable {named}: lists and sections are written "
+        'in JSON there (e.g. \'["a","b"]\' or \'{"tcp":"127.0.0.1:7000"}\')'
+    )
+
+
+def _takes_json(path: list[str]) -> bool:
+    """Whether the setting at `path` is a section or a list (what pydantic-settings decodes
+    as JSON from the environment), not a plain value such as tokens.issuer."""
+    model: type[BaseModel] | None = Settings
+    annotation: Any = None
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        annotation = field.annotation
+        model = _model_in(annotation)
+    if model is not None:
+        return True
+    kinds = {annotation, *get_args(annotation)}
+    return any(getattr(kind, "__origin__", kind) in (list, tuple, dict, set) for kind in kinds)
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(exc: ValidationError) -> str:

@@ -20,7 +20,9 @@ Error messages name the file, the kid and the member, never a key value.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -179,12 +181,27 @@ def load_key_file(
 
 
 def read_key_file(path: Path) -> bytes:
-    """The bytes of a key file, refusing files larger than `MAX_KEY_FILE_BYTES`."""
+    """The bytes of a key file, refusing files larger than `MAX_KEY_FILE_BYTES` and anything
+    that is not a regular file.
+
+    Opened non-blocking: a FIFO (or a device) put where a key file was would otherwise block
+    `open` until a writer came, holding the reload's worker thread for ever (no later reload,
+    and a process that logs "stopped" but never exits, waiting for that thread). O_NONBLOCK
+    changes nothing for a regular file's reads; anything else is refused after `fstat`.
+    """
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyMaterialError(f"{path}: cannot read key file ({exc.strerror})") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyMaterialError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise KeyMaterialError(f"{path}: cannot read key file ({exc.strerror})") from exc
+    finally:
+        os.close(fd)
     if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyMaterialError(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes")
     return data

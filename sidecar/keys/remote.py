@@ -32,7 +32,9 @@ import contextlib
 import http.client
 import logging
 import math
+import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,6 +74,74 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+class _Cutoff:
+    """The sockets of one fetch, shut down when the fetch's total deadline ends it.
+
+    `timeout_s` bounds each socket operation, not the fetch: a server (or a link) that sends
+    a byte every few seconds kept the worker thread reading for hours after `wait_for` gave
+    up. Those threads are the default executor's (a handful on a small machine: a few such
+    fetches starved key reloads), and asyncio waits for them at exit, so SIGTERM logged
+    "stopped" and the process never exited. Shutting the connection down makes the blocked
+    read fail at once, whatever the peer does.
+
+    Each socket is tracked by a duplicate of its descriptor, owned here: TLS takes the
+    original over (the socket object urllib made is detached), and a duplicate can never
+    name some other connection that reused a closed descriptor number.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._duplicates: list[socket.socket] = []
+        self._cut = False
+
+    def track(self, sock: socket.socket) -> socket.socket:
+        duplicate = sock.dup()
+        with self._lock:
+            cut = self._cut
+            if not cut:
+                self._duplicates.append(duplicate)
+        if cut:  # connected after the deadline: never read from it
+            _shut(duplicate)
+        return sock
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            duplicates, self._duplicates = self._duplicates, []
+        for duplicate in duplicates:
+            _shut(duplicate)
+
+
+def _shut(duplicate: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # the peer or the fetch closed it already
+        duplicate.shutdown(socket.SHUT_RDWR)
+    duplicate.close()
+
+
+class _CutoffHTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's HTTPS handler, its connections' sockets registered with a `_Cutoff`."""
+
+    def __init__(self, context: ssl.SSLContext, cutoff: _Cutoff) -> None:
+        super().__init__(context=context)
+        self._tls = context
+        self._cutoff = cutoff
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        cutoff = self._cutoff
+
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPSConnection:
+            conn = http.client.HTTPSConnection(host, **kwargs)
+            create = conn._create_connection  # type: ignore[attr-defined]  # the TCP socket
+
+            def tracked(*args: Any, **kw: Any) -> socket.socket:
+                return cutoff.track(create(*args, **kw))
+
+            conn._create_connection = tracked  # type: ignore[attr-defined]
+            return conn
+
+        return self.do_open(connection, req, context=self._tls)
 
 
 class RemoteKeySet:
@@ -189,8 +259,12 @@ class RemoteKeySet:
 
     async def _fetch(self) -> bool:
         deadline = self.settings.timeout_s * 2 + 1
+        cutoff = _Cutoff()
         try:
-            data = await asyncio.wait_for(asyncio.to_thread(self._read), deadline)
+            try:
+                data = await asyncio.wait_for(asyncio.to_thread(self._read, cutoff), deadline)
+            finally:
+                cutoff.cut()  # a link still trickling bytes: its thread ends now (_Cutoff)
             keys, skipped = parse_remote_jwks(data, algorithms=self._algorithms)
             ring = KeyRing(keys)
         except TimeoutError:
@@ -239,8 +313,8 @@ class RemoteKeySet:
         status.last_error = reason
         return False
 
-    def _read(self) -> bytes:
-        """Blocking: runs in a worker thread."""
+    def _read(self, cutoff: _Cutoff) -> bytes:
+        """Blocking: runs in a worker thread, whose sockets `cutoff` shuts down at the end."""
         settings = self.settings
         limit = settings.max_response_bytes
         if settings.jwks_file is not None:
@@ -250,7 +324,7 @@ class RemoteKeySet:
             opener = urllib.request.build_opener(
                 urllib.request.ProxyHandler({}),
                 _NoRedirect(),
-                urllib.request.HTTPSHandler(context=self._context),
+                _CutoffHTTPSHandler(self._context, cutoff),
             )
             request = urllib.request.Request(  # noqa: S310 - https:// only (config/issuers.py)
                 settings.jwks_url,

@@ -35,6 +35,7 @@ from sidecar.transport.ext_authz import ExtAuthzServicer
 from sidecar.transport.layers import LayeredServer, UnaryLayer
 from sidecar.transport.malformed import malformed_log
 from sidecar.transport.observing import observing
+from sidecar.transport.peer_gone import install as quiet_peer_gone
 from sidecar.transport.ratelimit import RateLimitedLog
 from sidecar.transport.servicer import AuthParts, AuthServicer
 from sidecar.transport.tracing import TracingLayer
@@ -142,6 +143,7 @@ def build_listeners(
     ]
     gate = CallGate()
     malformed = malformed_log()
+    quiet_peer_gone()  # a caller that left mid-stream: one line a minute (transport/peer_gone.py)
     # The public and the admin server differ only in who may Issue and in ext_authz.
     server = functools.partial(
         _server,

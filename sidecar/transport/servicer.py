@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf import json_format
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar.calls import record_reason
@@ -44,6 +43,7 @@ from sidecar.transport.responses import (
     unrepresentable_log,
 )
 from sidecar.transport.status import internal_status, to_status
+from sidecar.transport.structs import json_values
 from sidecar.transport.verify_stream import VERIFY_STREAM, VerifyStreams
 from sidecar.transport.watch import WatchStreams
 
@@ -181,7 +181,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             subject=request.subject,
             audience=list(request.audience),
             scope=request.scope,
-            claims=json_format.MessageToDict(request.claims),
+            claims=json_values(request.claims, "claims"),
             client_id=request.client_id,
             expires_in=request.expires_in,
             refresh_token=request.refresh_token,

@@ -1,4 +1,5 @@
-"""JSON values into `google.protobuf.Struct`: `Struct.update`, without its per-value ladder.
+"""JSON values into `google.protobuf.Struct` and back: `Struct.update`, without its per-value
+ladder; `json_values`, a request's Struct as JSON values or a precise refusal.
 
 Every verified token's claims go into a `Struct` (VerifyResponse.claims). The library's
 `Struct.update` runs a Python `isinstance` ladder and a generic setter per value, ~6.5 µs for
@@ -22,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
-__all__ = ["fill_struct"]
+from sidecar.errors import InvalidRequestError
+
+__all__ = ["fill_struct", "json_values"]
 
 # Exactly the types `json` decodes to; anything else goes through the library's setter.
 _JSON_TYPES = frozenset({str, int, float, bool, dict, list, type(None)})
@@ -70,3 +73,19 @@ def _set_value(target: struct_pb2.Value, value: Any) -> None:
                 items.append(item)  # ListValue.append: the library's own conversion
     else:  # pragma: no cover - callers pass only _JSON_TYPES
         raise TypeError("not a JSON value")
+
+
+def json_values(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A request's `Struct` as the JSON values it stands for.
+
+    A `Value.number_value` is a double, so a caller can send NaN or an infinity, which JSON
+    has no spelling for: `json_format` raises ValueError on them. That is the caller's
+    malformed request (INVALID_ARGUMENT / INVALID_REQUEST naming `field`), not our failure:
+    before this it reached the error boundary as INTERNAL, with a traceback per call.
+    """
+    try:
+        return json_format.MessageToDict(struct)
+    except ValueError:
+        raise InvalidRequestError(
+            f"{field} hold a number JSON cannot carry (NaN or Infinity)"
+        ) from None
