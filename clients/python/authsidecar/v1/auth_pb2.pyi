@@ -284,7 +284,8 @@ class IssueRequest(_message.Message):
     def claims(self) -> _struct_pb2.Struct:
         """Extra claims to include. Registered and reserved claims (iss, sub, aud,
         exp, nbf, iat, jti, scope, client_id, sid, typ, cnf, act) may not appear
-        here: INVALID_ARGUMENT / INVALID_REQUEST.
+        here, nor may a number JSON cannot carry (NaN, Infinity, -Infinity, at any
+        depth): INVALID_ARGUMENT / INVALID_REQUEST.
         """
 
     def __init__(
