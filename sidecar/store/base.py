@@ -284,7 +284,7 @@ class SnapshotStore(Protocol):
     reader. The bytes are opaque here: the reader checks them (digest, epoch, cursor) as it
     checks a local file, and falls back to the full read on any doubt."""
 
-    async def read_snapshot(self) -> bytes | None:
+    async def read_snapshot(self) -> bytes | bytearray | None:
         """The stored copy, None when there is none; raises StoreUnavailableError."""
         ...
 

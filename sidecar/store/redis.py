@@ -249,7 +249,7 @@ class RedisTokenStore:
     async def revocations(self, now: int) -> list[Revocation]:
         return await self._reads.listed(now)
 
-    async def read_snapshot(self) -> bytes | None:
+    async def read_snapshot(self) -> bytes | bytearray | None:
         return await self._snapshot.read()
 
     async def write_snapshot(

@@ -66,23 +66,23 @@ class StoredSnapshot:
         self._lease = caller.client.register_script(_LEASE)
         self._publish = caller.client.register_script(_PUBLISH)
 
-    async def read(self) -> bytes | None:
-        """The copy, None when there is none; sliced reads (a copy replaced meanwhile comes
-        out mixed, which its digest refuses)."""
+    async def read(self) -> bytearray | None:
+        """The copy, None when there is none; read in slices into one buffer (a copy
+        replaced meanwhile comes out mixed, which its digest refuses)."""
         client = self._data.client
         size = int(await self._data.call(client.strlen(self.key)))
         if size == 0:
             return None
-        found = bytearray()
-        while len(found) < size:
-            end = min(len(found) + CHUNK_BYTES, size) - 1
-            part = await self._data.call(client.getrange(self.key, len(found), end))
-            if isinstance(part, str):  # never: a client that does not decode
-                part = part.encode()
+        found = bytearray(size)
+        at = 0
+        while at < size:
+            end = min(at + CHUNK_BYTES, size) - 1
+            part = await self._data.call(client.getrange(self.key, at, end))
             if not part:
-                break  # shrunk or gone meanwhile: what we have fails the digest
-            found += part
-        return bytes(found)
+                break  # shrunk or gone meanwhile: the zeros left fail the digest
+            found[at : at + len(part)] = part if isinstance(part, bytes) else part.encode()
+            at += len(part)
+        return found
 
     async def write(
         self, make: Callable[[], Awaitable[Sequence[bytes]]], *, holder: str, every_s: float
@@ -111,17 +111,10 @@ class StoredSnapshot:
         return int(done) == 1
 
 
-def _chunks(parts: Sequence[bytes]) -> Iterator[bytes]:
-    """`parts` re-cut into pieces of at most CHUNK_BYTES (bytes, whatever the parts' sizes)."""
-    pending = bytearray()
+def _chunks(parts: Sequence[bytes]) -> Iterator[memoryview]:
+    """`parts` cut into slices of at most CHUNK_BYTES, without copying them (a part shorter
+    than that is one slice of its own: a few more commands, no copy)."""
     for part in parts:
         view = memoryview(part)
-        while view:
-            room = CHUNK_BYTES - len(pending)
-            pending += view[:room]
-            view = view[room:]
-            if len(pending) == CHUNK_BYTES:
-                yield bytes(pending)
-                pending = bytearray()
-    if pending:
-        yield bytes(pending)
+        for at in range(0, len(view), CHUNK_BYTES):
+            yield view[at : at + CHUNK_BYTES]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from array import array
 
 from sidecar.errors import StoreUnavailableError
 from sidecar.store.base import SnapshotStore
@@ -37,8 +36,6 @@ from sidecar.tokens.revocation_snapshot import (
 )
 
 log = logging.getLogger("sidecar.tokens.revocation_snapshot")  # beside the local one's lines
-
-Copied = tuple[list[bytes], list[bytes], list[str]]  # SnapshotKeeper.copy's
 
 
 class StoreSnapshotKeeper:
@@ -87,19 +84,13 @@ class StoreSnapshotKeeper:
     def ignored(self, why: str) -> None:
         log.info("%s ignored (%s): loading from the store", self.where, why)
 
-    async def offer(self, epoch: str, cursor: str, copied: Copied) -> bool:
-        """Write `copied` (taken at `cursor`) to the store when this sidecar holds the
-        interval's lease; False when it does not, or the write failed (logged once)."""
-        records, horizons, issuers = copied
-
-        def encoded() -> list[bytes]:
-            held = array("I")
-            held.frombytes(b"".join(horizons))
-            joined = b"".join(records)
-            return encode(Snapshot(self.store_kind, epoch, cursor, issuers, joined, held))
+    async def offer(self, snapshot: Snapshot) -> bool:
+        """Write `snapshot` (the one just written to the local file) to the store when this
+        sidecar holds the interval's lease; False when it does not, or the write failed
+        (logged once). Encoded only by the holder, off the event loop (its digest)."""
 
         async def make() -> list[bytes]:
-            return await asyncio.to_thread(encoded)
+            return await asyncio.to_thread(encode, snapshot)
 
         try:
             wrote = await self._store.write_snapshot(

@@ -290,9 +290,11 @@ class StoreSync:
             # Every write up to `cursor` is held now, and entries leave only by their horizon:
             # what the copy misses was written after `cursor`.
             copied = await keeper.copy(self._mirror)
-        written = await keeper.write(epoch, cursor, copied)
+        snapshot = await asyncio.to_thread(keeper.assemble, epoch, cursor, copied)
+        del copied
+        written = await keeper.write(snapshot)
         if self.shared is not None:
-            await self.shared.offer(epoch, cursor, copied)
+            await self.shared.offer(snapshot)
         return written
 
     async def _read_changes(self, cursor: str, now: int) -> bool:
