@@ -8,13 +8,17 @@ of the code in the same run (before: a git ref exported with `git archive`; afte
 For each (code, store): the sidecar is started once empty (that creates the schema of its own
 version), stopped, and for each size the store is filled in bulk to that many live revocations
 (random 22-character jtis, as the sidecar mints them, one issuer, horizon two hours away) and
-the sidecar started again with default settings (store.sync_interval_s 5 s, Redis timeout
-1 s): first with no local snapshot (a new pod), then, when that version wrote one at stop,
-once more from it (a restart). Measured: start (spawn to the serving banner, which comes
-after the load; and the CPU seconds the process had used by then, which a machine shared
-with other work inflates less than the wall time; on Redis also the CPU seconds the server
-spent meanwhile, most of it the scan's pages; the load average is recorded), RSS after
-start and after the window, and Verify latency from 8 concurrent callers over TCP for
+the sidecar started again with default settings (store.sync_interval_s 5 s, Redis timeout 1 s):
+first with no local snapshot (a new pod), then, when that version wrote one at stop, once more
+from it (a restart), and on Redis, when that version keeps a snapshot in the store (issue 16,
+stop 20: written by the first of these sidecars), once more with an empty data directory (a new
+pod when another sidecar already wrote the store's snapshot; "loaded from": store snapshot).
+Before each size's first start the store's snapshot is deleted with the local one: the filler
+bypasses the feed, so neither could be followed by what it wrote. Measured: start (spawn to the
+serving banner, which comes after the load; and the CPU seconds the process had used by then,
+which a machine shared with other work inflates less than the wall time; on Redis also the CPU
+seconds the server spent meanwhile, most of it the scan's pages; the load average is recorded),
+RSS after start and after the window, and Verify latency from 8 concurrent callers over TCP for
 `--window` seconds (about two reconciliations at the default interval), p50 / p99 / worst.
 Redis runs in a private `redis-server` on a free port (nothing on disk). A sidecar that does
 not start is reported as such, with what it printed.
@@ -286,10 +290,16 @@ def _run_store(
         # older snapshot would not be followed by what it wrote). Then, where the version
         # left one at stop, the restart from it.
         snapshot.unlink(missing_ok=True)
-        for start in ("full", "snapshot"):
+        stored = _drop_store_snapshot(redis_url, prefix) if store == "redis" else ""
+        for start in ("full", "snapshot", "store snapshot"):
             if start == "snapshot" and not snapshot.exists():
-                break
-            sidecar = Sidecar(code, data, env)
+                continue
+            if start == "store snapshot" and not (stored and _exists(redis_url, stored)):
+                continue
+            # A new pod's data directory is empty; the other starts share the version's.
+            home = data if start != "store snapshot" else work / f"{label}-{store}-{size}-new"
+            home.mkdir(exist_ok=True)
+            sidecar = Sidecar(code, home, env)
             row: dict[str, Any] = {
                 "code": label,
                 "store": store,
@@ -317,6 +327,23 @@ def _run_store(
     return rows
 
 
+def _drop_store_snapshot(url: str, prefix: str) -> str:
+    """Delete the store-served snapshot of `prefix` (this tree's key: the older code keeps
+    none) and its writer's lease; returns the snapshot's key."""
+    tag = KeyLayout(prefix).snapshot_tag
+    client = redis.Redis.from_url(url)
+    client.delete(f"{tag}:data", f"{tag}:lease")
+    client.close()
+    return f"{tag}:data"
+
+
+def _exists(url: str, key: str) -> bool:
+    client = redis.Redis.from_url(url)
+    found = bool(client.exists(key))
+    client.close()
+    return found
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     base = {
         (r["code"], r["store"], r["start"]): r
@@ -332,7 +359,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         head = (
             f"| {r['code']} | {r['store']} | {r['revocations']:,} |"
-            f" {'snapshot' if r['start'] == 'snapshot' else 'store'} |"
+            f" {'store' if r['start'] == 'full' else r['start']} |"
         )
         if "failed" in r:
             lines.append(f"{head} did not start: {r['failed']} | {r['loadavg']:.1f} | | | | | | |")

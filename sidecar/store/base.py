@@ -54,8 +54,8 @@ UNKNOWN/None instead of REVOKED; both refuse, and the refresh token has expired 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
 from sidecar.store.records import (
     FamilyRecord,
@@ -88,6 +88,7 @@ __all__ = [
     "RevocationKind",
     "RevocationRow",
     "RotateOutcome",
+    "SnapshotStore",
     "RotateResult",
     "Rotation",
     "TokenStore",
@@ -271,4 +272,27 @@ class TokenStore(Protocol):
 
     async def close(self) -> None:
         """Release the backend (idempotent); every later call raises StoreUnavailableError."""
+        ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """A store that also keeps one sidecar's revocation snapshot for the others (issue 16):
+    a new pod with no local snapshot loads it and follows it with `revocations_since`, like
+    a restart (tokens/revocation_snapshot_store.py). Only Redis offers it: SQLite's file is
+    local to the pod and its full read already meets the start target; memory has no other
+    reader. The bytes are opaque here: the reader checks them (digest, epoch, cursor) as it
+    checks a local file, and falls back to the full read on any doubt."""
+
+    async def read_snapshot(self) -> bytes | bytearray | None:
+        """The stored copy, None when there is none; raises StoreUnavailableError."""
+        ...
+
+    async def write_snapshot(
+        self, make: Callable[[], Awaitable[Sequence[bytes]]], *, holder: str, every_s: float
+    ) -> bool:
+        """Store the copy `make` returns (its bytes, in order) unless another holder wrote
+        or is writing within the last `every_s` seconds: then False, and `make` is never
+        called (the copy costs CPU only on the one writer of the interval). One writer per
+        interval across the fleet. Raises StoreUnavailableError."""
         ...

@@ -21,6 +21,9 @@ until the first call; `await store.close()`.
   `redis_grouped_scan`); afterwards a sidecar reads only the feed entries after its per-partition
   cursors, which also tells when a stream can no longer vouch for them (trimmed past the
   cursor, or lost): then the sidecar loads everything again. Needs Redis >= 7.0.
+* A new pod's first load (`redis_snapshot`): one sidecar per interval keeps a copy of its
+  revocation snapshot in the store (`write_snapshot`); a sidecar with no local snapshot
+  loads it (`read_snapshot`) and follows it with the feed, like a restart (SnapshotStore).
 * Propagation (`redis_feed`): every revocation write appends `(member, expires_at)` to its
   partition's stream in the same script; `open_revocation_feed` reads them all from the
   positions found on opening.
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.commands.core import AsyncScript
@@ -63,6 +66,7 @@ from sidecar.store.redis_grouped_scan import GroupedScan
 from sidecar.store.redis_keys import FAMILY_REVOCATION_FIELD, KeyLayout, Partition, encode_member
 from sidecar.store.redis_legacy import LegacyFamilies
 from sidecar.store.redis_revocations import RevocationReads
+from sidecar.store.redis_snapshot import StoredSnapshot
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -94,6 +98,7 @@ class RedisTokenStore:
         self._bytes = Caller(connector.client(decode=False))  # the first load's (GroupedScan)
         self._grouped = GroupedScan(self._bytes, self._reads.read_parts)
         self._legacy = LegacyFamilies(self._caller, self._keys, margin_s=TTL_MARGIN_S)
+        self._snapshot = StoredSnapshot(self._caller, self._bytes, self._keys, ttl_s=FEED_TTL_S)
         self._feeds: set[StreamFeed] = set()
 
     @property
@@ -243,6 +248,14 @@ class RedisTokenStore:
 
     async def revocations(self, now: int) -> list[Revocation]:
         return await self._reads.listed(now)
+
+    async def read_snapshot(self) -> bytes | bytearray | None:
+        return await self._snapshot.read()
+
+    async def write_snapshot(
+        self, make: Callable[[], Awaitable[Sequence[bytes]]], *, holder: str, every_s: float
+    ) -> bool:
+        return await self._snapshot.write(make, holder=holder, every_s=every_s)
 
     async def open_revocation_feed(self) -> StreamFeed:
         self._caller.check_open()

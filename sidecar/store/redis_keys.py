@@ -10,6 +10,7 @@ as one script on one slot (a script may only touch keys of one slot):
     {p:i:n}:revoked           zset   revocation member by expires_at: this partition's set
     {p:i:n}:feed              stream one entry per revocation write in this partition
     {p:i:n}:epoch             string this partition's data set identity, set once (SET NX)
+    {p:snapshot}:data         string a sidecar's revocation snapshot (store/redis_snapshot.py)
 
 `p` is the configured prefix, `i` the partition (0..PARTITIONS-1) and `n` a salt picked so the
 tag's slot lies in the i-th sixteenth of the slot space: a Cluster whose primaries own equal
@@ -114,6 +115,12 @@ class KeyLayout:
 
     def family(self, family_id: str) -> str:
         return self.partition_of(family_id).family(family_id)
+
+    @property
+    def snapshot_tag(self) -> str:
+        """The hash tag of the store-served revocation snapshot (store/redis_snapshot.py):
+        a slot of its own, since no script touches it together with a partition's keys."""
+        return "{" + self.prefix + ":snapshot}"
 
     @property
     def legacy(self) -> Partition:

@@ -28,18 +28,20 @@ Every reconciliation (start-up, each poll, each reconnection of the feed) does, 
 The first load at start may come from a local snapshot of the mirror instead of a full read
 (`use_snapshot`, tokens/revocation_snapshot.py): used only when it names the store's current
 epoch, followed by the ordinary incremental read from the snapshot's cursor and the intact
-check; when either fails the snapshot is dropped and the full read runs as if there were
-none (nothing is written back from a snapshot). The first full read into an empty mirror
-stages its pages without looking each entry up (`RevocationMirror.append_groups`): lookups are
-exact at once, so the sidecar serves as soon as the pages and the changes since the cursor are
-in. Sorting the stages into buckets, merging the few duplicates a scan may return and counting
-horizons (`RevocationMirror.settle`, tokens/revocation_staging.py) follow in a task of their
-own, one stage per loop turn (issue 16, stop 20: a third of a first load's CPU moved after
-serving); the loss check (`_intact`) and the snapshot wait for it to finish, so they see every
-entry once and counted (a restart from a snapshot, which holds no copies, has its staged
-entries counted where they are: its check waits for nothing). The snapshot is written
-(off the event loop) at the first poll after a full load, then at most every
-5 minutes when the cursor moved, and at stop (`save_snapshot`).
+check; when either fails the snapshot is dropped and the full read runs as if there were none
+(nothing is written back from a snapshot). A new pod with no usable local file tries, on Redis,
+the copy one sidecar per interval keeps in the store (tokens/revocation_snapshot_store.py) the
+same way, with the same checks; `loaded_from` says which source the first load used. The first
+full read into an empty mirror stages its pages without looking each entry up
+(`RevocationMirror.append_groups`): lookups are exact at once, so the sidecar serves as soon as
+the pages and the changes since the cursor are in. Sorting the stages into buckets, merging the
+few duplicates a scan may return and counting horizons (`RevocationMirror.settle`,
+tokens/revocation_staging.py) follow in a task of their own, one stage per loop turn (issue 16,
+stop 20: a third of a first load's CPU moved after serving); the loss check (`_intact`) and the
+snapshot wait for it to finish, so they see every entry once and counted (a restart from a
+snapshot, which holds no copies, has its staged entries counted where they are: its check waits
+for nothing). The snapshot is written (off the event loop) at the first poll after a full load,
+then at most every 5 minutes when the cursor moved, and at stop (`save_snapshot`).
 
 Entries leave the mirror only by their own horizon, never because the store lacks them.
 Clock skew between sidecars can make one write back an entry another's purge just dropped
@@ -69,9 +71,10 @@ from typing import Any
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailableError
-from sidecar.store.base import Revocation, TokenStore, deadline_for
+from sidecar.store.base import Revocation, SnapshotStore, TokenStore, deadline_for
 from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.revocation_snapshot import SnapshotKeeper
+from sidecar.tokens.revocation_snapshot_store import StoreSnapshotKeeper
 from sidecar.tokens.store_persistence import check_persistence
 
 log = logging.getLogger(__name__)
@@ -110,14 +113,24 @@ class StoreSync:
         self._lock = asyncio.Lock()
         # The local snapshot (`use_snapshot`); None: none is kept (a memory store).
         self.snapshot: SnapshotKeeper | None = None
+        # The copy the store keeps for new pods (`use_snapshot`); None: the store keeps none.
+        self.shared: StoreSnapshotKeeper | None = None
+        # Where the first load came from: "store" (a full read), "snapshot" (the local
+        # file) or "store snapshot" (the store's copy); "" before it.
+        self.loaded_from = ""
         self._reconciles = 0
         # Settling the first load's stages, after it (`settled`); None before a first load.
         self._settling: asyncio.Future[None] | None = None
 
-    def use_snapshot(self, path: Path, store_kind: str) -> None:
+    def use_snapshot(self, path: Path, store_kind: str, *, shared: bool = True) -> None:
         """Keep the mirror's snapshot at `path` for a store of kind `store_kind` (recorded
-        in the file: a snapshot of another kind of store is never used)."""
+        in the file: a snapshot of another kind of store is never used); with `shared`, and
+        a store that keeps one (`SnapshotStore`: Redis), offer it to the store too and load
+        the store's copy when the local file is missing or unusable
+        (tokens/revocation_snapshot_store.py)."""
         self.snapshot = SnapshotKeeper(path, store_kind)
+        if shared and isinstance(self._store, SnapshotStore):
+            self.shared = StoreSnapshotKeeper(self._store, store_kind)
 
     async def reconcile(self) -> None:
         """One reconciliation; raises StoreUnavailableError (the next one tries again)."""
@@ -141,10 +154,16 @@ class StoreSync:
             complete = await self._read_changes(self._cursor, now) and await self._intact(now)
         elif self.snapshot is not None and not self._mirror.loaded:
             complete = await self._from_snapshot(self.snapshot, epoch, now)
+            if complete:
+                self.loaded_from = "snapshot"
+            elif self.shared is not None:  # a new pod: the copy another sidecar left
+                complete = await self._from_snapshot(self.shared, epoch, now)
+                self.loaded_from = "store snapshot" if complete else ""
         restored = 0
         if not complete:
             had_entries = len(self._mirror) > 0
             await self._read_all(now)
+            self.loaded_from = self.loaded_from or "store"
             # Owed until it completes: a write-back cut short (the store went away again) is
             # done again by the next reconciliation, even though that one reads incrementally.
             self._write_back_owed = self._write_back_owed or had_entries
@@ -227,9 +246,12 @@ class StoreSync:
         if settling is not None and not settling.done():
             await asyncio.shield(settling)
 
-    async def _from_snapshot(self, keeper: SnapshotKeeper, epoch: str, now: int) -> bool:
-        """Load the mirror from the snapshot and read the store's writes since it; False
-        (mirror empty again) when there is none or it cannot be used."""
+    async def _from_snapshot(
+        self, keeper: SnapshotKeeper | StoreSnapshotKeeper, epoch: str, now: int
+    ) -> bool:
+        """Load the mirror from a snapshot (the local file's or the store's: the same
+        checks) and read the store's writes since it; False (mirror empty again) when there
+        is none or it cannot be used."""
         snapshot = await keeper.usable(epoch)
         if snapshot is None:
             return False
@@ -254,8 +276,9 @@ class StoreSync:
         return False
 
     async def save_snapshot(self) -> bool:
-        """Write the mirror to the snapshot file now; False when there is nothing to write
-        or it failed (revocation_snapshot.SnapshotKeeper)."""
+        """Write the mirror to the snapshot file now, and offer the same copy to the store
+        (written there only by the interval's lease holder); False when there is nothing to
+        write or the local write failed (revocation_snapshot.SnapshotKeeper)."""
         keeper = self.snapshot
         if keeper is None:
             return False
@@ -267,7 +290,12 @@ class StoreSync:
             # Every write up to `cursor` is held now, and entries leave only by their horizon:
             # what the copy misses was written after `cursor`.
             copied = await keeper.copy(self._mirror)
-        return await keeper.write(epoch, cursor, copied)
+        snapshot = await asyncio.to_thread(keeper.assemble, epoch, cursor, copied)
+        del copied
+        written = await keeper.write(snapshot)
+        if self.shared is not None:
+            await self.shared.offer(snapshot)
+        return written
 
     async def _read_changes(self, cursor: str, now: int) -> bool:
         """Merge every write after `cursor`; False when the store cannot vouch for them."""

@@ -88,6 +88,13 @@ def test_an_empty_set_round_trips(tmp_path: Path) -> None:
     assert len(_loaded(read)) == 0
 
 
+def test_a_buffer_read_from_the_store_decodes_as_the_file_does() -> None:
+    data = _file_bytes(_snapshot_of(_set_of(_entries(50, 2_000_000_000))))
+    assert revocation_snapshot.decode(bytearray(data)) == revocation_snapshot.decode(data)
+    with pytest.raises(SnapshotError):
+        revocation_snapshot.decode(bytearray(data[:-1]))
+
+
 def test_no_file_is_no_snapshot(tmp_path: Path) -> None:
     assert revocation_snapshot.read(tmp_path / "absent") is None
 
