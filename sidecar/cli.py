@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 
 from authsidecar.v1 import auth_pb2, auth_pb2_grpc
 from sidecar import app
+from sidecar.allocator import fix_mmap_threshold
 from sidecar.cli_client import (
     ADDR_ENV,
     ADMIN_ADDR_ENV,
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "health":
             return _health(args, settings)
         if args.command == "serve":
+            fix_mmap_threshold()  # sidecar/allocator.py: RSS after large snapshots
             asyncio.run(app.serve(settings))
             return 0
         if args.debug_action == "issue":

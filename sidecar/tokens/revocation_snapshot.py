@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import struct
 import sys
 import time
@@ -194,12 +195,20 @@ def write(path: Path, snapshot: Snapshot) -> None:
 
 def read(path: Path) -> Snapshot | None:
     """The snapshot at `path`, None when there is none; raises SnapshotError when invalid
-    (and OSError when it cannot be read)."""
+    or not a regular file (and OSError when it cannot be read).
+
+    Opened non-blocking, as key files are (keys/loader.py): a FIFO put where the snapshot
+    was would otherwise block `open` until a writer came, and the start with it. O_NONBLOCK
+    changes nothing for a regular file's reads; anything else is refused after `fstat`."""
     try:
-        with path.open("rb") as source:
-            return _parse(source, os.fstat(source.fileno()).st_size)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as source:
+        status = os.fstat(source.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise SnapshotError("not a regular file")
+        return _parse(source, status.st_size)
 
 
 class SnapshotKeeper:

@@ -99,6 +99,14 @@ def test_no_file_is_no_snapshot(tmp_path: Path) -> None:
     assert revocation_snapshot.read(tmp_path / "absent") is None
 
 
+def test_a_fifo_where_the_snapshot_was_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the start waited for ever."""
+    path = tmp_path / "revocations.snapshot"
+    os.mkfifo(path)
+    with pytest.raises(SnapshotError, match="not a regular file"):
+        revocation_snapshot.read(path)
+
+
 def test_every_damaged_byte_is_refused() -> None:
     data = _file_bytes(_snapshot_of(_set_of(_entries(50, 2_000_000_000))))
     for at in range(0, len(data), max(1, len(data) // 400)):
