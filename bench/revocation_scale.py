@@ -448,7 +448,17 @@ def _record(path: Path, argv: list[str] | None, table: str) -> None:
         text=True,
     ).stdout.strip()
     dirty = subprocess.run(
-        [_which("git"), "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        [
+            _which("git"),
+            "-C",
+            str(ROOT),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench/results",
+        ],  # this run's own JSON is written by now
         capture_output=True,
         text=True,
     ).stdout.strip()
