@@ -40,6 +40,10 @@ class StoreSettings(Frozen):
     # them (WAIT, issue 16); otherwise UNAVAILABLE, and the client's retry is safe. 1 with
     # Sentinel keeps a failover from losing an acknowledged rotation. Not with cluster mode.
     redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    # Keep a copy of the revocation snapshot in Redis for new pods (store/redis_snapshot.py,
+    # ~30 bytes a revocation, twice that during a write: docs/operations.md). false: the
+    # sidecar neither writes nor reads that copy; the local snapshot file is kept either way.
+    redis_snapshot: bool = True
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod
