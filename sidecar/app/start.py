@@ -80,7 +80,9 @@ async def start_app(settings: Settings, *, clock: Clock | None = None) -> App:
         service.revocations.refuse_while_stale = settings.store.on_unavailable == "refuse"
         if settings.store.backend != "memory":  # issue 16: restart from a local snapshot
             snapshot = settings.data_dir / "revocations.snapshot"
-            service.store_sync.use_snapshot(snapshot, settings.store.backend)
+            service.store_sync.use_snapshot(
+                snapshot, settings.store.backend, shared=settings.store.redis_snapshot
+            )
         try:
             await service.start()
         except StoreUnavailableError:

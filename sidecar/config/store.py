@@ -20,7 +20,10 @@ class StoreSettings(Frozen):
     # Default: data_dir/state.db.
     sqlite_path: Path | None = None
     # How often the revocation mirror is reconciled with the store and the store pinged.
-    sync_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # At least 0.05 s: each reconciliation is a few store round trips, and a near-zero
+    # interval made the poll a busy loop (1e-6 s: ~40% of a core); the smallest any test
+    # or doc sets is 0.1 s. Revocations between sidecars on Redis travel by the feed anyway.
+    sync_interval_s: float = Field(default=5.0, ge=0.05, le=3600)
     # While the store is unreachable: "degrade" keeps Verify answering from signatures plus
     # the last known revocations (health of AuthService/store says NOT_SERVING); "refuse"
     # fails Verify with UNAVAILABLE and reports the whole server NOT_SERVING. Refresh,
@@ -40,6 +43,10 @@ class StoreSettings(Frozen):
     # them (WAIT, issue 16); otherwise UNAVAILABLE, and the client's retry is safe. 1 with
     # Sentinel keeps a failover from losing an acknowledged rotation. Not with cluster mode.
     redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    # Keep a copy of the revocation snapshot in Redis for new pods (store/redis_snapshot.py,
+    # ~30 bytes a revocation, twice that during a write: docs/operations.md). false: the
+    # sidecar neither writes nor reads that copy; the local snapshot file is kept either way.
+    redis_snapshot: bool = True
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod

@@ -118,6 +118,8 @@ class Verifier:
         `AuthSidecarError` (a `TokenError`, ScopeMissingError, StoreUnavailableError)."""
         if not token:
             raise InvalidRequestError("token required")
+        if "" in required_scopes:  # malformed, not a scope the token lacks (SCOPE_MISSING)
+            raise InvalidRequestError("required_scopes must not contain an empty scope")
         now = self._clock.now()
         cache = self.cache
         if not cache.enabled or len(token) > self.max_token_bytes:

@@ -145,6 +145,23 @@ async def test_verify_missing_scope_is_permission_denied(sidecar: RunningSidecar
     await sidecar.public.Verify(request)
 
 
+async def test_an_empty_required_scope_is_a_malformed_request_naming_the_field(
+    sidecar: RunningSidecar,
+) -> None:
+    grant = await issue(sidecar, scope="read")
+    request = auth_pb2.VerifyRequest(token=grant.access_token, required_scopes=["read", ""])
+    for _ in range(2):  # the second from the verify cache: still malformed
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await sidecar.public.Verify(request)
+        code, reason = reason_of(error.value)
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert "required_scopes" in (error.value.details() or "")
+        await sidecar.public.Verify(auth_pb2.VerifyRequest(token=grant.access_token))
+    batch = auth_pb2.VerifyBatchRequest(requests=[request])
+    answer = await sidecar.public.VerifyBatch(batch)
+    assert answer.results[0].error == auth_pb2.INVALID_REQUEST  # as Verify answers
+
+
 @pytest.mark.parametrize(
     ("token", "expected"),
     [

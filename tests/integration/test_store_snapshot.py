@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from sidecar.clock import SystemClock
+from sidecar.clock import FixedClock, SystemClock
 from sidecar.config import StoreSettings
 from sidecar.store.base import Revocation, deadline_for
 from sidecar.store.redis import RedisTokenStore
@@ -25,6 +25,7 @@ from sidecar.tokens.revocation import RevocationMirror
 from sidecar.tokens.revocation_snapshot_store import StoreSnapshotKeeper
 from sidecar.tokens.store_sync import StoreSync
 from tests.support.redis import RedisServer, unique_prefix
+from tests.support.sidecar import running_sidecar, short_tmpdir
 
 pytestmark = pytest.mark.redis
 
@@ -248,3 +249,38 @@ async def test_a_cluster_keeps_and_serves_the_snapshot(
     finally:
         await first.close()
         await second.close()
+
+
+def _settings_store(server: RedisServer, **more: object) -> dict[str, object]:
+    return {"backend": "redis", "redis_url": server.url, "redis_key_prefix": PREFIX, **more}
+
+
+async def test_redis_snapshot_off_writes_no_copy_to_the_store(
+    store: RedisTokenStore, raw: redis.Redis, redis_server: RedisServer
+) -> None:
+    """`store.redis_snapshot: false` on the real app: its snapshot goes to the local file
+    only, never to `{p:snapshot}` (no copy, no lease)."""
+    await _revoke(store, "x")
+    off = _settings_store(redis_server, redis_snapshot=False)
+    with short_tmpdir() as data:
+        async with running_sidecar(data, clock=FixedClock(time.time()), store=off) as running:
+            sync = running.app.service.store_sync
+            assert (sync.shared, sync.loaded_from, sync.full_reads) == (None, "store", 1)
+            assert await sync.save_snapshot()
+            assert (data / "revocations.snapshot").is_file()  # the local file is unaffected
+    assert raw.keys(KeyLayout(PREFIX).snapshot_tag + "*") == []
+
+
+async def test_redis_snapshot_off_reads_the_store_in_full_although_a_copy_exists(
+    store: RedisTokenStore, raw: redis.Redis, tmp_path: Path
+) -> None:
+    """A new pod with `store.redis_snapshot: false` (`shared=False`, app/start.py; the test
+    above checks the setting reaches it) ignores the copy a pod with the default loads."""
+    await _first_sidecar(store, tmp_path / "a", ["y"])  # a copy in the store, by a default pod
+    assert raw.exists(SNAPSHOT_KEY)
+    mirror = RevocationMirror()
+    sync = StoreSync(store, mirror, SystemClock())
+    sync.use_snapshot(tmp_path / "b" / "revocations.snapshot", "redis", shared=False)
+    await sync.reconcile()
+    assert (sync.shared, sync.loaded_from, sync.full_reads) == (None, "store", 1)
+    assert mirror.is_revoked(ISS, "y", "")

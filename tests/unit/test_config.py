@@ -167,3 +167,12 @@ def test_the_domain_values_cannot_be_changed_after_start() -> None:
     options = TokenSettings().options()
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.issuer = "urn:other"  # type: ignore[misc]
+
+
+def test_a_sync_interval_under_its_floor_is_refused_with_one_line_naming_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, store={"sync_interval_s": 1e-6})
+    message = str(refused.value)
+    assert message.startswith("invalid configuration: setting store.sync_interval_s: ")
+    assert "0.05" in message and "\n" not in message
+    assert load_settings(None, store={"sync_interval_s": 0.05}).store.sync_interval_s == 0.05

@@ -361,7 +361,8 @@ class VerifyRequest(_message.Message):
     @_builtins.property
     def required_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every scope listed here must be granted by the token's `scope`;
-        otherwise PERMISSION_DENIED / SCOPE_MISSING.
+        otherwise PERMISSION_DENIED / SCOPE_MISSING. An empty string here is a
+        malformed request: INVALID_ARGUMENT / INVALID_REQUEST.
         """
 
     def __init__(
