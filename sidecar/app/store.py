@@ -34,6 +34,19 @@ STORE_HEALTH_SERVICE = f"{AUTH_SERVICE}/store"
 _FEED_RETRY_S = (0.05, 1.0)
 
 
+def _stop_if_cancelled() -> None:
+    """Raise the cancellation this task was asked for, if a store call swallowed it.
+
+    Python 3.11's `asyncio.wait_for` (redis-py waits on its socket with it) can lose a cancel
+    that lands as the awaited command completes (store/redis_feed.py meets the same): the
+    task is still marked as cancelling, but runs on. The follower then sat in its feed and
+    the poll in its sleep, and a stop that awaits them waited for ever (a sidecar stopped
+    right after its start, on Redis). Called after each store call, before any wait."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def open_store(settings: Settings, clock: Clock) -> TokenStore:
     """The configured store, open. Each store's modules are imported only when it is the
     one configured: the Redis client alone is a fifth of a start's CPU (issue 16)."""
@@ -125,6 +138,7 @@ class StoreFollower:
             except StoreUnavailableError:
                 self._poll_ok = False
             await self._report()
+            _stop_if_cancelled()
 
     async def follow(self) -> None:
         """Push: apply the store's revocation feed to the mirror as entries arrive. Each
@@ -142,6 +156,7 @@ class StoreFollower:
                     await self._service.sync_revocations()
                     self._feed_ok = self._poll_ok = True
                     await self._report()
+                    _stop_if_cancelled()
                     delay = _FEED_RETRY_S[0]
                     async for revocation in feed:
                         mirror.add(revocation)
@@ -150,6 +165,7 @@ class StoreFollower:
             except StoreUnavailableError:
                 self._feed_ok = False
                 await self._report()
+            _stop_if_cancelled()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _FEED_RETRY_S[1])
 
