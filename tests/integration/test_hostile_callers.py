@@ -86,13 +86,30 @@ async def test_a_stream_caller_that_stops_reading_then_leaves_costs_one_line_not
     assert verified.sub == "a"
 
 
-def _serve(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _serve_env(**env: str) -> dict[str, str]:
+    """This process's environment without its AUTHSIDECAR_* settings, then no TCP listener,
+    no drain, and `env`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
     clean.update(AUTHSIDECAR_LISTEN__TCP="", AUTHSIDECAR_LISTEN__DRAIN_S="0")
     clean.update(env)
+    return clean
+
+
+def _serving(**env: str) -> subprocess.Popen[str]:
+    """`sidecar serve` left running, its output piped (the caller stops it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve"],
+        env=_serve_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _serve(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidecar", "serve", *args],
-        env=clean,
+        env=_serve_env(**env),
         cwd=tmp,
         capture_output=True,
         text=True,
@@ -172,20 +189,10 @@ def test_a_key_file_replaced_by_a_fifo_is_refused_and_neither_reload_nor_stop_ha
          str(key_file)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
-    clean.update(
+    proc = _serving(
         AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
-        AUTHSIDECAR_LISTEN__TCP="",
-        AUTHSIDECAR_LISTEN__DRAIN_S="0",
         AUTHSIDECAR_KEYS__FILES=str(key_file),
         AUTHSIDECAR_KEYS__RELOAD_INTERVAL_S="1",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "serve"],
-        env=clean,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     assert proc.stdout is not None
     banner = proc.stdout.readline()  # blocks until the sidecar serves (or exits: "")
@@ -334,19 +341,8 @@ def test_a_jwks_server_that_trickles_bytes_neither_holds_the_fetch_nor_the_stop(
         "ca_file": str(ca.ca_file),
         "timeout_s": 1,
     }
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
-    clean.update(
-        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"),
-        AUTHSIDECAR_LISTEN__TCP="",
-        AUTHSIDECAR_LISTEN__DRAIN_S="0",
-        AUTHSIDECAR_ISSUERS=json.dumps([issuer]),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "serve"],
-        env=clean,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = _serving(
+        AUTHSIDECAR_DATA_DIR=str(data_dir / "d"), AUTHSIDECAR_ISSUERS=json.dumps([issuer])
     )
     try:
         assert proc.stdout is not None
